@@ -1,0 +1,387 @@
+"""The gateway's YAML configuration: schema, secret references and validation messages.
+
+Every problem is reported as ``field.path: rule`` so that ``check-config``, the gateway's
+start-up and a hot reload all say the same thing. Secrets are never written in the YAML: a
+secret field holds ``{env: NAME}`` or ``{file: PATH}`` and is resolved at load time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from unit_gateway.routes import RouteSettings
+
+#: Hosts that are Unit's live environment: never a target for sandbox-only behaviour.
+LIVE_HOSTS = frozenset({"api.unit.co"})
+MAX_TOKEN_LIFETIME = 86400
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. ``problems`` holds one ``field: rule`` per item."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Secret:
+    """A resolved secret. Its repr never shows the value, so it cannot leak through logging."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self.source})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """Where a secret lives: an environment variable or a file (relative to the config file)."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_inline(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(
+                "must be a reference {env: NAME} or {file: PATH}; "
+                "secrets are never written in the configuration itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
+
+    def resolve(self, base_dir: Path) -> Secret:
+        """Read the secret. Raises ValueError with a message that never contains the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "").strip()
+            if not value:
+                raise ValueError(f"environment variable {self.env} is not set or empty")
+            return Secret(value, f"env {self.env}")
+        assert self.file is not None
+        path = Path(self.file).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            value = path.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
+        if not value:
+            raise ValueError(f"secret file {path} is empty")
+        return Secret(value, f"file {path}")
+
+
+Scope = Annotated[str, Field(pattern=r"^[a-z][a-z-]*[a-z]$")]
+
+
+class Upstream(_Model):
+    """A Unit API host the gateway injects tokens for."""
+
+    url: str
+    environment: Literal["sandbox", "live"] = "sandbox"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://api.s.unit.sh")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be a scheme, host and optional port only, without a path")
+        return url.rstrip("/")
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class UnitSettings(_Model):
+    upstreams: list[Upstream] = Field(min_length=1)
+    org_token: SecretRef | None = None
+    #: The org token may travel over plain HTTP only to a loopback upstream, and only if allowed.
+    allow_plain_http_loopback: bool = False
+    #: What a request with no Authorization header gets: refused, or the org token.
+    missing_authorization: Literal["reject", "org"] = "reject"
+    #: The documented timeout of every token endpoint.
+    token_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> UnitSettings:
+        for i, up in enumerate(self.upstreams):
+            if up.scheme == "http":
+                if not up.is_loopback:
+                    raise _FieldError(
+                        f"upstreams.{i}.url",
+                        "plain http is only allowed for a loopback upstream",
+                    )
+                if not self.allow_plain_http_loopback:
+                    raise _FieldError(
+                        f"upstreams.{i}.url",
+                        "plain http needs unit.allow_plain_http_loopback: true",
+                    )
+            if up.environment == "sandbox" and up.host in LIVE_HOSTS:
+                raise _FieldError(f"upstreams.{i}.environment", f"{up.host} is Unit's live API")
+        return self
+
+
+class SandboxSettings(_Model):
+    """The local Unit sandbox the gateway can run inside its own process."""
+
+    embedded: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8181, ge=0, le=65535)
+    rate_limit_per_minute: int = Field(default=1000, ge=1)
+
+
+TwoFactorStrategy = Literal["sandbox-otp", "jwt", "challenge"]
+
+
+class TokenKindSettings(_Model):
+    default_scopes: list[Scope] = Field(default_factory=list)
+    expires_in: int = Field(default=3600, ge=60, le=MAX_TOKEN_LIFETIME)
+    two_factor: TwoFactorStrategy = "challenge"
+
+
+class CardholderSettings(TokenKindSettings):
+    @field_validator("default_scopes")
+    @classmethod
+    def _card_scopes_only(cls, scopes: list[str]) -> list[str]:
+        allowed = {"cards", "cards-sensitive", "cards-write", "cards-sensitive-write"}
+        bad = [s for s in scopes if s not in allowed]
+        if bad:
+            raise ValueError(f"cardholder tokens allow only {' '.join(sorted(allowed))}")
+        return scopes
+
+
+class JwtSettings(_Model):
+    private_key: SecretRef
+    algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384"] = "RS256"
+    #: ``{customerId}`` is replaced by the customer's id; the result must be its jwtSubject.
+    subject_template: str = "{customerId}"
+    issuer: str | None = None
+    lifetime_seconds: int = Field(default=60, ge=10, le=3600)
+
+    @field_validator("subject_template")
+    @classmethod
+    def _has_customer_id(cls, template: str) -> str:
+        if "{customerId}" not in template:
+            raise ValueError("must contain {customerId}")
+        return template
+
+
+class TokenSettings(_Model):
+    cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Treat a token as expired this long before it really is.
+    expiry_margin_seconds: int = Field(default=30, ge=0, le=3600)
+    #: Mint a replacement in the background once a token has less than this left.
+    refresh_ahead_seconds: int = Field(default=300, ge=0, le=MAX_TOKEN_LIFETIME)
+    customer: TokenKindSettings = TokenKindSettings(default_scopes=["customers", "accounts"])
+    cardholder: CardholderSettings = CardholderSettings(default_scopes=["cards"])
+    jwt: JwtSettings | None = None
+
+
+class MetricsSettings(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class GatewayConfig(_Model):
+    unit: UnitSettings
+    sandbox: SandboxSettings = SandboxSettings()
+    tokens: TokenSettings = TokenSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    routes: RouteSettings = RouteSettings()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> GatewayConfig:
+        if self.unit.org_token is None and not self.sandbox.embedded:
+            raise _FieldError("unit.org_token", "is required unless sandbox.embedded is true")
+        live = [u.url for u in self.unit.upstreams if u.environment == "live"]
+        for kind in ("customer", "cardholder"):
+            strategy = getattr(self.tokens, kind).two_factor
+            if strategy == "sandbox-otp" and live:
+                raise _FieldError(
+                    f"tokens.{kind}.two_factor",
+                    f"sandbox-otp is refused for a live upstream ({live[0]})",
+                )
+            if strategy == "jwt" and kind == "cardholder":
+                raise _FieldError(
+                    f"tokens.{kind}.two_factor", "jwt is only available for customer tokens"
+                )
+            if strategy == "jwt" and self.tokens.jwt is None:
+                raise _FieldError(f"tokens.{kind}.two_factor", "jwt needs a tokens.jwt section")
+        if self.sandbox.embedded:
+            sandbox = (self.sandbox.host, self.sandbox.port)
+            if not any((u.host, u.port) == sandbox for u in self.unit.upstreams):
+                raise _FieldError(
+                    "sandbox.port",
+                    f"the embedded sandbox ({sandbox[0]}:{sandbox[1]}) "
+                    "must be one of unit.upstreams",
+                )
+            for i, up in enumerate(self.unit.upstreams):
+                if up.environment == "live":
+                    raise _FieldError(
+                        f"unit.upstreams.{i}.environment",
+                        "an embedded sandbox cannot serve a live upstream",
+                    )
+        return self
+
+    def upstream_for(self, host: str, port: int) -> Upstream | None:
+        for up in self.unit.upstreams:
+            if up.host == host and up.port == port:
+                return up
+        return None
+
+
+class _FieldError(ValueError):
+    """A cross-field problem that belongs to a field other than the one being validated."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
+
+
+class LoadedConfig:
+    """A validated configuration with its secrets resolved."""
+
+    def __init__(self, model: GatewayConfig, path: Path | None, secrets: dict[str, Secret]):
+        self.model = model
+        self.path = path
+        self.secrets = secrets
+
+    @property
+    def org_token(self) -> Secret | None:
+        return self.secrets.get("unit.org_token")
+
+
+def _rule(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind == "missing":
+        return "is required"
+    if kind in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
+        op = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">="}.get(kind, ">")
+        limit = next(iter(ctx.values()))
+        return f"must be {op} {limit}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s)"
+    if kind == "string_pattern_mismatch":
+        return "is not a valid scope name"
+    if kind == "value_error":
+        cause = ctx.get("error")
+        if isinstance(cause, _FieldError):
+            return cause.rule
+        return str(cause) if cause is not None else error["msg"]
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def _field(error: Any) -> str:
+    cause = (error.get("ctx") or {}).get("error")
+    loc = [str(part) for part in error["loc"]]
+    if isinstance(cause, _FieldError):
+        # Cross-field problems name their field relative to the model that raised them.
+        prefix = ".".join(loc)
+        return f"{prefix}.{cause.field}" if prefix else cause.field
+    return ".".join(loc) or "(top level)"
+
+
+def validate(data: Any, *, base_dir: Path, path: Path | None = None) -> LoadedConfig:
+    """Validate parsed YAML and resolve its secrets, or raise ConfigError naming each field."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping with at least a `unit` section"])
+    try:
+        model = GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([f"{_field(err)}: {_rule(err)}" for err in e.errors()]) from None
+    secrets: dict[str, Secret] = {}
+    problems: list[str] = []
+    refs: dict[str, SecretRef | None] = {"unit.org_token": model.unit.org_token}
+    if model.tokens.jwt is not None:
+        refs["tokens.jwt.private_key"] = model.tokens.jwt.private_key
+    for name, ref in refs.items():
+        if ref is None:
+            continue
+        try:
+            secrets[name] = ref.resolve(base_dir)
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+    if problems:
+        raise ConfigError(problems)
+    return LoadedConfig(model, path, secrets)
+
+
+def load(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read, parse and validate a configuration file."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as e:
+        raise ConfigError([f"{file}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{file}: not valid YAML{where}"]) from None
+    return validate(data, base_dir=file.resolve().parent, path=file)

@@ -1,0 +1,149 @@
+"""The gateway's core addon: loads the configuration and runs the embedded sandbox.
+
+Other addons get the configuration from here (``core.config``). Until a valid configuration
+is loaded the gateway answers every request with a JSON:API 503 instead of forwarding it:
+nothing leaves without the token it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets as pysecrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mitmproxy import ctx, exceptions, http
+
+from unit_gateway import config, jsonapi
+from unit_gateway.config import ConfigError, LoadedConfig, Secret
+
+if TYPE_CHECKING:
+    from mitmproxy.addonmanager import Loader
+
+    from unit_gateway.sandbox.server import RunningSandbox
+
+logger = logging.getLogger(__name__)
+
+OPTION = "unit_gateway_config"
+
+
+def describe_problems(path: str, error: ConfigError) -> str:
+    """The one wording of a refused configuration, shared by check-config and the addon."""
+    lines = [f"invalid unit-gateway configuration {path}:"]
+    lines += [f"  {problem}" for problem in error.problems]
+    return "\n".join(lines)
+
+
+class GatewayCore:
+    def __init__(self) -> None:
+        self.config: LoadedConfig | None = None
+        self.sandbox: RunningSandbox | None = None
+        self._org_token: Secret | None = None
+        self._running = False
+
+    @property
+    def org_token(self) -> Secret | None:
+        """The configured org token, or the one made up for the embedded sandbox."""
+        if self.config is not None and self.config.org_token is not None:
+            return self.config.org_token
+        return self._org_token
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            OPTION,
+            str,
+            "",
+            "Path of the unit-gateway YAML configuration file.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if OPTION not in updated:
+            return
+        path = ctx.options.unit_gateway_config
+        if not path:
+            self._refuse(
+                "the option unit_gateway_config is not set (--set unit_gateway_config=FILE)"
+            )
+            return
+        try:
+            loaded = config.load(path)
+        except ConfigError as e:
+            self._refuse(describe_problems(path, e))
+            return
+        self.config = loaded
+        logger.info("unit-gateway: configuration %s loaded", path)
+
+    def _refuse(self, message: str) -> None:
+        if self._running:
+            # A change at run time is rolled back by mitmproxy; the running config stays.
+            raise exceptions.OptionsError(message)
+        # At start-up a logged error makes mitmproxy's ErrorCheck exit with status 1 before
+        # any server binds, without an exception traceback burying the message.
+        logger.error(message)
+
+    async def running(self) -> None:
+        self._running = True
+        if self.config is None:
+            return
+        settings = self.config.model.sandbox
+        if settings.embedded:
+            await self._start_embedded_sandbox()
+        self._announce()
+
+    async def _start_embedded_sandbox(self) -> None:
+        from unit_gateway.sandbox import server
+
+        assert self.config is not None
+        settings = self.config.model.sandbox
+        if self.config.org_token is None:
+            self._org_token = Secret("v2.public." + pysecrets.token_urlsafe(48), "generated")
+        assert self.org_token is not None
+        try:
+            self.sandbox = await server.start(
+                server.SandboxSettings(
+                    host=settings.host,
+                    port=settings.port,
+                    org_token=self.org_token.reveal(),
+                    rate_limit_per_minute=settings.rate_limit_per_minute,
+                )
+            )
+        except OSError as e:
+            logger.error(
+                "unit-gateway: cannot start the embedded sandbox on %s:%s: %s",
+                settings.host,
+                settings.port,
+                e.strerror or e,
+            )
+
+    def _announce(self) -> None:
+        assert self.config is not None
+        proxyserver = ctx.master.addons.get("proxyserver")
+        addrs = proxyserver.listen_addrs() if proxyserver else []
+        modes = ", ".join(ctx.options.mode)
+        for host, port, *_ in addrs:
+            logger.info("unit-gateway: proxy listening on %s:%s (%s)", host, port, modes)
+        for up in self.config.model.unit.upstreams:
+            logger.info("unit-gateway: upstream %s (%s)", up.url, up.environment)
+        if self.sandbox is not None:
+            logger.info("unit-gateway: embedded sandbox on %s", self.sandbox.url)
+        ca = Path(os.path.expanduser(ctx.options.confdir)) / "mitmproxy-ca-cert.pem"
+        logger.info("unit-gateway: CA certificate %s", ca)
+
+    async def done(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+            self.sandbox = None
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.config is None and flow.response is None:
+            flow.response = http.Response.make(
+                503,
+                jsonapi.error_bytes(
+                    503,
+                    "Gateway Not Configured",
+                    code="gateway_not_configured",
+                    detail="unit-gateway has no valid configuration; see its log",
+                ),
+                {"Content-Type": jsonapi.MEDIA_TYPE},
+            )

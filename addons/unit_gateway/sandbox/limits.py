@@ -1,0 +1,52 @@
+"""Sliding-window counters: Unit's per-IP request limit and per-customer verification limit."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    # Seconds until the oldest event in the window leaves it (and a slot frees up).
+    reset_after: float
+
+
+_UNLIMITED = Decision(True, 0, 0, 0.0)
+
+
+class SlidingWindow:
+    """At most ``limit`` events per key in any ``window`` seconds; limit 0 means unlimited."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._events: dict[str, deque[float]] = {}
+
+    def hit(self, key: str, now: float) -> Decision:
+        """Record one event for ``key`` unless that would exceed the limit."""
+        if self.limit <= 0:
+            return _UNLIMITED
+        events = self._events.get(key)
+        if events is None:
+            events = self._events[key] = deque()
+        horizon = now - self.window
+        while events and events[0] <= horizon:
+            events.popleft()
+        if len(events) >= self.limit:
+            return Decision(False, self.limit, 0, events[0] - horizon)
+        events.append(now)
+        reset_after = events[0] - horizon
+        return Decision(True, self.limit, self.limit - len(events), reset_after)
+
+    def clear(self) -> None:
+        self._events.clear()
+
+
+def whole_seconds(seconds: float) -> int:
+    """Seconds for a header: rounded up, never 0 while something is still waiting."""
+    return max(math.ceil(seconds), 1) if seconds > 0 else 0

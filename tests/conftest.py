@@ -1,0 +1,134 @@
+"""Fixtures for end-to-end tests: a real sandbox process, a real gateway process in front of
+it, a client that goes through the gateway, and a leak scan over every output of the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from unit_gateway.testing import harness
+from unit_gateway.testing.leakscan import assert_no_leaks
+
+
+@dataclass
+class Planted:
+    """Secret values planted in a run; at the end no output may contain any of them."""
+
+    secrets: dict[str, str] = field(default_factory=dict)
+    #: Extra outputs that are not files in the run directory (e.g. HTTP responses of mitmweb).
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def add(self, label: str, value: str) -> str:
+        self.secrets[label] = value
+        return value
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "run"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def planted() -> Planted:
+    return Planted()
+
+
+@pytest.fixture
+def sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
+    box = harness.start_sandbox(run_dir, extra_args=["--rate-limit", "100000"])
+    planted.add("org token", box.org_token)
+    yield box
+    assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+@pytest.fixture
+def tls_sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
+    box = harness.start_sandbox(
+        run_dir, tls=True, name="tls-sandbox", extra_args=["--rate-limit", "100000"]
+    )
+    planted.add("org token (tls sandbox)", box.org_token)
+    yield box
+    assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+GatewayFactory = Callable[..., harness.Gateway]
+
+
+@pytest.fixture
+def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]:
+    """Start gateways in front of a sandbox; on teardown stop each (it must exit 0 and free
+    its ports), then scan every output of the run for the planted secrets."""
+    started: list[harness.Gateway] = []
+
+    def start(
+        upstream: harness.Sandbox,
+        *,
+        overrides: dict[str, Any] | None = None,
+        mode: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        name: str = "gateway",
+        web: bool = False,
+    ) -> harness.Gateway:
+        config = harness.write_gateway_config(
+            run_dir / f"{name}.yaml", upstream_url=upstream.url, overrides=overrides
+        )
+        gateway = harness.start_gateway(
+            run_dir,
+            config,
+            org_token=upstream.org_token,
+            mode=mode,
+            extra_args=extra_args,
+            upstream_ca=upstream.cert_path,
+            name=name,
+            web=web,
+        )
+        started.append(gateway)
+        return gateway
+
+    yield start
+
+    for gateway in started:
+        status = gateway.process.stop()
+        assert status == 0, gateway.process.output()[-2000:]
+        for port in ports_of(gateway):
+            assert harness.port_is_free(port), f"port {port} still bound after stop"
+    if planted.secrets:
+        assert_no_leaks(planted.secrets, paths=[run_dir], blobs=planted.blobs)
+
+
+def ports_of(gateway: harness.Gateway) -> list[int]:
+    urls = [gateway.proxy_url] + ([gateway.metrics_url] if gateway.metrics_url else [])
+    return [int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls]
+
+
+@pytest.fixture
+def gateway(gateway_factory: GatewayFactory, sandbox: harness.Sandbox) -> harness.Gateway:
+    return gateway_factory(sandbox)
+
+
+def proxied_session(gateway: harness.Gateway) -> requests.Session:
+    """A requests session that reaches every URL through the gateway and trusts its CA."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"http": gateway.proxy_url, "https": gateway.proxy_url}
+    session.verify = str(gateway.ca_path)
+    return session
+
+
+@pytest.fixture
+def client(gateway: harness.Gateway) -> Iterator[requests.Session]:
+    with proxied_session(gateway) as session:
+        yield session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_leftover_processes() -> Iterator[None]:
+    yield
+    harness.stop_all()

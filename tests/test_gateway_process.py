@@ -1,0 +1,119 @@
+"""The gateway as a real process: start, announce, forward, serve metrics, stop cleanly."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import GatewayFactory, Planted, proxied_session
+from unit_gateway.testing import harness
+
+
+def test_announces_where_it_listens(gateway: harness.Gateway) -> None:
+    output = gateway.process.output()
+    assert re.search(r"unit-gateway: proxy listening on 127\.0\.0\.1:\d+ \(regular\)", output)
+    assert "unit-gateway: upstream http://127.0.0.1:" in output
+    assert f"unit-gateway: CA certificate {gateway.ca_path}" in output
+    assert gateway.ca_path.exists()
+    assert gateway.metrics_url is not None
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", gateway.metrics_url)
+
+
+def test_forwards_to_the_sandbox_and_serves_metrics(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, client: requests.Session
+) -> None:
+    response = client.get(
+        f"{sandbox.url}/cards", headers={"Authorization": f"Bearer {sandbox.org_token}"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"], "the sandbox has seeded cards"
+    assert sandbox.stats()["requests"].get("GET /cards") == 1
+    assert 'unit_gateway_build_info{version="' in gateway.metrics_text()
+
+
+def test_forwards_over_tls_to_a_tls_upstream(
+    gateway_factory: GatewayFactory, tls_sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(tls_sandbox, name="tls-gateway")
+    with proxied_session(gateway) as session:
+        response = session.get(
+            f"{tls_sandbox.url}/accounts",
+            headers={"Authorization": f"Bearer {tls_sandbox.org_token}"},
+        )
+    assert response.status_code == 200, response.text
+    assert tls_sandbox.stats()["requests"].get("GET /accounts") == 1
+
+
+def test_unit_python_sdk_through_the_gateway(
+    gateway: harness.Gateway,
+    sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from unit import Unit
+
+    # The SDK uses module-level requests: proxy and CA come from the environment, as in a service.
+    monkeypatch.setenv("HTTP_PROXY", gateway.proxy_url)
+    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    unit = Unit(sandbox.url, sandbox.org_token)
+    cards = unit.cards.list()
+    assert cards.data, cards
+    card = unit.cards.get(cards.data[0].id)
+    assert card.data.id == cards.data[0].id
+    assert sandbox.stats()["requests"].get("GET /cards/{cardId}") == 1
+
+
+def test_stops_cleanly_and_frees_its_ports(
+    run_dir: Path, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    config = harness.write_gateway_config(run_dir / "gw.yaml", upstream_url=sandbox.url)
+    gateway = harness.start_gateway(run_dir, config, org_token=sandbox.org_token)
+    pid = gateway.process.proc.pid if gateway.process.proc else 0
+    ports = [
+        int(u.rsplit(":", 1)[1].split("/")[0])
+        for u in (gateway.proxy_url, gateway.metrics_url or "")
+    ]
+    assert not any(harness.port_is_free(p) for p in ports)
+    assert gateway.process.stop() == 0
+    assert all(harness.port_is_free(p) for p in ports)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_mitmweb_with_web_flag(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    web_port = harness.free_port()
+    gateway = gateway_factory(
+        sandbox,
+        name="web-gateway",
+        extra_args=(
+            "--set",
+            f"web_port={web_port}",
+            "--set",
+            "web_open_browser=false",
+            "--set",
+            "web_host=127.0.0.1",
+        ),
+        web=True,
+    )
+    url = gateway.process.wait_for(r"Web server listening at (\S+)").group(1)
+    assert f":{web_port}" in url
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        page = response.read()
+    assert response.status == 200
+    planted.blobs.append(("mitmweb index page", page))
+    with proxied_session(gateway) as session:
+        assert (
+            session.get(
+                f"{sandbox.url}/customers",
+                headers={"Authorization": f"Bearer {sandbox.org_token}"},
+            ).status_code
+            == 200
+        )
