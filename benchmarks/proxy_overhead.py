@@ -63,7 +63,7 @@ def sandbox_get(sandbox: harness.Sandbox, path: str) -> Any:
 
 
 async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    sandbox = harness.start_sandbox(run_dir, tls=True, extra_args=["--rate-limit", "100000000"])
+    sandbox = harness.start_sandbox(run_dir, tls=True, extra_args=["--rate-limit", "0"])
     assert sandbox.cert_path is not None
     upstream_ca = ("--set", f"ssl_verify_upstream_trusted_ca={sandbox.cert_path}")
     bare = harness.start_bare_mitmdump(run_dir, extra_args=[*PROXY_ARGS, *upstream_ca])
