@@ -6,6 +6,7 @@ loads every unit-gateway addon in the order they must run.
 """
 
 from unit_gateway.core import GatewayCore
+from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsServer
 
 core = GatewayCore()
@@ -13,5 +14,6 @@ metrics = GatewayMetrics()
 
 addons = [
     core,
+    TokenInjector(core),
     MetricsServer(core, metrics),
 ]

@@ -193,7 +193,7 @@ TwoFactorStrategy = Literal["sandbox-otp", "jwt", "challenge"]
 
 class TokenKindSettings(_Model):
     default_scopes: list[Scope] = Field(default_factory=list)
-    expires_in: int = Field(default=3600, ge=60, le=MAX_TOKEN_LIFETIME)
+    expires_in: int = Field(default=3600, ge=1, le=MAX_TOKEN_LIFETIME)
     two_factor: TwoFactorStrategy = "challenge"
 
 
@@ -253,6 +253,14 @@ class GatewayConfig(_Model):
         if self.unit.org_token is None and not self.sandbox.embedded:
             raise _FieldError("unit.org_token", "is required unless sandbox.embedded is true")
         live = [u.url for u in self.unit.upstreams if u.environment == "live"]
+        margin = self.tokens.expiry_margin_seconds
+        for kind in ("customer", "cardholder"):
+            expires_in = getattr(self.tokens, kind).expires_in
+            if margin >= expires_in:
+                raise _FieldError(
+                    "tokens.expiry_margin_seconds",
+                    f"must be smaller than tokens.{kind}.expires_in ({expires_in})",
+                )
         for kind in ("customer", "cardholder"):
             strategy = getattr(self.tokens, kind).two_factor
             if strategy == "sandbox-otp" and live:

@@ -449,7 +449,7 @@ def _seed(data: SandboxData) -> None:
     individuals = [
         _individual_customer(
             "10001", 0, "Jane", "Doe", "900121234", "1991-05-14", palo_alto, "5555550101",
-            "jane.doe@example.com", "60001", jwt_subject="jane-doe|sandbox",
+            "jane.doe@example.com", "60001", jwt_subject="user|10001",
         ),
         _individual_customer(
             "10002", 1, "John", "Roe", "900131234", "1985-11-02",
@@ -459,7 +459,7 @@ def _seed(data: SandboxData) -> None:
         _individual_customer(
             "10003", 2, "Maria", "Lopez", "900141234", "1979-02-28",
             _address("600 Congress Ave", "Austin", "TX", "78701"), "5555550103",
-            "maria.lopez@example.com", "60003", jwt_subject="maria-lopez|sandbox",
+            "maria.lopez@example.com", "60003", jwt_subject="user|10003",
         ),
     ]  # fmt: skip
     for i, customer in enumerate(individuals):

@@ -106,13 +106,18 @@ class ManagedProcess:
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time. Returns the exit status."""
         assert self.proc is not None
-        if self.proc.poll() is None:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            # Repeated: asyncio drops a signal that arrives while its wake-up pipe is full,
+            # as it can be for a moment after a burst of connection events in mitmproxy.
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(min(2.0, max(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                continue
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         if self in _live:
             _live.remove(self)
         return self.proc.returncode

@@ -1,0 +1,320 @@
+"""The token addon: swaps a caller's placeholder for the real Unit token before a request
+leaves, handles Unit's token endpoints, and retries once when Unit rejects an injected token.
+
+State per flow lives here, keyed by flow id, never in ``flow.metadata``: metadata is saved
+with the flow, and tokens must not be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import ctx, http
+
+from unit_gateway import jsonapi
+from unit_gateway.config import Upstream
+from unit_gateway.identity import (
+    ORG,
+    Identity,
+    PlaceholderError,
+    RealToken,
+    parse_authorization,
+)
+from unit_gateway.minting import Challenge, TokenError, TokenService
+from unit_gateway.routes import RouteMatch, RouteTable
+from unit_gateway.token_cache import CachedToken
+
+if TYPE_CHECKING:
+    from unit_gateway.core import GatewayCore
+
+logger = logging.getLogger(__name__)
+
+SCOPE_HEADER = "X-Unit-Gateway-Scope"
+CHALLENGE_PREFIX = "unitgw-challenge-"
+
+
+@dataclass
+class FlowState:
+    """What the response hook needs to know about a request the gateway changed."""
+
+    upstream: Upstream
+    identity: Identity | None = None
+    token: CachedToken | None = None
+    needed: frozenset[str] = frozenset()
+    #: The caller used a placeholder on a token endpoint: it gets a placeholder back.
+    placeholder_caller: bool = False
+    token_identity: Identity | None = None
+    challenge: Challenge | None = None
+    retried: bool = False
+
+
+def error_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> http.Response:
+    return http.Response.make(
+        status,
+        jsonapi.error_bytes(status, code=code, detail=detail, meta=meta),
+        {"Content-Type": jsonapi.MEDIA_TYPE, **(headers or {})},
+    )
+
+
+def token_error_response(error: TokenError) -> http.Response:
+    return http.Response.make(
+        error.status, error.body(), {"Content-Type": jsonapi.MEDIA_TYPE, **error.headers}
+    )
+
+
+def token_endpoint_identity(route: RouteMatch) -> Identity | None:
+    """The identity a token endpoint creates a token (or verification) for."""
+    if route.token_endpoint in ("customer", "customer-verification"):
+        return Identity("customer", route.params.get("customerId"))
+    if route.token_endpoint in ("cardholder", "cardholder-verification"):
+        return Identity("cardholder", route.params.get("cardId"))
+    return None
+
+
+class TokenInjector:
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+        self.routes = RouteTable.default()
+        self.service: TokenService | None = None
+        self._flows: dict[str, FlowState] = {}
+
+    def configure(self, updated: set[str]) -> None:
+        config = self.core.config
+        if config is None:
+            return
+        self.routes = RouteTable.from_settings(config.model.routes)
+
+    def running(self) -> None:
+        config = self.core.config
+        org_token = self.core.org_token
+        if config is None or org_token is None:
+            return
+        self.service = TokenService(
+            config,
+            org_token,
+            ssl_context=self._ssl_context(),
+            two_factor_scopes=frozenset(self.routes.two_factor_scopes),
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        # The gateway's own calls trust what mitmproxy trusts for upstreams.
+        if ctx.options.ssl_insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(
+            cafile=ctx.options.ssl_verify_upstream_trusted_ca or None,
+            capath=ctx.options.ssl_verify_upstream_trusted_confdir or None,
+        )
+
+    async def done(self) -> None:
+        if self.service is not None:
+            await self.service.close()
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or self.core.config is None:
+            return
+        try:
+            await self._route_request(flow)
+        except Exception:
+            # mitmproxy would log the exception and forward the request as it is: fail closed.
+            logger.exception("unit-gateway: internal error handling %s", flow.request.path)
+            flow.response = error_response(
+                500, "gateway_internal_error", "unit-gateway failed on this request; see its log"
+            )
+
+    async def _route_request(self, flow: http.HTTPFlow) -> None:
+        assert self.core.config is not None
+        request = flow.request
+        upstream = self.core.config.model.upstream_for(request.pretty_host, request.port)
+        credential = self._credential(flow)
+        if upstream is None or request.scheme != upstream.scheme:
+            if isinstance(credential, Identity | PlaceholderError):
+                flow.response = error_response(
+                    403,
+                    "placeholder_for_unknown_host",
+                    f"{request.scheme}://{request.pretty_host}:{request.port} is not a configured "
+                    "Unit upstream; unitgw placeholders are only sent to Unit",
+                )
+            return
+        if isinstance(credential, PlaceholderError):
+            flow.response = error_response(401, "invalid_placeholder", str(credential))
+            return
+        if isinstance(credential, RealToken):
+            # The caller's own credential goes through untouched; a token it creates with it
+            # is learned for the identity it names.
+            route = self.routes.match(request.method, request.path)
+            if route is not None and route.token_endpoint is not None:
+                self._flows[flow.id] = FlowState(
+                    upstream, token_identity=token_endpoint_identity(route)
+                )
+            return
+        if credential is None:
+            if self.core.config.model.unit.missing_authorization == "reject":
+                flow.response = error_response(
+                    401,
+                    "missing_authorization",
+                    "no Authorization header: send Bearer unitgw:org, unitgw:customer:<id> "
+                    "or unitgw:cardholder:<cardId>",
+                )
+                return
+            credential = ORG
+        await self._inject(flow, upstream, credential)
+
+    def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
+        try:
+            return parse_authorization(flow.request.headers.get("Authorization"))
+        except PlaceholderError as e:
+            return e
+
+    async def _inject(self, flow: http.HTTPFlow, upstream: Upstream, identity: Identity) -> None:
+        request = flow.request
+        route = self.routes.match(request.method, request.path)
+        extra = request.headers.pop(SCOPE_HEADER, "")
+        state = FlowState(upstream, identity)
+        self._flows[flow.id] = state
+        if route is not None and route.token_endpoint is not None:
+            # Unit's token endpoints take the org token, whoever the caller speaks for.
+            state.placeholder_caller = True
+            state.token_identity = token_endpoint_identity(route)
+            request.headers["Authorization"] = f"Bearer {self._org_token()}"
+            return
+        if identity == ORG:
+            request.headers["Authorization"] = f"Bearer {self._org_token()}"
+            return
+        if identity.kind == "cardholder" and route is not None:
+            if not route.allows_cardholder(identity.subject or ""):
+                flow.response = error_response(
+                    403,
+                    "cardholder_route_refused",
+                    f"a cardholder token for card {identity.subject} cannot be used for "
+                    f"{request.method} {route.template}",
+                )
+                return
+        needed = frozenset(extra.replace(",", " ").split())
+        if route is not None and route.scope is not None:
+            needed |= {route.scope}
+        if identity.kind == "cardholder":
+            needed &= {"cards", "cards-sensitive", "cards-write", "cards-sensitive-write"}
+        state.needed = needed
+        await self._attach_token(flow, state)
+
+    async def _attach_token(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        assert self.service is not None and state.identity is not None
+        try:
+            token = await self.service.token_for(state.identity, state.needed, state.upstream)
+        except TokenError as e:
+            flow.response = token_error_response(e)
+            return False
+        state.token = token
+        flow.request.headers["Authorization"] = f"Bearer {token.value}"
+        return True
+
+    def _org_token(self) -> str:
+        org = self.core.org_token
+        assert org is not None
+        return org.reveal()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.get(flow.id)
+        if state is None or state.token_identity is None or flow.response is not None:
+            return
+        if self.service is None:
+            return
+        # A caller completing a challenge: swap in the real verification token.
+        try:
+            body = json.loads(flow.request.get_content(strict=False) or b"null")
+            attributes = body["data"]["attributes"]
+        except (ValueError, KeyError, TypeError):
+            return  # Unit answers a malformed create-token request itself
+        if not isinstance(attributes, dict):
+            return
+        offered = attributes.get("verificationToken")
+        if not isinstance(offered, str) or not offered.startswith(CHALLENGE_PREFIX):
+            return
+        challenge = self.service.take_challenge(offered, state.token_identity)
+        if challenge is None:
+            flow.response = error_response(
+                400,
+                "unknown_challenge",
+                "verificationToken names no open challenge for this customer or card "
+                "(challenges last 10 minutes and are used once)",
+                meta={"pointer": "/data/attributes/verificationToken"},
+            )
+            return
+        state.challenge = challenge
+        attributes["verificationToken"] = challenge.verification_token
+        attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
+        flow.request.set_content(json.dumps(body).encode())
+
+    # --- responses -------------------------------------------------------------------------
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        if state is None or flow.response is None or self.service is None:
+            return
+        if state.token_identity is not None:
+            self._learn(flow, state)
+        elif flow.response.status_code == 401 and state.token is not None and not state.retried:
+            await self._retry_with_new_token(flow, state)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._flows.pop(flow.id, None)
+
+    def _learn(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Cache a token created through the gateway; a placeholder caller gets the
+        placeholder in place of the token."""
+        assert flow.response is not None and self.service is not None
+        identity = state.token_identity
+        if identity is None or flow.response.status_code not in (200, 201):
+            return
+        try:
+            body = json.loads(flow.response.get_content(strict=False) or b"null")
+            attributes = body["data"]["attributes"]
+            value = attributes["token"]
+        except (ValueError, KeyError, TypeError):
+            return  # verification answers carry no token
+        if not isinstance(value, str):
+            return
+        requested = frozenset()
+        try:
+            sent = json.loads(flow.request.get_content(strict=False) or b"null")
+            requested = frozenset(str(sent["data"]["attributes"].get("scope", "")).split())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        self.service.learn(identity, value, requested, attributes.get("expiresIn"))
+        if state.placeholder_caller:
+            attributes["token"] = identity.placeholder
+            flow.response.set_content(json.dumps(body).encode())
+
+    async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Unit rejected an injected token: evict it, get another, and send the request once
+        more. A second 401 goes back to the caller."""
+        assert self.service is not None and state.token is not None
+        self.service.evict(state.token)
+        state.retried = True
+        retry = flow.copy()
+        if not await self._attach_token(retry, state):
+            flow.response = retry.response
+            return
+        client = self.service.clients[state.upstream.url]
+        try:
+            flow.response = await client.forward(retry.request)
+        except TokenError as e:
+            flow.response = token_error_response(e)
+            return
+        flow.request.headers["Authorization"] = retry.request.headers["Authorization"]

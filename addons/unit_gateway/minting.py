@@ -1,0 +1,535 @@
+"""Getting customer and cardholder tokens from Unit: minting, two-factor, single-flight.
+
+The gateway's own calls go straight to the upstream with the org token, never through the
+proxy, through an async client with Unit's documented 5 s timeout. At most one mint per
+identity and scope set is in flight; every other request for it awaits that one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import jwt
+from mitmproxy import http
+
+from unit_gateway import jsonapi
+from unit_gateway.config import LoadedConfig, Secret, TokenKindSettings, Upstream
+from unit_gateway.identity import Identity
+from unit_gateway.token_cache import CachedToken, TokenCache, scopes_of, usable_lifetime
+
+logger = logging.getLogger(__name__)
+
+SANDBOX_PASSCODE = "000001"
+CLOSE_TIMEOUT = 2.0
+#: Unit's longest documented endpoint timeout (ACH payments).
+FORWARD_TIMEOUT = 60.0
+_HOP_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+VERIFICATION_LIMIT = 5
+VERIFICATION_WINDOW = 600.0
+CHALLENGE_LIFETIME = 600.0
+
+
+class TokenError(Exception):
+    """A step of getting a token failed; becomes the caller's JSON:API error."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.meta = meta
+
+    def body(self) -> bytes:
+        return jsonapi.error_bytes(self.status, code=self.code, detail=self.detail, meta=self.meta)
+
+
+class VerificationRequired(TokenError):
+    """A person must enter the code Unit sent them; the caller completes the challenge."""
+
+    def __init__(self, challenge_id: str, identity: Identity) -> None:
+        super().__init__(
+            401,
+            "verification_required",
+            f"{identity} needs two-factor verification: send Unit's create-token request "
+            "through the gateway with verificationToken set to meta.challengeId and the code",
+            meta={"challengeId": challenge_id},
+        )
+        self.challenge_id = challenge_id
+
+
+class VerificationLimiter:
+    """Unit allows 5 verifications per 10 minutes per customer or card: refuse the sixth here,
+    before spending Unit's own limit."""
+
+    def __init__(
+        self,
+        limit: int = VERIFICATION_LIMIT,
+        window: float = VERIFICATION_WINDOW,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.timer = timer
+        self._attempts: dict[Identity, deque[float]] = {}
+
+    def acquire(self, identity: Identity) -> float | None:
+        """Record an attempt and return None, or return seconds until one is allowed."""
+        now = self.timer()
+        attempts = self._attempts.setdefault(identity, deque())
+        while attempts and attempts[0] <= now - self.window:
+            attempts.popleft()
+        if len(attempts) >= self.limit:
+            return attempts[0] + self.window - now
+        attempts.append(now)
+        return None
+
+
+class SingleFlight:
+    """One task per key; later callers await the running one. A caller that goes away does
+    not cancel the work others wait for."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[Any, asyncio.Task[Any]] = {}
+
+    def running(self, key: Any) -> asyncio.Task[Any] | None:
+        return self._tasks.get(key)
+
+    def find(self, matches: Callable[[Any], bool]) -> asyncio.Task[Any] | None:
+        """A running task whose key ``matches``."""
+        return next((task for key, task in self._tasks.items() if matches(key)), None)
+
+    async def run(self, key: Any, work: Callable[[], Awaitable[Any]]) -> Any:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(work())
+            self._tasks[key] = task
+            task.add_done_callback(lambda t: self._done(key, t))
+        return await asyncio.shield(task)
+
+    def _done(self, key: Any, task: asyncio.Task[Any]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody may be left awaiting it
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+@dataclass
+class Challenge:
+    identity: Identity
+    scopes: frozenset[str]
+    verification_token: str = field(repr=False)
+    upstream: Upstream
+    created_at: float
+
+
+_TOKEN_PATHS = {
+    "customer": ("/customers/{}/token", "customerToken", "customerTokenVerification"),
+    "cardholder": ("/cards/{}/cardholder/token", "cardholderToken", "cardholderTokenVerification"),
+}
+
+
+class UnitClient:
+    """The gateway's own connection to one Unit upstream: token and verification calls
+    with the org token, and the one retry of a request whose injected token Unit refused."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        org_token: Secret,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.upstream = upstream
+        self.org_token = org_token
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True, limit=64),
+                trust_env=False,  # never through a proxy: certainly not through ourselves
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            # Closing can wait on connections the upstream already dropped: bound it.
+            try:
+                await asyncio.wait_for(self._session.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "unit-gateway: closing the connection to %s timed out", self.upstream.url
+                )
+
+    async def create_token(
+        self,
+        identity: Identity,
+        scopes: frozenset[str],
+        expires_in: int,
+        *,
+        verification: tuple[str, str] | None = None,
+        jwt_token: str | None = None,
+    ) -> tuple[str, float]:
+        """Create a token; returns it with its usable lifetime in seconds."""
+        path, data_type, _ = _TOKEN_PATHS[identity.kind]
+        attributes: dict[str, Any] = {"scope": " ".join(sorted(scopes)), "expiresIn": expires_in}
+        if verification is not None:
+            attributes["verificationToken"], attributes["verificationCode"] = verification
+        if jwt_token is not None:
+            attributes["jwtToken"] = jwt_token
+        step = f"creating a {identity.kind} token for {identity}"
+        document = await self._post(path.format(identity.subject), data_type, attributes, step)
+        try:
+            token = document["data"]["attributes"]["token"]
+            lifetime = usable_lifetime(token, document["data"]["attributes"].get("expiresIn"))
+        except (KeyError, TypeError):
+            raise TokenError(
+                502, "token_response_invalid", f"{step}: Unit's answer had no token"
+            ) from None
+        return token, lifetime
+
+    async def create_verification(self, identity: Identity, channel: str = "sms") -> str:
+        path, _, data_type = _TOKEN_PATHS[identity.kind]
+        step = f"starting two-factor verification for {identity}"
+        document = await self._post(
+            path.format(identity.subject) + "/verification", data_type, {"channel": channel}, step
+        )
+        try:
+            return str(document["data"]["attributes"]["verificationToken"])
+        except (KeyError, TypeError):
+            raise TokenError(
+                502, "token_response_invalid", f"{step}: Unit's answer had no verificationToken"
+            ) from None
+
+    async def forward(self, request: http.Request) -> http.Response:
+        """Send a caller's request (with its new token) straight to this upstream."""
+        headers = [
+            (k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _HOP_HEADERS
+        ]
+        try:
+            async with self.session.request(
+                request.method,
+                self.upstream.url + request.path,
+                headers=headers,
+                data=request.raw_content or None,
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
+            ) as upstream_response:
+                content = await upstream_response.read()
+                status = upstream_response.status
+                raw_headers = [
+                    (k, v)
+                    for k, v in upstream_response.raw_headers
+                    if k.decode("latin-1").lower() not in _HOP_HEADERS
+                ]
+        except TimeoutError:
+            raise TokenError(
+                504, "upstream_timeout", f"retrying with a new token: {self.upstream.url} timed out"
+            ) from None
+        except aiohttp.ClientError as e:
+            raise TokenError(
+                502,
+                "upstream_unreachable",
+                f"retrying with a new token: cannot reach {self.upstream.url}: {type(e).__name__}",
+            ) from None
+        response = http.Response.make(status, b"", raw_headers)
+        # Keep the bytes exactly as Unit sent them, compressed or not.
+        response.raw_content = content
+        response.headers["Content-Length"] = str(len(content))
+        return response
+
+    async def _post(
+        self, path: str, data_type: str, attributes: dict[str, Any], step: str
+    ) -> dict[str, Any]:
+        body = json.dumps({"data": {"type": data_type, "attributes": attributes}})
+        headers = {
+            "Authorization": f"Bearer {self.org_token.reveal()}",
+            "Content-Type": jsonapi.MEDIA_TYPE,
+            "Accept": jsonapi.MEDIA_TYPE,
+        }
+        try:
+            async with self.session.post(
+                self.upstream.url + path, data=body, headers=headers
+            ) as response:
+                content = await response.read()
+                status = response.status
+        except TimeoutError:
+            raise TokenError(
+                504, "token_endpoint_timeout", f"{step}: Unit did not answer in {self.timeout:g} s"
+            ) from None
+        except aiohttp.ClientError as e:
+            raise TokenError(
+                503,
+                "token_endpoint_unreachable",
+                f"{step}: cannot reach {self.upstream.url}: {type(e).__name__}",
+            ) from None
+        if status in (200, 201):
+            try:
+                return json.loads(content)
+            except ValueError:
+                raise TokenError(
+                    502, "token_response_invalid", f"{step}: Unit's answer is not JSON"
+                ) from None
+        raise _upstream_refusal(step, status, content)
+
+
+def _upstream_refusal(step: str, status: int, content: bytes) -> TokenError:
+    """Unit refused a token call. Its error titles and details carry no secrets; pass them on."""
+    errors = jsonapi.errors_of(content) or []
+    reason = (
+        "; ".join(str(e.get("detail") or e.get("title")) for e in errors if isinstance(e, dict))
+        or f"HTTP {status}"
+    )
+    if status == 429:
+        return TokenError(
+            429, "token_endpoint_rate_limited", f"{step}: Unit answered 429: {reason}"
+        )
+    if status >= 500:
+        return TokenError(
+            503 if status == 503 else 502,
+            "token_endpoint_failed",
+            f"{step}: Unit answered {status}: {reason}",
+        )
+    return TokenError(502, "token_refused", f"{step}: Unit answered {status}: {reason}")
+
+
+class TokenService:
+    """Tokens for identities: from the cache, minted, verified, refreshed ahead of expiry."""
+
+    def __init__(
+        self,
+        config: LoadedConfig,
+        org_token: Secret,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        two_factor_scopes: frozenset[str],
+        on_event: Callable[[str, dict[str, str]], None] | None = None,
+    ) -> None:
+        model = config.model
+        self.config = config
+        self.org_token = org_token
+        self.two_factor_scopes = two_factor_scopes
+        self.cache = TokenCache(
+            model.tokens.cache_size,
+            margin=model.tokens.expiry_margin_seconds,
+            refresh_ahead=model.tokens.refresh_ahead_seconds,
+        )
+        self.clients = {
+            up.url: UnitClient(
+                up, org_token, timeout=model.unit.token_timeout_seconds, ssl_context=ssl_context
+            )
+            for up in model.unit.upstreams
+        }
+        self.limiter = VerificationLimiter()
+        self.flights = SingleFlight()
+        self.challenges: dict[str, Challenge] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._on_event = on_event or (lambda name, labels: None)
+        jwt_settings = model.tokens.jwt
+        self._jwt_key = config.secrets.get("tokens.jwt.private_key")
+        self._jwt_settings = jwt_settings
+
+    def settings_for(self, identity: Identity) -> TokenKindSettings:
+        return getattr(self.config.model.tokens, identity.kind)
+
+    def scopes_for(self, identity: Identity, needed: frozenset[str]) -> frozenset[str]:
+        """What to mint: the kind's default scopes plus what the request needs."""
+        return frozenset(self.settings_for(identity).default_scopes) | needed
+
+    def needs_person(self, identity: Identity, scopes: frozenset[str]) -> bool:
+        return bool(scopes & self.two_factor_scopes) and (
+            self.settings_for(identity).two_factor == "challenge"
+        )
+
+    async def token_for(
+        self, identity: Identity, needed: frozenset[str], upstream: Upstream
+    ) -> CachedToken:
+        """A live token for ``identity`` covering ``needed``: cached, in flight, or new."""
+        cached = self.cache.get(identity, needed)
+        if cached is not None:
+            self._on_event("cache_hit", {"kind": identity.kind})
+            if cached.refresh_at <= self.cache.timer():
+                self._refresh_in_background(cached, upstream)
+            return cached
+        self._on_event("cache_miss", {"kind": identity.kind})
+        scopes = self.scopes_for(identity, needed)
+        # A mint in flight for a wider scope set serves this request too.
+        wider = self.flights.find(lambda key: key[0] == identity and needed <= key[1])
+        if wider is not None:
+            return await asyncio.shield(wider)
+        return await self.flights.run(
+            (identity, scopes), lambda: self._mint(identity, scopes, upstream)
+        )
+
+    def evict(self, token: CachedToken) -> None:
+        self.cache.evict(token)
+
+    async def _mint(
+        self, identity: Identity, scopes: frozenset[str], upstream: Upstream
+    ) -> CachedToken:
+        client = self.clients[upstream.url]
+        settings = self.settings_for(identity)
+        strategy = settings.two_factor if scopes & self.two_factor_scopes else "none"
+        verification = None
+        jwt_token = None
+        try:
+            if strategy in ("sandbox-otp", "challenge"):
+                verification_token = await self._verify(identity, client)
+                if strategy == "challenge":
+                    raise self._challenge(identity, scopes, verification_token, upstream)
+                verification = (verification_token, SANDBOX_PASSCODE)
+            elif strategy == "jwt":
+                jwt_token = self._sign_jwt(identity)
+            value, lifetime = await client.create_token(
+                identity,
+                scopes,
+                settings.expires_in,
+                verification=verification,
+                jwt_token=jwt_token,
+            )
+        except VerificationRequired:
+            raise
+        except TokenError:
+            self._on_event(
+                "mint", {"kind": identity.kind, "strategy": strategy, "outcome": "error"}
+            )
+            raise
+        self._on_event("mint", {"kind": identity.kind, "strategy": strategy, "outcome": "ok"})
+        token = self.cache.make(identity, scopes_of(value) or scopes, value, lifetime)
+        self.cache.put(token)
+        return token
+
+    async def _verify(self, identity: Identity, client: UnitClient) -> str:
+        wait = self.limiter.acquire(identity)
+        if wait is not None:
+            self._on_event("verification_refused", {"kind": identity.kind})
+            retry_after = max(1, int(wait + 0.999))
+            raise TokenError(
+                429,
+                "verification_limit",
+                f"{identity} reached {self.limiter.limit} verification attempts in "
+                f"{int(self.limiter.window // 60)} minutes; retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+        self._on_event("verification", {"kind": identity.kind})
+        return await client.create_verification(identity)
+
+    def _challenge(
+        self,
+        identity: Identity,
+        scopes: frozenset[str],
+        verification_token: str,
+        upstream: Upstream,
+    ) -> VerificationRequired:
+        self._expire_challenges()
+        challenge_id = "unitgw-challenge-" + secrets.token_urlsafe(18)
+        self.challenges[challenge_id] = Challenge(
+            identity, scopes, verification_token, upstream, time.monotonic()
+        )
+        return VerificationRequired(challenge_id, identity)
+
+    def take_challenge(self, challenge_id: str, identity: Identity) -> Challenge | None:
+        """The challenge a caller completes, if it is live and for this identity."""
+        self._expire_challenges()
+        challenge = self.challenges.get(challenge_id)
+        if challenge is None or challenge.identity != identity:
+            return None
+        del self.challenges[challenge_id]
+        return challenge
+
+    def _expire_challenges(self) -> None:
+        cutoff = time.monotonic() - CHALLENGE_LIFETIME
+        for key in [k for k, c in self.challenges.items() if c.created_at < cutoff]:
+            del self.challenges[key]
+
+    def _sign_jwt(self, identity: Identity) -> str:
+        if self._jwt_settings is None or self._jwt_key is None:
+            raise TokenError(500, "jwt_not_configured", "two_factor: jwt needs tokens.jwt")
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": self._jwt_settings.subject_template.format(customerId=identity.subject),
+            "iat": now,
+            "exp": now + self._jwt_settings.lifetime_seconds,
+        }
+        if self._jwt_settings.issuer:
+            claims["iss"] = self._jwt_settings.issuer
+        return jwt.encode(claims, self._jwt_key.reveal(), algorithm=self._jwt_settings.algorithm)
+
+    def learn(
+        self, identity: Identity, value: str, scopes: frozenset[str], expires_in: float | None
+    ) -> CachedToken | None:
+        """Cache a token a caller created through the gateway, for reuse until it expires."""
+        lifetime = usable_lifetime(value, expires_in)
+        token = self.cache.make(identity, scopes_of(value) or scopes, value, lifetime, learned=True)
+        self.cache.put(token)
+        self._on_event("learned", {"kind": identity.kind})
+        return token
+
+    def _refresh_in_background(self, token: CachedToken, upstream: Upstream) -> None:
+        key = (token.identity, token.scopes)
+        if self.flights.running(key) is not None or self.needs_person(token.identity, token.scopes):
+            return
+
+        async def refresh() -> None:
+            try:
+                await self.flights.run(
+                    key, lambda: self._mint(token.identity, token.scopes, upstream)
+                )
+                self._on_event("refresh", {"kind": token.identity.kind, "outcome": "ok"})
+            except TokenError as e:
+                # The current token stays in use until it expires; the next request tries again.
+                logger.warning(
+                    "unit-gateway: refreshing a %s token failed: %s", token.identity.kind, e.detail
+                )
+                self._on_event("refresh", {"kind": token.identity.kind, "outcome": "error"})
+
+        task = asyncio.ensure_future(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for client in self.clients.values():
+            await client.close()

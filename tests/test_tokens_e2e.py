@@ -1,0 +1,405 @@
+"""Token injection end to end: a real gateway process in front of the sandbox, Unit's Python
+SDK as the client, placeholders as its only credentials. Every test ends with the leak scan
+of the gateway fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from unit import Unit
+from unit.models.customerToken import CreateCustomerToken
+
+from conftest import GatewayFactory, Planted, proxied_session
+from unit_gateway.testing import harness
+
+CUSTOMER = "10001"  # an individual customer of the sandbox's seed data, jwtSubject user|10001
+OTHER_CUSTOMER = "10002"
+
+
+@pytest.fixture
+def sdk_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def sdk(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, token: str, mp: pytest.MonkeyPatch
+) -> Unit:
+    """Unit's SDK as a service uses it: proxy and CA from the environment, a placeholder token."""
+    mp.setenv("HTTP_PROXY", gateway.proxy_url)
+    mp.setenv("HTTPS_PROXY", gateway.proxy_url)
+    mp.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+    return Unit(sandbox.url, token)
+
+
+def get(
+    session: requests.Session, sandbox: harness.Sandbox, path: str, token: str
+) -> requests.Response:
+    return session.get(sandbox.url + path, headers={"Authorization": f"Bearer {token}"})
+
+
+def created(sandbox: harness.Sandbox) -> tuple[int, int, int, int]:
+    stats = sandbox.stats()
+    return (
+        stats["tokens_created"]["customer"],
+        stats["tokens_created"]["cardholder"],
+        stats["verifications_created"]["customer"],
+        stats["verifications_created"]["cardholder"],
+    )
+
+
+def assert_no_unit_token(*responses: requests.Response) -> None:
+    for response in responses:
+        assert b"v2.public." not in response.content
+        assert "v2.public." not in str(response.headers)
+
+
+def test_each_identity_kind_gets_a_real_token(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_env: None,
+) -> None:
+    gateway = gateway_factory(sandbox)
+    org = sdk(gateway, sandbox, "unitgw:org", monkeypatch)
+    all_cards = org.cards.list().data
+    assert len({c.relationships["customer"].id for c in all_cards}) > 1
+
+    customer = sdk(gateway, sandbox, f"unitgw:customer:{CUSTOMER}", monkeypatch)
+    mine = customer.cards.list().data
+    # A customer token sees only its own cards: the sandbox got a customer token.
+    assert mine and all(c.relationships["customer"].id == CUSTOMER for c in mine)
+
+    card_id = mine[0].id
+    cardholder = sdk(gateway, sandbox, f"unitgw:cardholder:{card_id}", monkeypatch)
+    assert cardholder.cards.get(card_id).data.id == card_id
+    assert created(sandbox) == (1, 1, 0, 0)
+    assert sandbox.stats()["unauthenticated"] == {}
+
+    with proxied_session(gateway) as session:
+        other = next(c.id for c in all_cards if c.relationships["customer"].id != CUSTOMER)
+        refused = get(session, sandbox, f"/cards/{other}", f"unitgw:customer:{CUSTOMER}")
+        assert refused.status_code == 403  # Unit's own answer to a customer token
+        wrong_card = get(session, sandbox, f"/cards/{other}", f"unitgw:cardholder:{card_id}")
+        assert wrong_card.status_code == 403
+        assert wrong_card.json()["errors"][0]["code"] == "cardholder_route_refused"
+        assert_no_unit_token(refused, wrong_card)
+
+
+def test_reuse_and_expiry(gateway_factory: GatewayFactory, sandbox: harness.Sandbox) -> None:
+    gateway = gateway_factory(
+        sandbox,
+        overrides={
+            "tokens": {
+                "expiry_margin_seconds": 1,
+                "refresh_ahead_seconds": 0,
+                "customer": {"expires_in": 3, "default_scopes": ["customers", "accounts", "cards"]},
+            }
+        },
+    )
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        responses = [
+            get(session, sandbox, path, placeholder)
+            for path in ("/cards", "/accounts", f"/customers/{CUSTOMER}")
+        ]
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        assert created(sandbox)[0] == 1, "one token serves every route its scopes cover"
+        time.sleep(2.2)  # past the usable lifetime (3 s less the 1 s margin)
+        again = get(session, sandbox, "/cards", placeholder)
+        assert again.status_code == 200
+        assert created(sandbox)[0] == 2, "an expired token is replaced"
+        assert_no_unit_token(*responses, again)
+
+
+def test_refresh_ahead_in_background(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(
+        sandbox,
+        overrides={
+            "tokens": {
+                "expiry_margin_seconds": 1,
+                "refresh_ahead_seconds": 3,
+                "customer": {"expires_in": 6, "default_scopes": ["cards"]},
+            }
+        },
+    )
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        assert get(session, sandbox, "/cards", placeholder).status_code == 200
+        assert created(sandbox)[0] == 1
+        time.sleep(2.7)  # inside the refresh window (after 5 - 3 = 2 s), token still valid
+        started = time.monotonic()
+        assert get(session, sandbox, "/cards", placeholder).status_code == 200
+        assert time.monotonic() - started < 1.0
+        deadline = time.monotonic() + 5
+        while created(sandbox)[0] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert created(sandbox)[0] == 2, "a replacement was minted in the background"
+        assert get(session, sandbox, "/cards", placeholder).status_code == 200
+        assert created(sandbox)[0] == 2, "the refreshed token is used"
+
+
+def test_learned_token_is_reused(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_env: None,
+) -> None:
+    gateway = gateway_factory(sandbox)
+    # A caller with its own credentials creates a customer token through the gateway.
+    own = sdk(gateway, sandbox, sandbox.org_token, monkeypatch)
+    response = own.customerTokens.create_token(
+        CreateCustomerToken(CUSTOMER, "customers accounts cards", expires_in=600)
+    )
+    assert response.data.attributes["token"].startswith("v2.public."), (
+        "its own credentials: the real token"
+    )
+    assert created(sandbox)[0] == 1
+    with proxied_session(gateway) as session:
+        assert get(session, sandbox, "/cards", f"unitgw:customer:{CUSTOMER}").status_code == 200
+    assert created(sandbox)[0] == 1, "the learned token served the placeholder"
+
+
+def test_sandbox_otp_two_factor(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    gateway = gateway_factory(
+        sandbox, overrides={"tokens": {"customer": {"two_factor": "sandbox-otp"}}}
+    )
+    with proxied_session(gateway) as session:
+        card = get(session, sandbox, "/cards", f"unitgw:customer:{CUSTOMER}").json()["data"][0][
+            "id"
+        ]
+        pan = get(session, sandbox, f"/cards/{card}/secure-data/pan", f"unitgw:customer:{CUSTOMER}")
+        assert pan.status_code == 200, pan.text
+        assert created(sandbox)[:3] == (2, 0, 1)
+        assert_no_unit_token(pan)
+
+
+def test_jwt_two_factor(gateway_factory: GatewayFactory, run_dir: Path, planted: Planted) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (run_dir / "jwt-private.pem").write_bytes(private_pem)
+    (run_dir / "jwt-public.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    box = harness.start_sandbox(
+        run_dir,
+        name="jwt-sandbox",
+        extra_args=["--jwt-public-key", str(run_dir / "jwt-public.pem")],
+    )
+    planted.add("org token (jwt sandbox)", box.org_token)
+    try:
+        gateway = gateway_factory(
+            box,
+            overrides={
+                "tokens": {
+                    "customer": {"two_factor": "jwt"},
+                    "jwt": {
+                        "private_key": {"file": str(run_dir / "jwt-private.pem")},
+                        "subject_template": "user|{customerId}",
+                    },
+                }
+            },
+        )
+        with proxied_session(gateway) as session:
+            cards = get(session, box, "/cards", f"unitgw:customer:{CUSTOMER}").json()["data"]
+            pan = get(
+                session,
+                box,
+                f"/cards/{cards[0]['id']}/secure-data/pan",
+                f"unitgw:customer:{CUSTOMER}",
+            )
+            assert pan.status_code == 200, pan.text
+        stats = box.stats()
+        assert stats["jwt_tokens_accepted"] == 1
+        assert stats["verifications_created"]["customer"] == 0
+    finally:
+        assert box.process.stop() == 0
+
+
+def test_challenge_completed_by_the_caller(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_env: None,
+) -> None:
+    gateway = gateway_factory(
+        sandbox, overrides={"tokens": {"customer": {"two_factor": "challenge"}}}
+    )
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
+        first = get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder)
+        assert first.status_code == 401
+        error = first.json()["errors"][0]
+        assert error["code"] == "verification_required"
+        challenge_id = error["meta"]["challengeId"]
+        assert sandbox.stats()["verifications_created"]["customer"] == 1
+
+        # The caller completes it with Unit's own create-token request, through the gateway.
+        org = sdk(gateway, sandbox, "unitgw:org", monkeypatch)
+        answer = org.customerTokens.create_token(
+            CreateCustomerToken(
+                CUSTOMER,
+                "customers accounts cards cards-sensitive",
+                verification_token=challenge_id,
+                verification_code="000001",
+            )
+        )
+        assert answer.data.attributes["token"] == placeholder, (
+            "the caller gets the placeholder, not the token"
+        )
+        tokens_after_challenge = created(sandbox)[0]
+
+        pan = get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder)
+        assert pan.status_code == 200, pan.text
+        assert created(sandbox)[0] == tokens_after_challenge, "the completed token is cached"
+
+        reused = org.customerTokens.create_token(
+            CreateCustomerToken(
+                CUSTOMER,
+                "cards-sensitive",
+                verification_token=challenge_id,
+                verification_code="000001",
+            )
+        )
+        assert reused.errors[0].code == "unknown_challenge"
+        assert_no_unit_token(first, pan)
+
+
+def test_sixth_verification_is_refused_locally(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(
+        sandbox, overrides={"tokens": {"customer": {"two_factor": "challenge"}}}
+    )
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
+        answers = [
+            get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder) for _ in range(6)
+        ]
+    assert [a.status_code for a in answers] == [401] * 5 + [429]
+    assert answers[5].json()["errors"][0]["code"] == "verification_limit"
+    retry_after = int(answers[5].headers["Retry-After"])
+    assert 500 < retry_after <= 600
+    assert sandbox.stats()["verifications_created"]["customer"] == 5, "Unit never saw the sixth"
+
+
+async def _stampede(gateway: harness.Gateway, url: str, token: str, count: int) -> list[int]:
+    connector = aiohttp.TCPConnector(limit=count)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+
+        async def one() -> int:
+            async with session.get(
+                url, proxy=gateway.proxy_url, headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                await response.read()
+                return response.status
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("two_factor", [False, True], ids=["plain", "two-factor"])
+def test_500_concurrent_requests_mint_once(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, two_factor: bool
+) -> None:
+    gateway = gateway_factory(
+        sandbox, overrides={"tokens": {"customer": {"two_factor": "sandbox-otp"}}}
+    )
+    path = "/cards/30001/secure-data/pan" if two_factor else "/cards"
+    statuses = asyncio.run(
+        _stampede(gateway, sandbox.url + path, f"unitgw:customer:{CUSTOMER}", 500)
+    )
+    assert statuses == [200] * 500
+    assert created(sandbox)[0] == 1
+    assert created(sandbox)[2] == (1 if two_factor else 0)
+
+
+def test_token_endpoint_outage_and_timeout(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(sandbox, overrides={"unit": {"token_timeout_seconds": 1}})
+    with proxied_session(gateway) as session:
+        sandbox.faults(token_outage=True)
+        outage = get(session, sandbox, "/cards", f"unitgw:customer:{CUSTOMER}")
+        assert outage.status_code == 503
+        error = outage.json()["errors"][0]
+        assert error["code"] == "token_endpoint_failed"
+        assert "creating a customer token for unitgw:customer:10001" in error["detail"]
+
+        sandbox.faults(token_outage=False, latency_ms=1500)
+        timeout = get(session, sandbox, "/cards", f"unitgw:customer:{OTHER_CUSTOMER}")
+        assert timeout.status_code == 504
+        assert timeout.json()["errors"][0]["code"] == "token_endpoint_timeout"
+        sandbox.faults(latency_ms=0)
+    stats = sandbox.stats()
+    assert "GET /cards" not in stats["requests"], "nothing was forwarded without its token"
+    assert stats["unauthenticated"] == {}
+
+
+def test_upstream_401_evicts_and_retries_once(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(sandbox)
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        assert get(session, sandbox, "/accounts", placeholder).status_code == 200
+        # Unit's clock moves past the cached token's expiry: Unit answers 401 to it.
+        sandbox.admin("POST", "/__sandbox/clock", {"advance_seconds": 7200})
+        retried = get(session, sandbox, "/accounts", placeholder)
+        assert retried.status_code == 200, retried.text
+        assert_no_unit_token(retried)
+    stats = sandbox.stats()
+    assert stats["tokens_created"]["customer"] == 2
+    assert stats["requests"]["GET /accounts"] == 3
+    assert stats["responses"]["401"] == 1
+
+
+def test_refusals(gateway_factory: GatewayFactory, sandbox: harness.Sandbox) -> None:
+    gateway = gateway_factory(sandbox)
+    other_host = harness.start_sandbox(sandbox.process.run_dir, name="not-unit")
+    try:
+        with proxied_session(gateway) as session:
+            missing = session.get(sandbox.url + "/cards")
+            assert missing.status_code == 401
+            assert missing.json()["errors"][0]["code"] == "missing_authorization"
+            bad = get(session, sandbox, "/cards", "unitgw:customer:")
+            assert bad.status_code == 401
+            assert bad.json()["errors"][0]["code"] == "invalid_placeholder"
+            elsewhere = get(session, other_host, "/cards", "unitgw:org")
+            assert elsewhere.status_code == 403
+            assert elsewhere.json()["errors"][0]["code"] == "placeholder_for_unknown_host"
+            assert other_host.stats()["total_requests"] == 0, "never forwarded"
+            passthrough = get(session, other_host, "/cards", other_host.org_token)
+            assert passthrough.status_code == 200
+    finally:
+        assert other_host.process.stop() == 0
+
+
+def test_missing_authorization_may_use_the_org_token(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(sandbox, overrides={"unit": {"missing_authorization": "org"}})
+    with proxied_session(gateway) as session:
+        response = session.get(sandbox.url + "/customers")
+    assert response.status_code == 200
+    assert_no_unit_token(response)
