@@ -30,30 +30,49 @@ from unit_gateway.testing import harness
 
 RESULTS = Path(__file__).parent / "results"
 CONCURRENCIES = (1, 32)
+CUSTOMER_SCOPES = ("customers", "accounts", "cards")
 # Output per flow costs mitmdump CPU: every proxy runs with the same quiet setting.
 PROXY_ARGS = ("--set", "flow_detail=0")
 
 
+CUSTOMER = "10001"
+
+
 def request_mix(sandbox: harness.Sandbox) -> list[Call]:
-    """Reads of a card, an account list and a customer, as a service's traffic mostly is."""
-    cards = sandbox_get(sandbox, "/cards?page[limit]=3")["data"]
-    customers = sandbox_get(sandbox, "/customers?page[limit]=1")["data"]
-    card_id, customer_id = cards[0]["id"], customers[0]["id"]
+    """A customer's reads of its card, its accounts and itself, as a service's traffic mostly is."""
+    cards = sandbox_get(sandbox, f"/cards?filter[customerId]={CUSTOMER}")["data"]
+    card_id = cards[0]["id"]
     return [
         Call("GET", f"/cards/{card_id}"),
         Call("GET", f"/cards/{card_id}"),
         Call("GET", "/accounts?page[limit]=10"),
-        Call("GET", f"/customers/{customer_id}"),
+        Call("GET", f"/customers/{CUSTOMER}"),
     ]
 
 
-def sandbox_get(sandbox: harness.Sandbox, path: str) -> Any:
+def customer_token(sandbox: harness.Sandbox) -> str:
+    """A real customer token, for the runs that do not go through the gateway."""
+    body = {
+        "data": {
+            "type": "customerToken",
+            "attributes": {"scope": " ".join(CUSTOMER_SCOPES), "expiresIn": 86400},
+        }
+    }
+    return sandbox_get(sandbox, f"/customers/{CUSTOMER}/token", body)["data"]["attributes"]["token"]
+
+
+def sandbox_get(sandbox: harness.Sandbox, path: str, body: dict[str, Any] | None = None) -> Any:
     import ssl
     import urllib.request
 
     context = ssl.create_default_context(cafile=str(sandbox.cert_path))
     request = urllib.request.Request(
-        sandbox.url + path, headers={"Authorization": f"Bearer {sandbox.org_token}"}
+        sandbox.url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {sandbox.org_token}",
+            "Content-Type": "application/vnd.api+json",
+        },
     )
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
@@ -67,7 +86,11 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     assert sandbox.cert_path is not None
     upstream_ca = ("--set", f"ssl_verify_upstream_trusted_ca={sandbox.cert_path}")
     bare = harness.start_bare_mitmdump(run_dir, extra_args=[*PROXY_ARGS, *upstream_ca])
-    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
+    config = harness.write_gateway_config(
+        run_dir / "gateway.yaml",
+        upstream_url=sandbox.url,
+        overrides={"tokens": {"customer": {"default_scopes": list(CUSTOMER_SCOPES)}}},
+    )
     gateway = harness.start_gateway(
         run_dir,
         config,
@@ -77,22 +100,25 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     )
     try:
         calls = request_mix(sandbox)
+        token = customer_token(sandbox)
+        # The same customer's traffic everywhere: a real token without the gateway, the
+        # placeholder through it (the gateway mints once, then serves from its cache).
         targets = {
-            "direct": (None, [sandbox.cert_path]),
-            "bare mitmdump": (bare.proxy_url, [bare.ca_path]),
-            "gateway": (gateway.proxy_url, [gateway.ca_path]),
+            "direct": (None, [sandbox.cert_path], token),
+            "bare mitmdump": (bare.proxy_url, [bare.ca_path], token),
+            "gateway": (gateway.proxy_url, [gateway.ca_path], f"unitgw:customer:{CUSTOMER}"),
         }
         runs: list[LoadResult] = []
         for concurrency in CONCURRENCIES:
             for _ in range(args.repeats):
                 # Interleave targets so drift on the machine hits each of them alike.
-                for label, (proxy, cas) in targets.items():
+                for label, (proxy, cas, credential) in targets.items():
                     runs.append(
                         await run_load(
                             label,
                             sandbox.url,
                             calls,
-                            token=sandbox.org_token,
+                            token=credential,
                             concurrency=concurrency,
                             seconds=args.seconds,
                             proxy=proxy,
@@ -135,7 +161,8 @@ def summarize(runs: list[LoadResult], args: argparse.Namespace) -> dict[str, Any
             "repeats": args.repeats,
             "tls": "both sides, keep-alive",
             "proxy_args": " ".join(PROXY_ARGS),
-            "mix": "GET /cards/{id} x2, GET /accounts, GET /customers/{id}",
+            "mix": "one customer: GET /cards/{id} x2, GET /accounts, GET /customers/{id}",
+            "credentials": "direct and bare: a real customer token; gateway: the placeholder",
         },
         "results": table,
         "all_runs": [r.as_dict() for r in runs],

@@ -534,6 +534,7 @@ def test_faults_set_at_start(start_sandbox: SandboxFactory) -> None:
         "latency_ms": 0.0,
         "error_rate": 0.0,
         "token_outage": True,
+        "reject_user_tokens": False,
         "rate_limit_per_minute": 2,
         "rate_limit_headers": True,
     }

@@ -403,3 +403,23 @@ def test_missing_authorization_may_use_the_org_token(
         response = session.get(sandbox.url + "/customers")
     assert response.status_code == 200
     assert_no_unit_token(response)
+
+
+def test_second_upstream_401_goes_back_to_the_caller(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(sandbox)
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        assert get(session, sandbox, "/accounts", placeholder).status_code == 200
+        sandbox.faults(reject_user_tokens=True)
+        refused = get(session, sandbox, "/accounts", placeholder)
+        sandbox.faults(reject_user_tokens=False)
+        assert refused.status_code == 401
+        assert refused.json()["errors"][0]["code"] == "token_revoked"
+        assert_no_unit_token(refused)
+        # The next request gets a fresh token again and goes through.
+        assert get(session, sandbox, "/accounts", placeholder).status_code == 200
+    stats = sandbox.stats()
+    assert stats["requests"]["GET /accounts"] == 4, "one try and exactly one retry"
+    assert stats["tokens_created"]["customer"] == 3

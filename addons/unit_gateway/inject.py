@@ -318,3 +318,5 @@ class TokenInjector:
             flow.response = token_error_response(e)
             return
         flow.request.headers["Authorization"] = retry.request.headers["Authorization"]
+        if flow.response.status_code == 401 and state.token is not None:
+            self.service.evict(state.token)  # refused twice: no use keeping it

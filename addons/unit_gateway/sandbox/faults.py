@@ -21,6 +21,8 @@ class Faults:
     error_rate: float = 0.0
     # Token and verification endpoints answer 503.
     token_outage: bool = False
+    # Every customer and cardholder token is answered 401, as if Unit had revoked them all.
+    reject_user_tokens: bool = False
     # Per client IP per sliding minute; 0 turns the limit off.
     rate_limit_per_minute: int = 1000
     # Unit documents no rate-limit headers; the gateway must work with and without them.
@@ -59,7 +61,7 @@ def _check(name: str, value: Any) -> Any:
         if not 0 <= number <= 1:
             raise FaultError(name, "must be between 0 and 1")
         return number
-    if name in ("token_outage", "rate_limit_headers"):
+    if name in ("token_outage", "rate_limit_headers", "reject_user_tokens"):
         if not isinstance(value, bool):
             raise FaultError(name, "expected true or false")
         return value
