@@ -64,7 +64,9 @@ async def hot_path(
         started = time.perf_counter()
         for _ in range(per_round):
             reset()
-            await injector.requestheaders(flow)
+            waiting = injector.requestheaders(flow)
+            if waiting is not None:
+                await waiting
         samples.append((time.perf_counter() - started) / per_round)
         injector._flows.clear()
     assert flow.request.headers["Authorization"].startswith("Bearer v2.public.")

@@ -18,11 +18,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from unit_gateway.redaction_rules import RedactionSettings
 from unit_gateway.routes import RouteSettings
 
 #: Hosts that are Unit's live environment: never a target for sandbox-only behaviour.
@@ -127,18 +129,28 @@ class Upstream(_Model):
             raise ValueError("must be a scheme, host and optional port only, without a path")
         return url.rstrip("/")
 
+    def model_post_init(self, _context: Any) -> None:
+        # Split once: these are read on every request.
+        parts = urlsplit(self.url)
+        self._scheme = parts.scheme
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    _scheme: str = PrivateAttr()
+    _host: str = PrivateAttr()
+    _port: int = PrivateAttr()
+
     @property
     def scheme(self) -> str:
-        return urlsplit(self.url).scheme
+        return self._scheme
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+        return self._host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
+        return self._port
 
     @property
     def is_loopback(self) -> bool:
@@ -247,6 +259,7 @@ class GatewayConfig(_Model):
     tokens: TokenSettings = TokenSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: RouteSettings = RouteSettings()
+    redaction: RedactionSettings = RedactionSettings()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> GatewayConfig:
@@ -290,11 +303,13 @@ class GatewayConfig(_Model):
                     )
         return self
 
+    _by_address: dict[tuple[str, int], Upstream] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, _context: Any) -> None:
+        self._by_address = {(up.host, up.port): up for up in self.unit.upstreams}
+
     def upstream_for(self, host: str, port: int) -> Upstream | None:
-        for up in self.unit.upstreams:
-            if up.host == host and up.port == port:
-                return up
-        return None
+        return self._by_address.get((host, port))
 
 
 class _FieldError(ValueError):

@@ -1,8 +1,6 @@
 """The gateway's core addon: loads the configuration and runs the embedded sandbox.
 
-Other addons get the configuration from here (``core.config``). Until a valid configuration
-is loaded the gateway answers every request with a JSON:API 503 instead of forwarding it:
-nothing leaves without the token it needs.
+Other addons get the configuration from here (``core.config``).
 """
 
 from __future__ import annotations
@@ -13,9 +11,9 @@ import secrets as pysecrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions
 
-from unit_gateway import config, jsonapi
+from unit_gateway import config
 from unit_gateway.config import ConfigError, LoadedConfig, Secret
 
 if TYPE_CHECKING:
@@ -134,16 +132,3 @@ class GatewayCore:
         if self.sandbox is not None:
             await self.sandbox.stop()
             self.sandbox = None
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if self.config is None and flow.response is None:
-            flow.response = http.Response.make(
-                503,
-                jsonapi.error_bytes(
-                    503,
-                    "Gateway Not Configured",
-                    code="gateway_not_configured",
-                    detail="unit-gateway has no valid configuration; see its log",
-                ),
-                {"Content-Type": jsonapi.MEDIA_TYPE},
-            )

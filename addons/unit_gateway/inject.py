@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from unit_gateway.identity import (
     parse_authorization,
 )
 from unit_gateway.minting import Challenge, TokenError, TokenService
-from unit_gateway.routes import RouteMatch, RouteTable
+from unit_gateway.routes import CARDHOLDER_SCOPES, RouteMatch, RouteTable
 from unit_gateway.token_cache import CachedToken
 
 if TYPE_CHECKING:
@@ -125,22 +126,42 @@ class TokenInjector:
 
     # --- requests --------------------------------------------------------------------------
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or self.core.config is None:
-            return
-        try:
-            await self._route_request(flow)
-        except Exception:
-            # mitmproxy would log the exception and forward the request as it is: fail closed.
-            logger.exception("unit-gateway: internal error handling %s", flow.request.path)
-            flow.response = error_response(
-                500, "gateway_internal_error", "unit-gateway failed on this request; see its log"
-            )
+    # Hooks return a coroutine only when they must wait (a mint): the common cached case
+    # stays synchronous, which saves the coroutine on every request.
 
-    async def _route_request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.response is not None:
+            return None
+        if self.core.config is None or self.service is None:
+            # No valid configuration: nothing leaves, with or without a token.
+            flow.response = error_response(
+                503,
+                "gateway_not_configured",
+                "unit-gateway has no valid configuration; see its log",
+            )
+            return None
+        try:
+            return self._route_request(flow)
+        except Exception:
+            self._fail_closed(flow)
+            return None
+
+    def _fail_closed(self, flow: http.HTTPFlow) -> None:
+        # mitmproxy would log the exception and forward the request as it is: refuse instead.
+        logger.exception("unit-gateway: internal error handling %s", flow.request.path)
+        flow.response = error_response(
+            500, "gateway_internal_error", "unit-gateway failed on this request; see its log"
+        )
+
+    def _route_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert self.core.config is not None
         request = flow.request
-        upstream = self.core.config.model.upstream_for(request.pretty_host, request.port)
+        model = self.core.config.model
+        # request.host is cheap and right in regular and reverse mode; the Host header
+        # (pretty_host) is what names the service in transparent mode.
+        upstream = model.upstream_for(request.host, request.port) or model.upstream_for(
+            request.pretty_host, request.port
+        )
         credential = self._credential(flow)
         if upstream is None or request.scheme != upstream.scheme:
             if isinstance(credential, Identity | PlaceholderError):
@@ -150,10 +171,10 @@ class TokenInjector:
                     f"{request.scheme}://{request.pretty_host}:{request.port} is not a configured "
                     "Unit upstream; unitgw placeholders are only sent to Unit",
                 )
-            return
+            return None
         if isinstance(credential, PlaceholderError):
             flow.response = error_response(401, "invalid_placeholder", str(credential))
-            return
+            return None
         if isinstance(credential, RealToken):
             # The caller's own credential goes through untouched; a token it creates with it
             # is learned for the identity it names.
@@ -162,18 +183,18 @@ class TokenInjector:
                 self._flows[flow.id] = FlowState(
                     upstream, token_identity=token_endpoint_identity(route)
                 )
-            return
+            return None
         if credential is None:
-            if self.core.config.model.unit.missing_authorization == "reject":
+            if model.unit.missing_authorization == "reject":
                 flow.response = error_response(
                     401,
                     "missing_authorization",
                     "no Authorization header: send Bearer unitgw:org, unitgw:customer:<id> "
                     "or unitgw:cardholder:<cardId>",
                 )
-                return
+                return None
             credential = ORG
-        await self._inject(flow, upstream, credential)
+        return self._inject(flow, upstream, credential)
 
     def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
         try:
@@ -181,7 +202,9 @@ class TokenInjector:
         except PlaceholderError as e:
             return e
 
-    async def _inject(self, flow: http.HTTPFlow, upstream: Upstream, identity: Identity) -> None:
+    def _inject(
+        self, flow: http.HTTPFlow, upstream: Upstream, identity: Identity
+    ) -> Awaitable[None] | None:
         request = flow.request
         route = self.routes.match(request.method, request.path)
         extra = request.headers.pop(SCOPE_HEADER, "")
@@ -192,10 +215,10 @@ class TokenInjector:
             state.placeholder_caller = True
             state.token_identity = token_endpoint_identity(route)
             request.headers["Authorization"] = f"Bearer {self._org_token()}"
-            return
+            return None
         if identity == ORG:
             request.headers["Authorization"] = f"Bearer {self._org_token()}"
-            return
+            return None
         if identity.kind == "cardholder" and route is not None:
             if not route.allows_cardholder(identity.subject or ""):
                 flow.response = error_response(
@@ -204,14 +227,26 @@ class TokenInjector:
                     f"a cardholder token for card {identity.subject} cannot be used for "
                     f"{request.method} {route.template}",
                 )
-                return
+                return None
         needed = frozenset(extra.replace(",", " ").split())
         if route is not None and route.scope is not None:
             needed |= {route.scope}
         if identity.kind == "cardholder":
-            needed &= {"cards", "cards-sensitive", "cards-write", "cards-sensitive-write"}
+            needed &= CARDHOLDER_SCOPES
         state.needed = needed
-        await self._attach_token(flow, state)
+        assert self.service is not None
+        token = self.service.cached(identity, needed, upstream)
+        if token is not None:
+            state.token = token
+            request.headers["Authorization"] = f"Bearer {token.value}"
+            return None
+        return self._mint_and_attach(flow, state)
+
+    async def _mint_and_attach(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        try:
+            await self._attach_token(flow, state)
+        except Exception:
+            self._fail_closed(flow)
 
     async def _attach_token(self, flow: http.HTTPFlow, state: FlowState) -> bool:
         assert self.service is not None and state.identity is not None
@@ -229,7 +264,7 @@ class TokenInjector:
         assert org is not None
         return org.reveal()
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
         if state is None or state.token_identity is None or flow.response is not None:
             return
@@ -263,14 +298,15 @@ class TokenInjector:
 
     # --- responses -------------------------------------------------------------------------
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._flows.pop(flow.id, None)
         if state is None or flow.response is None or self.service is None:
-            return
+            return None
         if state.token_identity is not None:
             self._learn(flow, state)
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
-            await self._retry_with_new_token(flow, state)
+            return self._retry_with_new_token(flow, state)
+        return None
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._flows.pop(flow.id, None)

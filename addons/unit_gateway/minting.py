@@ -386,11 +386,8 @@ class TokenService:
         self, identity: Identity, needed: frozenset[str], upstream: Upstream
     ) -> CachedToken:
         """A live token for ``identity`` covering ``needed``: cached, in flight, or new."""
-        cached = self.cache.get(identity, needed)
+        cached = self.cached(identity, needed, upstream)
         if cached is not None:
-            self._on_event("cache_hit", {"kind": identity.kind})
-            if cached.refresh_at <= self.cache.timer():
-                self._refresh_in_background(cached, upstream)
             return cached
         self._on_event("cache_miss", {"kind": identity.kind})
         scopes = self.scopes_for(identity, needed)
@@ -401,6 +398,17 @@ class TokenService:
         return await self.flights.run(
             (identity, scopes), lambda: self._mint(identity, scopes, upstream)
         )
+
+    def cached(
+        self, identity: Identity, needed: frozenset[str], upstream: Upstream
+    ) -> CachedToken | None:
+        """The cached token for a request, without waiting; starts a refresh when it is due."""
+        cached = self.cache.get(identity, needed)
+        if cached is not None:
+            self._on_event("cache_hit", {"kind": identity.kind})
+            if cached.refresh_at <= self.cache.timer():
+                self._refresh_in_background(cached, upstream)
+        return cached
 
     def evict(self, token: CachedToken) -> None:
         self.cache.evict(token)

@@ -206,7 +206,9 @@ class SandboxApp:
         principal = state.authority.authenticate(authorization)
         if faults.reject_user_tokens and principal.role != "org":
             state.stats.faults_injected["rejected_token"] += 1
-            raise ApiError(401, "Unauthorized", code="token_revoked", detail="the token was revoked")
+            raise ApiError(
+                401, "Unauthorized", code="token_revoked", detail="the token was revoked"
+            )
         if route.scope not in principal.scopes:
             raise ApiError(
                 403,

@@ -1,0 +1,1002 @@
+"""The redaction engine: what a person or a file may see of a flow.
+
+Pure logic, no mitmproxy hooks: the addons call a :class:`Redactor` on copies of what they
+show, log or save, never on what goes to the caller or to Unit. Every method returns new
+objects and leaves its inputs alone.
+
+What gets redacted (rules and defaults live in :mod:`unit_gateway.redaction_rules`):
+
+* Headers: credentials (``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+  ``Set-Cookie`` + configured) become keyed fingerprints; every other header value goes
+  through the text rules.
+* JSON: a value under a sensitive key (any depth, case-insensitive) is replaced whole, as is
+  the value a configured path rule points at; every other string, key and long number goes
+  through the detectors (card numbers, SSNs, Unit tokens, JWTs), and strings that themselves
+  look like ``key: value`` or ``key=value`` text through the key rules too.
+* Form bodies and query strings: by parameter name (any ``a[b][c]`` / ``a.b`` component)
+  and detectors on decoded names and values.
+* Multipart: parts by name; file parts become a summary; other parts are redacted by their
+  own content type.
+* Everything else that is text: the key rules on a best-effort basis (``"pan": "…"``,
+  ``'pan': …``, ``pan=…``, ``pan: …``) and the detectors, which are exact.
+* Binary bodies, documents and bodies that cannot be decompressed: a one-line summary.
+
+What is guaranteed for a body that does not parse (malformed JSON, invalid UTF-8, any text):
+the text rules run over the whole body decoded with ``errors="replace"``. The detectors are
+exact there: no Luhn-valid card number, dashed SSN, Unit token or JWT left in that view
+survives. The key rules are best effort: they find the syntaxes above (a quoted value with
+its escapes, a number or bare word, an object or array up to its closing bracket or to the end
+of a truncated body, JSON inside a JSON string at any depth of escaping) and nothing else:
+not XML or YAML blocks, not a name written with escapes (``"p\\u0061n"``), not a person's name
+in prose. A body that cannot be decompressed, or looks binary, shows nothing but its type and
+size.
+
+Markers: a redacted value becomes ``[redacted:<rule>]``; a token becomes
+``[token …a1b2c3]``, an HMAC-SHA256 of the token under a key that never leaves the process,
+so the same token always shows the same fingerprint within a run and nobody without the key
+can tell which token it was. In JSON every marker is a string, even where the value was a
+number or an object: the output is only ever displayed or stored, a string says "this was
+removed" where a fake number would pass for data, and the document stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import hmac
+import io
+import json
+import re
+import secrets
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, unquote, unquote_plus
+
+import brotli
+import zstandard
+
+from unit_gateway.redaction_rules import (
+    DEFAULT_BINARY_SUMMARY_CONTENT_TYPES,
+    DEFAULT_BINARY_SUMMARY_ROUTES,
+    DEFAULT_FIELDS,
+    DEFAULT_HEADERS,
+    DEFAULT_QUERY_PARAMS,
+    DETECTOR_RULES,
+    FINGERPRINTED_FIELDS,
+    Detectors,
+    PathRule,
+    RedactionSettings,
+    compile_content_types,
+    compile_route_patterns,
+    names_pattern,
+)
+
+__all__ = [
+    "MARKER",
+    "PLACEHOLDER",
+    "RedactedBody",
+    "RedactionSettings",
+    "Redactor",
+]
+
+#: Used when no key is configured: fingerprints agree across every Redactor in this process
+#: (a configuration reload keeps them stable) and mean nothing outside it.
+_PROCESS_KEY = secrets.token_bytes(32)
+
+#: Any marker this module writes (URLs keep them readable instead of percent-encoding them).
+MARKER = re.compile(
+    r"\[(?:redacted:[^\]\r\n]{1,200}|token …[0-9a-f]{6}"
+    r"|binary (?:body|part) redacted: [^\]\r\n]{1,200})\]"
+)
+
+#: A fingerprint. A credential that already is one is left alone: it reveals 24 bits of a
+#: keyed hash and nothing else, and leaving it makes redacting twice change nothing.
+_FINGERPRINT = re.compile(r"\[token …[0-9a-f]{6}\]")
+
+#: The gateway's own stand-ins for a token (design.md, "Identity"): not secrets, kept visible.
+PLACEHOLDER = re.compile(
+    r"unitgw:(?:org|customer:[A-Za-z0-9_-]{1,128}|cardholder:[A-Za-z0-9_-]{1,128})"
+)
+
+BodyKind = Literal["empty", "json", "form", "multipart", "text", "binary"]
+
+
+@dataclass(frozen=True)
+class RedactedBody:
+    """A body fit to show: decompressed (drop ``Content-Encoding`` when you use it), UTF-8
+    for every kind but ``empty``, and how many values each rule redacted."""
+
+    content: bytes
+    kind: BodyKind
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def redacted(self) -> bool:
+        return bool(self.counts)
+
+
+# --- body parsing helpers ------------------------------------------------------------------
+
+_JSON_TYPES = frozenset({"application/json", "text/json", "application/vnd.api+json"})
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_SAFE_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,100}")
+#: Containers whose content no text rule can see into.
+_BINARY_MAGIC = (
+    b"%PDF-",
+    b"\x89PNG",
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF8",
+    b"PK\x03\x04",  # zip, docx, xlsx
+    b"II*\x00",  # TIFF
+    b"MM\x00*",
+    b"RIFF",  # WebP, WAV, AVI
+    b"\x1f\x8b",  # a gzip file that is the content, not its encoding
+    b"\xd0\xcf\x11\xe0",  # MS Office (OLE)
+    b"%!PS",
+)
+#: C0 controls other than whitespace, backspace and escape, plus DEL: rare in text.
+_CONTROL_BYTES = bytes(b for b in range(0x20) if b not in b"\t\n\r\f\b\x1b") + b"\x7f"
+_MAX_MULTIPART_DEPTH = 4
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _parse_content_type(content_type: str | None) -> tuple[str, dict[str, str]]:
+    """(lower-case media type or "", parameters with lower-case names)."""
+    if not content_type:
+        return "", {}
+    media, _, rest = content_type.partition(";")
+    params: dict[str, str] = {}
+    for item in rest.split(";"):
+        name, eq, value = item.partition("=")
+        if eq:
+            params[name.strip().lower()] = value.strip().strip('"')
+    return media.strip().lower(), params
+
+
+def _zlib_decode(data: bytes, wbits: int, limit: int, members: bool) -> bytes:
+    out: list[bytes] = []
+    total = 0
+    while True:
+        decompressor = zlib.decompressobj(wbits)
+        chunk = decompressor.decompress(data, limit + 1 - total)
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        out.append(chunk)
+        tail = decompressor.flush(limit + 1 - total)
+        total += len(tail)
+        if total > limit:
+            raise _TooLarge
+        out.append(tail)
+        data = decompressor.unused_data
+        # a gzip body may be several members back to back (RFC 1952, 2.2)
+        if not (members and decompressor.eof and data.startswith(b"\x1f\x8b")):
+            return b"".join(out)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    return _zlib_decode(data, 16 + zlib.MAX_WBITS, limit, members=True)
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    # "deflate" is meant to be zlib-wrapped; some servers send raw deflate instead.
+    try:
+        return _zlib_decode(data, zlib.MAX_WBITS, limit, members=False)
+    except zlib.error:
+        return _zlib_decode(data, -zlib.MAX_WBITS, limit, members=False)
+
+
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    out = brotli.Decompressor().process(data, output_buffer_limit=limit + 1)
+    if len(out) > limit:
+        raise _TooLarge
+    return out
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    out: list[bytes] = []
+    total = 0
+    while True:
+        chunk = reader.read(min(1 << 20, limit + 1 - total))
+        if not chunk:
+            return b"".join(out)
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        out.append(chunk)
+
+
+_DECODERS = {
+    "gzip": _gunzip,
+    "x-gzip": _gunzip,
+    "deflate": _inflate,
+    "br": _unbrotli,
+    "zstd": _unzstd,
+}
+
+
+def _looks_binary(data: bytes) -> bool:
+    """NUL anywhere, or more than 1 in 10 bytes a control character. Invalid UTF-8 alone is
+    not binary: it still gets the text rules over a replacement-decoded view."""
+    if data.startswith(_BINARY_MAGIC) or b"\x00" in data:
+        return True
+    controls = len(data) - len(data.translate(None, _CONTROL_BYTES))
+    return controls * 10 > len(data)
+
+
+def _starts_like_json(data: bytes) -> bool:
+    head = data[:64].lstrip(b" \t\r\n")
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :].lstrip(b" \t\r\n")
+    return head[:1] in (b"{", b"[")
+
+
+def _decode_text(data: bytes, charset: str | None) -> str:
+    """A readable view: the declared charset if Python knows it as a text encoding, else
+    UTF-8; undecodable bytes become U+FFFD."""
+    if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        try:
+            return data.decode(charset, "replace")
+        except (LookupError, TypeError):  # unknown, or not a text encoding (base64, rot13)
+            pass
+    return data.decode("utf-8-sig", "replace")
+
+
+# --- text helpers --------------------------------------------------------------------------
+
+_QUOTE_OPEN = re.compile(r"""\\*["']""")
+_DOUBLE_QUOTED_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+_SINGLE_QUOTED_REST = re.compile(r"[^'\\]*(?:\\.[^'\\]*)*", re.DOTALL)
+# Bare values end where the surrounding syntax resumes: a query's & or ;, a JSON string's
+# closing (or escaped) quote. Not at an apostrophe: "fullName: Peter O'Brien".
+_EQUALS_VALUE = re.compile(r'[^\s&;,"\\]*')
+_COLON_VALUE = re.compile(r'[^,}\]\r\n"]*')
+_LINE_VALUE = re.compile(r'[^\r\n"]*')  # Cookie: a=1; b=2
+_AUTHORIZATION_VALUE = re.compile(
+    r"(?:[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]* +)?(?:\[token …[0-9a-f]{6}\]|[^\s\"']+)"
+)
+_STRUCTURAL = re.compile(r'[\[\]{}"]')
+_SEPARATOR = re.compile(r"[ \t]*([:=])[ \t]*")
+_COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+_AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,31}")
+_NAME_PARTS = re.compile(r"[\[\].]+")
+_URL_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_URL_HEADERS = frozenset({"location", "content-location", "referer", "origin"})
+_DISPOSITION_PARAM = re.compile(
+    r""";\s*(?P<name>[A-Za-z*-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)""", re.DOTALL
+)
+
+
+def _bracket_end(text: str, start: int) -> int:
+    """End of the JSON-ish object or array opening at ``start`` (end of text if unbalanced)."""
+    depth = 0
+    pos = start
+    while True:
+        match = _STRUCTURAL.search(text, pos)
+        if match is None:
+            return len(text)
+        char = match.group()
+        if char == '"':
+            rest = _DOUBLE_QUOTED_REST.match(text, match.end())
+            assert rest is not None  # the pattern matches the empty string
+            pos = rest.end() + 1
+            continue
+        depth += 1 if char in "[{" else -1
+        if depth <= 0:
+            return match.end()
+        pos = match.end()
+
+
+def _value_span(
+    text: str, pos: int, separator: str, bare: re.Pattern[str] | None = None
+) -> tuple[int, int, bool] | None:
+    """Where the value after ``key:`` / ``key=`` at ``pos`` is: (start, end, is an object or
+    array). The inside of a quoted string, a whole object/array, or an unquoted value as
+    ``bare`` (by default: up to the next delimiter of the syntax ``separator`` suggests).
+    None when there is no value."""
+    if pos >= len(text):
+        return None
+    opening = _QUOTE_OPEN.match(text, pos)
+    if opening is not None:
+        quote_text = opening.group()
+        start = opening.end()
+        if quote_text == '"':
+            end_match = _DOUBLE_QUOTED_REST.match(text, start)
+        elif quote_text == "'":
+            end_match = _SINGLE_QUOTED_REST.match(text, start)
+        else:
+            return start, _escaped_string_end(text, start, quote_text), False
+        assert end_match is not None
+        return start, end_match.end(), False
+    if text[pos] in "{[":
+        return pos, _bracket_end(text, pos), True
+    pattern = bare or (_EQUALS_VALUE if separator == "=" else _COLON_VALUE)
+    unquoted = pattern.match(text, pos)
+    assert unquoted is not None
+    end = len(text[pos : unquoted.end()].rstrip()) + pos
+    return (pos, end, False) if end > pos else None
+
+
+def _escaped_string_end(text: str, start: int, opening: str) -> int:
+    """End of a string opened by a quote behind b backslashes (JSON inside a JSON string,
+    ``\\"pan\\":\\"…\\"``, has b = 1). Each level of escaping doubles every backslash and puts
+    one before each quote, so a quote behind k backslashes closes the string exactly when
+    k = b (mod 2(b + 1)); at b = 1, k = 3 (mod 4) is a quote inside the value."""
+    quote_char, escapes = opening[-1], len(opening) - 1
+    period = 2 * (escapes + 1)
+    position = start
+    while (found := text.find(quote_char, position)) != -1:
+        backslashes = 0
+        while found - backslashes - 1 >= start and text[found - backslashes - 1] == "\\":
+            backslashes += 1
+        if backslashes % period == escapes:
+            return found - escapes
+        position = found + 1
+    return len(text)
+
+
+def _requote(text: str, safe: str) -> str:
+    """Percent-encode ``text`` for a URL, leaving the markers in it readable."""
+    pieces: list[str] = []
+    done = 0
+    for match in MARKER.finditer(text):
+        pieces.append(quote(text[done : match.start()], safe=safe))
+        pieces.append(match.group())
+        done = match.end()
+    pieces.append(quote(text[done:], safe=safe))
+    return "".join(pieces)
+
+
+# --- the engine ----------------------------------------------------------------------------
+
+type _State = tuple[int, int]  # (path rule index, next segment index)
+
+_UNSEEN: Any = object()
+_CACHE_LIMIT = 100_000  # entries per walk: bounds memory on a body of unique strings
+_CACHED_STRING_MAX = 256
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One JSON document's walk: what it redacted, and what it already found clean."""
+
+    counts: Counter[str]
+    clean: set[str]  # strings no rule changes
+    keys: dict[str, str | None]  # key no detector changes -> its field name, if it is one
+
+
+class Redactor:
+    """Applies :class:`RedactionSettings` (plus the defaults) to bodies, headers, URLs, text.
+
+    ``key``: the fingerprint key; by default a random key made once per process. Methods that
+    return ``str`` take an optional ``counts`` Counter and add what they redacted to it;
+    :meth:`redact_body` returns its counts. Count names come from :attr:`rule_names`.
+    """
+
+    def __init__(self, settings: RedactionSettings | None = None, key: bytes | None = None) -> None:
+        self.settings = settings if settings is not None else RedactionSettings()
+        self._key = key if key is not None else _PROCESS_KEY
+        settings = self.settings
+        # lower-case name -> name as configured (used in markers and count names)
+        self._fields: dict[str, str] = {}
+        for name in (*DEFAULT_FIELDS, *settings.fields):
+            self._fields.setdefault(name.lower(), name)
+        self._params: dict[str, str] = dict(self._fields)
+        for name in (*DEFAULT_QUERY_PARAMS, *settings.query_params):
+            self._params.setdefault(name.lower(), name)
+        self._headers = frozenset(h.lower() for h in (*DEFAULT_HEADERS, *settings.headers))
+        # JSON keys: every field, and header names that are not also fields (by lower case)
+        self._header_keys = self._headers - self._fields.keys()
+        self._json_keys: dict[str, str] = {h: h for h in self._header_keys} | self._fields
+
+        self._paths = tuple(PathRule.parse(text) for text in settings.paths)
+        self._root_states: tuple[_State, ...] = tuple(
+            (i, 0) for i, rule in enumerate(self._paths) if not rule.floating
+        )
+        self._floating_states: tuple[_State, ...] = tuple(
+            (i, 0) for i, rule in enumerate(self._paths) if rule.floating
+        )
+
+        self._detectors = Detectors(settings.detectors, self.fingerprint)
+        self._binary_routes = compile_route_patterns(
+            (*DEFAULT_BINARY_SUMMARY_ROUTES, *settings.binary_summary_routes)
+        )
+        self._is_binary_type = compile_content_types(
+            (*DEFAULT_BINARY_SUMMARY_CONTENT_TYPES, *settings.binary_summary_content_types)
+        )
+
+        # Key rules for text: every field, parameter and header name. The finder runs over a
+        # lower-cased copy of the text (a case-insensitive regex is several times slower);
+        # the rest of the rule (quotes, separator, value) is checked at each hit.
+        names = names_pattern(sorted({*self._params, *self._headers}))
+        self._key_finder = re.compile(rf"(?<![a-z0-9_-])(?:{names})(?![a-z0-9_-])")
+        # for the rare text whose lower-case copy has another length (offsets would not match)
+        self._key_finder_any_case = re.compile(
+            rf"(?<![A-Za-z0-9_-])(?:{names})(?![A-Za-z0-9_-])", re.IGNORECASE
+        )
+
+        self.rule_names: frozenset[str] = frozenset(
+            {"header", "path", "binary", *DETECTOR_RULES}
+            | {f"field:{name}" for name in self._params.values()}
+        )
+
+    # --- markers ---------------------------------------------------------------------------
+
+    def fingerprint(self, token: str) -> str:
+        """``[token …a1b2c3]``: 24 bits of HMAC-SHA256(key, token). Stable within a run, tells
+        tokens apart, reveals nothing about the token without the key."""
+        digest = hmac.new(
+            self._key, token.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).hexdigest()
+        return f"[token …{digest[:6]}]"
+
+    def _field_marker(self, name: str, value: Any, counts: Counter[str]) -> Any:
+        """What a value under the sensitive name ``name`` becomes. Redacting the result again
+        gives the same result, and counts nothing; a value that merely looks like some other
+        marker (``[redacted:Peter Parker]``) is replaced like any other."""
+        # null and "" hold nothing, and show that a field is absent: kept.
+        marker = f"[redacted:{name}]"
+        if value is None or value == "" or value == marker:
+            return value
+        if isinstance(value, str) and name.lower() in FINGERPRINTED_FIELDS:
+            if _FINGERPRINT.fullmatch(value):
+                return value
+            counts[f"field:{name}"] += 1
+            return self.fingerprint(value)
+        counts[f"field:{name}"] += 1
+        return marker
+
+    # --- text ------------------------------------------------------------------------------
+
+    def redact_text(self, text: str, *, counts: Counter[str] | None = None) -> str:
+        """Log lines, error bodies, any free text: key rules, then detectors."""
+        tally = counts if counts is not None else Counter()
+        return self._detectors.scan(self._redact_keyed_text(text, tally), tally)
+
+    def _redact_keyed_text(self, text: str, counts: Counter[str]) -> str:
+        """Values after sensitive names in ``"key": v``, ``'key': v``, ``\\"key\\": v``,
+        ``key=v``, ``key: v``, ``a[key]=v``."""
+        haystack = text.lower()
+        finder = self._key_finder
+        if len(haystack) != len(text):
+            haystack, finder = text, self._key_finder_any_case
+        match = finder.search(haystack)
+        if match is None:
+            return text
+        pieces: list[str] = []
+        done = 0
+        while match is not None:
+            key_start, key_end = match.span()
+            resume = key_end
+            name = haystack[key_start:key_end].lower()
+            if haystack.endswith("redacted:", 0, key_start):  # our own [redacted:ssn]
+                match = finder.search(haystack, key_end)
+                continue
+            after, quote_text = key_end, ""
+            if key_start > 0 and text[key_start - 1] in "\"'":
+                # "pan", 'pan' or \"pan\" (JSON inside a JSON string): same quote both sides
+                quote_start = key_start - 1
+                while quote_start > 0 and text[quote_start - 1] == "\\":
+                    quote_start -= 1
+                candidate = text[quote_start:key_start]
+                if text.startswith(candidate, key_end):
+                    quote_text, after = candidate, key_end + len(candidate)
+            if not quote_text and text.startswith("]", after):
+                after += 1  # card[pan]=…
+            separator = _SEPARATOR.match(text, after)
+            if separator is not None:
+                is_header = name in self._headers
+                bare = None
+                if is_header:
+                    bare = _AUTHORIZATION_VALUE if name.endswith("authorization") else _LINE_VALUE
+                span = _value_span(text, separator.end(), separator.group(1), bare)
+                if span is not None:
+                    start, end, structured = span
+                    value = text[start:end]
+                    if is_header and structured:  # not a header value: hide it all
+                        counts["header"] += 1
+                        replacement = f"{quote_text}[redacted:{name}]{quote_text}"
+                    elif is_header:
+                        replacement = self._redact_header_value(name, value, counts)
+                    else:
+                        replacement = self._field_marker(self._params[name], value, counts)
+                        if structured and replacement != value:
+                            # a whole object or array went: keep the surroundings JSON-ish
+                            replacement = f"{quote_text}{replacement}{quote_text}"
+                    if replacement != value:
+                        pieces.append(text[done:start])
+                        pieces.append(replacement)
+                        done = end
+                    resume = max(resume, end)
+            match = finder.search(haystack, resume)
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
+
+    # --- headers ---------------------------------------------------------------------------
+
+    def redact_headers(
+        self, headers: Iterable[tuple[str, str]], *, counts: Counter[str] | None = None
+    ) -> list[tuple[str, str]]:
+        """Credentials become fingerprints (``Bearer [token …a1b2c3]``; placeholders such as
+        ``unitgw:customer:123`` stay); URL headers get :meth:`redact_url`; the rest
+        :meth:`redact_text`."""
+        tally = counts if counts is not None else Counter()
+        redacted: list[tuple[str, str]] = []
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in self._headers:
+                new_value = self._redact_header_value(lowered, value, tally)
+            elif lowered in _URL_HEADERS:
+                new_value = self.redact_url(value, counts=tally)
+            else:
+                new_value = self.redact_text(value, counts=tally)
+            redacted.append((self._detectors.scan(name, tally), new_value))
+        return redacted
+
+    def _redact_header_value(self, name: str, value: str, counts: Counter[str]) -> str:
+        stripped = value.strip()
+        if not stripped or _FINGERPRINT.fullmatch(stripped) or stripped == f"[redacted:{name}]":
+            return value
+        if name in ("authorization", "proxy-authorization"):
+            scheme, space, credentials = stripped.partition(" ")
+            credentials = credentials.strip()
+            if not space or not credentials or not _AUTH_SCHEME.fullmatch(scheme):
+                scheme, credentials = "", stripped
+            if _FINGERPRINT.fullmatch(credentials):
+                return value
+            if PLACEHOLDER.fullmatch(credentials):
+                return self._detectors.scan(value, counts)
+            counts["header"] += 1
+            marker = self.fingerprint(credentials)
+            return f"{scheme} {marker}" if scheme else marker
+        if name == "cookie":
+            pairs = [pair.strip() for pair in stripped.split(";") if pair.strip()]
+            redacted_pairs = [self._fingerprint_pair(pair) for pair in pairs]
+            if redacted_pairs != pairs:
+                counts["header"] += 1
+            return "; ".join(redacted_pairs)
+        if name == "set-cookie":
+            pair, semicolon, attributes = stripped.partition(";")
+            redacted_pair = self._fingerprint_pair(pair)
+            if redacted_pair != pair.strip():
+                counts["header"] += 1
+            return redacted_pair + semicolon + self._detectors.scan(attributes, counts)
+        counts["header"] += 1
+        return self.fingerprint(stripped)
+
+    def _fingerprint_pair(self, pair: str) -> str:
+        """``name=value`` of a cookie: the name stays (if it is a valid cookie name), the value
+        becomes a fingerprint; anything else is fingerprinted whole."""
+        pair = pair.strip()
+        name, eq, value = pair.partition("=")
+        if not eq or not _COOKIE_NAME.fullmatch(name):
+            return pair if _FINGERPRINT.fullmatch(pair) else self.fingerprint(pair)
+        if not value or _FINGERPRINT.fullmatch(value):
+            return pair
+        return f"{name}={self.fingerprint(value)}"
+
+    # --- URLs ------------------------------------------------------------------------------
+
+    def redact_query(self, query: str, *, counts: Counter[str] | None = None) -> str:
+        """A query string (with or without its ``?``), parameter by parameter."""
+        tally = counts if counts is not None else Counter()
+        if query.startswith("?"):
+            return "?" + self._redact_pairs(query[1:], tally)
+        return self._redact_pairs(query, tally)
+
+    def redact_url(self, url: str, *, counts: Counter[str] | None = None) -> str:
+        """A URL or a request target: password, path segments, query and fragment."""
+        tally = counts if counts is not None else Counter()
+        rest, hash_mark, fragment = url.partition("#")
+        rest, question_mark, query = rest.partition("?")
+        prefix, path = "", rest
+        if (authority := _URL_PREFIX.match(rest)) is not None:
+            prefix, path = self._redact_authority(authority.group(), tally), rest[authority.end() :]
+        segments = [self._redact_path_segment(segment, tally) for segment in path.split("/")]
+        redacted = prefix + "/".join(segments)
+        if question_mark:
+            redacted += "?" + self._redact_pairs(query, tally)
+        if hash_mark:
+            # OAuth's implicit flow puts access_token=… in fragments: treat it as a query.
+            redacted += "#" + self._redact_pairs(fragment, tally)
+        return redacted
+
+    def _redact_authority(self, prefix: str, counts: Counter[str]) -> str:
+        scheme, _, authority = prefix.partition("://")
+        userinfo, at, host = authority.rpartition("@")
+        if not at:
+            return prefix
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            counts["field:password"] += 1
+            password = self.fingerprint(unquote(password))
+        return f"{scheme}://{self._redact_path_segment(user, counts)}{colon}{password}@{host}"
+
+    def _redact_path_segment(self, segment: str, counts: Counter[str]) -> str:
+        if len(segment) < 5:
+            return segment
+        decoded = unquote(segment)
+        redacted = self.redact_text(decoded, counts=counts)
+        if redacted == decoded:
+            # percent escapes can split a run the decoded segment does not show
+            return self._detectors.scan(segment, counts)
+        return _requote(redacted, "!$&'()*+,;=:@~")
+
+    def _param_label(self, name: str) -> str | None:
+        """The configured name a parameter falls under: ``data[attributes][address][city]``
+        and ``counterparty.accountNumber`` count for every component, like a JSON path does."""
+        lowered = name.lower()
+        canonical = self._params.get(lowered)
+        if canonical is None:
+            for part in _NAME_PARTS.split(lowered):
+                if part and (canonical := self._params.get(part)) is not None:
+                    break
+        return canonical
+
+    def _redact_pairs(self, text: str, counts: Counter[str]) -> str:
+        """``a=1&b=2`` (query strings, form bodies, fragments), keeping untouched parts as sent."""
+        items: list[str] = []
+        for item in text.split("&"):
+            raw_name, eq, raw_value = item.partition("=")
+            name = unquote_plus(raw_name)
+            new_name = self._detectors.scan(name, counts)
+            if new_name != name:
+                raw_name = _requote(new_name, "[]")
+            canonical = self._param_label(name) if eq else None
+            value = unquote_plus(raw_value)
+            if canonical is not None:
+                marker = self._field_marker(canonical, value, counts)
+                if marker != value:
+                    raw_value = marker
+            elif value:
+                redacted = self.redact_text(value, counts=counts)
+                if redacted != value:
+                    raw_value = _requote(redacted, "!$'()*,/:;@~")
+                else:
+                    # percent escapes can split a run the decoded value does not show
+                    raw_value = self._detectors.scan(raw_value, counts)
+            items.append(f"{raw_name}{eq}{raw_value}")
+        return "&".join(items)
+
+    # --- bodies ----------------------------------------------------------------------------
+
+    def redact_body(
+        self,
+        content: bytes,
+        content_type: str | None,
+        content_encoding: str | None,
+        *,
+        path: str | None = None,
+    ) -> RedactedBody:
+        """A body fit to show. ``path`` (the request path, query or not) enables the
+        route-based document summaries; without it only content types and sniffing apply."""
+        counts: Counter[str] = Counter()
+        if not content:
+            return RedactedBody(b"", "empty", {})
+        media_type, params = _parse_content_type(content_type)
+        limit = self.settings.max_body_bytes
+        decoded = content
+        for coding in reversed([c.strip().lower() for c in (content_encoding or "").split(",")]):
+            if coding in ("", "identity"):
+                continue
+            decoder = _DECODERS.get(coding)
+            if decoder is None:
+                note = "unsupported content-encoding"
+                return self._summary(media_type, len(content), counts, "body", note)
+            try:
+                decoded = decoder(decoded, limit)
+            except _TooLarge:
+                note = f"over {limit} bytes decoded"
+                return self._summary(media_type, len(content), counts, "body", note)
+            except Exception:  # any failure to decode: show nothing of it
+                note = f"{coding} could not be decoded"
+                return self._summary(media_type, len(content), counts, "body", note)
+        route = path.partition("?")[0] if path else None
+        out, kind = self._redact_decoded(decoded, media_type, params, counts, route, 0)
+        return RedactedBody(out, kind, dict(counts))
+
+    def _summary(
+        self, media_type: str, size: int, counts: Counter[str], what: str, note: str = ""
+    ) -> RedactedBody:
+        counts["binary"] += 1
+        shown = media_type if _SAFE_MEDIA_TYPE.fullmatch(media_type) else "unknown type"
+        text = f"[binary {what} redacted: {shown}, {size} bytes{', ' + note if note else ''}]"
+        return RedactedBody(text.encode(), "binary", dict(counts))
+
+    def _redact_decoded(
+        self,
+        data: bytes,
+        media_type: str,
+        params: dict[str, str],
+        counts: Counter[str],
+        route: str | None,
+        depth: int,
+    ) -> tuple[bytes, BodyKind]:
+        what = "body" if depth == 0 else "part"
+
+        def summary(note: str = "") -> tuple[bytes, BodyKind]:
+            return self._summary(media_type, len(data), counts, what, note).content, "binary"
+
+        if len(data) > self.settings.max_body_bytes:
+            return summary(f"over {self.settings.max_body_bytes} bytes")
+        is_json_type = media_type in _JSON_TYPES or media_type.endswith("+json")
+        # A document route answers JSON only for errors and metadata, which are safe to parse.
+        if (
+            route is not None
+            and not is_json_type
+            and self._binary_routes is not None
+            and self._binary_routes.fullmatch(route)
+        ):
+            return summary()
+        if self._is_binary_type(media_type):
+            return summary()
+        if media_type == _FORM_TYPE and not _looks_binary(data):
+            text = _decode_text(data, params.get("charset"))
+            return self._redact_pairs(text, counts).encode("utf-8"), "form"
+        if media_type.startswith("multipart/") and depth < _MAX_MULTIPART_DEPTH:
+            multipart = self._redact_multipart(data, params, counts, depth)
+            if multipart is not None:
+                return multipart, "multipart"
+        if _looks_binary(data):
+            return summary()
+        if is_json_type or _starts_like_json(data):
+            redacted_json = self._redact_json(data, counts)
+            if redacted_json is not None:
+                return redacted_json, "json"
+        # Plain text, malformed JSON, invalid UTF-8: the text rules over a readable view.
+        text = _decode_text(data, params.get("charset"))
+        return self.redact_text(text, counts=counts).encode("utf-8"), "text"
+
+    # --- JSON ------------------------------------------------------------------------------
+
+    def _redact_json(self, data: bytes, counts: Counter[str]) -> bytes | None:
+        """The document with every rule applied, re-serialized; None if it is not JSON.
+
+        Always re-serialized, so what is shown is exactly what was checked (a duplicate key's
+        earlier value, which the parser drops, cannot slip through in the original bytes)."""
+        try:
+            document = json.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        walk = _Walk(Counter(), set(), {})
+        try:
+            redacted = self._walk(document, self._root_states, walk)
+        except RecursionError:  # nested deeper than the interpreter allows: treat as text
+            return None
+        counts.update(walk.counts)
+        # backslashreplace turns a lone surrogate from "\ud800" back into a valid JSON escape
+        return json.dumps(redacted, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+    # The walk is the hot loop of a large body: it dispatches on exact types (json.loads makes
+    # no subclasses) and remembers strings and keys it already found clean.
+
+    def _walk(self, value: Any, states: tuple[_State, ...], walk: _Walk) -> Any:
+        kind = type(value)
+        if kind is str:
+            return value if value in walk.clean else self._walk_string(value, walk)
+        if kind is dict:
+            return self._walk_object(value, states, walk)
+        if kind is list:
+            return self._walk_array(value, states, walk)
+        if kind is int or kind is float:
+            return self._redact_number(value, walk.counts)
+        return value  # None, True, False
+
+    def _walk_object(
+        self, obj: dict[str, Any], states: tuple[_State, ...], walk: _Walk
+    ) -> dict[str, Any]:
+        if self._floating_states:
+            states = tuple(dict.fromkeys(states + self._floating_states))
+        known_keys = walk.keys
+        clean = walk.clean
+        out: dict[str, Any] = {}
+        for key, item in obj.items():
+            name = known_keys.get(key, _UNSEEN)
+            if name is _UNSEEN:
+                new_key = self._detectors.scan(key, walk.counts)
+                name = self._json_keys.get(key.lower())
+                if new_key == key and len(known_keys) < _CACHE_LIMIT:
+                    known_keys[key] = name
+            else:
+                new_key = key
+            if name is not None:
+                new_item = self._sensitive_value(name, item, walk.counts)
+            elif states:
+                child_states, matched = self._step(states, key.lower(), -1)
+                if matched is not None:
+                    new_item = self._path_marker(matched, item, walk.counts)
+                else:
+                    new_item = self._walk(item, child_states, walk)
+            elif type(item) is str:
+                new_item = item if item in clean else self._walk_string(item, walk)
+            else:
+                new_item = self._walk(item, (), walk)
+            if new_key in out:  # two keys redacted to the same marker: keep both values
+                suffix = 2
+                while f"{new_key} #{suffix}" in out:
+                    suffix += 1
+                new_key = f"{new_key} #{suffix}"
+            out[new_key] = new_item
+        return out
+
+    def _sensitive_value(self, name: str, value: Any, counts: Counter[str]) -> Any:
+        """A JSON value under a sensitive key: a field, or a header name (a document that
+        records requests, ``{"headers": {"Authorization": "Bearer …"}}``)."""
+        if name not in self._header_keys:
+            return self._field_marker(name, value, counts)
+        if isinstance(value, str):
+            return self._redact_header_value(name, value, counts)
+        marker = f"[redacted:{name}]"
+        if value is None or value == marker:
+            return value
+        counts["header"] += 1
+        return marker
+
+    def _walk_array(self, array: list[Any], states: tuple[_State, ...], walk: _Walk) -> list[Any]:
+        if not states:
+            return [self._walk(item, (), walk) for item in array]
+        out: list[Any] = []
+        for index, item in enumerate(array):
+            child_states, matched = self._step(states, "", index)
+            if matched is not None:
+                out.append(self._path_marker(matched, item, walk.counts))
+            else:
+                out.append(self._walk(item, child_states, walk))
+        return out
+
+    def _walk_string(self, text: str, walk: _Walk) -> str:
+        redacted = self._redact_string(text, walk.counts)
+        if redacted == text and len(text) <= _CACHED_STRING_MAX and len(walk.clean) < _CACHE_LIMIT:
+            walk.clean.add(text)
+        return redacted
+
+    def _step(
+        self, states: tuple[_State, ...], key: str, index: int
+    ) -> tuple[tuple[_State, ...], PathRule | None]:
+        """Follow every path rule in progress one level down, into ``key`` of an object
+        (index == -1) or item ``index`` of an array. Returns the states below and the rule
+        that ends here, if any."""
+        next_states: list[_State] = []
+        matched: PathRule | None = None
+        for rule_index, position in states:
+            rule = self._paths[rule_index]
+            segment = rule.segments[position]
+            if index < 0:
+                advance = segment.kind == "wildcard" or (
+                    segment.kind == "key" and segment.key == key
+                )
+            else:
+                advance = segment.kind in ("wildcard", "any_index") or (
+                    segment.kind == "index" and segment.index == index
+                )
+                if not advance and segment.kind == "key":
+                    next_states.append((rule_index, position))  # look through the array
+                    continue
+            if advance:
+                if position + 1 == len(rule.segments):
+                    matched = matched or rule
+                else:
+                    next_states.append((rule_index, position + 1))
+        return tuple(next_states), matched
+
+    def _path_marker(self, rule: PathRule, value: Any, counts: Counter[str]) -> Any:
+        if value is None or value == "":
+            return value
+        marker = f"[redacted:{rule.label}]"
+        if value != marker:
+            counts["path"] += 1
+        return marker
+
+    def _redact_string(self, text: str, counts: Counter[str]) -> str:
+        # Strings holding "key: value" or "key=value" text (a JSON document or a query string
+        # inside a JSON string, an error message quoting a field) get the key rules as well.
+        if ":" in text or "=" in text:
+            text = self._redact_keyed_text(text, counts)
+        return self._detectors.scan(text, counts)
+
+    def _redact_number(self, number: int | float, counts: Counter[str]) -> int | float | str:
+        # Under nine digits no detector can match: the common case costs one comparison.
+        if -100_000_000 < number < 100_000_000:
+            return number
+        text = json.dumps(number)
+        redacted = self._detectors.scan(text, counts)
+        return number if redacted == text else redacted
+
+    # --- multipart -------------------------------------------------------------------------
+
+    def _redact_multipart(
+        self, data: bytes, params: dict[str, str], counts: Counter[str], depth: int
+    ) -> bytes | None:
+        """Each part redacted by name and content type; None if this is not multipart."""
+        boundary = params.get("boundary", "")
+        if not boundary or len(boundary) > 200:
+            return None
+        delimiter = b"--" + boundary.encode("latin-1", "replace")
+        position = data.find(delimiter)
+        if position == -1 or (position > 0 and data[position - 1 : position] != b"\n"):
+            return None
+        found: Counter[str] = Counter()
+        out = [self.redact_text(data[:position].decode("utf-8", "replace"), counts=found).encode()]
+        while True:
+            after = position + len(delimiter)
+            if data.startswith(b"--", after):  # the close delimiter; the epilogue follows
+                epilogue = data[after + 2 :].decode("utf-8", "replace")
+                out.append(delimiter + b"--" + self.redact_text(epilogue, counts=found).encode())
+                break
+            line_end = data.find(b"\n", after)
+            if line_end == -1:
+                return None
+            next_delimiter = data.find(b"\n" + delimiter, line_end)
+            if next_delimiter == -1:
+                return None  # unterminated: fall back to the text rules over the whole body
+            part_end = next_delimiter
+            if data[next_delimiter - 1 : next_delimiter] == b"\r":
+                part_end -= 1
+            part_end = max(part_end, line_end + 1)  # an empty part: nothing between the lines
+            out.append(data[position : line_end + 1])
+            out.append(self._redact_part(data[line_end + 1 : part_end], found, depth))
+            out.append(data[part_end : next_delimiter + 1])
+            position = next_delimiter + 1
+        counts.update(found)
+        return b"".join(out)
+
+    def _redact_part(self, part: bytes, counts: Counter[str], depth: int) -> bytes:
+        crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
+        if crlf != -1 and (lf == -1 or crlf < lf):
+            head, separator, body = part[:crlf], b"\r\n\r\n", part[crlf + 4 :]
+        elif lf != -1:
+            head, separator, body = part[:lf], b"\n\n", part[lf + 2 :]
+        else:  # no header block ends here: a part with headers only, or garbage
+            head, separator, body = part, b"", b""
+        name = filename = None
+        content_type = "text/plain"
+        transfer_encoding = ""
+        header_lines: list[str] = []
+        for line in head.decode("utf-8", "replace").splitlines():
+            header, colon, value = line.partition(":")
+            lowered = header.strip().lower()
+            if colon and lowered == "content-disposition":
+                disposition = value
+                for param in _DISPOSITION_PARAM.finditer(value):
+                    param_name = param.group("name").lower()
+                    param_value = param.group("value").strip('"')
+                    if param_name == "name":
+                        name = param_value
+                    elif param_name in ("filename", "filename*"):
+                        filename = param_value
+                        # a file's name can name its owner: keep only the extension
+                        extension = re.search(r"\.[A-Za-z0-9]{1,8}$", param_value)
+                        hidden = f'"[redacted]{extension.group() if extension else ""}"'
+                        disposition = disposition.replace(param.group(), f"; {param_name}={hidden}")
+                line = header + colon + self._detectors.scan(disposition, counts)
+            elif colon and lowered == "content-type":
+                content_type = value.strip()
+                line = self.redact_text(line, counts=counts)
+            else:
+                if colon and lowered == "content-transfer-encoding":
+                    transfer_encoding = value.strip().lower()
+                line = self.redact_text(line, counts=counts)
+            header_lines.append(line)
+        new_head = "\r\n".join(header_lines) if b"\r\n" in separator else "\n".join(header_lines)
+        media_type, params = _parse_content_type(content_type)
+        label = self._param_label(name) if name is not None else None
+        if not body:
+            new_body = body
+        elif filename is not None or transfer_encoding not in ("", "7bit", "8bit", "binary"):
+            # uploaded files are documents; base64 or quoted-printable hides text from rules
+            new_body = self._summary(media_type, len(body), counts, "part").content
+        elif label is not None:
+            marker = self._field_marker(label, body.decode("utf-8", "replace"), counts)
+            new_body = marker.encode("utf-8")
+        else:
+            new_body, _ = self._redact_decoded(body, media_type, params, counts, None, depth + 1)
+        return new_head.encode("utf-8") + separator + new_body
