@@ -7,13 +7,16 @@ loads every unit-gateway addon in the order they must run.
 
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
-from unit_gateway.metrics import GatewayMetrics, MetricsServer
+from unit_gateway.metrics import GatewayMetrics, MetricsRecorder, MetricsServer
 
 core = GatewayCore()
 metrics = GatewayMetrics()
+tokens = TokenInjector(core, metrics)
 
 addons = [
     core,
-    TokenInjector(core),
+    tokens,
+    # After the token addon, so a retried request is recorded with its final answer.
+    MetricsRecorder(core, metrics, tokens),
     MetricsServer(core, metrics),
 ]

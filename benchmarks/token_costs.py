@@ -33,6 +33,7 @@ from mitmproxy.test import taddons, tflow
 from unit_gateway.core import GatewayCore
 from unit_gateway.identity import Identity
 from unit_gateway.inject import TokenInjector
+from unit_gateway.metrics import GatewayMetrics
 from unit_gateway.testing import harness
 from unit_gateway.token_cache import TokenCache
 
@@ -142,7 +143,7 @@ async def measure(run_dir: Path) -> dict[str, Any]:
     )
     os.environ["UNIT_ORG_TOKEN"] = sandbox.org_token
     core = GatewayCore()
-    injector = TokenInjector(core)
+    injector = TokenInjector(core, GatewayMetrics())
     try:
         with taddons.context(core, injector) as tctx:
             tctx.configure(core, unit_gateway_config=str(config))

@@ -169,6 +169,8 @@ class UnitSettings(_Model):
     allow_plain_http_loopback: bool = False
     #: What a request with no Authorization header gets: refused, or the org token.
     missing_authorization: Literal["reject", "org"] = "reject"
+    #: Unit's documented limit per client IP and environment; the headroom metric uses it.
+    rate_limit_per_minute: int = Field(default=1000, ge=1)
     #: The documented timeout of every token endpoint.
     token_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from unit_gateway.identity import (
     RealToken,
     parse_authorization,
 )
+from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import Challenge, TokenError, TokenService
 from unit_gateway.routes import CARDHOLDER_SCOPES, RouteMatch, RouteTable
 from unit_gateway.token_cache import CachedToken
@@ -84,8 +86,9 @@ def token_endpoint_identity(route: RouteMatch) -> Identity | None:
 
 
 class TokenInjector:
-    def __init__(self, core: GatewayCore) -> None:
+    def __init__(self, core: GatewayCore, metrics: GatewayMetrics) -> None:
         self.core = core
+        self.metrics = metrics
         self.routes = RouteTable.default()
         self.service: TokenService | None = None
         self._flows: dict[str, FlowState] = {}
@@ -106,6 +109,7 @@ class TokenInjector:
             org_token,
             ssl_context=self._ssl_context(),
             two_factor_scopes=frozenset(self.routes.two_factor_scopes),
+            on_event=self.metrics.token_event,
         )
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -141,10 +145,13 @@ class TokenInjector:
             )
             return None
         try:
-            return self._route_request(flow)
+            waiting = self._route_request(flow)
         except Exception:
             self._fail_closed(flow)
-            return None
+            waiting = None
+        if flow.response is not None:
+            flow.metadata[LOCAL_RESPONSE_KEY] = True
+        return waiting
 
     def _fail_closed(self, flow: http.HTTPFlow) -> None:
         # mitmproxy would log the exception and forward the request as it is: refuse instead.
@@ -243,10 +250,14 @@ class TokenInjector:
         return self._mint_and_attach(flow, state)
 
     async def _mint_and_attach(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        started = time.perf_counter()
         try:
             await self._attach_token(flow, state)
         except Exception:
             self._fail_closed(flow)
+        flow.metadata[MINT_SECONDS_KEY] = round(time.perf_counter() - started, 6)
+        if flow.response is not None:
+            flow.metadata[LOCAL_RESPONSE_KEY] = True
 
     async def _attach_token(self, flow: http.HTTPFlow, state: FlowState) -> bool:
         assert self.service is not None and state.identity is not None
@@ -282,7 +293,12 @@ class TokenInjector:
         if not isinstance(offered, str) or not offered.startswith(CHALLENGE_PREFIX):
             return
         challenge = self.service.take_challenge(offered, state.token_identity)
+        kind = state.token_identity.kind
+        self.metrics.token_event(
+            "challenge", {"kind": kind, "outcome": "unknown" if challenge is None else "completed"}
+        )
         if challenge is None:
+            flow.metadata[LOCAL_RESPONSE_KEY] = True
             flow.response = error_response(
                 400,
                 "unknown_challenge",
@@ -343,16 +359,23 @@ class TokenInjector:
         assert self.service is not None and state.token is not None
         self.service.evict(state.token)
         state.retried = True
+        kind = state.token.identity.kind
         retry = flow.copy()
         if not await self._attach_token(retry, state):
             flow.response = retry.response
+            self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
             return
         client = self.service.clients[state.upstream.url]
         try:
             flow.response = await client.forward(retry.request)
         except TokenError as e:
             flow.response = token_error_response(e)
+            self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
             return
         flow.request.headers["Authorization"] = retry.request.headers["Authorization"]
-        if flow.response.status_code == 401 and state.token is not None:
+        refused_again = flow.response.status_code == 401
+        self.metrics.token_event(
+            "retry_401", {"kind": kind, "outcome": "refused" if refused_again else "ok"}
+        )
+        if refused_again and state.token is not None:
             self.service.evict(state.token)  # refused twice: no use keeping it

@@ -1,43 +1,505 @@
-"""Prometheus metrics: the registry, metric names, and the addon that serves ``/metrics``.
+"""Prometheus metrics: the registry, metric names, and the addons that record and serve them.
 
 Names are a contract once dashboards use them: prefix ``unit_gateway_``, base units,
-``_total`` counters, labels only from bounded sets.
+``_total`` counters, labels only from bounded sets (route template, method, status code,
+token kind, strategy, outcome, environment, rule) - never an id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import gzip
 import logging
+import re
+import threading
+import time
+from collections import deque
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Info, start_http_server
+from mitmproxy import http
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__
+from unit_gateway.routes import HTTP_METHODS, OTHER_ROUTE, RouteTable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from unit_gateway.core import GatewayCore
+    from unit_gateway.inject import TokenInjector
 
 logger = logging.getLogger(__name__)
+# The _created series double the size of a scrape and no dashboard uses them.
+disable_created_metrics()
 
 PREFIX = "unit_gateway"
+#: Unit answers in tens to hundreds of milliseconds; token endpoints time out at 5 s and ACH
+#: payments at 60 s, so the buckets reach that far.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: The gateway's own work is well under a millisecond per request when a token is cached.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
+RATE_WINDOW_SECONDS = 60.0
+#: The key under which the token addon leaves the seconds a request waited for a mint.
+MINT_SECONDS_KEY = "unit_gateway.mint_seconds"
+#: Set on flows the gateway answered itself: they never reached Unit.
+LOCAL_RESPONSE_KEY = "unit_gateway.answered_locally"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number_text(value: float) -> str:
+    return repr(float(value)) if value != int(value) else f"{int(value)}.0"
+
+
+class RouteHistogram:
+    """A labelled histogram that renders itself straight to Prometheus' text format.
+
+    Per-route latency histograms are most of what a scrape carries (three of them for every
+    route and method). prometheus-client builds an object per sample and takes ~8 us a line,
+    over 100 ms for every route; rendering from plain lists keeps a full scrape well under
+    50 ms. Observations and rendering share a lock, so a scrape sees whole observations.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.buckets = buckets
+        self._bucket_texts = [_number_text(b) for b in buckets] + ["+Inf"]
+        self._children: dict[tuple[str, ...], RouteHistogramChild] = {}
+        self._lock = threading.Lock()
+
+    def labels(self, *values: str) -> RouteHistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            labels = ",".join(
+                f'{name}="{_escape(value)}"'
+                for name, value in sorted(zip(self.labelnames, values, strict=True))
+            )
+            with self._lock:
+                child = self._children.setdefault(values, RouteHistogramChild(self, labels))
+        return child
+
+    def render(self) -> str:
+        lines = [
+            f"# HELP {self.name} {self.documentation}",
+            f"# TYPE {self.name} histogram",
+        ]
+        with self._lock:
+            children = [(c.label_text, list(c.counts), c.sum) for c in self._children.values()]
+        for labels, counts, total in children:
+            prefix = f'{self.name}_bucket{{{labels},le="'
+            cumulative = 0
+            for le, count in zip(self._bucket_texts, counts, strict=True):
+                cumulative += count
+                lines.append(f'{prefix}{le}"}} {cumulative}.0')
+            lines.append(f"{self.name}_count{{{labels}}} {cumulative}.0")
+            lines.append(f"{self.name}_sum{{{labels}}} {total!r}")
+        return "\n".join(lines) + "\n"
+
+
+class RouteHistogramChild:
+    __slots__ = ("counts", "histogram", "label_text", "sum")
+
+    def __init__(self, histogram: RouteHistogram, label_text: str) -> None:
+        self.histogram = histogram
+        self.label_text = label_text
+        self.counts = [0] * (len(histogram.buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.histogram.buckets, value)
+        with self.histogram._lock:
+            self.counts[index] += 1
+            self.sum += value
 
 
 class GatewayMetrics:
     """Every metric the gateway exports, in one registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.build = Info(f"{PREFIX}_build", "unit-gateway build", registry=self.registry)
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = PREFIX
+        self.build = Info(f"{p}_build", "unit-gateway build", registry=r)
         self.build.info({"version": __version__})
+        route = ["route", "method"]
+        self.requests = Counter(
+            f"{p}_requests",
+            "Requests to Unit by the status the caller got",
+            [*route, "status"],
+            registry=r,
+        )
+        self.non_unit_requests = Counter(
+            f"{p}_non_unit_requests", "Requests for hosts that are not Unit upstreams", registry=r
+        )
+        self.request_duration = RouteHistogram(
+            f"{p}_request_duration_seconds",
+            "Whole request as the caller sees it",
+            route,
+            LATENCY_BUCKETS,
+        )
+        self.upstream_duration = RouteHistogram(
+            f"{p}_upstream_duration_seconds", "Time Unit took to answer", route, LATENCY_BUCKETS
+        )
+        self.overhead = RouteHistogram(
+            f"{p}_overhead_seconds",
+            "Time the gateway itself added, excluding Unit and token minting",
+            route,
+            OVERHEAD_BUCKETS,
+        )
+        self.route_histograms = (self.request_duration, self.upstream_duration, self.overhead)
+        self.mint_duration = Histogram(
+            f"{p}_token_mint_duration_seconds",
+            "Time to get a new token from Unit",
+            ["kind", "strategy", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            f"{p}_upstream_rate_limited", "429 answers from Unit", ["route"], registry=r
+        )
+        self.retry_after = Gauge(
+            f"{p}_upstream_retry_after_seconds", "The last Retry-After Unit sent", registry=r
+        )
+        self.unit_limit = Gauge(
+            f"{p}_upstream_ratelimit_limit",
+            "Request limit Unit reports in its headers",
+            ["environment"],
+            registry=r,
+        )
+        self.unit_remaining = Gauge(
+            f"{p}_upstream_ratelimit_remaining",
+            "Requests left that Unit reports in its headers",
+            ["environment"],
+            registry=r,
+        )
+        self.window_requests = Gauge(
+            f"{p}_rate_limit_requests_per_minute",
+            "Requests the gateway sent to Unit in the last 60 s",
+            ["environment"],
+            registry=r,
+        )
+        self.configured_limit = Gauge(
+            f"{p}_rate_limit_configured_per_minute",
+            "Unit's per-minute limit as configured",
+            ["environment"],
+            registry=r,
+        )
+        self.headroom = Gauge(
+            f"{p}_rate_limit_headroom_ratio",
+            "Share of the per-minute limit still unused (1 - sent/limit)",
+            ["environment"],
+            registry=r,
+        )
+        self.verification_refusals = Counter(
+            f"{p}_verification_limit_refusals",
+            "Verifications refused locally (5 per 10 minutes)",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_hits = Counter(f"{p}_token_cache_hits", "Token cache hits", ["kind"], registry=r)
+        self.cache_misses = Counter(
+            f"{p}_token_cache_misses", "Token cache misses", ["kind"], registry=r
+        )
+        self.cache_entries = Gauge(
+            f"{p}_token_cache_entries", "Tokens in the cache", ["kind"], registry=r
+        )
+        self.mints = Counter(
+            f"{p}_token_mints", "Tokens minted", ["kind", "strategy", "outcome"], registry=r
+        )
+        self.verifications = Counter(
+            f"{p}_verifications_started", "Two-factor verifications started", ["kind"], registry=r
+        )
+        self.challenges = Counter(
+            f"{p}_challenges",
+            "Two-factor challenges by outcome (issued, completed, unknown)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.refreshes = Counter(
+            f"{p}_token_refreshes",
+            "Background refreshes ahead of expiry",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.retries_401 = Counter(
+            f"{p}_upstream_401_retries",
+            "Requests retried after Unit refused an injected token",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.learned = Counter(
+            f"{p}_learned_tokens",
+            "Tokens callers created that the gateway learned",
+            ["kind"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            f"{p}_config_reloads", "Configuration reloads by outcome", ["outcome"], registry=r
+        )
+        self.config_reload_success = Gauge(
+            f"{p}_config_last_reload_success_timestamp_seconds",
+            "When the configuration last loaded successfully",
+            registry=r,
+        )
+        self.redactions = Counter(
+            f"{p}_redactions",
+            "Values redacted from what people see, by rule",
+            ["rule"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        """The whole scrape in Prometheus' text format."""
+        rendered = "".join(h.render() for h in self.route_histograms)
+        return generate_latest(self.registry) + rendered.encode()
+
+    def token_event(self, name: str, labels: dict[str, str]) -> None:
+        """What the token service reports (see ``TokenService``)."""
+        kind = labels.get("kind", "customer")
+        if name == "cache_hit":
+            self.cache_hits.labels(kind).inc()
+        elif name == "cache_miss":
+            self.cache_misses.labels(kind).inc()
+        elif name == "mint":
+            self.mints.labels(kind, labels["strategy"], labels["outcome"]).inc()
+            if "seconds" in labels:
+                self.mint_duration.labels(kind, labels["strategy"], labels["outcome"]).observe(
+                    float(labels["seconds"])
+                )
+        elif name == "verification":
+            self.verifications.labels(kind).inc()
+        elif name == "verification_refused":
+            self.verification_refusals.labels(kind).inc()
+        elif name == "challenge":
+            self.challenges.labels(kind, labels["outcome"]).inc()
+        elif name == "learned":
+            self.learned.labels(kind).inc()
+        elif name == "refresh":
+            self.refreshes.labels(kind, labels["outcome"]).inc()
+        elif name == "retry_401":
+            self.retries_401.labels(kind, labels["outcome"]).inc()
+
+
+class SlidingWindow:
+    """Requests sent in the last minute, for the rate-limit headroom estimate."""
+
+    def __init__(self, seconds: float = RATE_WINDOW_SECONDS) -> None:
+        self.seconds = seconds
+        self._times: deque[float] = deque()
+
+    def add(self, now: float) -> None:
+        self._times.append(now)
+
+    def count(self, now: float) -> int:
+        cutoff = now - self.seconds
+        times = self._times
+        while times and times[0] <= cutoff:
+            times.popleft()
+        return len(times)
+
+
+_RATELIMIT_FIELD = re.compile(r"(limit|remaining)\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def reported_limits(headers: http.Headers) -> tuple[float | None, float | None]:
+    """Limit and remaining from ``X-RateLimit-*`` or the IETF ``RateLimit`` header."""
+    limit = headers.get("X-RateLimit-Limit")
+    remaining = headers.get("X-RateLimit-Remaining")
+    combined = headers.get("RateLimit")
+    if combined:
+        fields = {k.lower(): v for k, v in _RATELIMIT_FIELD.findall(combined)}
+        limit = limit or fields.get("limit")
+        remaining = remaining or fields.get("remaining")
+    return _number(limit), _number(remaining)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class MetricsRecorder:
+    """Counts and times every flow; serves nothing itself."""
+
+    def __init__(self, core: GatewayCore, metrics: GatewayMetrics, tokens: TokenInjector) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.tokens = tokens
+        self.routes = RouteTable.default()
+        self.windows: dict[str, SlidingWindow] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        config = self.core.config
+        if config is None:
+            return
+        self.routes = RouteTable.from_settings(config.model.routes)
+        limit = config.model.unit.rate_limit_per_minute
+        for up in config.model.unit.upstreams:
+            self.windows.setdefault(up.environment, SlidingWindow())
+            self.metrics.configured_limit.labels(up.environment).set(limit)
+            self.metrics.headroom.labels(up.environment).set(1.0)
+            self.metrics.window_requests.labels(up.environment).set(0)
+
+    def running(self) -> None:
+        # Gauges that decay with time (window, cache entries) are refreshed in the loop
+        # thread, never from the scrape thread.
+        self._refresher = asyncio.ensure_future(self._refresh_gauges())
+
+    async def done(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+
+    async def _refresh_gauges(self, every: float = 5.0) -> None:
+        while True:
+            self.update_window_gauges()
+            self.core_cache_gauges()
+            await asyncio.sleep(every)
+
+    def core_cache_gauges(self) -> None:
+        service = self.tokens.service
+        if service is None:
+            return
+        counts = service.cache.count_by_kind()
+        for kind in ("customer", "cardholder"):
+            self.metrics.cache_entries.labels(kind).set(counts.get(kind, 0))
+
+    def update_window_gauges(self) -> None:
+        config = self.core.config
+        if config is None:
+            return
+        limit = config.model.unit.rate_limit_per_minute
+        now = time.monotonic()
+        for environment, window in self.windows.items():
+            sent = window.count(now)
+            self.metrics.window_requests.labels(environment).set(sent)
+            self.metrics.headroom.labels(environment).set(max(0.0, 1.0 - sent / limit))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        config = self.core.config
+        if config is None:
+            return
+        request = flow.request
+        model = config.model
+        upstream = model.upstream_for(request.host, request.port) or model.upstream_for(
+            request.pretty_host, request.port
+        )
+        if upstream is None:
+            self.metrics.non_unit_requests.inc()
+            return
+        match = self.routes.match(request.method, request.path)
+        route = match.template if match is not None else OTHER_ROUTE
+        method = request.method if request.method in HTTP_METHODS else "OTHER"
+        response = flow.response
+        status = str(response.status_code) if response is not None else "error"
+        m = self.metrics
+        m.requests.labels(route, method, status).inc()
+        now = time.time()
+        total = max(0.0, now - request.timestamp_start)
+        m.request_duration.labels(route, method).observe(total)
+        mint = float(flow.metadata.get(MINT_SECONDS_KEY, 0.0))
+        upstream_seconds = 0.0
+        if response is not None and not flow.metadata.get(LOCAL_RESPONSE_KEY):
+            sent = request.timestamp_end or request.timestamp_start
+            upstream_seconds = max(0.0, (response.timestamp_end or now) - sent)
+            m.upstream_duration.labels(route, method).observe(upstream_seconds)
+            self._rate_limit(flow, upstream.environment, route)
+        m.overhead.labels(route, method).observe(max(0.0, total - upstream_seconds - mint))
+
+    def _rate_limit(self, flow: http.HTTPFlow, environment: str, route: str) -> None:
+        window = self.windows.setdefault(environment, SlidingWindow())
+        window.add(time.monotonic())
+        assert flow.response is not None
+        headers = flow.response.headers
+        if flow.response.status_code == 429:
+            self.metrics.rate_limited.labels(route).inc()
+        retry_after = headers.get("Retry-After")
+        if retry_after:
+            seconds = retry_after_seconds(retry_after)
+            if seconds is not None:
+                self.metrics.retry_after.set(seconds)
+        if (
+            "X-RateLimit-Limit" in headers
+            or "RateLimit" in headers
+            or ("X-RateLimit-Remaining" in headers)
+        ):
+            limit, remaining = reported_limits(headers)
+            if limit is not None:
+                self.metrics.unit_limit.labels(environment).set(limit)
+            if remaining is not None:
+                self.metrics.unit_remaining.labels(environment).set(remaining)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would flood the proxy's log
 
 
 class MetricsServer:
-    """Serves the registry on its own port, apart from the proxy's listeners."""
+    """Serves ``/metrics`` on its own port and thread, apart from the proxy's listeners: a
+    scrape never waits on the proxy loop."""
 
     def __init__(self, core: GatewayCore, metrics: GatewayMetrics) -> None:
         self.core = core
         self.metrics = metrics
         self._server: Any = None
-        self._thread: Any = None
+
+    def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"see /metrics\n"]
+        body = self.metrics.exposition()
+        headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
+    def start(self, host: str, port: int) -> ThreadingWSGIServer:
+        """Listen and serve from a daemon thread; returns the server (its address, shutdown)."""
+        server = make_server(host, port, self.app, ThreadingWSGIServer, _QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server
 
     def running(self) -> None:
         if self.core.config is None:
@@ -46,10 +508,7 @@ class MetricsServer:
         if not settings.enabled:
             return
         try:
-            # prometheus-client serves from its own thread: a scrape never waits on the proxy loop.
-            self._server, self._thread = start_http_server(
-                settings.port, addr=settings.host, registry=self.metrics.registry
-            )
+            self._server = self.start(settings.host, settings.port)
         except OSError as e:
             logger.error(
                 "unit-gateway: cannot serve metrics on %s:%s: %s",

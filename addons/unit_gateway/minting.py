@@ -419,6 +419,7 @@ class TokenService:
         client = self.clients[upstream.url]
         settings = self.settings_for(identity)
         strategy = settings.two_factor if scopes & self.two_factor_scopes else "none"
+        started = time.perf_counter()
         verification = None
         jwt_token = None
         try:
@@ -437,13 +438,25 @@ class TokenService:
                 jwt_token=jwt_token,
             )
         except VerificationRequired:
+            self._on_event("challenge", {"kind": identity.kind, "outcome": "issued"})
             raise
         except TokenError:
+            seconds = f"{time.perf_counter() - started:.6f}"
             self._on_event(
-                "mint", {"kind": identity.kind, "strategy": strategy, "outcome": "error"}
+                "mint",
+                {
+                    "kind": identity.kind,
+                    "strategy": strategy,
+                    "outcome": "error",
+                    "seconds": seconds,
+                },
             )
             raise
-        self._on_event("mint", {"kind": identity.kind, "strategy": strategy, "outcome": "ok"})
+        seconds = f"{time.perf_counter() - started:.6f}"
+        self._on_event(
+            "mint",
+            {"kind": identity.kind, "strategy": strategy, "outcome": "ok", "seconds": seconds},
+        )
         token = self.cache.make(identity, scopes_of(value) or scopes, value, lifetime)
         self.cache.put(token)
         return token
