@@ -9,8 +9,8 @@ from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsRecorder, MetricsServer
 
-core = GatewayCore()
 metrics = GatewayMetrics()
+core = GatewayCore(metrics)
 tokens = TokenInjector(core, metrics)
 
 addons = [

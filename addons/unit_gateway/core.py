@@ -19,6 +19,7 @@ from unit_gateway.config import ConfigError, LoadedConfig, Secret
 if TYPE_CHECKING:
     from mitmproxy.addonmanager import Loader
 
+    from unit_gateway.metrics import GatewayMetrics
     from unit_gateway.sandbox.server import RunningSandbox
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def describe_problems(path: str, error: ConfigError) -> str:
 
 
 class GatewayCore:
-    def __init__(self) -> None:
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self.metrics = metrics
         self.config: LoadedConfig | None = None
         self.sandbox: RunningSandbox | None = None
         self._org_token: Secret | None = None
@@ -67,10 +69,20 @@ class GatewayCore:
         try:
             loaded = config.load(path)
         except ConfigError as e:
+            self._count_load("error")
             self._refuse(describe_problems(path, e))
             return
         self.config = loaded
+        self._count_load("ok")
         logger.info("unit-gateway: configuration %s loaded", path)
+
+    def _count_load(self, outcome: str) -> None:
+        if self.metrics is None:
+            return
+        if self._running:  # the first load at start-up is not a reload
+            self.metrics.config_reloads.labels(outcome).inc()
+        if outcome == "ok":
+            self.metrics.config_reload_success.set_to_current_time()
 
     def _refuse(self, message: str) -> None:
         if self._running:
