@@ -5,9 +5,11 @@ Other addons get the configuration from here (``core.config``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets as pysecrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPTION = "unit_gateway_config"
+RELOAD_CHECK_SECONDS = 1.0
+#: Sections whose listeners (ports, the embedded sandbox) are only set up at start.
+RESTART_SECTIONS = ("metrics", "sandbox")
+
+
+def _stamp_of(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def describe_problems(path: str, error: ConfigError) -> str:
@@ -38,6 +53,10 @@ class GatewayCore:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self.metrics = metrics
         self.config: LoadedConfig | None = None
+        #: Called with each configuration that replaces a running one (hot reload).
+        self.listeners: list[Callable[[LoadedConfig], None]] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self._stamp: tuple[int, int] | None = None
         self.sandbox: RunningSandbox | None = None
         self._org_token: Secret | None = None
         self._running = False
@@ -72,9 +91,17 @@ class GatewayCore:
             self._count_load("error")
             self._refuse(describe_problems(path, e))
             return
-        self.config = loaded
-        self._count_load("ok")
+        self._apply(loaded)
         logger.info("unit-gateway: configuration %s loaded", path)
+
+    def _apply(self, loaded: LoadedConfig) -> None:
+        replaced = self.config is not None and self._running
+        self.config = loaded
+        self._stamp = _stamp_of(loaded.path)
+        self._count_load("ok")
+        if replaced:
+            for listener in self.listeners:
+                listener(loaded)
 
     def _count_load(self, outcome: str) -> None:
         if self.metrics is None:
@@ -96,6 +123,7 @@ class GatewayCore:
         self._running = True
         if self.config is None:
             return
+        self._watcher = asyncio.ensure_future(self._watch())
         settings = self.config.model.sandbox
         if settings.embedded:
             await self._start_embedded_sandbox()
@@ -140,7 +168,41 @@ class GatewayCore:
         ca = Path(os.path.expanduser(ctx.options.confdir)) / "mitmproxy-ca-cert.pem"
         logger.info("unit-gateway: CA certificate %s", ca)
 
+    async def _watch(self, every: float = RELOAD_CHECK_SECONDS) -> None:
+        """Reload the file when it changes. A broken file is reported and the running
+        configuration stays."""
+        while True:
+            await asyncio.sleep(every)
+            if self.config is None or self.config.path is None:
+                continue
+            stamp = _stamp_of(self.config.path)
+            if stamp is None or stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            self.reload()
+
+    def reload(self) -> bool:
+        assert self.config is not None and self.config.path is not None
+        path = self.config.path
+        try:
+            loaded = config.load(path)
+        except ConfigError as e:
+            self._count_load("error")
+            logger.error(
+                "%s\nunit-gateway: the running configuration stays in force",
+                describe_problems(str(path), e).replace("invalid", "not reloading invalid", 1),
+            )
+            return False
+        for section in RESTART_SECTIONS:
+            if getattr(loaded.model, section) != getattr(self.config.model, section):
+                logger.warning("unit-gateway: a change to %s takes effect after a restart", section)
+        self._apply(loaded)
+        logger.info("unit-gateway: configuration %s reloaded", path)
+        return True
+
     async def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.sandbox is not None:
             await self.sandbox.stop()
             self.sandbox = None

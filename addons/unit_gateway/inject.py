@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from unit_gateway import jsonapi
-from unit_gateway.config import Upstream
+from unit_gateway.config import LoadedConfig, Upstream
 from unit_gateway.identity import (
     ORG,
     Identity,
@@ -93,11 +93,22 @@ class TokenInjector:
         self.service: TokenService | None = None
         self._flows: dict[str, FlowState] = {}
 
+    def load(self, loader: Any) -> None:
+        self.core.listeners.append(self.reconfigure)
+
     def configure(self, updated: set[str]) -> None:
         config = self.core.config
         if config is None:
             return
         self.routes = RouteTable.from_settings(config.model.routes)
+
+    def reconfigure(self, config: LoadedConfig) -> None:
+        """A new configuration while running: new routes and scopes; cached tokens stay."""
+        self.routes = RouteTable.from_settings(config.model.routes)
+        if self.service is not None:
+            self.service.reconfigure(
+                config, two_factor_scopes=frozenset(self.routes.two_factor_scopes)
+            )
 
     def running(self) -> None:
         config = self.core.config

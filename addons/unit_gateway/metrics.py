@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__
+from unit_gateway.redaction import Redactor
 from unit_gateway.routes import HTTP_METHODS, OTHER_ROUTE, RouteTable
 
 if TYPE_CHECKING:
@@ -361,11 +362,18 @@ class MetricsRecorder:
         self.windows: dict[str, SlidingWindow] = {}
         self._refresher: asyncio.Task[None] | None = None
 
+    def load(self, loader: Any) -> None:
+        self.core.listeners.append(lambda _config: self.configure({"unit_gateway_config"}))
+
     def configure(self, updated: set[str]) -> None:
         config = self.core.config
         if config is None:
             return
         self.routes = RouteTable.from_settings(config.model.routes)
+        # Every rule's series exists from the start (at 0), so rates and alerts see the
+        # first redaction rather than a series appearing out of nothing.
+        for rule in Redactor(config.model.redaction).rule_names:
+            self.metrics.redactions.labels(rule)
         limit = config.model.unit.rate_limit_per_minute
         for up in config.model.unit.upstreams:
             self.windows.setdefault(up.environment, SlidingWindow())

@@ -290,7 +290,10 @@ class UnitClient:
         }
         try:
             async with self.session.post(
-                self.upstream.url + path, data=body, headers=headers
+                self.upstream.url + path,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 content = await response.read()
                 status = response.status
@@ -361,6 +364,8 @@ class TokenService:
             )
             for up in model.unit.upstreams
         }
+        self.ssl_context = ssl_context
+        self._closing: set[asyncio.Future[None]] = set()
         self.limiter = VerificationLimiter()
         self.flights = SingleFlight()
         self.challenges: dict[str, Challenge] = {}
@@ -369,6 +374,34 @@ class TokenService:
         jwt_settings = model.tokens.jwt
         self._jwt_key = config.secrets.get("tokens.jwt.private_key")
         self._jwt_settings = jwt_settings
+
+    def reconfigure(self, config: LoadedConfig, *, two_factor_scopes: frozenset[str]) -> None:
+        """Apply a reloaded configuration; cached tokens for unchanged upstreams stay."""
+        model = config.model
+        self.config = config
+        self.two_factor_scopes = two_factor_scopes
+        self._jwt_key = config.secrets.get("tokens.jwt.private_key")
+        self._jwt_settings = model.tokens.jwt
+        self.cache.margin = model.tokens.expiry_margin_seconds
+        self.cache.refresh_ahead = model.tokens.refresh_ahead_seconds
+        if model.tokens.cache_size != self.cache.maxsize:
+            self.cache = self.cache.resized(model.tokens.cache_size)
+        org_token = config.org_token or self.org_token
+        wanted = {up.url: up for up in model.unit.upstreams}
+        for url in list(self.clients):
+            if url not in wanted or org_token != self.org_token:
+                self._closing.add(asyncio.ensure_future(self.clients.pop(url).close()))
+        self.org_token = org_token
+        for url, up in wanted.items():
+            if url not in self.clients:
+                self.clients[url] = UnitClient(
+                    up,
+                    org_token,
+                    timeout=model.unit.token_timeout_seconds,
+                    ssl_context=self.ssl_context,
+                )
+            else:
+                self.clients[url].timeout = model.unit.token_timeout_seconds
 
     def settings_for(self, identity: Identity) -> TokenKindSettings:
         return getattr(self.config.model.tokens, identity.kind)

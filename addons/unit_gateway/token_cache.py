@@ -122,6 +122,20 @@ class TokenCache:
         if self._entries.get(key) is token:
             del self._entries[key]
 
+    @property
+    def maxsize(self) -> float:
+        return self._entries.maxsize
+
+    def resized(self, maxsize: int) -> TokenCache:
+        """A cache of another size holding the live entries of this one."""
+        other = TokenCache(
+            maxsize, margin=self.margin, refresh_ahead=self.refresh_ahead, timer=self.timer
+        )
+        self._entries.expire()
+        for token in list(self._entries.values()):
+            other.put(token)
+        return other
+
     def __len__(self) -> int:
         self._entries.expire()
         return len(self._entries)
