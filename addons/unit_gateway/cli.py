@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mitmproxy mode, e.g. regular, reverse:https://api.s.unit.sh, transparent "
         "(repeatable; default regular)",
     )
-    run.add_argument("--listen-host", help="address the proxy listens on")
+    run.add_argument(
+        "--listen-host",
+        default="127.0.0.1",
+        help="address the proxy listens on (default 127.0.0.1; 0.0.0.0 to serve other hosts)",
+    )
     run.add_argument("--listen-port", type=int, help="port the proxy listens on")
     run.add_argument("mitmproxy_args", nargs="*", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
