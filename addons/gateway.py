@@ -7,7 +7,7 @@ loads every unit-gateway addon in the order they must run.
 
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
-from unit_gateway.metrics import GatewayMetrics, MetricsRecorder, MetricsServer
+from unit_gateway.metrics import GatewayMetrics, MetricsExporter
 
 metrics = GatewayMetrics()
 core = GatewayCore(metrics)
@@ -17,6 +17,5 @@ addons = [
     core,
     tokens,
     # After the token addon, so a retried request is recorded with its final answer.
-    MetricsRecorder(core, metrics, tokens),
-    MetricsServer(core, metrics),
+    MetricsExporter(core, metrics, tokens),
 ]

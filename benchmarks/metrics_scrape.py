@@ -21,7 +21,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from unit_gateway.metrics import GatewayMetrics, MetricsServer
+from unit_gateway.metrics import GatewayMetrics, serve_metrics
 from unit_gateway.routes import RouteTable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,7 +54,7 @@ def populate(metrics: GatewayMetrics) -> int:
 def main() -> int:
     metrics = GatewayMetrics()
     routes = populate(metrics)
-    server = MetricsServer(None, metrics).start("127.0.0.1", 0)  # type: ignore[arg-type]
+    server = serve_metrics(metrics, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     timings, size = [], 0

@@ -28,7 +28,7 @@ from unit_gateway.identity import (
 )
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import Challenge, TokenError, TokenService
-from unit_gateway.routes import CARDHOLDER_SCOPES, RouteMatch, RouteTable
+from unit_gateway.routes import CARDHOLDER_SCOPES, OTHER_ROUTE, RouteMatch, RouteTable
 from unit_gateway.token_cache import CachedToken
 
 if TYPE_CHECKING:
@@ -42,9 +42,11 @@ CHALLENGE_PREFIX = "unitgw-challenge-"
 
 @dataclass
 class FlowState:
-    """What the response hook needs to know about a request the gateway changed."""
+    """What the gateway learned about a request to Unit, for its response and its metrics."""
 
     upstream: Upstream
+    #: The route template, or "other" for a path Unit does not have.
+    route: str = OTHER_ROUTE
     identity: Identity | None = None
     token: CachedToken | None = None
     needed: frozenset[str] = frozenset()
@@ -190,17 +192,17 @@ class TokenInjector:
                     "Unit upstream; unitgw placeholders are only sent to Unit",
                 )
             return None
+        route = self.routes.match(request.method, request.path)
+        state = FlowState(upstream, route.template if route is not None else OTHER_ROUTE)
+        self._flows[flow.id] = state
         if isinstance(credential, PlaceholderError):
             flow.response = error_response(401, "invalid_placeholder", str(credential))
             return None
         if isinstance(credential, RealToken):
             # The caller's own credential goes through untouched; a token it creates with it
             # is learned for the identity it names.
-            route = self.routes.match(request.method, request.path)
             if route is not None and route.token_endpoint is not None:
-                self._flows[flow.id] = FlowState(
-                    upstream, token_identity=token_endpoint_identity(route)
-                )
+                state.token_identity = token_endpoint_identity(route)
             return None
         if credential is None:
             if model.unit.missing_authorization == "reject":
@@ -212,7 +214,8 @@ class TokenInjector:
                 )
                 return None
             credential = ORG
-        return self._inject(flow, upstream, credential)
+        state.identity = credential
+        return self._inject(flow, state, route)
 
     def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
         try:
@@ -221,13 +224,12 @@ class TokenInjector:
             return e
 
     def _inject(
-        self, flow: http.HTTPFlow, upstream: Upstream, identity: Identity
+        self, flow: http.HTTPFlow, state: FlowState, route: RouteMatch | None
     ) -> Awaitable[None] | None:
         request = flow.request
-        route = self.routes.match(request.method, request.path)
+        identity = state.identity
+        assert identity is not None
         extra = request.headers.pop(SCOPE_HEADER, "")
-        state = FlowState(upstream, identity)
-        self._flows[flow.id] = state
         if route is not None and route.token_endpoint is not None:
             # Unit's token endpoints take the org token, whoever the caller speaks for.
             state.placeholder_caller = True
@@ -253,7 +255,7 @@ class TokenInjector:
             needed &= CARDHOLDER_SCOPES
         state.needed = needed
         assert self.service is not None
-        token = self.service.cached(identity, needed, upstream)
+        token = self.service.cached(identity, needed, state.upstream)
         if token is not None:
             state.token = token
             request.headers["Authorization"] = f"Bearer {token.value}"
@@ -325,8 +327,12 @@ class TokenInjector:
 
     # --- responses -------------------------------------------------------------------------
 
+    def finish(self, flow: http.HTTPFlow) -> FlowState | None:
+        """What the gateway knew of a flow, handed over once it is done (to the metrics)."""
+        return self._flows.pop(flow.id, None)
+
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        state = self._flows.pop(flow.id, None)
+        state = self._flows.get(flow.id)
         if state is None or flow.response is None or self.service is None:
             return None
         if state.token_identity is not None:
@@ -334,9 +340,6 @@ class TokenInjector:
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
             return self._retry_with_new_token(flow, state)
         return None
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._flows.pop(flow.id, None)
 
     def _learn(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Cache a token created through the gateway; a placeholder caller gets the

@@ -34,7 +34,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__
 from unit_gateway.redaction import Redactor
-from unit_gateway.routes import HTTP_METHODS, OTHER_ROUTE, RouteTable
+from unit_gateway.routes import HTTP_METHODS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -317,6 +317,8 @@ class SlidingWindow:
         return len(times)
 
 
+_REPORTED_LIMIT_HEADERS = frozenset({b"x-ratelimit-limit", b"x-ratelimit-remaining", b"ratelimit"})
+_RATE_LIMIT_HEADERS = _REPORTED_LIMIT_HEADERS | {b"retry-after"}
 _RATELIMIT_FIELD = re.compile(r"(limit|remaining)\s*=\s*(\d+)", re.IGNORECASE)
 
 
@@ -351,16 +353,18 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-class MetricsRecorder:
-    """Counts and times every flow; serves nothing itself."""
+class MetricsExporter:
+    """Counts and times every flow, and serves ``/metrics`` on its own port."""
 
     def __init__(self, core: GatewayCore, metrics: GatewayMetrics, tokens: TokenInjector) -> None:
         self.core = core
         self.metrics = metrics
         self.tokens = tokens
-        self.routes = RouteTable.default()
         self.windows: dict[str, SlidingWindow] = {}
+        # prometheus-client's labels() costs microseconds; a flow should not pay it each time.
+        self._request_counters: dict[tuple[str, str, str], Any] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._server: ThreadingWSGIServer | None = None
 
     def load(self, loader: Any) -> None:
         self.core.listeners.append(lambda _config: self.configure({"unit_gateway_config"}))
@@ -369,7 +373,6 @@ class MetricsRecorder:
         config = self.core.config
         if config is None:
             return
-        self.routes = RouteTable.from_settings(config.model.routes)
         # Every rule's series exists from the start (at 0), so rates and alerts see the
         # first redaction rather than a series appearing out of nothing.
         for rule in Redactor(config.model.redaction).rule_names:
@@ -382,13 +385,34 @@ class MetricsRecorder:
             self.metrics.window_requests.labels(up.environment).set(0)
 
     def running(self) -> None:
+        if self.core.config is None:
+            return
         # Gauges that decay with time (window, cache entries) are refreshed in the loop
         # thread, never from the scrape thread.
         self._refresher = asyncio.ensure_future(self._refresh_gauges())
+        settings = self.core.config.model.metrics
+        if not settings.enabled:
+            return
+        try:
+            self._server = serve_metrics(self.metrics, settings.host, settings.port)
+        except OSError as e:
+            logger.error(
+                "unit-gateway: cannot serve metrics on %s:%s: %s",
+                settings.host,
+                settings.port,
+                e.strerror or e,
+            )
+            return
+        host, port = self._server.server_address[:2]
+        logger.info("unit-gateway: metrics on http://%s:%s/metrics", host, port)
 
-    async def done(self) -> None:
+    def done(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     async def _refresh_gauges(self, every: float = 5.0) -> None:
         while True:
@@ -422,24 +446,24 @@ class MetricsRecorder:
         self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
-        config = self.core.config
-        if config is None:
+        # The token addon already matched the upstream and route; it hands them over here.
+        state = self.tokens.finish(flow)
+        if state is None:
+            if self.core.config is not None:
+                self.metrics.non_unit_requests.inc()
             return
         request = flow.request
-        model = config.model
-        upstream = model.upstream_for(request.host, request.port) or model.upstream_for(
-            request.pretty_host, request.port
-        )
-        if upstream is None:
-            self.metrics.non_unit_requests.inc()
-            return
-        match = self.routes.match(request.method, request.path)
-        route = match.template if match is not None else OTHER_ROUTE
+        route = state.route
         method = request.method if request.method in HTTP_METHODS else "OTHER"
         response = flow.response
         status = str(response.status_code) if response is not None else "error"
         m = self.metrics
-        m.requests.labels(route, method, status).inc()
+        counter = self._request_counters.get((route, method, status))
+        if counter is None:
+            counter = self._request_counters[(route, method, status)] = m.requests.labels(
+                route, method, status
+            )
+        counter.inc()
         now = time.time()
         total = max(0.0, now - request.timestamp_start)
         m.request_duration.labels(route, method).observe(total)
@@ -449,26 +473,28 @@ class MetricsRecorder:
             sent = request.timestamp_end or request.timestamp_start
             upstream_seconds = max(0.0, (response.timestamp_end or now) - sent)
             m.upstream_duration.labels(route, method).observe(upstream_seconds)
-            self._rate_limit(flow, upstream.environment, route)
+            self._rate_limit(flow, state.upstream.environment, route)
         m.overhead.labels(route, method).observe(max(0.0, total - upstream_seconds - mint))
 
     def _rate_limit(self, flow: http.HTTPFlow, environment: str, route: str) -> None:
-        window = self.windows.setdefault(environment, SlidingWindow())
+        window = self.windows.get(environment)
+        if window is None:
+            window = self.windows[environment] = SlidingWindow()
         window.add(time.monotonic())
         assert flow.response is not None
-        headers = flow.response.headers
         if flow.response.status_code == 429:
             self.metrics.rate_limited.labels(route).inc()
+        # One pass over the raw header names: most responses carry none of these.
+        names = {name.lower() for name, _ in flow.response.headers.fields}
+        if not names & _RATE_LIMIT_HEADERS:
+            return
+        headers = flow.response.headers
         retry_after = headers.get("Retry-After")
         if retry_after:
             seconds = retry_after_seconds(retry_after)
             if seconds is not None:
                 self.metrics.retry_after.set(seconds)
-        if (
-            "X-RateLimit-Limit" in headers
-            or "RateLimit" in headers
-            or ("X-RateLimit-Remaining" in headers)
-        ):
+        if names & _REPORTED_LIMIT_HEADERS:
             limit, remaining = reported_limits(headers)
             if limit is not None:
                 self.metrics.unit_limit.labels(environment).set(limit)
@@ -481,20 +507,14 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # scrapes every few seconds would flood the proxy's log
 
 
-class MetricsServer:
-    """Serves ``/metrics`` on its own port and thread, apart from the proxy's listeners: a
-    scrape never waits on the proxy loop."""
+def metrics_app(metrics: GatewayMetrics) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app that answers ``/metrics`` (gzip when the scraper accepts it)."""
 
-    def __init__(self, core: GatewayCore, metrics: GatewayMetrics) -> None:
-        self.core = core
-        self.metrics = metrics
-        self._server: Any = None
-
-    def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") not in ("/metrics", "/"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"see /metrics\n"]
-        body = self.metrics.exposition()
+        body = metrics.exposition()
         headers = [("Content-Type", CONTENT_TYPE_LATEST)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=1)
@@ -503,33 +523,12 @@ class MetricsServer:
         start_response("200 OK", headers)
         return [body]
 
-    def start(self, host: str, port: int) -> ThreadingWSGIServer:
-        """Listen and serve from a daemon thread; returns the server (its address, shutdown)."""
-        server = make_server(host, port, self.app, ThreadingWSGIServer, _QuietHandler)
-        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-        return server
+    return app
 
-    def running(self) -> None:
-        if self.core.config is None:
-            return
-        settings = self.core.config.model.metrics
-        if not settings.enabled:
-            return
-        try:
-            self._server = self.start(settings.host, settings.port)
-        except OSError as e:
-            logger.error(
-                "unit-gateway: cannot serve metrics on %s:%s: %s",
-                settings.host,
-                settings.port,
-                e.strerror or e,
-            )
-            return
-        host, port = self._server.server_address[:2]
-        logger.info("unit-gateway: metrics on http://%s:%s/metrics", host, port)
 
-    def done(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+def serve_metrics(metrics: GatewayMetrics, host: str, port: int) -> ThreadingWSGIServer:
+    """Listen and serve from a daemon thread, apart from the proxy's loop: a scrape never
+    waits on it. Returns the server (its address; ``shutdown`` to stop)."""
+    server = make_server(host, port, metrics_app(metrics), ThreadingWSGIServer, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
