@@ -1,0 +1,33 @@
+"""Proxy modes end to end: regular mode is what every other test uses; here reverse mode,
+where the SDK's base URL is the gateway itself over plain HTTP and no CA is needed."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from unit import Unit
+
+from conftest import GatewayFactory
+from unit_gateway.testing import harness
+
+
+def test_reverse_mode_with_the_python_sdk(
+    gateway_factory: GatewayFactory,
+    tls_sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reverse mode in front of a TLS upstream, as in front of https://api.s.unit.sh.
+    gateway = gateway_factory(tls_sandbox, mode=f"reverse:{tls_sandbox.url}", name="reverse")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    unit = Unit(gateway.proxy_url, "unitgw:customer:10001")
+    cards = unit.cards.list()
+    assert cards.data and all(c.relationships["customer"].id == "10001" for c in cards.data)
+    stats = tls_sandbox.stats()
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["requests"]["GET /cards"] == 1
+
+    # A request without a placeholder is still refused by the gateway, not forwarded.
+    bare = requests.get(gateway.proxy_url + "/cards", proxies={"http": "", "https": ""})
+    assert bare.status_code == 401
+    assert bare.json()["errors"][0]["code"] == "missing_authorization"
