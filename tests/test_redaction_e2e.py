@@ -226,9 +226,10 @@ def test_mitmdump_outputs_hold_no_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     flows, har = run_dir / "flows.out", run_dir / "flows.har"
+    overrides = gateway_overrides(run_dir) | {"access_log": {"path": "access.jsonl"}}
     gateway = gateway_factory(
         jwt_sandbox,
-        overrides=gateway_overrides(run_dir),
+        overrides=overrides,
         extra_args=(
             "--set", "flow_detail=4",
             "--set", f"save_stream_file={flows}",
@@ -245,6 +246,16 @@ def test_mitmdump_outputs_hold_no_secret(
     assert "secure-data/pan" in shown and "[redacted:pan]" in shown
     assert "unitgw:customer:10001" in shown, "the flow keeps the caller's placeholder"
     assert 'unit_gateway_redactions_total{rule="field:pan"}' in metrics
+
+    # The access log (next to the configuration, in the scanned run directory): one line
+    # per flow, route templates, fingerprints of the tokens Unit got.
+    lines = [json.loads(line) for line in (run_dir / "access.jsonl").read_text().splitlines()]
+    assert len(lines) == 9
+    pans = [line for line in lines if line["route"] == "/cards/{cardId}/secure-data/pan"]
+    assert [(p["identity"], p["status"]) for p in pans] == [("customer", 200), ("cardholder", 200)]
+    assert all(p["token"].startswith("[token …") for p in pans)
+    assert pans[0]["token"] != pans[1]["token"]
+    assert {line["identity"] for line in lines} == {"org", "customer", "cardholder", "caller"}
 
 
 def test_mitmweb_holds_no_secret(
