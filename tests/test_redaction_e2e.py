@@ -342,3 +342,19 @@ def test_mitmweb_holds_no_secret(
             for name, value in pan_flows[0]["request"]["headers"]
             if name.lower() == "authorization"
         )
+
+
+@pytest.mark.parametrize(
+    ("option", "name"),
+    [("proxy_debug=true", "proxy_debug"), ("stream_large_bodies=1m", "stream_large_bodies")],
+)
+def test_options_that_bypass_redaction_are_refused(
+    sandbox: harness.Sandbox, run_dir: Path, option: str, name: str
+) -> None:
+    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
+    with pytest.raises(harness.ProcessFailed) as refused:
+        harness.start_gateway(
+            run_dir, config, org_token=sandbox.org_token, extra_args=("--set", option)
+        )
+    message = str(refused.value)
+    assert "exited with" in message and f"unit-gateway: {name}" in message and "refused" in message
