@@ -107,19 +107,24 @@ def _handle_event(
     if active is None:
         yield from _original_handle_event(self, event)
         return
-    if type(event) is httplayer.ResponseHeaders:
-        secrets = _SECRETS.get(getattr(self, "flow", None))  # type: ignore[arg-type]
+    # HttpStream sets self.flow on its first event; None before (no weak reference to None).
+    flow = self.__dict__.get("flow")
+    if flow is not None and type(event) is httplayer.ResponseHeaders:
+        secrets = _SECRETS.get(flow)
         if secrets is not None:  # before HttpStream stores it as flow.response
             active.redact_headers(event.response.headers, secrets.response_headers)
     for command in _original_handle_event(self, event):
         kind = type(command)
         if kind is httplayer.SendHttp:
-            secrets = _SECRETS.get(getattr(self, "flow", None))  # type: ignore[arg-type]
+            flow = self.__dict__.get("flow")
+            secrets = _SECRETS.get(flow) if flow is not None else None
             if secrets is not None:
                 command = active.egress(self, secrets, command)  # type: ignore[arg-type]
-        elif kind in _HOOKS and command.flow is getattr(self, "flow", None):  # type: ignore[attr-defined]
+        elif kind in _HOOKS:
             # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
-            active.before_hook(kind, command.flow)  # type: ignore[attr-defined]
+            hooked = command.flow  # type: ignore[attr-defined]
+            if hooked is self.__dict__.get("flow"):
+                active.before_hook(kind, hooked)
         yield command
 
 
@@ -292,7 +297,12 @@ class FlowRedaction:
     def before_hook(self, kind: type, flow: http.HTTPFlow) -> None:
         """HttpStream has just stored part of the flow; no addon has seen it yet."""
         if kind is hooks.HttpRequestHeadersHook:
-            if flow.request.method != "CONNECT" and self.upstream_for(flow.request) is not None:
+            # (also yielded a second time on some error paths: protect a flow once)
+            if (
+                flow not in _SECRETS
+                and flow.request.method != "CONNECT"
+                and self.upstream_for(flow.request) is not None
+            ):
                 self.protect_request(flow)
             return
         if kind is hooks.HttpErrorHook:
