@@ -8,13 +8,17 @@ loads every unit-gateway addon in the order they must run.
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsExporter
+from unit_gateway.redact import FlowRedaction
 
 metrics = GatewayMetrics()
 core = GatewayCore(metrics)
-tokens = TokenInjector(core, metrics)
+redaction = FlowRedaction(core, metrics)
+tokens = TokenInjector(core, metrics, redaction)
 
 addons = [
     core,
+    # Before every addon that reads flows: it keeps real secrets out of them.
+    redaction,
     tokens,
     # After the token addon, so a retried request is recorded with its final answer.
     MetricsExporter(core, metrics, tokens),

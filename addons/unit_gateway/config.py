@@ -255,6 +255,11 @@ class MetricsSettings(_Model):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class AccessLogSettings(_Model):
+    #: JSON lines, one per flow to Unit; relative to the configuration file. None: no log.
+    path: str | None = Field(default=None, min_length=1)
+
+
 class GatewayConfig(_Model):
     unit: UnitSettings
     sandbox: SandboxSettings = SandboxSettings()
@@ -262,6 +267,7 @@ class GatewayConfig(_Model):
     metrics: MetricsSettings = MetricsSettings()
     routes: RouteSettings = RouteSettings()
     redaction: RedactionSettings = RedactionSettings()
+    access_log: AccessLogSettings = AccessLogSettings()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> GatewayConfig:

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 OPTION = "unit_gateway_config"
 RELOAD_CHECK_SECONDS = 1.0
-#: Sections whose listeners (ports, the embedded sandbox) are only set up at start.
-RESTART_SECTIONS = ("metrics", "sandbox")
+#: Sections whose listeners (ports, the embedded sandbox, the access log file) are only set
+#: up at start.
+RESTART_SECTIONS = ("metrics", "sandbox", "access_log")
 
 
 def _stamp_of(path: Path | None) -> tuple[int, int] | None:

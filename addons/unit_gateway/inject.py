@@ -2,7 +2,11 @@
 leaves, handles Unit's token endpoints, and retries once when Unit rejects an injected token.
 
 State per flow lives here, keyed by flow id, never in ``flow.metadata``: metadata is saved
-with the flow, and tokens must not be.
+with the flow, and tokens must not be. Real tokens and real bodies never go into the flow
+either: the flow keeps the caller's placeholder (``Bearer unitgw:customer:10001``: it names
+the identity a developer looks for in mitmweb; the access log has the token's fingerprint),
+and the token Unit gets, like every body this addon reads or rewrites, goes through
+:class:`~unit_gateway.redact.FlowRedaction`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from unit_gateway.identity import (
 )
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import Challenge, TokenError, TokenService
+from unit_gateway.redact import FlowRedaction
 from unit_gateway.routes import CARDHOLDER_SCOPES, OTHER_ROUTE, RouteMatch, RouteTable
 from unit_gateway.token_cache import CachedToken
 
@@ -88,9 +93,15 @@ def token_endpoint_identity(route: RouteMatch) -> Identity | None:
 
 
 class TokenInjector:
-    def __init__(self, core: GatewayCore, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        core: GatewayCore,
+        metrics: GatewayMetrics,
+        redaction: FlowRedaction | None = None,
+    ) -> None:
         self.core = core
         self.metrics = metrics
+        self.redaction = redaction if redaction is not None else FlowRedaction(core, metrics)
         self.routes = RouteTable.default()
         self.service: TokenService | None = None
         self._flows: dict[str, FlowState] = {}
@@ -214,12 +225,13 @@ class TokenInjector:
                 )
                 return None
             credential = ORG
+            flow.request.headers["Authorization"] = f"Bearer {ORG.placeholder}"
         state.identity = credential
         return self._inject(flow, state, route)
 
     def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
         try:
-            return parse_authorization(flow.request.headers.get("Authorization"))
+            return parse_authorization(self.redaction.real_request_header(flow, "Authorization"))
         except PlaceholderError as e:
             return e
 
@@ -234,10 +246,10 @@ class TokenInjector:
             # Unit's token endpoints take the org token, whoever the caller speaks for.
             state.placeholder_caller = True
             state.token_identity = token_endpoint_identity(route)
-            request.headers["Authorization"] = f"Bearer {self._org_token()}"
+            self._authorize(flow, self._org_token())
             return None
         if identity == ORG:
-            request.headers["Authorization"] = f"Bearer {self._org_token()}"
+            self._authorize(flow, self._org_token())
             return None
         if identity.kind == "cardholder" and route is not None:
             if not route.allows_cardholder(identity.subject or ""):
@@ -258,7 +270,7 @@ class TokenInjector:
         token = self.service.cached(identity, needed, state.upstream)
         if token is not None:
             state.token = token
-            request.headers["Authorization"] = f"Bearer {token.value}"
+            self._authorize(flow, token.value)
             return None
         return self._mint_and_attach(flow, state)
 
@@ -280,8 +292,12 @@ class TokenInjector:
             flow.response = token_error_response(e)
             return False
         state.token = token
-        flow.request.headers["Authorization"] = f"Bearer {token.value}"
+        self._authorize(flow, token.value)
         return True
+
+    def _authorize(self, flow: http.HTTPFlow, token: str) -> None:
+        """Unit gets this token; the flow keeps the placeholder."""
+        self.redaction.set_upstream_authorization(flow, f"Bearer {token}")
 
     def _org_token(self) -> str:
         org = self.core.org_token
@@ -296,7 +312,7 @@ class TokenInjector:
             return
         # A caller completing a challenge: swap in the real verification token.
         try:
-            body = json.loads(flow.request.get_content(strict=False) or b"null")
+            body = json.loads(self.redaction.real_request_content(flow) or b"null")
             attributes = body["data"]["attributes"]
         except (ValueError, KeyError, TypeError):
             return  # Unit answers a malformed create-token request itself
@@ -323,7 +339,7 @@ class TokenInjector:
         state.challenge = challenge
         attributes["verificationToken"] = challenge.verification_token
         attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
-        flow.request.set_content(json.dumps(body).encode())
+        self.redaction.set_real_request_content(flow, json.dumps(body).encode())
 
     # --- responses -------------------------------------------------------------------------
 
@@ -349,7 +365,7 @@ class TokenInjector:
         if identity is None or flow.response.status_code not in (200, 201):
             return
         try:
-            body = json.loads(flow.response.get_content(strict=False) or b"null")
+            body = json.loads(self.redaction.real_response_content(flow) or b"null")
             attributes = body["data"]["attributes"]
             value = attributes["token"]
         except (ValueError, KeyError, TypeError):
@@ -358,14 +374,14 @@ class TokenInjector:
             return
         requested = frozenset()
         try:
-            sent = json.loads(flow.request.get_content(strict=False) or b"null")
+            sent = json.loads(self.redaction.real_request_content(flow) or b"null")
             requested = frozenset(str(sent["data"]["attributes"].get("scope", "")).split())
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
         self.service.learn(identity, value, requested, attributes.get("expiresIn"))
         if state.placeholder_caller:
             attributes["token"] = identity.placeholder
-            flow.response.set_content(json.dumps(body).encode())
+            self.redaction.set_real_response_content(flow, json.dumps(body).encode())
 
     async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Unit rejected an injected token: evict it, get another, and send the request once
@@ -374,19 +390,21 @@ class TokenInjector:
         self.service.evict(state.token)
         state.retried = True
         kind = state.token.identity.kind
-        retry = flow.copy()
-        if not await self._attach_token(retry, state):
-            flow.response = retry.response
+        if not await self._attach_token(flow, state):
+            assert flow.response is not None
+            self.redaction.set_real_response(flow, flow.response)
             self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
             return
         client = self.service.clients[state.upstream.url]
         try:
-            flow.response = await client.forward(retry.request)
+            # The real request (token, headers, body) exists only in this copy.
+            response = await client.forward(self.redaction.real_request(flow))
         except TokenError as e:
-            flow.response = token_error_response(e)
+            self.redaction.set_real_response(flow, token_error_response(e))
             self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
             return
-        flow.request.headers["Authorization"] = retry.request.headers["Authorization"]
+        self.redaction.set_real_response(flow, response)
+        assert flow.response is not None
         refused_again = flow.response.status_code == 401
         self.metrics.token_event(
             "retry_401", {"kind": kind, "outcome": "refused" if refused_again else "ok"}

@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__
+from unit_gateway.access_log import AccessLog, log_path
 from unit_gateway.redaction import Redactor
 from unit_gateway.routes import HTTP_METHODS
 
@@ -365,6 +366,7 @@ class MetricsExporter:
         self._request_counters: dict[tuple[str, str, str], Any] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._server: ThreadingWSGIServer | None = None
+        self.access_log: AccessLog | None = None
 
     def load(self, loader: Any) -> None:
         self.core.listeners.append(lambda _config: self.configure({"unit_gateway_config"}))
@@ -390,6 +392,14 @@ class MetricsExporter:
         # Gauges that decay with time (window, cache entries) are refreshed in the loop
         # thread, never from the scrape thread.
         self._refresher = asyncio.ensure_future(self._refresh_gauges())
+        path = log_path(self.core.config)
+        if path is not None:
+            try:
+                self.access_log = AccessLog(path)
+            except OSError as e:
+                logger.error("unit-gateway: cannot open the access log %s: %s", path, e)
+            else:
+                logger.info("unit-gateway: access log %s", path)
         settings = self.core.config.model.metrics
         if not settings.enabled:
             return
@@ -413,6 +423,9 @@ class MetricsExporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
 
     async def _refresh_gauges(self, every: float = 5.0) -> None:
         while True:
@@ -475,6 +488,32 @@ class MetricsExporter:
             m.upstream_duration.labels(route, method).observe(upstream_seconds)
             self._rate_limit(flow, state.upstream.environment, route)
         m.overhead.labels(route, method).observe(max(0.0, total - upstream_seconds - mint))
+        if self.access_log is not None:
+            self.access_log.write(
+                route=route,
+                method=method,
+                status=response.status_code if response is not None else "error",
+                duration=total,
+                upstream=upstream_seconds,
+                mint=mint,
+                identity=state.identity.kind if state.identity is not None else "caller",
+                token=self._token_fingerprint(flow),
+                environment=state.upstream.environment,
+            )
+
+    def _token_fingerprint(self, flow: http.HTTPFlow) -> str | None:
+        """The fingerprint of the credential Unit got (injected, or the caller's own)."""
+        redaction = self.tokens.redaction
+        value = redaction.upstream_authorization(flow) or redaction.real_request_header(
+            flow, "Authorization"
+        )
+        if not value:
+            return None
+        scheme, _, credential = value.strip().partition(" ")
+        credential = credential.strip() or scheme
+        if credential.startswith("unitgw:"):
+            return None  # refused before a token was attached
+        return redaction.redactor.fingerprint(credential)
 
     def _rate_limit(self, flow: http.HTTPFlow, environment: str, route: str) -> None:
         window = self.windows.get(environment)

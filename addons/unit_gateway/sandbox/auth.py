@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -58,6 +59,9 @@ class TokenAuthority:
         self.generated_org_token = org_token is None
         self.org_token = org_token if org_token is not None else self._mint_org_token()
         self._org_token_bytes = self.org_token.encode()
+        #: Every customer and cardholder token minted, for ``GET /__sandbox/issued`` (tests
+        #: plant them in leak scans). Bounded like the verifications.
+        self.issued: deque[str] = deque(maxlen=_MAX_ISSUED_VERIFICATIONS)
         self._org = Principal("org", unit_scopes.ALL_SCOPES)
         self._known: dict[str, Principal] = {}
 
@@ -143,7 +147,9 @@ class TokenAuthority:
         }
         if resources:
             claims["resources"] = resources
-        return paseto.encode(claims, self._key)
+        token = paseto.encode(claims, self._key)
+        self.issued.append(token)
+        return token
 
     def mint_cardholder_token(self, card_id: str, scope: Iterable[str], expires_in: int) -> str:
         claims = {
@@ -156,7 +162,9 @@ class TokenAuthority:
             "cardId": card_id,
             "userType": "cardholder",
         }
-        return paseto.encode(claims, self._key)
+        token = paseto.encode(claims, self._key)
+        self.issued.append(token)
+        return token
 
 
 def _restriction(resources: Any, kind: str) -> frozenset[str] | None:
@@ -208,6 +216,10 @@ class Verifications:
         token = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
         self._issued[token] = _Verification(kind, subject_id, now)
         return token
+
+    def issued(self) -> list[str]:
+        """Verification tokens issued and not yet pruned (for ``GET /__sandbox/issued``)."""
+        return list(self._issued)
 
     def redeem(self, kind: str, subject_id: str, token: str | None, code: str | None) -> None:
         """Check and use up a verification token with its code, or raise 400."""

@@ -6,6 +6,8 @@
 - ``GET|POST /__sandbox/clock``: read, or move forward with ``{"advance_seconds": N}``.
 - ``POST /__sandbox/reset``: clear stats, limits and the clock (not the data).
 - ``GET /__sandbox/health``: liveness.
+- ``GET /__sandbox/issued``: the customer/cardholder tokens and verification tokens issued, so
+  tests can look for them in everything a gateway wrote.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def _clock(state: SandboxState) -> dict[str, Any]:
         "now": format_time(state.clock.now_datetime()),
         "offset_seconds": state.clock.offset,
     }
+
+
+async def _issued(state: SandboxState, request: web.BaseRequest) -> web.Response:
+    return plain_json(
+        {
+            "tokens": list(state.authority.issued),
+            "verificationTokens": state.verifications.issued(),
+        }
+    )
 
 
 async def _stats(state: SandboxState, request: web.BaseRequest) -> web.Response:
@@ -88,6 +99,7 @@ _ENDPOINTS = {
     "clock": (("GET", "POST"), _clock_handler),
     "reset": (("POST",), _reset),
     "health": (("GET",), _health),
+    "issued": (("GET",), _issued),
 }
 
 

@@ -1,0 +1,480 @@
+"""The redaction addon: the flows mitmproxy keeps never hold a real secret.
+
+Everything a person or a file sees of a flow (mitmweb's REST API, websocket and downloads,
+the event log, ``-w``/``save_stream_file``, HAR, exports, the dumper at any ``flow_detail``)
+reads the live :class:`~mitmproxy.http.HTTPFlow`. Redacting in a hook is too late or too
+early: a token set in ``request`` stays in the flow for the whole upstream round trip. So for
+a flow to a configured Unit upstream the flow only ever holds redacted values (and the
+caller's placeholder), and the real bytes live in a side table keyed by the flow
+(:class:`FlowSecrets`), put back only inside mitmproxy's HTTP layer on the way to the wire.
+
+The one patch point is :meth:`mitmproxy.proxy.layers.http.HttpStream.handle_event`: every
+event into a stream and every command out of it passes there, synchronously.
+
+=========================================  ================================================
+event ``ResponseHeaders`` from upstream    header values redacted before HttpStream stores
+                                           the response in the flow
+command ``HttpRequestHeadersHook``         a Unit flow: request headers and URL redacted
+                                           (HttpStream has just stored them, no addon ran)
+command ``HttpRequestHook``/``…Response…``  HttpStream has just stored the body: it is
+                                           replaced by a redacted copy, the real bytes kept
+command ``HttpErrorHook``                  error text redacted (it can quote peer bytes)
+command ``SendHttp(RequestHeaders)``       to the approved upstream: a private copy with the
+                                           real headers, path and ``Authorization``
+command ``SendHttp(RequestData)``          the real body, if the flow still holds ours
+command ``SendHttp(Response…)`` to client  the same for the response
+=========================================  ================================================
+
+Log records are redacted by a LogRecord factory. ``proxy_debug`` (logs raw wire data) and
+``stream_large_bodies`` (streamed bodies bypass the hooks, and a streamed 401 cannot be
+retried) are refused at start-up.
+
+Other addons read and write real values through this addon (``real_request_content``,
+``set_upstream_authorization``, …), never through the flow.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import weakref
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import encoding
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers import http as httplayer
+from mitmproxy.proxy.layers.http import _hooks as hooks
+
+from unit_gateway.redaction import Redactor
+
+if TYPE_CHECKING:
+    from unit_gateway.config import LoadedConfig, Upstream
+    from unit_gateway.core import GatewayCore
+    from unit_gateway.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+#: lower-case header name -> {value stored in the flow: real value}
+HeaderSubstitutions = dict[bytes, dict[bytes, bytes]]
+
+_ENCODING = ("utf-8", "surrogateescape")
+
+
+@dataclass(eq=False)
+class FlowSecrets:
+    """The real values of one flow to Unit. Never saved, never shown."""
+
+    #: (scheme, host, port) of the Unit upstream the real values may go to.
+    destination: tuple[str, str, int]
+    #: The ``Authorization`` value Unit gets (the flow keeps the caller's placeholder).
+    authorization: str | None = None
+    request_headers: HeaderSubstitutions = field(default_factory=dict)
+    response_headers: HeaderSubstitutions = field(default_factory=dict)
+    #: (path stored in the flow, real path)
+    request_path: tuple[str, str] | None = None
+    #: (bytes stored in the flow, real raw bytes)
+    request_body: tuple[bytes, bytes] | None = None
+    response_body: tuple[bytes, bytes] | None = None
+
+
+_SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, FlowSecrets] = weakref.WeakKeyDictionary()
+#: The running addon; the patched HttpStream does nothing extra while it is None.
+_ACTIVE: FlowRedaction | None = None
+
+_original_handle_event: Callable[..., Generator[commands.Command, Any, None]] = (
+    httplayer.HttpStream.__dict__.get(
+        "_unit_gateway_original_handle_event", httplayer.HttpStream.handle_event
+    )
+)
+httplayer.HttpStream._unit_gateway_original_handle_event = _original_handle_event  # type: ignore[attr-defined]
+
+_HOOKS = (
+    hooks.HttpRequestHeadersHook,
+    hooks.HttpRequestHook,
+    hooks.HttpResponseHook,
+    hooks.HttpErrorHook,
+)
+
+
+def _handle_event(
+    self: httplayer.HttpStream, event: events.Event
+) -> Generator[commands.Command, Any, None]:
+    active = _ACTIVE
+    if active is None:
+        yield from _original_handle_event(self, event)
+        return
+    # HttpStream sets self.flow on its first event; None before (no weak reference to None).
+    flow = self.__dict__.get("flow")
+    if flow is not None and type(event) is httplayer.ResponseHeaders:
+        secrets = _SECRETS.get(flow)
+        if secrets is not None:  # before HttpStream stores it as flow.response
+            active.redact_headers(event.response.headers, secrets.response_headers)
+    for command in _original_handle_event(self, event):
+        kind = type(command)
+        if kind is httplayer.SendHttp:
+            flow = self.__dict__.get("flow")
+            secrets = _SECRETS.get(flow) if flow is not None else None
+            if secrets is not None:
+                command = active.egress(self, secrets, command)  # type: ignore[arg-type]
+        elif kind in _HOOKS:
+            # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
+            hooked = command.flow  # type: ignore[attr-defined]
+            if hooked is self.__dict__.get("flow"):
+                active.before_hook(kind, hooked)
+        yield command
+
+
+def _substitute(headers: http.Headers, substitutions: HeaderSubstitutions) -> http.Headers:
+    fields = []
+    for name, value in headers.fields:
+        real = substitutions.get(name.lower())
+        fields.append((name, real.get(value, value) if real else value))
+    return http.Headers(fields)
+
+
+def _wire_copy(message: Any, substitutions: HeaderSubstitutions) -> Any:
+    """A private copy of a Request/Response for the wire: own headers, shared body (~6 µs)."""
+    real = copy.copy(message)
+    real.data = copy.copy(message.data)
+    real.data.headers = _substitute(message.headers, substitutions)
+    return real
+
+
+def _with_wire_length(real: Any, stored: Any, body: tuple[bytes, bytes] | None) -> None:
+    if body is not None and stored.raw_content is body[0] and "content-length" in real.headers:
+        real.headers["content-length"] = str(len(body[1]))
+
+
+#: mitmweb prints its own access token (``?token=…``) once at start: that URL is for the
+#: operator, and it holds no Unit secret.
+_UNREDACTED_LOGGERS = frozenset({"mitmproxy.tools.web.master"})
+
+
+class _RedactingFactory:
+    """LogRecord factory: log lines can quote raw wire bytes (mitmproxy's own errors)."""
+
+    def __init__(self, previous: Callable[..., logging.LogRecord], redaction: FlowRedaction):
+        self.previous = previous
+        self.redaction = redaction
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        if record.name in _UNREDACTED_LOGGERS:
+            return record
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: logging reports it itself
+            return record
+        redacted = self.redaction.redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return record
+
+
+class FlowRedaction:
+    """The addon. Load it first: its ``requestheaders`` view must exist before any other
+    addon sees a flow (it is set up by the HTTP layer, before any hook runs)."""
+
+    def __init__(self, core: GatewayCore, metrics: GatewayMetrics | None = None) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.redactor = Redactor()
+        self._factory: _RedactingFactory | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        global _ACTIVE
+        _ACTIVE = self
+        httplayer.HttpStream.handle_event = _handle_event  # type: ignore[method-assign]
+        previous = logging.getLogRecordFactory()
+        if isinstance(previous, _RedactingFactory):
+            previous = previous.previous
+        self._factory = _RedactingFactory(previous, self)
+        logging.setLogRecordFactory(self._factory)
+        self.core.listeners.append(self.reconfigure)
+
+    def configure(self, updated: set[str]) -> None:
+        if "proxy_debug" in updated and ctx.options.proxy_debug:
+            raise exceptions.OptionsError(
+                "unit-gateway: proxy_debug logs raw wire data (real tokens); it is refused"
+            )
+        if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
+            raise exceptions.OptionsError(
+                "unit-gateway: stream_large_bodies is refused: streamed bodies bypass redaction "
+                "and a streamed 401 cannot be retried"
+            )
+        if self.core.config is not None:
+            self.redactor = Redactor(self.core.config.model.redaction)
+
+    def reconfigure(self, config: LoadedConfig) -> None:
+        self.redactor = Redactor(config.model.redaction)
+
+    def done(self) -> None:
+        global _ACTIVE
+        if _ACTIVE is self:
+            _ACTIVE = None
+            httplayer.HttpStream.handle_event = _original_handle_event  # type: ignore[method-assign]
+        if self._factory is not None and logging.getLogRecordFactory() is self._factory:
+            logging.setLogRecordFactory(self._factory.previous)
+
+    # --- redaction primitives --------------------------------------------------------------
+
+    def count(self, counts: Counter[str] | dict[str, int]) -> None:
+        if self.metrics is None:
+            return
+        for rule, n in counts.items():
+            if n:
+                self.metrics.redactions.labels(rule).inc(n)
+
+    def redact_text(self, text: str) -> str:
+        counts: Counter[str] = Counter()
+        redacted = self.redactor.redact_text(text, counts=counts)
+        self.count(counts)
+        return redacted
+
+    def redact_headers(self, headers: http.Headers, substitutions: HeaderSubstitutions) -> None:
+        """Redact header values in place; remember how to put the real ones back."""
+        fields = headers.fields
+        if not fields:
+            return
+        counts: Counter[str] = Counter()
+        pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in fields]
+        redacted = self.redactor.redact_headers(pairs, counts=counts)
+        if not counts:
+            return
+        new_fields = []
+        for (name, value), (_, new_value) in zip(fields, redacted, strict=True):
+            stored = new_value.encode(*_ENCODING)
+            if stored != value:
+                substitutions.setdefault(name.lower(), {})[stored] = value
+            new_fields.append((name, stored))
+        headers.fields = tuple(new_fields)
+        self.count(counts)
+
+    def redact_body(self, message: http.Message, path: str | None) -> tuple[bytes, bytes] | None:
+        """Replace ``message``'s body by a redacted copy (same Content-Encoding); return
+        (stored, real) or None when nothing in it is secret."""
+        real = message.raw_content
+        if not real:
+            return None
+        content_encoding = message.headers.get("content-encoding")
+        result = self.redactor.redact_body(
+            real, message.headers.get("content-type"), content_encoding, path=path
+        )
+        if not result.redacted:
+            return None
+        stored = result.content
+        if content_encoding:
+            try:
+                stored = encoding.encode(stored, content_encoding)
+            except ValueError:
+                pass  # an encoding mitmproxy cannot write: the summary is kept as it is
+        message.data.content = stored
+        if "content-length" in message.headers:  # keep the flow consistent (replay, HAR)
+            message.headers["content-length"] = str(len(stored))
+        self.count(result.counts)
+        return stored, real
+
+    # --- the HTTP layer ---------------------------------------------------------------------
+
+    def upstream_for(self, request: http.Request) -> Upstream | None:
+        config = self.core.config
+        if config is None:
+            return None
+        model = config.model
+        upstream = model.upstream_for(request.host, request.port) or model.upstream_for(
+            request.pretty_host, request.port
+        )
+        if upstream is None or request.scheme != upstream.scheme:
+            return None
+        return upstream
+
+    def before_hook(self, kind: type, flow: http.HTTPFlow) -> None:
+        """HttpStream has just stored part of the flow; no addon has seen it yet."""
+        if kind is hooks.HttpRequestHeadersHook:
+            # (also yielded a second time on some error paths: protect a flow once)
+            if (
+                flow not in _SECRETS
+                and flow.request.method != "CONNECT"
+                and self.upstream_for(flow.request) is not None
+            ):
+                self.protect_request(flow)
+            return
+        if kind is hooks.HttpErrorHook:
+            if flow.error is not None:
+                flow.error.msg = self.redact_text(flow.error.msg)
+            return
+        secrets = _SECRETS.get(flow)
+        if secrets is None:
+            return
+        if kind is hooks.HttpRequestHook:
+            secrets.request_body = self.redact_body(flow.request, flow.request.path)
+        elif flow.response is not None:
+            secrets.response_body = self.redact_body(flow.response, flow.request.path)
+
+    def protect_request(self, flow: http.HTTPFlow) -> FlowSecrets:
+        request = flow.request
+        secrets = FlowSecrets((request.scheme, request.host, request.port))
+        _SECRETS[flow] = secrets
+        self.redact_headers(request.headers, secrets.request_headers)
+        counts: Counter[str] = Counter()
+        real_path = request.path
+        stored_path = self.redactor.redact_url(real_path, counts=counts)
+        if stored_path != real_path:
+            request.path = stored_path
+            secrets.request_path = (stored_path, real_path)
+            self.count(counts)
+        return secrets
+
+    def _approved(self, secrets: FlowSecrets, request: http.Request, connection: Any) -> bool:
+        return (request.scheme, request.host, request.port) == secrets.destination and (
+            connection.via is not None or connection.address == (request.host, request.port)
+        )
+
+    def egress(
+        self, stream: httplayer.HttpStream, secrets: FlowSecrets, command: httplayer.SendHttp
+    ) -> httplayer.SendHttp:
+        event = command.event
+        kind = type(event)
+        if command.connection is not stream.context.client:
+            if kind is httplayer.RequestHeaders:
+                request = event.request  # type: ignore[attr-defined]
+                if not self._approved(secrets, request, command.connection):
+                    if secrets.authorization is not None:
+                        logger.warning(
+                            "unit-gateway: no token sent: %s is not the approved upstream",
+                            request.pretty_host,
+                        )
+                    return command
+                real = _wire_copy(request, secrets.request_headers)
+                if secrets.authorization is not None:
+                    real.headers["Authorization"] = secrets.authorization
+                if secrets.request_path is not None and request.path == secrets.request_path[0]:
+                    real.data.path = secrets.request_path[1].encode(*_ENCODING)
+                _with_wire_length(real, request, secrets.request_body)
+                return httplayer.SendHttp(
+                    httplayer.RequestHeaders(event.stream_id, real, event.end_stream),  # type: ignore[attr-defined]
+                    command.connection,
+                )
+            body = secrets.request_body
+            if kind is httplayer.RequestData and body is not None and event.data is body[0]:  # type: ignore[attr-defined]
+                if self._approved(secrets, stream.flow.request, command.connection):
+                    return httplayer.SendHttp(
+                        httplayer.RequestData(event.stream_id, body[1]), command.connection
+                    )
+            return command
+        if kind is httplayer.ResponseHeaders:
+            if secrets.response_headers or secrets.response_body:
+                response = event.response  # type: ignore[attr-defined]
+                real = _wire_copy(response, secrets.response_headers)
+                _with_wire_length(real, response, secrets.response_body)
+                return httplayer.SendHttp(
+                    httplayer.ResponseHeaders(event.stream_id, real, event.end_stream),  # type: ignore[attr-defined]
+                    command.connection,
+                )
+        elif kind is httplayer.ResponseData:
+            body = secrets.response_body
+            if body is not None and event.data is body[0]:  # type: ignore[attr-defined]
+                return httplayer.SendHttp(
+                    httplayer.ResponseData(event.stream_id, body[1]), command.connection
+                )
+        elif kind is httplayer.ResponseEndOfMessage:
+            _SECRETS.pop(stream.flow, None)  # the real bytes are not kept past the response
+        return command
+
+    # --- for other addons: real values, never through the flow -----------------------------
+
+    def secrets(self, flow: http.HTTPFlow) -> FlowSecrets:
+        found = _SECRETS.get(flow)
+        if found is None:
+            found = self.protect_request(flow)
+        return found
+
+    def set_upstream_authorization(self, flow: http.HTTPFlow, value: str) -> None:
+        self.secrets(flow).authorization = value
+
+    def upstream_authorization(self, flow: http.HTTPFlow) -> str | None:
+        found = _SECRETS.get(flow)
+        return found.authorization if found is not None else None
+
+    def real_request_header(self, flow: http.HTTPFlow, name: str) -> str | None:
+        value = flow.request.headers.get(name)
+        found = _SECRETS.get(flow)
+        if value is None or found is None:
+            return value
+        real = found.request_headers.get(name.lower().encode(), {})
+        stored = value.encode(*_ENCODING)
+        return real.get(stored, stored).decode(*_ENCODING)
+
+    @staticmethod
+    def _real_raw(message: http.Message, body: tuple[bytes, bytes] | None) -> bytes | None:
+        if body is not None and message.raw_content is body[0]:
+            return body[1]
+        return message.raw_content
+
+    def real_request_content(self, flow: http.HTTPFlow) -> bytes | None:
+        found = _SECRETS.get(flow)
+        return self._decoded(
+            flow.request, self._real_raw(flow.request, found and found.request_body)
+        )
+
+    def real_response_content(self, flow: http.HTTPFlow) -> bytes | None:
+        assert flow.response is not None
+        found = _SECRETS.get(flow)
+        return self._decoded(
+            flow.response, self._real_raw(flow.response, found and found.response_body)
+        )
+
+    @staticmethod
+    def _decoded(message: http.Message, raw: bytes | None) -> bytes | None:
+        content_encoding = message.headers.get("content-encoding")
+        if raw is None or not content_encoding:
+            return raw
+        try:
+            decoded = encoding.decode(raw, content_encoding)
+        except ValueError:
+            return raw
+        return decoded if isinstance(decoded, bytes) else raw
+
+    def set_real_request_content(self, flow: http.HTTPFlow, content: bytes) -> None:
+        """The request Unit gets has this body; the flow shows it redacted."""
+        secrets = self.secrets(flow)
+        # Synchronous: the real body is in the flow only until redact_body returns.
+        flow.request.set_content(content)
+        secrets.request_body = self.redact_body(flow.request, flow.request.path)
+
+    def set_real_response_content(self, flow: http.HTTPFlow, content: bytes) -> None:
+        """The caller gets this body; the flow shows it redacted."""
+        assert flow.response is not None
+        secrets = self.secrets(flow)
+        flow.response.set_content(content)
+        secrets.response_body = self.redact_body(flow.response, flow.request.path)
+
+    def real_request(self, flow: http.HTTPFlow) -> http.Request:
+        """A copy of the request as Unit gets it (for the gateway's own retry)."""
+        found = self.secrets(flow)
+        request = flow.request
+        real = request.copy()
+        real.headers = _substitute(request.headers, found.request_headers)
+        if found.authorization is not None:
+            real.headers["Authorization"] = found.authorization
+        if found.request_path is not None and request.path == found.request_path[0]:
+            real.path = found.request_path[1]
+        raw = self._real_raw(request, found.request_body)
+        real.raw_content = raw
+        if raw is not None and "content-length" in real.headers:
+            real.headers["content-length"] = str(len(raw))
+        return real
+
+    def set_real_response(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        """The caller gets ``response``; the flow holds its redacted mirror."""
+        secrets = self.secrets(flow)
+        secrets.response_headers = {}
+        self.redact_headers(response.headers, secrets.response_headers)
+        secrets.response_body = self.redact_body(response, flow.request.path)
+        flow.response = response

@@ -1,0 +1,390 @@
+"""No secret in anything the gateway keeps or shows, end to end.
+
+Real gateway processes in front of the local sandbox; Unit's Python SDK and requests as
+callers. Every kind of secret the sandbox hands out is planted: the org token, the customer
+and cardholder tokens the gateway minted (read back from the sandbox's ``/__sandbox/issued``),
+verification tokens, a JWT the caller signs, a PAN from secure-data, SSN, date of birth and
+passport from applications, account and routing numbers, the caller's cookie. The outputs:
+mitmdump's console at ``flow_detail=4``, ``save_stream_file``, ``hardump``; mitmweb's REST
+API, content downloads, export command and ``/updates`` websocket. The fixture's leak scan
+looks for every planted value in all of them (as written, JSON-escaped, base64, …).
+
+Not planted: the sandbox OTP ``000001`` and CVV2 (three digits): both too short for a
+scanner to tell from any other digits. They are redacted by field name like the rest.
+
+The callers must still get the real values, byte for byte, and Unit the real tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+import requests
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from unit import Unit
+
+from conftest import GatewayFactory, Planted, proxied_session
+from unit_gateway.testing import harness
+
+CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
+
+
+@pytest.fixture
+def jwt_key(run_dir: Path) -> rsa.RSAPrivateKey:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (run_dir / "jwt-private.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (run_dir / "jwt-public.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
+
+
+@pytest.fixture
+def jwt_sandbox(
+    run_dir: Path, planted: Planted, jwt_key: rsa.RSAPrivateKey
+) -> Iterator[harness.Sandbox]:
+    box = harness.start_sandbox(
+        run_dir,
+        name="jwt-sandbox",
+        extra_args=["--jwt-public-key", str(run_dir / "jwt-public.pem"), "--rate-limit", "100000"],
+    )
+    planted.add("org token", box.org_token)
+    yield box
+    assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+def gateway_overrides(run_dir: Path) -> dict[str, Any]:
+    return {
+        "tokens": {
+            "customer": {"two_factor": "jwt"},
+            "cardholder": {"two_factor": "sandbox-otp"},
+            "jwt": {
+                "private_key": {"file": str(run_dir / "jwt-private.pem")},
+                "subject_template": "user|{customerId}",
+            },
+        }
+    }
+
+
+def direct(sandbox: harness.Sandbox, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """The sandbox without the gateway, with the org token: what Unit really serves."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.request(
+            method,
+            sandbox.url + path,
+            headers={"Authorization": f"Bearer {sandbox.org_token}"},
+            timeout=10,
+            **kwargs,
+        )
+
+
+def application(ssn: str | None, passport: str | None, birth: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "fullName": {"first": "Peter", "last": "Parker"},
+        "dateOfBirth": birth,
+        "address": {
+            "street": "20 Ingram St",
+            "city": "Forest Hills",
+            "state": "NY",
+            "postalCode": "11375",
+            "country": "US",
+        },
+        "phone": {"countryCode": "1", "number": "5555555555"},
+        "email": "peter@example.com",
+    }
+    if ssn is not None:
+        attributes["ssn"] = ssn
+    else:
+        attributes |= {"passport": passport, "nationality": "CA"}
+    return {"data": {"type": "individualApplication", "attributes": attributes}}
+
+
+def run_traffic(
+    gateway: harness.Gateway,
+    sandbox: harness.Sandbox,
+    planted: Planted,
+    key: rsa.RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every kind of secret through the gateway; checks that callers get the real values."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", gateway.proxy_url)
+    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+
+    # Unit's SDK with placeholders: accounts (account and routing numbers) and cards.
+    org = Unit(sandbox.url, "unitgw:org")
+    accounts = org.accounts.list().data
+    assert accounts
+    real_accounts = direct(sandbox, "GET", "/accounts").json()["data"]
+    for account, real in zip(accounts, real_accounts, strict=True):
+        assert account.attributes["accountNumber"] == real["attributes"]["accountNumber"]
+        planted.add(f"account number {account.id}", account.attributes["accountNumber"])
+    planted.add("routing number", accounts[0].attributes["routingNumber"])
+    customer = Unit(sandbox.url, f"unitgw:customer:{CUSTOMER}")
+    card = customer.cards.list().data[0].id
+
+    cookie = planted.add("caller cookie", secrets.token_urlsafe(24))
+    with proxied_session(gateway) as session:
+        session.headers["Cookie"] = f"session={cookie}"
+
+        def call(method: str, path: str, token: str, **kwargs: Any) -> requests.Response:
+            headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+            return session.request(method, sandbox.url + path, headers=headers, **kwargs)
+
+        # PAN through a customer token (jwt two-factor) and a cardholder token (OTP).
+        real_pan = direct(sandbox, "GET", f"/cards/{card}/secure-data/pan")
+        assert real_pan.status_code == 200, real_pan.text
+        pan = real_pan.json()["data"]["attributes"]["pan"]
+        planted.add("PAN", pan)
+        for placeholder in (f"unitgw:customer:{CUSTOMER}", f"unitgw:cardholder:{card}"):
+            answer = call("GET", f"/cards/{card}/secure-data/pan", placeholder)
+            assert answer.status_code == 200, answer.text
+            assert answer.content == real_pan.content, "the caller gets Unit's bytes"
+        cvv = call("GET", f"/cards/{card}/secure-data/cvv2", f"unitgw:cardholder:{card}")
+        assert cvv.status_code == 200, cvv.text
+        assert cvv.json() == direct(sandbox, "GET", f"/cards/{card}/secure-data/cvv2").json()
+
+        # Applications: SSN and date of birth; passport.
+        ssn = planted.add("SSN", f"{secrets.randbelow(10**9):09d}")
+        year, month, day = (
+            1910 + secrets.randbelow(90),
+            1 + secrets.randbelow(9),
+            10 + secrets.randbelow(18),
+        )
+        birth = planted.add("date of birth", f"{year}-0{month}-{day}")
+        passport = planted.add("passport", "P" + secrets.token_hex(8).upper())
+        for body in (application(ssn, None, birth), application(None, passport, birth)):
+            created = call("POST", "/applications", "unitgw:org", json=body)
+            assert created.status_code == 201, created.text
+            echoed = created.json()["data"]["attributes"]
+            assert echoed.get("ssn", echoed.get("passport")) in (ssn, passport)
+
+        # A caller-signed JWT on Unit's own create-token request: the caller gets the
+        # placeholder, the sandbox accepted the JWT, the gateway learned the token.
+        signed = jwt.encode(
+            {"sub": f"user|{CUSTOMER}", "exp": int(time.time()) + 600},
+            key,
+            algorithm="RS256",
+        )
+        planted.add("caller JWT", signed)
+        token_body = {
+            "data": {
+                "type": "customerToken",
+                "attributes": {"scope": "customers cards", "jwtToken": signed},
+            }
+        }
+        made = call("POST", f"/customers/{CUSTOMER}/token", "unitgw:org", json=token_body)
+        assert made.status_code == 201, made.text
+        assert made.json()["data"]["attributes"]["token"] == f"unitgw:customer:{CUSTOMER}"
+
+        # A caller's own real token goes through untouched (and is never shown).
+        own = direct(sandbox, "POST", f"/customers/{CUSTOMER}/token", json=token_body).json()[
+            "data"
+        ]["attributes"]["token"]
+        mine = call("GET", "/cards", own)
+        assert mine.status_code == 200, mine.text
+
+    stats = sandbox.stats()
+    assert stats["unauthenticated"] == {}, "every injected token was accepted"
+    assert stats["jwt_tokens_accepted"] >= 2
+    issued = sandbox.admin("GET", "/__sandbox/issued")
+    assert len(issued["tokens"]) >= 3 and issued["verificationTokens"]
+    for i, token in enumerate(issued["tokens"]):
+        planted.add(f"minted token {i}", token)
+    for i, token in enumerate(issued["verificationTokens"]):
+        planted.add(f"verification token {i}", token)
+
+
+def test_mitmdump_outputs_hold_no_secret(
+    gateway_factory: GatewayFactory,
+    jwt_sandbox: harness.Sandbox,
+    jwt_key: rsa.RSAPrivateKey,
+    run_dir: Path,
+    planted: Planted,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flows, har = run_dir / "flows.out", run_dir / "flows.har"
+    overrides = gateway_overrides(run_dir) | {"access_log": {"path": "access.jsonl"}}
+    gateway = gateway_factory(
+        jwt_sandbox,
+        overrides=overrides,
+        extra_args=(
+            "--set", "flow_detail=4",
+            "--set", f"save_stream_file={flows}",
+            "--set", f"hardump={har}",
+        ),
+    )  # fmt: skip
+    run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
+    metrics = gateway.metrics_text()
+    assert gateway.process.stop() == 0
+    # The outputs are there, with the flows in them (redacted): a scan of nothing finds nothing.
+    assert flows.stat().st_size > 10_000
+    assert json.loads(har.read_text())["log"]["entries"]
+    shown = gateway.process.output()
+    assert "secure-data/pan" in shown and "[redacted:pan]" in shown
+    assert "unitgw:customer:10001" in shown, "the flow keeps the caller's placeholder"
+    assert 'unit_gateway_redactions_total{rule="field:pan"}' in metrics
+
+    # The access log (next to the configuration, in the scanned run directory): one line
+    # per flow, route templates, fingerprints of the tokens Unit got.
+    lines = [json.loads(line) for line in (run_dir / "access.jsonl").read_text().splitlines()]
+    assert len(lines) == 9
+    pans = [line for line in lines if line["route"] == "/cards/{cardId}/secure-data/pan"]
+    assert [(p["identity"], p["status"]) for p in pans] == [("customer", 200), ("cardholder", 200)]
+    assert all(p["token"].startswith("[token …") for p in pans)
+    assert pans[0]["token"] != pans[1]["token"]
+    assert {line["identity"] for line in lines} == {"org", "customer", "cardholder", "caller"}
+
+
+def test_mitmweb_holds_no_secret(
+    gateway_factory: GatewayFactory,
+    jwt_sandbox: harness.Sandbox,
+    jwt_key: rsa.RSAPrivateKey,
+    run_dir: Path,
+    planted: Planted,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    web_port = harness.free_port()
+    gateway = gateway_factory(
+        jwt_sandbox,
+        overrides=gateway_overrides(run_dir),
+        web=True,
+        extra_args=("--set", f"web_port={web_port}", "--set", "web_open_browser=false"),
+    )
+    web_token = gateway.process.wait_for(r"Web server listening at \S+token=(\w+)").group(1)
+    base = f"http://127.0.0.1:{web_port}"
+    headers = {"Authorization": f"Bearer {web_token}"}
+
+    updates: list[bytes] = []
+    connected = threading.Event()
+    stop = threading.Event()
+
+    async def record() -> None:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.ws_connect(f"{base}/updates") as ws:
+                connected.set()
+                while not stop.is_set():
+                    try:
+                        message = await ws.receive(timeout=0.2)
+                    except TimeoutError:
+                        continue
+                    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        data = message.data
+                        updates.append(data.encode() if isinstance(data, str) else data)
+                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+
+    recorder = threading.Thread(target=lambda: asyncio.run(record()), daemon=True)
+    recorder.start()
+    assert connected.wait(10), "websocket /updates did not connect"
+    run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
+    time.sleep(0.5)  # the last updates
+    stop.set()
+    recorder.join(10)
+    assert len(updates) > 20
+    planted.blobs.append(("mitmweb /updates websocket", b"\n".join(updates)))
+
+    with requests.Session() as web:
+        web.trust_env = False
+        web.headers.update(headers)
+        listing = web.get(f"{base}/flows", timeout=10)
+        assert listing.status_code == 200
+        planted.blobs.append(("mitmweb GET /flows", listing.content))
+        flows = listing.json()
+        assert len(flows) >= 9  # every request of run_traffic
+        # tornado's double-submit check: the same (version 1) token as cookie and header
+        xsrf = secrets.token_hex(16)
+        xsrf_headers = {"X-XSRFToken": xsrf, "Cookie": f"_mitmproxy_xsrf={xsrf}"}
+        for flow in flows:
+            fid = flow["id"]
+            for part in ("request", "response"):
+                if flow.get(part) is None:
+                    continue
+                got = web.get(f"{base}/flows/{fid}/{part}/content.data", timeout=10)
+                planted.blobs.append((f"mitmweb {part} content {fid}", got.content))
+            for fmt in ("curl", "httpie", "raw"):
+                exported = web.post(
+                    f"{base}/commands/export",
+                    json={"arguments": [fmt, f"@{fid}"]},
+                    headers=xsrf_headers,
+                    timeout=10,
+                )
+                assert exported.status_code == 200, exported.text
+                planted.blobs.append((f"mitmweb export {fmt} {fid}", exported.content))
+        pan_flows = [f for f in flows if f["request"]["path"].endswith("/secure-data/pan")]
+        assert pan_flows
+        shown = web.get(f"{base}/flows/{pan_flows[0]['id']}/response/content.data", timeout=10)
+        assert b"[redacted:pan]" in shown.content
+        assert any(
+            value.startswith("Bearer unitgw:")
+            for name, value in pan_flows[0]["request"]["headers"]
+            if name.lower() == "authorization"
+        )
+
+
+@pytest.mark.parametrize(
+    ("option", "name"),
+    [("proxy_debug=true", "proxy_debug"), ("stream_large_bodies=1m", "stream_large_bodies")],
+)
+def test_options_that_bypass_redaction_are_refused(
+    sandbox: harness.Sandbox, run_dir: Path, option: str, name: str
+) -> None:
+    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
+    with pytest.raises(harness.ProcessFailed) as refused:
+        harness.start_gateway(
+            run_dir, config, org_token=sandbox.org_token, extra_args=("--set", option)
+        )
+    message = str(refused.value)
+    assert "exited with" in message and f"unit-gateway: {name}" in message and "refused" in message
+
+
+def test_reload_rebuilds_the_redactor(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path
+) -> None:
+    """A header added to redaction.headers is redacted from the next flow on, no restart."""
+    gateway = gateway_factory(sandbox, extra_args=("--set", "flow_detail=2"))
+    config = run_dir / "gateway.yaml"
+    before, after = secrets.token_hex(12), secrets.token_hex(12)
+    with proxied_session(gateway) as session:
+
+        def send(value: str) -> None:
+            answer = session.get(
+                sandbox.url + "/cards",
+                headers={"Authorization": "Bearer unitgw:org", "X-Partner-Key": value},
+            )
+            assert answer.status_code == 200
+
+        send(before)
+        gateway.process.wait_for(before)  # not a secret yet: shown as sent
+        document = yaml.safe_load(config.read_text())
+        document["redaction"] = {"headers": ["X-Partner-Key"]}
+        time.sleep(0.01)
+        config.write_text(yaml.safe_dump(document, sort_keys=False))
+        gateway.process.wait_for(r"unit-gateway: configuration \S+ reloaded")
+        send(after)
+        # (the dumper prints the fingerprint's "…" as \xe2\x80\xa6)
+        gateway.process.wait_for(r"X-Partner-Key: \[token \S+?[0-9a-f]{6}\]")
+    assert after not in gateway.process.output()
