@@ -263,21 +263,29 @@ class UnitClient:
                     for k, v in upstream_response.raw_headers
                     if k.decode("latin-1").lower() not in _HOP_HEADERS
                 ]
-        except TimeoutError:
-            raise TokenError(
-                504, "upstream_timeout", f"retrying with a new token: {self.upstream.url} timed out"
-            ) from None
-        except aiohttp.ClientError as e:
-            raise TokenError(
-                502,
-                "upstream_unreachable",
-                f"retrying with a new token: cannot reach {self.upstream.url}: {type(e).__name__}",
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise self._connection_error(
+                e, "retrying with a new token", FORWARD_TIMEOUT, "upstream", unreachable=502
             ) from None
         response = http.Response.make(status, b"", raw_headers)
         # Keep the bytes exactly as Unit sent them, compressed or not.
         response.raw_content = content
         response.headers["Content-Length"] = str(len(content))
         return response
+
+    def _connection_error(
+        self, error: Exception, step: str, timeout: float, code: str, *, unreachable: int
+    ) -> TokenError:
+        """The caller's error when Unit cannot be reached or does not answer in time."""
+        if isinstance(error, TimeoutError):
+            return TokenError(
+                504, f"{code}_timeout", f"{step}: Unit did not answer in {timeout:g} s"
+            )
+        return TokenError(
+            unreachable,
+            f"{code}_unreachable",
+            f"{step}: cannot reach {self.upstream.url}: {type(error).__name__}",
+        )
 
     async def _post(
         self, path: str, data_type: str, attributes: dict[str, Any], step: str
@@ -297,15 +305,9 @@ class UnitClient:
             ) as response:
                 content = await response.read()
                 status = response.status
-        except TimeoutError:
-            raise TokenError(
-                504, "token_endpoint_timeout", f"{step}: Unit did not answer in {self.timeout:g} s"
-            ) from None
-        except aiohttp.ClientError as e:
-            raise TokenError(
-                503,
-                "token_endpoint_unreachable",
-                f"{step}: cannot reach {self.upstream.url}: {type(e).__name__}",
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise self._connection_error(
+                e, step, self.timeout, "token_endpoint", unreachable=503
             ) from None
         if status in (200, 201):
             try:
