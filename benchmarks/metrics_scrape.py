@@ -12,19 +12,15 @@ rate-limit metrics), serves it with the gateway's own WSGI app, and times HTTP G
 from __future__ import annotations
 
 import gzip
-import json
-import platform
 import statistics
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime
-from pathlib import Path
 
+from report import heading, write
+from report import machine as report_machine
 from unit_gateway.metrics import GatewayMetrics, serve_metrics
 from unit_gateway.routes import RouteTable
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def populate(metrics: GatewayMetrics) -> int:
@@ -74,9 +70,7 @@ def main() -> int:
     report = {
         "benchmark": "metrics_scrape",
         "command": "uv run python benchmarks/metrics_scrape.py",
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **report_machine(),
         "routes": routes,
         "samples": len(lines),
         "bytes": size,
@@ -84,18 +78,15 @@ def main() -> int:
         "scrape_ms_max": round(max(timings) * 1000, 2),
         "target_ms": 50,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "metrics_scrape.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = (
         "# /metrics scrape time, every route populated\n\n"
-        f"Command: `{report['command']}`; recorded {report['recorded_at']} on "
-        f"{report['platform']}, Python {report['python']}.\n\n"
+        f"{heading(report)}\n\n"
         "| routes | samples | bytes | median ms | max ms | target ms |\n"
         "|---|---|---|---|---|---|\n"
         f"| {routes} | {len(lines)} | {size} | {report['scrape_ms_median']} | "
         f"{report['scrape_ms_max']} | 50 |\n"
     )
-    (RESULTS / "metrics_scrape.md").write_text(markdown)
+    write("metrics_scrape", report, markdown)
     print(markdown)
     return 0
 

@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from loadgen import Call, LoadResult, median_result, run_load
+from report import write
 from unit_gateway.testing import harness
 
 RESULTS = Path(__file__).parent / "results"
@@ -209,9 +210,7 @@ def main() -> int:
     markdown = render_markdown(report)
     print(markdown)
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "proxy_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-        (RESULTS / "proxy_overhead.md").write_text(markdown)
+        write("proxy_overhead", report, markdown)
     return 0
 
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from report import heading, write
+from report import machine as report_machine
 from unit_gateway.redaction import Redactor
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MEDIA_TYPE = "application/vnd.api+json"
 
 
@@ -88,18 +86,13 @@ def main() -> int:
     report = {
         "benchmark": "redaction_cost",
         "command": "uv run python benchmarks/redaction_cost.py",
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **report_machine(),
         "results": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "redaction_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Redaction cost per KB of JSON",
         "",
-        f"Command: `{report['command']}`; recorded {report['recorded_at']} on "
-        f"{report['platform']}, Python {report['python']}.",
+        heading(report),
         "",
         "| JSON bytes | Content-Encoding | median us | us per KB |",
         "|---|---|---|---|",
@@ -108,7 +101,7 @@ def main() -> int:
             for r in rows
         ),
     ]
-    (RESULTS / "redaction_cost.md").write_text("\n".join(lines) + "\n")
+    write("redaction_cost", report, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

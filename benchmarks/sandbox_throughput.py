@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loadgen import Call, LoadResult, run_load
+from report import write
 from unit_gateway.testing import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,9 +92,7 @@ def main() -> int:
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["uv run python benchmarks/sandbox_throughput.py", *sys.argv[1:]]),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sandbox_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "sandbox_throughput.md").write_text(markdown(report, results))
+    write("sandbox_throughput", report, markdown(report, results))
     for r in results:
         print(
             f"concurrency {r.concurrency:>3}: {r.requests_per_second:>8,.0f} req/s  "

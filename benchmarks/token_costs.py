@@ -16,20 +16,19 @@ Writes ``benchmarks/results/token_costs.json`` and ``.md``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mitmproxy.test import taddons, tflow
 
+from report import heading, write
+from report import machine as report_machine
 from unit_gateway.core import GatewayCore
 from unit_gateway.identity import Identity
 from unit_gateway.inject import TokenInjector
@@ -37,7 +36,6 @@ from unit_gateway.metrics import GatewayMetrics
 from unit_gateway.testing import harness
 from unit_gateway.token_cache import TokenCache
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CUSTOMER = Identity("customer", "10001")
 
 
@@ -172,26 +170,20 @@ def main() -> int:
     report = {
         "benchmark": "token_costs",
         "command": "uv run python benchmarks/token_costs.py",
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **report_machine(),
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "token_costs.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Token handling costs",
         "",
-        f"Command: `{report['command']}`; recorded {report['recorded_at']} on "
-        f"{report['platform']}, Python {report['python']}, {report['cpus']} CPUs.",
+        heading(report),
         "",
         "| measure | value |",
         "|---|---|",
     ]
     for key, value in results.items():
         lines.append(f"| {key} | {value} |")
-    (RESULTS / "token_costs.md").write_text("\n".join(lines) + "\n")
+    write("token_costs", report, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

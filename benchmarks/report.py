@@ -1,0 +1,36 @@
+"""Where and how every benchmark records its results: ``benchmarks/results/<name>.json|.md``,
+with the command that produced them and the machine they ran on."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def heading(report: dict[str, Any]) -> str:
+    """The line every results page starts with: command, time and machine."""
+    return (
+        f"Command: `{report['command']}`; recorded {report['recorded_at']} on "
+        f"{report['platform']}, Python {report['python']}, {report['cpus']} CPUs."
+    )
+
+
+def write(name: str, report: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
