@@ -29,7 +29,6 @@ from loadgen import Call, LoadResult, median_result, run_load
 from report import write
 from unit_gateway.testing import harness
 
-RESULTS = Path(__file__).parent / "results"
 CONCURRENCIES = (1, 32)
 CUSTOMER_SCOPES = ("customers", "accounts", "cards")
 # Output per flow costs mitmdump CPU: every proxy runs with the same quiet setting.

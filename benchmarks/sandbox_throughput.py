@@ -23,7 +23,6 @@ from loadgen import Call, LoadResult, run_load
 from report import write
 from unit_gateway.testing import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CALL = Call("GET", "/cards/30001")
 
 
