@@ -388,3 +388,25 @@ def test_reload_rebuilds_the_redactor(
         # (the dumper prints the fingerprint's "…" as \xe2\x80\xa6)
         gateway.process.wait_for(r"X-Partner-Key: \[token \S+?[0-9a-f]{6}\]")
     assert after not in gateway.process.output()
+
+
+@pytest.mark.parametrize("detail", [0, 1, 2, 3])
+def test_every_flow_detail_holds_no_secret(
+    gateway_factory: GatewayFactory,
+    jwt_sandbox: harness.Sandbox,
+    jwt_key: rsa.RSAPrivateKey,
+    run_dir: Path,
+    planted: Planted,
+    monkeypatch: pytest.MonkeyPatch,
+    detail: int,
+) -> None:
+    """The dumper at every other verbosity (4 is above); the scan reads its stdout/stderr."""
+    gateway = gateway_factory(
+        jwt_sandbox,
+        overrides=gateway_overrides(run_dir),
+        extra_args=("--set", f"flow_detail={detail}"),
+    )
+    run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
+    assert gateway.process.stop() == 0
+    if detail:
+        assert "secure-data/pan" in gateway.process.output()
