@@ -344,6 +344,22 @@ def test_mitmweb_holds_no_secret(
             if name.lower() == "authorization"
         )
 
+        # The save commands write into the run directory, which the teardown scan reads.
+        saved, har = run_dir / "web-saved.flows", run_dir / "web-saved.har"
+        for command, path in (("save.file", saved), ("save.har", har)):
+            answer = web.post(
+                f"{base}/commands/{command}",
+                json={"arguments": ["@all", str(path)]},
+                headers=xsrf_headers,
+                timeout=10,
+            )
+            assert answer.status_code == 200 and "error" not in answer.json(), answer.text
+        assert saved.stat().st_size > 10_000
+        assert len(json.loads(har.read_text())["log"]["entries"]) >= 9
+        events = web.get(f"{base}/events", timeout=10)
+        assert events.status_code == 200 and events.json(), events.text
+        planted.blobs.append(("mitmweb GET /events", events.content))
+
 
 @pytest.mark.parametrize(
     ("option", "name"),
