@@ -93,8 +93,8 @@ def direct(sandbox: harness.Sandbox, method: str, path: str, **kwargs: Any) -> r
         return session.request(
             method,
             sandbox.url + path,
-            headers={"Authorization": f"Bearer {sandbox.org_token}"},
-            timeout=10,
+            headers={"Authorization": f"Bearer {sandbox.org_token}", **kwargs.pop("headers", {})},
+            timeout=60,
             **kwargs,
         )
 
@@ -344,6 +344,22 @@ def test_mitmweb_holds_no_secret(
             if name.lower() == "authorization"
         )
 
+        # The save commands write into the run directory, which the teardown scan reads.
+        saved, har = run_dir / "web-saved.flows", run_dir / "web-saved.har"
+        for command, path in (("save.file", saved), ("save.har", har)):
+            answer = web.post(
+                f"{base}/commands/{command}",
+                json={"arguments": ["@all", str(path)]},
+                headers=xsrf_headers,
+                timeout=10,
+            )
+            assert answer.status_code == 200 and "error" not in answer.json(), answer.text
+        assert saved.stat().st_size > 10_000
+        assert len(json.loads(har.read_text())["log"]["entries"]) >= 9
+        events = web.get(f"{base}/events", timeout=10)
+        assert events.status_code == 200 and events.json(), events.text
+        planted.blobs.append(("mitmweb GET /events", events.content))
+
 
 @pytest.mark.parametrize(
     ("option", "name"),
@@ -388,3 +404,111 @@ def test_reload_rebuilds_the_redactor(
         # (the dumper prints the fingerprint's "…" as \xe2\x80\xa6)
         gateway.process.wait_for(r"X-Partner-Key: \[token \S+?[0-9a-f]{6}\]")
     assert after not in gateway.process.output()
+
+
+@pytest.mark.parametrize("detail", [0, 1, 2, 3])
+def test_every_flow_detail_holds_no_secret(
+    gateway_factory: GatewayFactory,
+    jwt_sandbox: harness.Sandbox,
+    jwt_key: rsa.RSAPrivateKey,
+    run_dir: Path,
+    planted: Planted,
+    monkeypatch: pytest.MonkeyPatch,
+    detail: int,
+) -> None:
+    """The dumper at every other verbosity (4 is above); the scan reads its stdout/stderr."""
+    gateway = gateway_factory(
+        jwt_sandbox,
+        overrides=gateway_overrides(run_dir),
+        extra_args=("--set", f"flow_detail={detail}"),
+    )
+    run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
+    assert gateway.process.stop() == 0
+    if detail:
+        assert "secure-data/pan" in gateway.process.output()
+
+
+def luhn_pan() -> str:
+    """A random 16-digit Visa-shaped card number with a valid Luhn check digit."""
+    digits = [4] + [secrets.randbelow(10) for _ in range(14)]
+    total = 0
+    for i, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if i % 2 == 0 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return "".join(map(str, digits)) + str((10 - total % 10) % 10)
+
+
+def random_ssn() -> str:
+    """SSN-shaped, in the 9xx area no real SSN uses."""
+    return (
+        f"9{secrets.randbelow(100):02d}-{secrets.randbelow(100):02d}-{secrets.randbelow(10**4):04d}"
+    )
+
+
+def test_bodies_the_gateway_cannot_parse(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    run_dir: Path,
+    planted: Planted,
+) -> None:
+    """Malformed JSON, invalid UTF-8 and a ~10 MB JSON body with secrets in them: the caller
+    gets what Unit answers, the gateway stays up, and no output shows a planted value."""
+    flows, har = run_dir / "flows.out", run_dir / "flows.har"
+    gateway = gateway_factory(
+        sandbox,
+        extra_args=(
+            "--set", "flow_detail=4",
+            "--set", f"save_stream_file={flows}",
+            "--set", f"hardump={har}",
+        ),
+    )  # fmt: skip
+    ssn, pan = planted.add("SSN", random_ssn()), planted.add("PAN", luhn_pan())
+    keyed = planted.add("SSN under an ssn key", f"9{secrets.randbelow(10**8):08d}")
+    middle_pan, end_ssn = (
+        planted.add("PAN (middle)", luhn_pan()),
+        planted.add("SSN (end)", random_ssn()),
+    )
+    filler = [{"i": i, "memo": "lorem ipsum dolor sit amet " * 3} for i in range(100_000)]
+    filler[len(filler) // 2]["memo"] = f"card {middle_pan} on file"
+    large = application(ssn, None, "1990-01-15")
+    large["data"]["attributes"]["tags"] = {"memo": f"ssn {end_ssn}"}
+    large["data"]["attributes"]["filler"] = filler
+    large_body = json.dumps(large).encode()
+    # the planted values at the start, the middle and the end of ~10 MB
+    large_body = large_body[:-3] + f', "last": "{end_ssn}"'.encode() + large_body[-3:]
+    assert len(large_body) > 9_000_000
+    # bytes UTF-8 never has, a broken two-byte sequence, a stray continuation, a surrogate
+    invalid_utf8 = b'{"data": "\xff\xfe%s\xc3\x28", "x": "\x80%s\xed\xa0\x80"}' % (
+        pan.encode(),
+        ssn.encode(),
+    )
+    bodies = {
+        "malformed JSON": (
+            f'{{"data": {{"type": "individualApplication", "attributes": {{"ssn":"{keyed}", '
+            f'"note": "ssn {ssn} on file", "dateOfBirth": '
+        ).encode(),
+        "invalid UTF-8": invalid_utf8,
+        "10 MB JSON": large_body,
+    }
+    headers = {"Content-Type": "application/json"}
+    # The sandbox answers 400 to the first two and 500 to the large one (its aiohttp takes
+    # 1 MB at most); whatever Unit answers, the caller must get the same.
+    with proxied_session(gateway) as session:
+        for label, body in bodies.items():
+            real = direct(sandbox, "POST", "/applications", data=body, headers=headers)
+            got = session.post(
+                sandbox.url + "/applications",
+                data=body,
+                headers={**headers, "Authorization": "Bearer unitgw:org"},
+                timeout=60,
+            )
+            assert got.status_code == real.status_code, (label, got.text[:500])
+            assert gateway.process.proc is not None and gateway.process.proc.poll() is None
+        after = session.get(sandbox.url + "/cards", headers={"Authorization": "Bearer unitgw:org"})
+        assert after.status_code == 200, "the gateway still serves"
+    assert gateway.process.stop() == 0
+    shown = gateway.process.output()
+    assert "[redacted:ssn]" in shown and "[redacted:card_number]" in shown
+    # the large body was kept (redacted), not dropped
+    assert flows.stat().st_size > 9_000_000
+    assert len(json.loads(har.read_text())["log"]["entries"]) == 4
