@@ -491,7 +491,7 @@ def test_bodies_the_gateway_cannot_parse(
         "10 MB JSON": large_body,
     }
     headers = {"Content-Type": "application/json"}
-    # The sandbox answers 400 to the first two and 500 to the large one (its aiohttp takes
+    # The sandbox answers 400 to the first two and 413 to the large one (it takes
     # 1 MB at most); whatever Unit answers, the caller must get the same.
     with proxied_session(gateway) as session:
         for label, body in bodies.items():

@@ -817,3 +817,14 @@ def test_lists_paginate(box: SandboxProcess) -> None:
     assert error_of(box.org("GET", "/customers?page[limit]=x"), 400)
     filtered = box.org("GET", "/cards?filter[accountId]=20005").json()["data"]
     assert sorted(c["id"] for c in filtered) == ["30005", "30006"]
+
+
+def test_oversized_body_is_a_json_api_413(box: SandboxProcess) -> None:
+    response = box.request(
+        "POST",
+        "/applications",
+        box.org_token,
+        data=b"{" + b" " * 2_000_000 + b"}",
+        headers={"Content-Type": jsonapi.MEDIA_TYPE},
+    )
+    assert error_of(response, 413)["code"] == "request_too_large"

@@ -151,6 +151,9 @@ class SandboxApp:
             response = await self._serve(request, match, route, authorization)
         except ApiError as e:
             response = error_response(e)
+        except web.HTTPRequestEntityTooLarge as e:
+            # aiohttp's own limit on request bodies; Unit's is not documented.
+            response = error_response(ApiError(413, code="request_too_large", detail=e.text))
         except Exception as e:
             # The caller gets a plain 500; the log gets where it failed but not the exception's
             # message, which could quote request data.
