@@ -512,3 +512,46 @@ def test_bodies_the_gateway_cannot_parse(
     # the large body was kept (redacted), not dropped
     assert flows.stat().st_size > 9_000_000
     assert len(json.loads(har.read_text())["log"]["entries"]) == 4
+
+
+def test_a_streamed_request_body(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    run_dir: Path,
+    planted: Planted,
+) -> None:
+    """A body the caller streams (Transfer-Encoding: chunked) is read whole, redacted in what
+    is kept, and reaches Unit intact: Unit creates the application with the real values."""
+    flows = run_dir / "streamed.out"
+    gateway = gateway_factory(
+        sandbox,
+        name="streamed",
+        extra_args=("--set", "flow_detail=4", "--set", f"save_stream_file={flows}"),
+    )
+    ssn, passport = (
+        planted.add("SSN (streamed)", f"9{secrets.randbelow(10**8):08d}"),
+        planted.add("passport (streamed)", f"P{secrets.randbelow(10**9):09d}"),
+    )
+    body = json.dumps(application(ssn, passport, "1988-08-08")).encode()
+
+    def chunks() -> Any:
+        for start in range(0, len(body), 97):
+            yield body[start : start + 97]
+
+    with proxied_session(gateway) as session:
+        created = session.post(
+            sandbox.url + "/applications",
+            data=chunks(),
+            headers={
+                "Authorization": "Bearer unitgw:org",
+                "Content-Type": "application/vnd.api+json",
+            },
+            timeout=30,
+        )
+    assert created.status_code == 201, created.text[:300]
+    assert "chunked" in (created.request.headers.get("Transfer-Encoding") or "")
+    application_id = created.json()["data"]["id"]
+    stored = direct(sandbox, "GET", f"/applications/{application_id}").json()
+    assert stored["data"]["attributes"]["ssn"] == ssn, "Unit got the real value"
+    assert gateway.process.stop() == 0
+    assert flows.stat().st_size > 0
