@@ -423,3 +423,19 @@ def test_second_upstream_401_goes_back_to_the_caller(
     stats = sandbox.stats()
     assert stats["requests"]["GET /accounts"] == 4, "one try and exactly one retry"
     assert stats["tokens_created"]["customer"] == 3
+
+
+def test_unit_outage_is_a_json_api_error(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(sandbox)
+    with proxied_session(gateway) as session:
+        assert get(session, sandbox, "/customers", "unitgw:org").status_code == 200
+        assert sandbox.process.stop() == 0  # Unit goes away
+        down = get(session, sandbox, "/customers", "unitgw:org")
+    assert down.status_code == 502
+    assert down.headers["Content-Type"] == "application/vnd.api+json"
+    error = down.json()["errors"][0]
+    assert error["code"] == "upstream_unreachable"
+    assert sandbox.url.removeprefix("http://") in error["detail"]
+    assert_no_unit_token(down)

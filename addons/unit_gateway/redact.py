@@ -49,6 +49,7 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
 
+from unit_gateway import jsonapi
 from unit_gateway.redaction import Redactor
 
 if TYPE_CHECKING:
@@ -119,6 +120,10 @@ def _handle_event(
             flow = self.__dict__.get("flow")
             secrets = _SECRETS.get(flow) if flow is not None else None
             if secrets is not None:
+                if type(command.event) is httplayer.ResponseProtocolError:  # type: ignore[attr-defined]
+                    # mitmproxy's own error page is HTML; Unit's SDKs need JSON:API.
+                    yield from _json_api_error(command, flow)  # type: ignore[arg-type]
+                    continue
                 command = active.egress(self, secrets, command)  # type: ignore[arg-type]
         elif kind in _HOOKS:
             # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
@@ -126,6 +131,29 @@ def _handle_event(
             if hooked is self.__dict__.get("flow"):
                 active.before_hook(kind, hooked)
         yield command
+
+
+def _json_api_error(
+    command: httplayer.SendHttp, flow: http.HTTPFlow
+) -> Generator[commands.Command, Any, None]:
+    """The caller's answer when Unit could not be reached or answered garbage, in the form
+    every Unit client parses. The message names the failure (address, reason), never data."""
+    event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
+    status = event.code.http_status_code() or 502
+    code = "upstream_unreachable" if status == 502 else "upstream_failed"
+    response = http.Response.make(
+        status,
+        jsonapi.error_bytes(
+            status,
+            code=code,
+            detail=f"{flow.request.host}:{flow.request.port} (Unit): {event.message}",
+        ),
+        {"Content-Type": jsonapi.MEDIA_TYPE, "Connection": "close"},
+    )
+    stream, client = event.stream_id, command.connection
+    yield httplayer.SendHttp(httplayer.ResponseHeaders(stream, response, False), client)
+    yield httplayer.SendHttp(httplayer.ResponseData(stream, response.raw_content or b""), client)
+    yield httplayer.SendHttp(httplayer.ResponseEndOfMessage(stream), client)
 
 
 def _substitute(headers: http.Headers, substitutions: HeaderSubstitutions) -> http.Headers:
