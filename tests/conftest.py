@@ -36,8 +36,13 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def planted() -> Planted:
-    return Planted()
+def planted(run_dir: Path) -> Iterator[Planted]:
+    """Secrets a test plants. Every fixture that starts a process depends on this one, so its
+    teardown runs after they stopped: then every output of the run is scanned."""
+    found = Planted()
+    yield found
+    if found.secrets:
+        assert_no_leaks(found.secrets, paths=[run_dir], blobs=found.blobs)
 
 
 @pytest.fixture
@@ -64,7 +69,7 @@ GatewayFactory = Callable[..., harness.Gateway]
 @pytest.fixture
 def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]:
     """Start gateways in front of a sandbox; on teardown stop each (it must exit 0 and free
-    its ports), then scan every output of the run for the planted secrets."""
+    its ports). The ``planted`` fixture then scans every output of the run."""
     started: list[harness.Gateway] = []
 
     def start(
@@ -99,8 +104,6 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
         assert status == 0, gateway.process.output()[-2000:]
         for port in ports_of(gateway):
             assert harness.port_is_free(port), f"port {port} still bound after stop"
-    if planted.secrets:
-        assert_no_leaks(planted.secrets, paths=[run_dir], blobs=planted.blobs)
 
 
 def ports_of(gateway: harness.Gateway) -> list[int]:

@@ -7,13 +7,13 @@ from pathlib import Path
 import requests
 import yaml
 
-from conftest import proxied_session
+from conftest import Planted, proxied_session
 from unit_gateway.testing import harness
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_local_configuration_runs_the_embedded_sandbox(run_dir: Path) -> None:
+def test_local_configuration_runs_the_embedded_sandbox(run_dir: Path, planted: Planted) -> None:
     # config/local.yaml as shipped, moved to free ports so the test cannot collide.
     document = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
     port = harness.free_port()
@@ -40,6 +40,11 @@ def test_local_configuration_runs_the_embedded_sandbox(run_dir: Path) -> None:
                 c["relationships"]["customer"]["data"]["id"] for c in customer.json()["data"]
             } == {"10001"}
             assert b"v2.public." not in org.content + customer.content
+        # The embedded sandbox's tokens are planted: no output of the run may show them.
+        issued = requests.get(upstream + "/__sandbox/issued", timeout=10).json()
+        assert issued["tokens"], "the customer token was minted"
+        for i, token in enumerate(issued["tokens"]):
+            planted.add(f"minted token {i}", token)
         # The sandbox is only reachable as Unit would be: a request without the gateway's
         # injected token is refused.
         direct = requests.get(upstream + "/cards", headers={"Authorization": "Bearer unitgw:org"})
