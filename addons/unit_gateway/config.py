@@ -319,6 +319,20 @@ class GatewayConfig(_Model):
     def upstream_for(self, host: str, port: int) -> Upstream | None:
         return self._by_address.get((host, port))
 
+    def upstream_of(self, request: Any) -> Upstream | None:
+        """The Unit upstream an HTTP request goes to, or None (then it gets no token).
+
+        ``request.host`` is cheap and right in regular and reverse mode; the Host header
+        (``pretty_host``) is what names the service in transparent mode. The scheme must match:
+        nothing meant for https goes out over plain http.
+        """
+        upstream = self.upstream_for(request.host, request.port) or self.upstream_for(
+            request.pretty_host, request.port
+        )
+        if upstream is None or request.scheme != upstream.scheme:
+            return None
+        return upstream
+
 
 class _FieldError(ValueError):
     """A cross-field problem that belongs to a field other than the one being validated."""

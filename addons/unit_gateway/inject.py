@@ -188,13 +188,9 @@ class TokenInjector:
         assert self.core.config is not None
         request = flow.request
         model = self.core.config.model
-        # request.host is cheap and right in regular and reverse mode; the Host header
-        # (pretty_host) is what names the service in transparent mode.
-        upstream = model.upstream_for(request.host, request.port) or model.upstream_for(
-            request.pretty_host, request.port
-        )
+        upstream = model.upstream_of(request)
         credential = self._credential(flow)
-        if upstream is None or request.scheme != upstream.scheme:
+        if upstream is None:
             if isinstance(credential, Identity | PlaceholderError):
                 flow.response = error_response(
                     403,

@@ -312,15 +312,7 @@ class FlowRedaction:
 
     def upstream_for(self, request: http.Request) -> Upstream | None:
         config = self.core.config
-        if config is None:
-            return None
-        model = config.model
-        upstream = model.upstream_for(request.host, request.port) or model.upstream_for(
-            request.pretty_host, request.port
-        )
-        if upstream is None or request.scheme != upstream.scheme:
-            return None
-        return upstream
+        return config.model.upstream_of(request) if config is not None else None
 
     def before_hook(self, kind: type, flow: http.HTTPFlow) -> None:
         """HttpStream has just stored part of the flow; no addon has seen it yet."""
