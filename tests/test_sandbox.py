@@ -828,3 +828,70 @@ def test_oversized_body_is_a_json_api_413(box: SandboxProcess) -> None:
         headers={"Content-Type": jsonapi.MEDIA_TYPE},
     )
     assert error_of(response, 413)["code"] == "request_too_large"
+
+
+def test_open_an_account_for_a_new_customer_and_issue_a_card(box: SandboxProcess) -> None:
+    application = {
+        "data": {
+            "type": "individualApplication",
+            "attributes": {
+                "fullName": {"first": "Ada", "last": "Test"},
+                "dateOfBirth": "1990-01-02",
+                "address": {
+                    "street": "3 Main St",
+                    "city": "Austin",
+                    "state": "TX",
+                    "postalCode": "78701",
+                    "country": "US",
+                },
+                "phone": {"countryCode": "1", "number": "5555550160"},
+                "email": "ada@example.com",
+                "ssn": "900771234",
+            },
+        }
+    }
+    created = box.org("POST", "/applications", application)
+    assert created.status_code == 201, created.text
+    customer_id = created.json()["data"]["relationships"]["customer"]["data"]["id"]
+    account_request = {
+        "data": {
+            "type": "depositAccount",
+            "attributes": {"depositProduct": "checking", "idempotencyKey": "acct-1"},
+            "relationships": {"customer": {"data": {"type": "customer", "id": customer_id}}},
+        }
+    }
+    opened = box.org("POST", "/accounts", account_request)
+    assert opened.status_code == 201, opened.text
+    account = opened.json()["data"]
+    assert account["type"] == "depositAccount"
+    assert account["attributes"]["balance"] == 0
+    assert account["attributes"]["name"] == "Ada Test Checking"
+    assert account["relationships"]["customer"]["data"]["id"] == customer_id
+    assert box.org("POST", "/accounts", account_request).json()["data"]["id"] == account["id"]
+    assert box.org("GET", f"/accounts/{account['id']}").ok
+
+    card = box.org(
+        "POST",
+        "/cards",
+        {
+            "data": {
+                "type": "individualVirtualDebitCard",
+                "attributes": {},
+                "relationships": {
+                    "account": {"data": {"type": "depositAccount", "id": account["id"]}}
+                },
+            }
+        },
+    )
+    assert card.status_code == 201, card.text
+    assert card.json()["data"]["relationships"]["customer"]["data"]["id"] == customer_id
+
+    bad_product = json.loads(json.dumps(account_request))
+    bad_product["data"]["attributes"] = {"depositProduct": "gold"}
+    assert error_of(box.org("POST", "/accounts", bad_product), 400)
+    unknown = json.loads(json.dumps(account_request))
+    unknown["data"]["attributes"] = {"depositProduct": "savings"}
+    unknown["data"]["relationships"]["customer"]["data"]["id"] = "99999"
+    assert error_of(box.org("POST", "/accounts", unknown), 400)
+    jane = box.customer_token_2fa("10001", "accounts accounts-write")
+    assert error_of(box.request("POST", "/accounts", jane, account_request), 403)

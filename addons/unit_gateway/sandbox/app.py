@@ -36,7 +36,7 @@ _API: list[tuple[str, str, Callable[[Call], web.StreamResponse], str]] = [
     ("GET", "/customers/{customerId}", resource_api.get_customer, "customers"),
     ("PATCH", "/customers/{customerId}", resource_api.not_implemented, "customers-write"),
     ("GET", "/accounts", resource_api.list_accounts, "accounts"),
-    ("POST", "/accounts", resource_api.not_implemented, "accounts-write"),
+    ("POST", "/accounts", resource_api.create_account, "accounts-write"),
     ("GET", "/accounts/{accountId}", resource_api.get_account, "accounts"),
     ("PATCH", "/accounts/{accountId}", resource_api.not_implemented, "accounts-write"),
     (

@@ -190,6 +190,56 @@ def get_account(call: Call) -> web.Response:
 # --- cards -----------------------------------------------------------------------------------
 
 
+_DEPOSIT_PRODUCTS = ("checking", "savings")
+
+
+def create_account(call: Call) -> web.Response:
+    """A deposit account for an existing customer; the sandbox opens it at once, empty."""
+    if call.principal.role != "org":
+        raise forbidden("only an org token may open accounts")
+    data = call.data
+    payload = resource_data(call.body, "depositAccount")
+    attributes = attributes_of(payload)
+    replay = _replayed(call, "account", attributes, data.accounts)
+    if replay is not None:
+        return document(replay, 201)
+    product = string_attr(attributes, "depositProduct", required=True)
+    if product not in _DEPOSIT_PRODUCTS:
+        raise ApiError(
+            400,
+            "Bad Request",
+            detail=f"depositProduct must be one of {', '.join(_DEPOSIT_PRODUCTS)}",
+            pointer="/data/attributes/depositProduct",
+        )
+    customer_id = relationship_id(payload, "customer")
+    assert customer_id is not None
+    customer = data.customers.get(customer_id)
+    if customer is None:
+        raise ApiError(
+            400,
+            "Bad Request",
+            code="not_found",
+            detail=f"customer {customer_id} not found",
+            pointer="/data/relationships/customer",
+        )
+    account_id = data.next_id("account")
+    owner = customer["attributes"].get("fullName") or {"first": customer["attributes"]["name"]}
+    name = " ".join(part for part in (owner.get("first"), owner.get("last")) if part)
+    account = seeds.deposit_account(
+        account_id,
+        customer_id,
+        _now(call),
+        f"{name} {product.capitalize()}",
+        product,
+        f"10{int(account_id):08d}",
+        0,
+    )
+    account["attributes"]["tags"] = copy.deepcopy(_tags(attributes))
+    data.accounts[account_id] = account
+    _remember(call, "account", attributes, account_id)
+    return document(account, 201)
+
+
 def list_cards(call: Call) -> web.Response:
     data = call.data
     cards = _filtered(
