@@ -65,14 +65,20 @@ class Secret:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: docs/configuration.md is built from them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SecretRef(_Model):
     """Where a secret lives: an environment variable or a file (relative to the config file)."""
 
     env: str | None = None
+    """Name of an environment variable holding the secret (surrounding whitespace is
+    stripped). Set exactly one of `env` and `file`."""
     file: str | None = None
+    """Path of a file holding the secret (surrounding whitespace is stripped); a relative path
+    is relative to the configuration file, `~` is expanded. Set exactly one of `env` and
+    `file`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -117,7 +123,14 @@ class Upstream(_Model):
     """A Unit API host the gateway injects tokens for."""
 
     url: str
+    """Scheme, host and optional port of a Unit API, without a path, e.g.
+    `https://api.s.unit.sh`. Requests to exactly this scheme, host and port get tokens; any
+    other host passes through untouched. Plain `http` only for a loopback host together with
+    `unit.allow_plain_http_loopback: true`."""
     environment: Literal["sandbox", "live"] = "sandbox"
+    """Which Unit environment the host is: labels metrics, and `live` forbids sandbox-only
+    behaviour (`two_factor: sandbox-otp`, the embedded sandbox). `api.unit.co` must be
+    `live`."""
 
     @field_validator("url")
     @classmethod
@@ -164,15 +177,25 @@ class Upstream(_Model):
 
 class UnitSettings(_Model):
     upstreams: list[Upstream] = Field(min_length=1)
+    """The Unit API hosts the gateway injects tokens for. Placeholders are never sent
+    anywhere else, and the org token never goes to any other host."""
     org_token: SecretRef | None = None
-    #: The org token may travel over plain HTTP only to a loopback upstream, and only if allowed.
+    """Unit org API token, used for `Bearer unitgw:org` and to mint customer and cardholder
+    tokens. Required unless `sandbox.embedded` is true (the embedded sandbox gets a token made
+    up at start)."""
     allow_plain_http_loopback: bool = False
-    #: What a request with no Authorization header gets: refused, or the org token.
+    """Allow an upstream with a plain `http://` URL, for a loopback host only (a local
+    sandbox). Leave off for anything else: the org token would cross the wire in clear."""
     missing_authorization: Literal["reject", "org"] = "reject"
-    #: Unit's documented limit per client IP and environment; the headroom metric uses it.
+    """What a request to Unit without an `Authorization` header gets: `reject` answers 401;
+    `org` sends it with the org token (only for trusted callers)."""
     rate_limit_per_minute: int = Field(default=1000, ge=1)
-    #: The documented timeout of every token endpoint.
+    """Unit's request limit per minute for this client IP and environment (1000 is Unit's
+    documented default). Only used for the rate-limit headroom metric; raise it when Unit
+    raises your limit."""
     token_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Timeout in seconds of each call to Unit's token and verification endpoints (5 is
+    Unit's documented value). A timeout is answered 504 `token_endpoint_timeout`."""
 
     @model_validator(mode="after")
     def _check_transport(self) -> UnitSettings:
@@ -197,9 +220,15 @@ class SandboxSettings(_Model):
     """The local Unit sandbox the gateway can run inside its own process."""
 
     embedded: bool = False
+    """Run the local Unit sandbox inside the gateway process, for development and demos.
+    `host:port` must then be one of `unit.upstreams` and no upstream may be `live`."""
     host: str = "127.0.0.1"
+    """Address the embedded sandbox listens on."""
     port: int = Field(default=8181, ge=0, le=65535)
+    """TCP port the embedded sandbox listens on."""
     rate_limit_per_minute: int = Field(default=1000, ge=1)
+    """Requests per minute per client IP the embedded sandbox accepts before answering 429,
+    like Unit. Lower it to exercise rate-limit handling."""
 
 
 TwoFactorStrategy = Literal["sandbox-otp", "jwt", "challenge"]
@@ -207,8 +236,17 @@ TwoFactorStrategy = Literal["sandbox-otp", "jwt", "challenge"]
 
 class TokenKindSettings(_Model):
     default_scopes: list[Scope] = Field(default_factory=list)
+    """Scopes every minted token of this kind gets, besides the scope the route needs; a
+    broader token is reused for more routes. Writing the section without this key means no
+    default scopes. Cardholder tokens accept only `cards`, `cards-sensitive`, `cards-write`
+    and `cards-sensitive-write`."""
     expires_in: int = Field(default=3600, ge=1, le=MAX_TOKEN_LIFETIME)
+    """Lifetime in seconds requested for minted tokens (Unit's `expiresIn`; Unit allows at
+    most 86400). Shorter means more mints; it must exceed `tokens.expiry_margin_seconds`."""
     two_factor: TwoFactorStrategy = "challenge"
+    """How a token with a two-factor scope is obtained: `challenge` asks the caller to get
+    the person's code; `sandbox-otp` answers with Unit's sandbox passcode (refused with a
+    `live` upstream); `jwt` signs a JWT with `tokens.jwt` (customer tokens only)."""
 
 
 class CardholderSettings(TokenKindSettings):
@@ -224,11 +262,18 @@ class CardholderSettings(TokenKindSettings):
 
 class JwtSettings(_Model):
     private_key: SecretRef
+    """PEM private key that signs the JWTs; Unit verifies them with the matching public key
+    configured for your org."""
     algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384"] = "RS256"
-    #: ``{customerId}`` is replaced by the customer's id; the result must be its jwtSubject.
+    """JWT signing algorithm; must fit the key type (RS* for RSA, ES* for EC keys)."""
     subject_template: str = "{customerId}"
+    """The JWT `sub` claim: `{customerId}` is replaced by the customer's id; the result must
+    be that customer's `jwtSubject` at Unit. Must contain `{customerId}`."""
     issuer: str | None = None
+    """The JWT `iss` claim, if your Unit JWT settings expect one; unset: no `iss` claim."""
     lifetime_seconds: int = Field(default=60, ge=10, le=3600)
+    """Seconds each signed JWT stays valid (its `exp`). It is used once, right away, so keep
+    it short."""
 
     @field_validator("subject_template")
     @classmethod
@@ -240,34 +285,59 @@ class JwtSettings(_Model):
 
 class TokenSettings(_Model):
     cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
-    #: Treat a token as expired this long before it really is.
+    """Most tokens kept in the in-memory cache (one per identity and scope set); the least
+    recently used go first. Raise it when more identities are active within a token's
+    lifetime."""
     expiry_margin_seconds: int = Field(default=30, ge=0, le=3600)
-    #: Mint a replacement in the background once a token has less than this left.
+    """Seconds before its expiry a cached token counts as expired, so no request leaves with
+    a token that expires on the way. Must be smaller than each kind's `expires_in`."""
     refresh_ahead_seconds: int = Field(default=300, ge=0, le=MAX_TOKEN_LIFETIME)
+    """Once a cached token has less than this many seconds left, a replacement is minted in
+    the background while requests keep using it (not for `two_factor: challenge`). 0: no
+    early refresh."""
     customer: TokenKindSettings = TokenKindSettings(default_scopes=["customers", "accounts"])
+    """Customer tokens, minted for `Bearer unitgw:customer:<customerId>`."""
     cardholder: CardholderSettings = CardholderSettings(default_scopes=["cards"])
+    """Cardholder tokens, minted for `Bearer unitgw:cardholder:<cardId>` on card routes."""
     jwt: JwtSettings | None = None
+    """JWT signing for `two_factor: jwt`; required when a kind uses `jwt`, unused
+    otherwise."""
 
 
 class MetricsSettings(_Model):
     enabled: bool = True
+    """Serve Prometheus metrics at `http://host:port/metrics`; `false`: no metrics endpoint."""
     host: str = "127.0.0.1"
+    """Address the metrics endpoint listens on; `0.0.0.0` where a cluster Prometheus scrapes
+    the gateway."""
     port: int = Field(default=9464, ge=0, le=65535)
+    """TCP port of the metrics endpoint."""
 
 
 class AccessLogSettings(_Model):
-    #: JSON lines, one per flow to Unit; relative to the configuration file. None: no log.
     path: str | None = Field(default=None, min_length=1)
+    """File that gets one JSON line per flow to Unit (time, route template, method, status,
+    durations, identity kind, token fingerprint; never an id, body or secret). Relative to
+    the configuration file; appended to. Unset: no access log."""
 
 
 class GatewayConfig(_Model):
     unit: UnitSettings
+    """The Unit APIs the gateway talks to and the org token it uses with them."""
     sandbox: SandboxSettings = SandboxSettings()
+    """The local Unit sandbox, optionally run inside the gateway process."""
     tokens: TokenSettings = TokenSettings()
+    """How customer and cardholder tokens are minted, cached and refreshed."""
     metrics: MetricsSettings = MetricsSettings()
+    """The Prometheus metrics endpoint."""
     routes: RouteSettings = RouteSettings()
+    """Additions and changes to Unit's built-in route table: scopes, methods, two-factor
+    scopes."""
     redaction: RedactionSettings = RedactionSettings()
+    """What else to hide from flows, logs and saved files. Everything here adds to the
+    built-in rules: a configuration can redact more, never less."""
     access_log: AccessLogSettings = AccessLogSettings()
+    """The JSON-lines access log of flows to Unit."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> GatewayConfig:

@@ -173,43 +173,60 @@ ContentTypePattern = Annotated[str, AfterValidator(_check_content_type)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: docs/configuration.md is built from them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DetectorSettings(_Model):
     """Pattern detectors run over every string, whatever its name."""
 
-    #: 13-19 digits, optionally grouped by single spaces or dashes, passing the Luhn check.
     card_numbers: bool = True
-    #: ``123-45-6789``.
+    """Card numbers: 13-19 digits, optionally grouped by single spaces or dashes, passing the
+    Luhn check."""
     ssn: bool = True
-    #: Also any standalone 9-digit number. Off by default: ids, amounts in cents and phone
-    #: numbers are bare 9-digit runs too. A value under an ``ssn`` key is redacted by name
-    #: whatever its shape, so this only matters for SSNs in free text.
+    """Social security numbers written `123-45-6789`."""
     ssn_bare_digits: bool = False
-    #: PASETO tokens as Unit issues them (``v2.public.…``).
+    """Also any standalone 9-digit number as an SSN. Off by default: ids, amounts in cents and
+    phone numbers are bare 9-digit runs too. A value under an `ssn` key is redacted by name
+    whatever its shape, so this only matters for SSNs in free text."""
     unit_tokens: bool = True
-    #: ``eyJ….….…`` (JWS; JWE's five parts too).
+    """PASETO tokens as Unit issues them (`v2.public.…`), shown as fingerprints."""
     jwts: bool = True
+    """JWTs, `eyJ….….…` (JWS; JWE's five parts too)."""
 
 
 class RedactionSettings(_Model):
     """The ``redaction:`` section of the gateway configuration. Every list adds to the defaults."""
 
     headers: list[HeaderName] = Field(default_factory=list)
+    """More header names whose values are secret (case-insensitive), added to the built-in
+    ones (see below)."""
     fields: list[FieldName] = Field(default_factory=list)
-    #: ``data.attributes.tags.secret``, ``data[*].attributes.note``, ``$.meta.x``, or
-    #: ``..tags.secret`` to match at any depth. Keys match case-insensitively; ``*`` matches any
-    #: key or array item; a named segment looks through an array, so ``data.attributes.x``
-    #: also covers every item of a list response.
+    """More names whose values are secret at any depth: JSON keys, form fields, query
+    parameters and `key: value` text (case-insensitive; the whole value is replaced). Added
+    to the built-in ones (see below)."""
     paths: list[PathText] = Field(default_factory=list)
+    """JSONPath-like rules for values secret only at one place: `data.attributes.tags.secret`,
+    `data[*].attributes.note`, `$.meta.x`, or `..tags.secret` at any depth. Keys match
+    case-insensitively; `*` matches any key or array item; a named segment looks through an
+    array, so `data.attributes.x` also covers every item of a list response."""
     query_params: list[FieldName] = Field(default_factory=list)
+    """More query-string (and form) parameter names whose values are secret, added to the
+    built-in ones (see below; every name in `fields` applies to query strings too)."""
     detectors: DetectorSettings = DetectorSettings()
+    """Pattern detectors that find secrets by their shape in any string, whatever its
+    name."""
     binary_summary_routes: list[RoutePattern] = Field(default_factory=list)
+    """More path patterns whose bodies are documents shown only as content type and size,
+    added to the built-in ones (see below). `*` and `{name}` match one path segment, `**` any
+    number of segments."""
     binary_summary_content_types: list[ContentTypePattern] = Field(default_factory=list)
-    #: Bodies larger than this once decompressed are summarized, not scanned (also a guard
-    #: against decompression bombs).
+    """More media types whose bodies are shown only as content type and size, e.g.
+    `application/pdf`, `image/*`, `application/x-*`; added to the built-in ones (see
+    below)."""
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    """Bodies larger than this many bytes once decompressed are summarized, not scanned
+    (also a guard against decompression bombs). Default 64 MiB."""
 
 
 # --- JSONPath-like rules -------------------------------------------------------------------

@@ -214,14 +214,26 @@ class RouteRule(BaseModel):
     ``read: null`` says explicitly that no scope is needed.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     template: str
-    #: Methods the route accepts; for an existing route they are added to its methods.
+    """The route's path with `{name}` parameters, e.g. `/cards/{cardId}/limits`. An existing
+    route is found whatever its parameter names; anything else is a new route. At most one
+    rule per route."""
     methods: list[str] = Field(default_factory=list)
+    """HTTP methods the route accepts (`GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE`,
+    `OPTIONS`; any case, no repeats). Added to an existing route's methods; required for a
+    new route."""
     read: str | None = None
+    """Scope a token needs for `GET`/`HEAD` on this route; `null` says no scope is needed.
+    Left out: the existing route's scope, or for a new route the built-in prefix rules'."""
     write: str | None = None
+    """Scope a token needs for `POST`/`PUT`/`PATCH`/`DELETE` on this route; `null` and left
+    out work as for `read`."""
     org_only: bool | None = None
+    """`true`: only the org token may call the route (customer and cardholder placeholders
+    are refused); `false` lifts that. Left out: unchanged (built-in rules for a new
+    route)."""
 
     @field_validator("template")
     @classmethod
@@ -270,13 +282,19 @@ class RouteRule(BaseModel):
 class RouteSettings(BaseModel):
     """The `routes:` section of the gateway configuration."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     extra: list[RouteRule] = Field(default_factory=list)
-    #: Replaces the built-in two-factor scopes when given.
+    """Routes to add to Unit's built-in route table, or changes to built-in routes: use it
+    when Unit ships an endpoint the gateway does not know yet or documents a different
+    scope. A path matching no route is still forwarded, but gets no route scope and is
+    labelled `other` in metrics."""
     two_factor_scopes: list[str] | None = None
-    #: Added to the two-factor scopes (built-in or replaced).
+    """Replaces the built-in list of scopes that need two-factor authentication (see below).
+    Unset: the built-in list."""
     extra_two_factor_scopes: list[str] = Field(default_factory=list)
+    """Scopes added to the two-factor scopes (the built-in list, or `two_factor_scopes` when
+    given)."""
 
     @field_validator("two_factor_scopes", "extra_two_factor_scopes")
     @classmethod
