@@ -1,0 +1,196 @@
+"""Transparent mode end to end: a client in its own network namespace calls the Unit host
+directly, with no proxy settings; an iptables REDIRECT on the host sends its connections to the
+gateway, which takes the original destination from the socket (SO_ORIGINAL_DST), injects the
+real token and forwards to that destination.
+
+Topology (created and removed by the ``client_net`` fixture)::
+
+    namespace ugw-<hex>                       root namespace
+    client  <ns_ip>/30 ─── veth pair ───  <host_ip>/30
+                                            sandbox (TLS)  <host_ip>:<sandbox port>  "Unit"
+                                            gateway        <host_ip>:<gateway port>
+    PREROUTING -i <veth> -p tcp --dport <sandbox port> -j REDIRECT --to-ports <gateway port>
+
+The gateway's own connections (forwarding, token minting) start in the root namespace and pass
+OUTPUT, not PREROUTING, so they are not redirected back to it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import GatewayFactory, Planted
+from unit_gateway.testing import harness
+
+pytestmark = pytest.mark.timeout(60)
+
+#: What the client runs inside the namespace: Unit's own SDK, a placeholder token, and nothing
+#: that knows about a proxy. It trusts the gateway's CA through REQUESTS_CA_BUNDLE.
+CLIENT = """
+import json, sys
+from unit import Unit
+
+unit = Unit(sys.argv[1], "unitgw:customer:10001")
+cards = unit.cards.list()
+print(json.dumps([c.relationships["customer"].id for c in cards.data]))
+"""
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=15)
+
+
+def _must(*argv: str) -> None:
+    result = _run(*argv)
+    assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr.strip()}"
+
+
+@dataclass
+class ClientNet:
+    namespace: str
+    host_if: str
+    host_ip: str
+    ns_ip: str
+    rules: list[list[str]] = field(default_factory=list)
+
+    def redirect(self, dport: int, to_port: int) -> None:
+        """Send the namespace's TCP connections to ``dport`` to local ``to_port``."""
+        rule = [
+            "PREROUTING", "-i", self.host_if, "-p", "tcp", "--dport", str(dport),
+            "-j", "REDIRECT", "--to-ports", str(to_port),
+        ]  # fmt: skip
+        _must("iptables", "-t", "nat", "-A", *rule)
+        self.rules.append(rule)
+
+    def run(
+        self, argv: list[str], *, env: dict[str, str], out: Path, timeout: float = 20
+    ) -> tuple[int, str]:
+        """Run ``argv`` inside the namespace; stdout and stderr go to ``out`` (in the run
+        directory, so the leak scan reads them) and are returned."""
+        with out.open("wb") as sink:
+            status = subprocess.run(
+                ["ip", "netns", "exec", self.namespace, *argv],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                timeout=timeout,
+            ).returncode
+        return status, out.read_text(errors="replace")
+
+
+@pytest.fixture
+def client_net() -> Iterator[ClientNet]:
+    """A network namespace joined to the root namespace by a veth pair; removed afterwards
+    with its veth pair and every iptables rule added through it, even when the test fails."""
+    if sys.platform != "linux":
+        pytest.skip("transparent mode with iptables REDIRECT is Linux only")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a network namespace, a veth pair and iptables rules")
+    for tool in ("ip", "iptables"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (.ci/run installs iptables)")
+    tag = secrets.token_hex(3)
+    namespace, host_if, ns_if = f"ugw-{tag}", f"ugw{tag}h", f"ugw{tag}c"
+    # A random /30 in 198.18.0.0/15 (reserved for network tests), so parallel runs do not meet.
+    benchmarking = ipaddress.ip_network("198.18.0.0/15")
+    base = benchmarking.network_address + secrets.randbelow(benchmarking.num_addresses // 4) * 4
+    host_ip, ns_ip = str(base + 1), str(base + 2)
+    added = _run("ip", "netns", "add", namespace)
+    if added.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {added.stderr.strip()}")
+    net = ClientNet(namespace, host_if, host_ip, ns_ip)
+    try:
+        _must("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _must("ip", "link", "set", ns_if, "netns", namespace)
+        _must("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
+        _must("ip", "link", "set", host_if, "up")
+        inside = ("ip", "netns", "exec", namespace, "ip")
+        _must(*inside, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        _must(*inside, "link", "set", ns_if, "up")
+        _must(*inside, "link", "set", "lo", "up")
+        yield net
+    finally:
+        for rule in reversed(net.rules):
+            _run("iptables", "-t", "nat", "-D", *rule)
+        _run("ip", "link", "del", host_if)  # gone with the namespace too; removed here first
+        _run("ip", "netns", "del", namespace)
+
+
+@pytest.fixture
+def unit_host(client_net: ClientNet, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
+    """The TLS sandbox as the Unit host the client calls: on the root side of the veth pair
+    (its certificate names that address), where the gateway can connect to it as the original
+    destination. The harness's ``--host 127.0.0.1`` is overridden by the later flag."""
+    box = harness.start_sandbox(
+        run_dir,
+        tls=True,
+        name="tls-sandbox",
+        extra_args=["--rate-limit", "100000", "--host", client_net.host_ip],
+    )
+    planted.add("org token (tls sandbox)", box.org_token)
+    yield box
+    assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+def test_transparent_mode_with_the_python_sdk_in_a_namespace(
+    client_net: ClientNet,
+    unit_host: harness.Sandbox,
+    gateway_factory: GatewayFactory,
+    planted: Planted,
+    run_dir: Path,
+) -> None:
+    # The upstream is the address the client dials: in transparent mode that original
+    # destination is flow.request.host. The gateway listens where REDIRECT delivers: the
+    # primary address of the interface the packet came in on (the later --listen-host wins).
+    gateway = gateway_factory(
+        unit_host,
+        mode="transparent",
+        extra_args=("--listen-host", client_net.host_ip),
+        name="transparent",
+    )
+    gateway_port = int(gateway.proxy_url.rsplit(":", 1)[1])
+    assert gateway.proxy_url == f"http://{client_net.host_ip}:{gateway_port}"
+    assert unit_host.url.startswith(f"https://{client_net.host_ip}:")
+    sandbox_port = int(unit_host.url.rsplit(":", 1)[1])
+    client_net.redirect(sandbox_port, gateway_port)
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    }
+    # The client trusts mitmproxy's CA, not the sandbox's: it talks TLS to the gateway.
+    env |= {"REQUESTS_CA_BUNDLE": str(gateway.ca_path), "PYTHONUNBUFFERED": "1"}
+    status, output = client_net.run(
+        [sys.executable, "-c", CLIENT, unit_host.url], env=env, out=run_dir / "client.output"
+    )
+    assert status == 0, output + gateway.process.output()[-3000:]
+    customers = json.loads(output.strip().splitlines()[-1])
+    assert customers and set(customers) == {"10001"}
+
+    stats = unit_host.stats()
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["requests"]["GET /cards"] == 1
+    # The gateway got the client's own connection (from inside the namespace) and knew where
+    # it was going: the original destination, taken from the redirected socket.
+    ns_ip = re.escape(client_net.ns_ip)
+    gateway.process.wait_for(rf"^{ns_ip}:\d+: GET {re.escape(unit_host.url)}/cards", timeout=5)
+    # The real customer token was used, and no output of the run (the client's included)
+    # may show it: planted for the leak scan at teardown.
+    issued = unit_host.admin("GET", "/__sandbox/issued")["tokens"]
+    assert len(issued) == 1
+    planted.add("minted customer token", issued[0])
+    assert "v2.public." not in output
