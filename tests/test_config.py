@@ -248,3 +248,27 @@ def test_gateway_refuses_to_start_with_the_same_message(
     assert "v2.public.test-org-token" not in output
     # Refused before serving anything: no proxy addresses were announced.
     assert "unit-gateway: proxy listening" not in output
+
+
+def test_the_upstream_is_where_a_request_goes_not_what_its_host_header_says() -> None:
+    from mitmproxy.http import Request
+
+    model = config.GatewayConfig.model_validate(base())
+
+    def request(url: str, host_header: str | None = None) -> Request:
+        made = Request.make("GET", url)
+        if host_header is not None:
+            made.headers["Host"] = host_header
+        return made
+
+    to_unit = request("https://api.s.unit.sh/cards")
+    assert model.upstream_of(to_unit) is model.unit.upstreams[0]
+    # Another address naming Unit in its Host header gets no token...
+    elsewhere = request("https://203.0.113.7/cards", host_header="api.s.unit.sh")
+    assert model.upstream_of(elsewhere) is None
+    # ...unless a transparent mode re-targets it to the upstream the header names.
+    assert model.upstream_named_by(elsewhere) is model.unit.upstreams[0]
+    # Never across schemes or ports.
+    assert model.upstream_of(request("http://api.s.unit.sh:443/cards")) is None
+    assert model.upstream_named_by(request("http://203.0.113.7:443/", "api.s.unit.sh")) is None
+    assert model.upstream_of(request("https://api.s.unit.sh:8443/cards")) is None

@@ -392,13 +392,19 @@ class GatewayConfig(_Model):
     def upstream_of(self, request: Any) -> Upstream | None:
         """The Unit upstream an HTTP request goes to, or None (then it gets no token).
 
-        ``request.host`` is cheap and right in regular and reverse mode; the Host header
-        (``pretty_host``) is what names the service in transparent mode. The scheme must match:
-        nothing meant for https goes out over plain http.
+        Only the address the request is sent to counts (``request.host``/``port``), never
+        the Host header: a caller could name Unit there while sending elsewhere. The scheme
+        must match too: nothing meant for https goes out over plain http.
         """
-        upstream = self.upstream_for(request.host, request.port) or self.upstream_for(
-            request.pretty_host, request.port
-        )
+        return self._matching(request, request.host)
+
+    def upstream_named_by(self, request: Any) -> Upstream | None:
+        """The upstream the Host header names. Only for transparent modes, where the request
+        is addressed to whatever IP the client dialed; see ``FlowRedaction.retarget``."""
+        return self._matching(request, request.pretty_host)
+
+    def _matching(self, request: Any, host: str) -> Upstream | None:
+        upstream = self.upstream_for(host, request.port)
         if upstream is None or request.scheme != upstream.scheme:
             return None
         return upstream

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
-from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import commands, events, mode_specs
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
 
@@ -81,6 +81,14 @@ class FlowSecrets:
     request_body: tuple[bytes, bytes] | None = None
     response_body: tuple[bytes, bytes] | None = None
 
+
+#: Modes where a request is addressed to the IP the client dialed, not to a name it chose.
+TRANSPARENT_MODES = (
+    mode_specs.TransparentMode,
+    mode_specs.LocalMode,
+    mode_specs.WireGuardMode,
+    mode_specs.TunMode,
+)
 
 _SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, FlowSecrets] = weakref.WeakKeyDictionary()
 #: The running addon; the patched HttpStream does nothing extra while it is None.
@@ -318,12 +326,9 @@ class FlowRedaction:
         """HttpStream has just stored part of the flow; no addon has seen it yet."""
         if kind is hooks.HttpRequestHeadersHook:
             # (also yielded a second time on some error paths: protect a flow once)
-            if (
-                flow not in _SECRETS
-                and flow.request.method != "CONNECT"
-                and self.upstream_for(flow.request) is not None
-            ):
-                self.protect_request(flow)
+            if flow not in _SECRETS and flow.request.method != "CONNECT":
+                if self.upstream_for(flow.request) is not None or self.retarget(flow):
+                    self.protect_request(flow)
             return
         if kind is hooks.HttpErrorHook:
             if flow.error is not None:
@@ -336,6 +341,20 @@ class FlowRedaction:
             secrets.request_body = self.redact_body(flow.request, flow.request.path)
         elif flow.response is not None:
             secrets.response_body = self.redact_body(flow.response, flow.request.path)
+
+    def retarget(self, flow: http.HTTPFlow) -> bool:
+        """In a transparent mode the request is addressed to the IP the client dialed, and
+        only its Host header names Unit. A token must never go to that IP (any server with a
+        certificate for the name would do), so a request whose Host names an upstream is sent
+        to that upstream by name, resolved by the gateway. True if the flow now goes there."""
+        config = self.core.config
+        if config is None or not isinstance(flow.client_conn.proxy_mode, TRANSPARENT_MODES):
+            return False
+        upstream = config.model.upstream_named_by(flow.request)
+        if upstream is None:
+            return False
+        flow.request.host = upstream.host
+        return True
 
     def protect_request(self, flow: http.HTTPFlow) -> FlowSecrets:
         request = flow.request
