@@ -1,4 +1,4 @@
-"""The ``unit-gateway`` command: run, sandbox, check-config."""
+"""The ``unit-gateway`` command: run, sandbox, demo, check-config."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return server.run_from_args(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from unit_gateway import demo
+
+    return demo.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unit-gateway",
@@ -130,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     server.configure_parser(sandbox)
     sandbox.set_defaults(func=cmd_sandbox)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start the gateway and the local sandbox and drive them with Unit's SDK",
+        description="Start the gateway with the local Unit sandbox embedded, drive a scripted "
+        "story through it with Unit's Python SDK and placeholder tokens, and summarise what "
+        "happened. Exits 0 when the story ran as expected, 1 naming the step that did not.",
+    )
+    from unit_gateway import demo as demo_module
+
+    demo_module.configure_parser(demo)
+    demo.set_defaults(func=cmd_demo)
 
     check = commands.add_parser(
         "check-config",

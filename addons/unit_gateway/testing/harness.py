@@ -147,20 +147,32 @@ class Sandbox:
         return self.admin("POST", "/__sandbox/faults", changes)
 
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        context = None
-        if self.cert_path is not None:
-            import ssl
+        return sandbox_admin(self.url, method, path, body, cert_path=self.cert_path)
 
-            context = ssl.create_default_context(cafile=str(self.cert_path))
-        # The sandbox is on loopback: never let a proxy from the environment get in between.
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
-        with opener.open(request, timeout=10) as response:
-            return json.loads(response.read())
+
+def sandbox_admin(
+    url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    cert_path: Path | None = None,
+) -> Any:
+    """Call one of the sandbox's ``/__sandbox`` controls directly, never through a proxy."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    context = None
+    if cert_path is not None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(cert_path))
+    # The sandbox is on loopback: never let a proxy from the environment get in between.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    with opener.open(request, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def start_sandbox(

@@ -1,0 +1,138 @@
+"""``unit-gateway demo``: the README's main command, run as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from unit_gateway import demo
+from unit_gateway.testing import harness
+
+STEPS = 8
+
+
+def run_demo(run_dir: Path, *args: str, timeout: float = 60.0) -> tuple[int, str, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        harness.python_command("demo", "--run-dir", str(run_dir / "demo"), *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return result.returncode, result.stdout + result.stderr, time.monotonic() - started
+
+
+def summary_value(output: str, label: str) -> str:
+    match = re.search(rf"^ +{re.escape(label)}  +(.+)$", output, re.MULTILINE)
+    assert match, f"no {label!r} row in:\n{output}"
+    return match.group(1)
+
+
+def test_the_story_runs_and_ends_with_a_summary(run_dir: Path) -> None:
+    code, output, seconds = run_demo(run_dir)
+    assert code == 0, output
+    assert seconds < 60
+    for number in range(1, STEPS + 1):
+        assert re.search(rf"^\[{number}/{STEPS}\] .+\n      ok: ", output, re.MULTILINE), output
+    assert "FAILED" not in output
+    assert "1 customer token created at Unit" in output
+    assert "1 verification, code 000001" in output
+    assert "2 cardholder tokens" in output
+
+    assert re.fullmatch(
+        r"13 \(12 2xx, 1 4xx\)", summary_value(output, "requests through the gateway")
+    )
+    assert summary_value(output, "tokens minted") == "customer 2, cardholder 2"
+    assert summary_value(output, "created at Unit (sandbox count)") == "customer 2, cardholder 2"
+    assert summary_value(output, "tokens reused from the cache") == "customer 5, cardholder 1"
+    assert summary_value(output, "two-factor verifications") == "customer 1, cardholder 0"
+    assert int(summary_value(output, "values redacted from outputs")) > 0
+    assert summary_value(output, "429s from Unit") == "1"
+    assert re.fullmatch(
+        r"[\d.]+ ms / [\d.]+ ms", summary_value(output, "latency p50 / p99 (whole request)")
+    )
+    # What a person sees in the gateway's output, and where to look next.
+    assert '"pan": "[redacted:pan]"' in output
+    assert "authorization: Bearer unitgw:customer:" in output
+    assert str(run_dir / "demo" / "flows.mitm") in output
+    # The demo prints the PAN masked and no token at all.
+    assert not re.search(r"\b\d{15,16}\b", output)
+    assert "v2.public." not in output
+    assert (run_dir / "demo" / "metrics.txt").read_text().count("unit_gateway_") > 20
+
+
+def test_a_failing_step_is_named_and_exits_non_zero(run_dir: Path) -> None:
+    code, output, _ = run_demo(run_dir, "--fault", "token_outage=true")
+    assert code == demo.EXIT_STEP_FAILED, output
+    assert "[3/8] org issues a virtual debit card\n      ok:" in output, "org steps need no mint"
+    assert "step 4 failed (customer reads accounts and cards" in output
+    # The caller's error is the gateway's JSON:API error naming the failed token step.
+    assert "503 token_endpoint_failed" in output
+    assert "Summary" not in output
+
+
+def test_a_bad_fault_switch_is_refused_before_anything_starts(run_dir: Path) -> None:
+    code, output, _ = run_demo(run_dir, "--fault", "error_rate=2")
+    assert code == demo.EXIT_NOT_STARTED
+    assert "--fault error_rate: must be between 0 and 1" in output
+    assert "listening" not in output and "[1/8]" not in output
+    assert not (run_dir / "demo").exists()
+
+
+def test_web_keeps_mitmweb_up_until_interrupted(run_dir: Path) -> None:
+    out = run_dir / "demo-web.out"
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            harness.python_command("demo", "--web", "--run-dir", str(run_dir / "demo")),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops it" not in out.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, out.read_text()
+            time.sleep(0.2)
+        text = out.read_text()
+        web_url = re.search(r"^  mitmweb\s+(http://\S+)$", text, re.MULTILINE)
+        metrics_url = re.search(r"^  metrics\s+(http://\S+/metrics)$", text, re.MULTILINE)
+        assert web_url and metrics_url, text
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(web_url.group(1), timeout=10) as page:
+            assert b"mitmproxy" in page.read()
+        with opener.open(metrics_url.group(1), timeout=10) as metrics:
+            assert b"unit_gateway_requests_total" in metrics.read()
+        time.sleep(1)
+        assert process.poll() is None, "still running until Ctrl-C"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, out.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # The gateway went down with the demo.
+    port = int(metrics_url.group(1).rsplit(":", 1)[1].split("/")[0])
+    assert harness.port_is_free(port)
+
+
+@pytest.mark.parametrize(
+    ("quantile", "expected"),
+    [(0.5, 0.00875), (0.99, 0.024625), (1.0, 0.025), (0.1, 0.00175)],
+)
+def test_histogram_quantile_matches_prometheus(quantile: float, expected: float) -> None:
+    # 10 observations: 2 up to 2.5 ms, 6 up to 10 ms, 10 up to 25 ms (cumulative, as exposed).
+    buckets = {0.001: 0, 0.0025: 2, 0.005: 2, 0.01: 6, 0.025: 10, float("inf"): 10}
+    assert demo.histogram_quantile(quantile, buckets) == pytest.approx(expected, rel=1e-3)
+
+
+def test_histogram_quantile_without_observations() -> None:
+    assert demo.histogram_quantile(0.5, {0.01: 0, float("inf"): 0}) is None
+    assert demo.histogram_quantile(0.5, {}) is None
