@@ -85,3 +85,28 @@ def test_broken_file_keeps_the_running_configuration(
         rewrite(config, lambda d: d["tokens"].update(cache_size=100))
         assert wait_until(lambda: reloads(gateway, "ok") == 1)
     assert gateway.process.proc is not None and gateway.process.proc.poll() is None
+
+
+def test_redaction_rule_changes_live(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path
+) -> None:
+    gateway = gateway_factory(sandbox, extra_args=("--set", "flow_detail=3"))
+    config = run_dir / "gateway.yaml"
+    headers = {"Authorization": "Bearer unitgw:customer:10001"}
+    shown = re.compile(r'"last4Digits": "(\d{4})"')
+    with proxied_session(gateway) as session:
+        first = session.get(sandbox.url + "/cards/30001", headers=headers)
+        last4 = first.json()["data"]["attributes"]["last4Digits"]
+        gateway.process.wait_for(r"/cards/30001")
+        assert wait_until(lambda: shown.search(gateway.process.output()) is not None)
+        assert shown.search(gateway.process.output()).group(1) == last4  # type: ignore[union-attr]
+
+        rewrite(config, lambda d: d.setdefault("redaction", {}).update(fields=["last4Digits"]))
+        assert wait_until(lambda: reloads(gateway, "ok") == 1)
+        before = gateway.process.output()
+        again = session.get(sandbox.url + "/cards/30001", headers=headers)
+        # The caller still gets the real value; what a person sees no longer shows it.
+        assert again.json()["data"]["attributes"]["last4Digits"] == last4
+        marker = '"last4Digits": "[redacted:last4Digits]"'
+        assert wait_until(lambda: marker in gateway.process.output()[len(before) :])
+        assert not shown.search(gateway.process.output()[len(before) :])
