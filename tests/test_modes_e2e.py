@@ -3,6 +3,8 @@ where the SDK's base URL is the gateway itself over plain HTTP and no CA is need
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
 from unit import Unit
@@ -31,3 +33,32 @@ def test_reverse_mode_with_the_python_sdk(
     bare = requests.get(gateway.proxy_url + "/cards", proxies={"http": "", "https": ""})
     assert bare.status_code == 401
     assert bare.json()["errors"][0]["code"] == "missing_authorization"
+
+
+def test_regular_and_reverse_listeners_in_one_gateway(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    regular_port, reverse_port = harness.free_port(), harness.free_port()
+    gateway = gateway_factory(
+        sandbox,
+        mode=f"regular@{regular_port}",
+        extra_args=("--mode", f"reverse:{sandbox.url}@{reverse_port}"),
+        name="two-modes",
+    )
+    output = gateway.process.wait_for(
+        rf"proxy listening on 127\.0\.0\.1:{reverse_port} \(reverse:{re.escape(sandbox.url)}\)"
+    ).string
+    assert f"proxy listening on 127.0.0.1:{regular_port} (regular)" in output
+    placeholder = {"Authorization": "Bearer unitgw:customer:10001"}
+    direct = {"http": "", "https": ""}
+    reverse = requests.get(
+        f"http://127.0.0.1:{reverse_port}/cards", headers=placeholder, proxies=direct
+    )
+    proxy = f"http://127.0.0.1:{regular_port}"
+    regular = requests.get(
+        sandbox.url + "/cards", headers=placeholder, proxies={"http": proxy, "https": proxy}
+    )
+    assert reverse.status_code == regular.status_code == 200
+    assert reverse.json() == regular.json()
+    # One token serves both listeners: they share the gateway's cache.
+    assert sandbox.stats()["tokens_created"]["customer"] == 1

@@ -158,10 +158,11 @@ class GatewayCore:
     def _announce(self) -> None:
         assert self.config is not None
         proxyserver = ctx.master.addons.get("proxyserver")
-        addrs = proxyserver.listen_addrs() if proxyserver else []
-        modes = ", ".join(ctx.options.mode)
-        for host, port, *_ in addrs:
-            logger.info("unit-gateway: proxy listening on %s:%s (%s)", host, port, modes)
+        for server in proxyserver.servers if proxyserver else []:
+            for host, port, *_ in server.listen_addrs:
+                spec = server.mode
+                mode = f"{spec.type_name}:{spec.data}" if spec.data else spec.type_name
+                logger.info("unit-gateway: proxy listening on %s:%s (%s)", host, port, mode)
         for up in self.config.model.unit.upstreams:
             logger.info("unit-gateway: upstream %s (%s)", up.url, up.environment)
         if self.sandbox is not None:
