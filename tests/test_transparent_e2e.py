@@ -13,10 +13,16 @@ Topology (created and removed by the ``client_net`` fixture)::
 
 The gateway's own connections (forwarding, token minting) start in the root namespace and pass
 OUTPUT, not PREROUTING, so they are not redirected back to it.
+
+The ``rogue`` fixture adds a TLS server that is not Unit on a second address of the root side
+(``<rogue ip>/32`` on the veth, a route to it in the namespace), on the sandbox's port so the
+same REDIRECT rule covers it: a client that dials it while naming Unit in its Host header
+must not get a real token sent there.
 """
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import json
 import os
@@ -25,13 +31,17 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import GatewayFactory, Planted
+from unit_gateway import jsonapi
+from unit_gateway.sandbox.tls import CertificateFiles, write_certificates
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(60)
@@ -194,3 +204,185 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     assert len(issued) == 1
     planted.add("minted customer token", issued[0])
     assert "v2.public." not in output
+
+
+# --- a Host header naming Unit on a connection to another server ------------------------------
+
+#: A client that dials one address and names the Unit host in its Host header, as a program
+#: could that resolves Unit's name itself, or one that wants a real token sent elsewhere.
+HOST_HEADER_CLIENT = """
+import json, sys, requests
+
+response = requests.get(
+    sys.argv[1] + "/cards",
+    headers={"Host": sys.argv[2], "Authorization": "Bearer unitgw:customer:10001"},
+    timeout=15,
+)
+print(response.status_code)
+print(json.dumps([c["relationships"]["customer"]["data"]["id"] for c in response.json()["data"]]))
+"""
+
+
+class _RogueHandler(http.server.BaseHTTPRequestHandler):
+    server: RogueServer
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:
+            self.server.record(self.requestline, dict(self.headers))
+        return parsed
+
+    def do_GET(self) -> None:
+        body = jsonapi.error_bytes(401, code="not_unit", detail="this server is not Unit")
+        self.send_response(401)
+        self.send_header("Content-Type", jsonapi.MEDIA_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class RogueServer(http.server.ThreadingHTTPServer):
+    """A TLS server that is not Unit. It records every TLS handshake and every request it
+    gets, in memory and in ``log`` (in the run directory, so the leak scan reads it too)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], certificates: CertificateFiles, log: Path) -> None:
+        self.ip = address[0]
+        self.certificates = certificates
+        self.log = log
+        self.handshakes: list[str] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._context = certificates.server_context()
+        self._lock = threading.Lock()
+        super().__init__(address, _RogueHandler)
+
+    def record(self, requestline: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append((requestline, headers))
+            with self.log.open("a") as out:
+                out.write(f"{requestline} {json.dumps(headers)}\n")
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The handshake runs here, in the connection's own thread, so a failed one is recorded.
+        request.settimeout(10)
+        try:
+            tls = self._context.wrap_socket(request, server_side=True)
+        except OSError as e:
+            with self._lock:
+                self.handshakes.append(f"failed: {e}")
+            return
+        with self._lock:
+            self.handshakes.append("ok")
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+
+@pytest.fixture
+def rogue(
+    client_net: ClientNet, unit_host: harness.Sandbox, run_dir: Path
+) -> Iterator[RogueServer]:
+    """A TLS server on a second address of the root side, on the Unit host's port (so the
+    REDIRECT rule covers connections to it too), with a certificate from its own CA for that
+    address; the namespace gets a route to it. Address and route are removed afterwards."""
+    benchmarking = ipaddress.ip_network("198.18.0.0/15")
+    client_side = ipaddress.ip_network(f"{client_net.host_ip}/30", strict=False)
+    address = client_side.network_address
+    while address in client_side:
+        address = benchmarking.network_address + secrets.randbelow(benchmarking.num_addresses)
+    ip = str(address)
+    port = int(unit_host.url.rsplit(":", 1)[1])
+    inside = ("ip", "netns", "exec", client_net.namespace, "ip")
+    _must("ip", "addr", "add", f"{ip}/32", "dev", client_net.host_if)
+    try:
+        _must(*inside, "route", "add", f"{ip}/32", "via", client_net.host_ip)
+        certificates = write_certificates(run_dir / "rogue-tls", ip)
+        server = RogueServer((ip, port), certificates, run_dir / "rogue.log")
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+    finally:
+        _run(*inside, "route", "del", f"{ip}/32")
+        _run("ip", "addr", "del", f"{ip}/32", "dev", client_net.host_if)
+
+
+def test_a_host_header_naming_unit_gets_no_token_sent_to_the_address_dialed(
+    client_net: ClientNet,
+    unit_host: harness.Sandbox,
+    rogue: RogueServer,
+    gateway_factory: GatewayFactory,
+    planted: Planted,
+    run_dir: Path,
+) -> None:
+    # The client dials the rogue address; its Host header names the Unit host. Before the
+    # fix the gateway matched the upstream on that header, injected a real customer token
+    # and sent the request where the client dialed: to the rogue server.
+    #
+    # The worst case: the gateway trusts the rogue's certificate too (as it would trust a
+    # publicly trusted one), so TLS to the rogue address succeeds and only the gateway's
+    # choice of destination keeps the token from it.
+    assert unit_host.cert_path is not None
+    both_cas = run_dir / "unit-and-rogue-ca.pem"
+    both_cas.write_bytes(unit_host.cert_path.read_bytes() + rogue.certificates.ca_cert.read_bytes())
+    trusting_both = harness.Sandbox(unit_host.process, unit_host.url, unit_host.org_token, both_cas)
+    gateway = gateway_factory(
+        trusting_both,
+        mode="transparent",
+        extra_args=("--listen-host", client_net.host_ip),
+        name="transparent",
+    )
+    gateway_port = int(gateway.proxy_url.rsplit(":", 1)[1])
+    port = int(unit_host.url.rsplit(":", 1)[1])
+    client_net.redirect(port, gateway_port)  # every address on that port, the rogue's too
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    }
+    env |= {"REQUESTS_CA_BUNDLE": str(gateway.ca_path), "PYTHONUNBUFFERED": "1"}
+    unit_authority = f"{client_net.host_ip}:{port}"
+    status, output = client_net.run(
+        [sys.executable, "-c", HOST_HEADER_CLIENT, f"https://{rogue.ip}:{port}", unit_authority],
+        env=env,
+        out=run_dir / "client.output",
+    )
+    assert status == 0, output + gateway.process.output()[-3000:]
+
+    # The rogue server got no request at all, with or without a token. (Before the fix it
+    # got the real token; Unit's 401 retry then sent the request to the real Unit host with a
+    # fresh token, so the caller still saw its cards.) Request lines only: no header values
+    # in a failure message.
+    assert [line for line, _ in rogue.requests] == []
+    # With mitmproxy's default (eager) connection strategy the gateway opens its connection
+    # to the address the client dialed as soon as the client connects, and completes TLS
+    # with it to mirror its certificate, before the request is read. That connection carries
+    # no request: the re-targeted request gets a connection of its own to the Unit host.
+    assert len(rogue.handshakes) <= 1, rogue.handshakes
+    unit_authority_re = re.escape(unit_authority)
+    gateway.process.wait_for(rf"server connect {unit_authority_re}$", timeout=5)
+    ns_ip = re.escape(client_net.ns_ip)
+    gateway.process.wait_for(rf"^{ns_ip}:\d+: GET https://{unit_authority_re}/cards$", timeout=5)
+
+    # The request went to the Unit host the Host header named: one customer token minted,
+    # one GET /cards, and the caller got customer 10001's cards.
+    lines = output.strip().splitlines()
+    assert lines[-2] == "200", output
+    customers = json.loads(lines[-1])
+    assert customers and set(customers) == {"10001"}
+    stats = unit_host.stats()
+    assert stats["requests"]["GET /cards"] == 1
+    assert stats["tokens_created"]["customer"] == 1
+    issued = unit_host.admin("GET", "/__sandbox/issued")["tokens"]
+    assert len(issued) == 1
+    planted.add("minted customer token", issued[0])
