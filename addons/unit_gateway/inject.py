@@ -195,7 +195,7 @@ class TokenInjector:
                 flow.response = error_response(
                     403,
                     "placeholder_for_unknown_host",
-                    f"{request.scheme}://{request.pretty_host}:{request.port} is not a configured "
+                    f"{request.scheme}://{request.host}:{request.port} is not a configured "
                     "Unit upstream; unitgw placeholders are only sent to Unit",
                 )
             return None

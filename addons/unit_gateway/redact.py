@@ -90,6 +90,8 @@ TRANSPARENT_MODES = (
     mode_specs.TunMode,
 )
 
+_PROXY_CREDENTIALS = frozenset({b"proxy-authorization"})
+
 _SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, FlowSecrets] = weakref.WeakKeyDictionary()
 #: The running addon; the patched HttpStream does nothing extra while it is None.
 _ACTIVE: FlowRedaction | None = None
@@ -170,6 +172,14 @@ def _substitute(headers: http.Headers, substitutions: HeaderSubstitutions) -> ht
         real = substitutions.get(name.lower())
         fields.append((name, real.get(value, value) if real else value))
     return http.Headers(fields)
+
+
+def _forget_proxy_password(flow: http.HTTPFlow) -> None:
+    """proxyauth keeps (user, password) in the flow's metadata, which saved flows and
+    mitmweb show; the user name is enough to say who sent the request."""
+    credentials = flow.metadata.get("proxyauth")
+    if isinstance(credentials, tuple) and len(credentials) == 2:
+        flow.metadata["proxyauth"] = (credentials[0], "[redacted]")
 
 
 def _wire_copy(message: Any, substitutions: HeaderSubstitutions) -> Any:
@@ -258,6 +268,15 @@ class FlowRedaction:
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Credentials for this proxy are never shown and never sent on to Unit.
+        if flow in _SECRETS:
+            flow.request.headers.pop("Proxy-Authorization", None)
+        _forget_proxy_password(flow)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        _forget_proxy_password(flow)
+
     # --- redaction primitives --------------------------------------------------------------
 
     def count(self, counts: Counter[str] | dict[str, int]) -> None:
@@ -273,8 +292,14 @@ class FlowRedaction:
         self.count(counts)
         return redacted
 
-    def redact_headers(self, headers: http.Headers, substitutions: HeaderSubstitutions) -> None:
-        """Redact header values in place; remember how to put the real ones back."""
+    def redact_headers(
+        self,
+        headers: http.Headers,
+        substitutions: HeaderSubstitutions,
+        keep: frozenset[bytes] = frozenset(),
+    ) -> None:
+        """Redact header values in place, except headers named (lower-case) in ``keep``;
+        remember how to put the real ones back."""
         fields = headers.fields
         if not fields:
             return
@@ -285,6 +310,9 @@ class FlowRedaction:
             return
         new_fields = []
         for (name, value), (_, new_value) in zip(fields, redacted, strict=True):
+            if keep and name.lower() in keep:
+                new_fields.append((name, value))
+                continue
             stored = new_value.encode(*_ENCODING)
             if stored != value:
                 substitutions.setdefault(name.lower(), {})[stored] = value
@@ -360,7 +388,9 @@ class FlowRedaction:
         request = flow.request
         secrets = FlowSecrets((request.scheme, request.host, request.port))
         _SECRETS[flow] = secrets
-        self.redact_headers(request.headers, secrets.request_headers)
+        # Proxy credentials stay for mitmproxy's proxyauth, a built-in addon whose
+        # requestheaders hook runs before ours; ``requestheaders`` removes what is left.
+        self.redact_headers(request.headers, secrets.request_headers, keep=_PROXY_CREDENTIALS)
         counts: Counter[str] = Counter()
         real_path = request.path
         stored_path = self.redactor.redact_url(real_path, counts=counts)
