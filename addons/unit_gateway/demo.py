@@ -553,7 +553,8 @@ def run(args: argparse.Namespace) -> int:
             print_line()
         print_line("Where to look next:")
         print_line(f"  gateway output (redacted)   {env.process.stdout_path}")
-        print_line(f"  saved flows (redacted)      {env.flows_path}  (open: mitmweb -r FILE)")
+        print_line(f"  saved flows (redacted)      {env.flows_path}")
+        print_line(f"    open them in mitmweb:     uv run mitmweb -r {env.flows_path}")
         print_line(f"  metrics snapshot            {run_dir / 'metrics.txt'}")
         print_line("  dashboards and alerts       dashboards/ (README: For SREs)")
         if args.web:
