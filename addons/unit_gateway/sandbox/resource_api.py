@@ -187,9 +187,6 @@ def get_account(call: Call) -> web.Response:
     return _one(call, account)
 
 
-# --- cards -----------------------------------------------------------------------------------
-
-
 _DEPOSIT_PRODUCTS = ("checking", "savings")
 
 
@@ -238,6 +235,9 @@ def create_account(call: Call) -> web.Response:
     data.accounts[account_id] = account
     _remember(call, "account", attributes, account_id)
     return document(account, 201)
+
+
+# --- cards -----------------------------------------------------------------------------------
 
 
 def list_cards(call: Call) -> web.Response:
