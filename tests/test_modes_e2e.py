@@ -1,5 +1,7 @@
-"""Proxy modes end to end: regular mode is what every other test uses; here reverse mode,
-where the SDK's base URL is the gateway itself over plain HTTP and no CA is needed."""
+"""Proxy modes end to end: regular mode (HTTPS_PROXY and the gateway's CA) and reverse mode
+(the SDK's base URL is the gateway itself over plain HTTP, no CA), each in front of a TLS
+upstream as in front of https://api.s.unit.sh; both in one gateway. Transparent mode has its
+own file (it needs a network namespace)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,25 @@ from unit import Unit
 
 from conftest import GatewayFactory
 from unit_gateway.testing import harness
+
+
+def test_regular_mode_with_the_python_sdk(
+    gateway_factory: GatewayFactory,
+    tls_sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = gateway_factory(tls_sandbox, name="regular")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    # What a service sets: the proxy and the gateway's CA; the SDK keeps Unit's URL.
+    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+    unit = Unit(tls_sandbox.url, "unitgw:customer:10001")
+    cards = unit.cards.list()
+    assert cards.data and all(c.relationships["customer"].id == "10001" for c in cards.data)
+    stats = tls_sandbox.stats()
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["requests"]["GET /cards"] == 1
 
 
 def test_reverse_mode_with_the_python_sdk(
