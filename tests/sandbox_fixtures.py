@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from typing import Any
 import pytest
 import requests
 
+from unit_gateway.testing.harness import make_org_token
+
 LAUNCH = (
     "import argparse, sys\n"
     "from unit_gateway.sandbox.server import configure_parser, run_from_args\n"
@@ -31,10 +32,6 @@ LAUNCH = (
 )
 LISTENING = re.compile(r"^unit-gateway sandbox listening on (\S+)$")
 API = "application/vnd.api+json"
-
-
-def make_org_token() -> str:
-    return "v2.public." + secrets.token_urlsafe(96)
 
 
 class SandboxProcess:
