@@ -486,13 +486,15 @@ class FlowRedaction:
         return found.authorization if found is not None else None
 
     def real_request_header(self, flow: http.HTTPFlow, name: str) -> str | None:
-        value = flow.request.headers.get(name)
+        """What ``headers.get(name)`` of the request as Unit gets it returns."""
+        lowered = name.lower().encode()
+        values = [v for n, v in flow.request.data.headers.fields if n.lower() == lowered]
+        if not values:
+            return None
+        stored = b", ".join(values)
         found = _SECRETS.get(flow)
-        if value is None or found is None:
-            return value
-        real = found.request_headers.get(name.lower().encode(), {})
-        stored = value.encode(*_ENCODING)
-        return real.get(stored, stored).decode(*_ENCODING)
+        real = found.request_headers.get(lowered) if found is not None else None
+        return (real.get(stored, stored) if real else stored).decode(*_ENCODING)
 
     @staticmethod
     def _real_raw(message: http.Message, body: tuple[bytes, bytes] | None) -> bytes | None:
