@@ -319,7 +319,7 @@ class FlowRedaction:
     def redact_headers(self, headers: http.Headers, substitutions: HeaderSubstitutions) -> None:
         """Redact header values in place; remember how to put the real ones back."""
         fields = headers.fields
-        if not fields:
+        if not fields or self.redactor.header_fields_are_clean(fields):
             return
         counts: Counter[str] = Counter()
         pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in fields]

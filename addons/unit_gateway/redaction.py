@@ -269,6 +269,13 @@ _AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,31}")
 _NAME_PARTS = re.compile(r"[\[\].]+")
 _URL_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _URL_HEADERS = frozenset({"location", "content-location", "referer", "origin"})
+#: What _redact_header_value leaves as it is (but for the detectors) in these headers: an
+#: optional auth scheme and one of the gateway's placeholders, nothing else.
+_PLACEHOLDER_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
+_PLACEHOLDER_CREDENTIAL = re.compile(
+    rb"[ \t]*(?:[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,31} +)?"
+    rb"unitgw:(?:org|customer:[A-Za-z0-9_-]{1,128}|cardholder:[A-Za-z0-9_-]{1,128})[ \t]*"
+)
 _DISPOSITION_PARAM = re.compile(
     r""";\s*(?P<name>[A-Za-z*-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)""", re.DOTALL
 )
@@ -399,6 +406,7 @@ class Redactor:
         # JSON keys: every field, and header names that are not also fields (by lower case)
         self._header_keys = self._headers - self._fields.keys()
         self._own_header_rules = self._headers | _URL_HEADERS
+        self._own_header_rules_raw = frozenset(h.encode() for h in self._own_header_rules)
         self._json_keys: dict[str, str] = {h: h for h in self._header_keys} | self._fields
         #: JSON key no detector changes -> its field name, if it is one (see _KNOWN_KEYS_LIMIT)
         self._known_keys: dict[str, str | None] = {}
@@ -572,6 +580,30 @@ class Redactor:
                 new_value = self.redact_text(value, counts=tally)
             redacted.append((self._detectors.scan(name, tally), new_value))
         return redacted
+
+    def header_fields_are_clean(self, fields: Iterable[tuple[bytes, bytes]]) -> bool:
+        """True when :meth:`redact_headers` would change nothing in these raw header fields
+        (and count nothing), told without decoding and redacting them one by one: every field
+        is ASCII, no URL header, credentials only as the gateway's placeholders (which stay),
+        and :meth:`text_is_clean` for the rest. False means "redact them": most requests and
+        responses take the True branch."""
+        names: list[bytes] = []
+        values: list[bytes] = []
+        for name, value in fields:
+            lowered = name.lower()
+            if lowered in self._own_header_rules_raw and not (
+                lowered in _PLACEHOLDER_HEADERS and _PLACEHOLDER_CREDENTIAL.fullmatch(value)
+            ):
+                return False  # a credential or a URL: its own rules apply
+            names.append(name)
+            values.append(value)  # a placeholder credential only gets the detectors: stricter
+        text, names_text = b"\n".join(values), b"\n".join(names)
+        return (
+            text.isascii()
+            and names_text.isascii()
+            and self.text_is_clean(text.decode("ascii"))
+            and self._detectors.finds_nothing_in(names_text.decode("ascii"))
+        )
 
     def _redact_own_rules(self, lowered: str, value: str, counts: Counter[str]) -> str:
         """A header value with the rules of its own name, if it has any (credentials, URLs)."""
