@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import ssl
 import statistics
 import time
@@ -38,9 +39,22 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     statuses: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds (user + system) the measured process spent during the run, and per
+    #: request: unlike req/s, barely moved by other load on a shared machine.
+    cpu_seconds: float | None = None
+    cpu_us_per_request: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # fields after the ")" that closes the command name; utime and stime are fields 14, 15
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -62,8 +76,11 @@ async def run_load(
     proxy: str | None = None,
     ca_files: Sequence[Path] = (),
     max_requests: int = 1_000_000,
+    cpu_pid: int | None = None,
 ) -> LoadResult:
-    """Send ``calls`` round-robin from ``concurrency`` workers for ``seconds`` after a warm-up."""
+    """Send ``calls`` round-robin from ``concurrency`` workers for ``seconds`` after a warm-up.
+
+    With ``cpu_pid``, also the CPU time that process (the proxy) spent in the measured part."""
     context = ssl.create_default_context()
     for ca in ca_files:
         context.load_verify_locations(cafile=str(ca))
@@ -105,9 +122,11 @@ async def run_load(
 
         warm_until = time.perf_counter() + warmup_seconds
         await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
+        cpu_before = process_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(worker(started + seconds, True) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = process_cpu_seconds(cpu_pid) - cpu_before if cpu_pid is not None else None
 
     latencies.sort()
     return LoadResult(
@@ -120,6 +139,10 @@ async def run_load(
         p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
         p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
         statuses=dict(statuses),
+        cpu_seconds=round(cpu, 3) if cpu is not None else None,
+        cpu_us_per_request=(
+            round(cpu / len(latencies) * 1e6, 1) if cpu is not None and latencies else None
+        ),
     )
 
 

@@ -7,6 +7,11 @@ One run drives the same request mix (TLS on both sides, keep-alive) directly at 
 sandbox, through bare mitmdump, and through the gateway, at concurrency 1 and 32, and records
 req/s, p50/p99 latency and the gateway/bare ratio in ``benchmarks/results/proxy_overhead.*``.
 Every process runs on loopback and stops when the run ends.
+
+It also records the CPU time (user + system, from /proc) each proxy process spends per request.
+On a shared machine that is the fairer comparison: req/s moves with whatever else runs, CPU
+per request much less. Bare CPU / gateway CPU is the throughput ratio a CPU-bound proxy would
+reach with the machine to itself.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -104,15 +110,20 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         # The same customer's traffic everywhere: a real token without the gateway, the
         # placeholder through it (the gateway mints once, then serves from its cache).
         targets = {
-            "direct": (None, [sandbox.cert_path], token),
-            "bare mitmdump": (bare.proxy_url, [bare.ca_path], token),
-            "gateway": (gateway.proxy_url, [gateway.ca_path], f"unitgw:customer:{CUSTOMER}"),
+            "direct": (None, [sandbox.cert_path], token, None),
+            "bare mitmdump": (bare.proxy_url, [bare.ca_path], token, bare.process.proc.pid),
+            "gateway": (
+                gateway.proxy_url,
+                [gateway.ca_path],
+                f"unitgw:customer:{CUSTOMER}",
+                gateway.process.proc.pid,
+            ),
         }
         runs: list[LoadResult] = []
-        for concurrency in CONCURRENCIES:
+        for concurrency in args.concurrency:
             for _ in range(args.repeats):
                 # Interleave targets so drift on the machine hits each of them alike.
-                for label, (proxy, cas, credential) in targets.items():
+                for label, (proxy, cas, credential, pid) in targets.items():
                     runs.append(
                         await run_load(
                             label,
@@ -123,6 +134,7 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                             seconds=args.seconds,
                             proxy=proxy,
                             ca_files=cas,
+                            cpu_pid=pid,
                         )
                     )
     finally:
@@ -133,18 +145,24 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 def summarize(runs: list[LoadResult], args: argparse.Namespace) -> dict[str, Any]:
     table: dict[str, Any] = {}
-    for concurrency in CONCURRENCIES:
+    for concurrency in args.concurrency:
         row: dict[str, Any] = {}
+        cpu: dict[str, float] = {}
         for label in ("direct", "bare mitmdump", "gateway"):
-            chosen = median_result(
-                [r for r in runs if r.label == label and r.concurrency == concurrency]
-            )
-            row[label] = chosen.as_dict()
+            mine = [r for r in runs if r.label == label and r.concurrency == concurrency]
+            row[label] = median_result(mine).as_dict()
+            per_request = [r.cpu_us_per_request for r in mine if r.cpu_us_per_request]
+            if per_request:
+                cpu[label] = statistics.median(per_request)
         bare, gateway = row["bare mitmdump"], row["gateway"]
         row["gateway/bare ratio"] = round(
             gateway["requests_per_second"] / bare["requests_per_second"], 3
         )
         row["gateway added p50 ms"] = round(gateway["p50_ms"] - bare["p50_ms"], 3)
+        # Median over the repeats of each target's own CPU per request.
+        row["cpu us/request"] = {label: round(value, 1) for label, value in cpu.items()}
+        row["cpu bare/gateway ratio"] = round(cpu["bare mitmdump"] / cpu["gateway"], 3)
+        row["gateway added cpu us/request"] = round(cpu["gateway"] - cpu["bare mitmdump"], 1)
         table[f"concurrency {concurrency}"] = row
     return {
         "benchmark": "proxy_overhead",
@@ -163,6 +181,7 @@ def summarize(runs: list[LoadResult], args: argparse.Namespace) -> dict[str, Any
             "proxy_args": " ".join(PROXY_ARGS),
             "mix": "one customer: GET /cards/{id} x2, GET /accounts, GET /customers/{id}",
             "credentials": "direct and bare: a real customer token; gateway: the placeholder",
+            "cpu": "proxy process utime+stime from /proc over the measured part of each run",
         },
         "results": table,
         "all_runs": [r.as_dict() for r in runs],
@@ -193,6 +212,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {key.split()[-1]} | **gateway/bare** | **{row['gateway/bare ratio']}** | "
             f"+{row['gateway added p50 ms']} | | |"
         )
+    lines += [
+        "",
+        "CPU time of the proxy process per request (user + system, median of the repeats). On",
+        "a shared machine this is the fairer figure: bare/gateway is the throughput ratio a",
+        "CPU-bound proxy reaches when nothing else competes for the cores.",
+        "",
+        "| concurrency | bare mitmdump µs/req | gateway µs/req | gateway added µs/req | "
+        "**bare/gateway** |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in report["results"].items():
+        cpu = row["cpu us/request"]
+        lines.append(
+            f"| {key.split()[-1]} | {cpu['bare mitmdump']} | {cpu['gateway']} | "
+            f"+{row['gateway added cpu us/request']} | **{row['cpu bare/gateway ratio']}** |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -201,14 +236,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of one measured run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per target and concurrency")
     parser.add_argument("--quick", action="store_true", help="short run; results not written")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help="concurrency to run (repeatable; default 1 and 32); results not written",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.repeats = 1.5, 1
+    partial = args.quick or args.concurrency is not None
+    args.concurrency = tuple(args.concurrency or CONCURRENCIES)
     with tempfile.TemporaryDirectory(prefix="unit-gateway-bench-") as tmp:
         report = asyncio.run(measure(args, Path(tmp)))
     markdown = render_markdown(report)
     print(markdown)
-    if not args.quick:
+    if not partial:
         write("proxy_overhead", report, markdown)
     return 0
 

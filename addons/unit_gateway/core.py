@@ -6,6 +6,7 @@ Other addons get the configuration from here (``core.config``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets as pysecrets
@@ -48,6 +49,18 @@ def describe_problems(path: str, error: ConfigError) -> str:
     lines = [f"invalid unit-gateway configuration {path}:"]
     lines += [f"  {problem}" for problem in error.problems]
     return "\n".join(lines)
+
+
+def _freeze_startup_objects() -> None:
+    """Take what exists at start-up (mitmproxy, the configuration models, the route table,
+    the metrics registry: it lives as long as the process) out of the garbage collector's
+    sight: a full collection walked all of it every few hundred requests. Measured on the
+    proxy_overhead benchmark (gc callbacks): full collections cost the gateway ~55 µs CPU per
+    request on average, ~13 µs after this; bare mitmdump spends ~40 µs per request on them,
+    so part of the gain is mitmproxy's own heap. Objects created later are collected as
+    before; garbage is collected first so it is not kept."""
+    gc.collect()
+    gc.freeze()
 
 
 class GatewayCore:
@@ -129,6 +142,8 @@ class GatewayCore:
         if settings.embedded:
             await self._start_embedded_sandbox()
         self._announce()
+        # after every addon's running hook: what they set up is start-up state too
+        asyncio.get_running_loop().call_soon(_freeze_startup_objects)
 
     async def _start_embedded_sandbox(self) -> None:
         from unit_gateway.sandbox import server

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 SCOPE_HEADER = "X-Unit-Gateway-Scope"
 CHALLENGE_PREFIX = "unitgw-challenge-"
+_SCOPE_HEADER_NAME = SCOPE_HEADER.lower().encode()
 
 
 @dataclass
@@ -237,7 +238,9 @@ class TokenInjector:
         request = flow.request
         identity = state.identity
         assert identity is not None
-        extra = request.headers.pop(SCOPE_HEADER, "")
+        extra = ""
+        if any(name.lower() == _SCOPE_HEADER_NAME for name, _ in request.data.headers.fields):
+            extra = request.headers.pop(SCOPE_HEADER, "")
         if route is not None and route.token_endpoint is not None:
             # Unit's token endpoints take the org token, whoever the caller speaks for.
             state.placeholder_caller = True

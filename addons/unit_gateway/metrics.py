@@ -217,6 +217,7 @@ class GatewayMetrics:
             registry=r,
         )
         self.cache_hits = Counter(f"{p}_token_cache_hits", "Token cache hits", ["kind"], registry=r)
+        self._cache_hit_children: dict[str, Any] = {}
         self.cache_misses = Counter(
             f"{p}_token_cache_misses", "Token cache misses", ["kind"], registry=r
         )
@@ -276,8 +277,11 @@ class GatewayMetrics:
     def token_event(self, name: str, labels: dict[str, str]) -> None:
         """What the token service reports (see ``TokenService``)."""
         kind = labels.get("kind", "customer")
-        if name == "cache_hit":
-            self.cache_hits.labels(kind).inc()
+        if name == "cache_hit":  # on every request with a cached token
+            child = self._cache_hit_children.get(kind)
+            if child is None:  # labels() costs microseconds: once per kind
+                child = self._cache_hit_children[kind] = self.cache_hits.labels(kind)
+            child.inc()
         elif name == "cache_miss":
             self.cache_misses.labels(kind).inc()
         elif name == "mint":

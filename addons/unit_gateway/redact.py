@@ -35,7 +35,6 @@ Other addons read and write real values through this addon (``real_request_conte
 
 from __future__ import annotations
 
-import copy
 import logging
 import weakref
 from collections import Counter
@@ -166,12 +165,11 @@ def _json_api_error(
     yield httplayer.SendHttp(httplayer.ResponseEndOfMessage(stream), client)
 
 
-def _substitute(headers: http.Headers, substitutions: HeaderSubstitutions) -> http.Headers:
-    fields = []
-    for name, value in headers.fields:
-        real = substitutions.get(name.lower())
-        fields.append((name, real.get(value, value) if real else value))
-    return http.Headers(fields)
+def _make_headers(fields: tuple[tuple[bytes, bytes], ...]) -> http.Headers:
+    """Headers from fields that are already bytes pairs, without Headers.__init__'s checks."""
+    headers = http.Headers.__new__(http.Headers)
+    headers.fields = fields
+    return headers
 
 
 def _forget_proxy_password(flow: http.HTTPFlow) -> None:
@@ -182,17 +180,65 @@ def _forget_proxy_password(flow: http.HTTPFlow) -> None:
         flow.metadata["proxyauth"] = (credentials[0], "[redacted]")
 
 
-def _wire_copy(message: Any, substitutions: HeaderSubstitutions) -> Any:
-    """A private copy of a Request/Response for the wire: own headers, shared body (~6 µs)."""
-    real = copy.copy(message)
-    real.data = copy.copy(message.data)
-    real.data.headers = _substitute(message.headers, substitutions)
+def _wire_fields(
+    fields: tuple[tuple[bytes, bytes], ...],
+    substitutions: HeaderSubstitutions,
+    replace: dict[bytes, bytes] | None = None,
+    append: tuple[bytes, bytes] | None = None,
+) -> tuple[tuple[bytes, bytes], ...]:
+    """``fields`` with the real values put back, in one pass.
+
+    ``replace`` (lower-case name -> value) does what ``headers[name] = value`` does: the first
+    field of that name keeps its place and spelling and gets the value, later ones go.
+    ``append`` is added at the end when no field has its name (``headers[name] = value`` on a
+    header that is absent); its name must be in ``replace``.
+    """
+    if not substitutions and not replace:
+        return fields
+    out = []
+    done: set[bytes] = set()
+    for name, value in fields:
+        lowered = name.lower()
+        if replace is not None and lowered in replace:
+            if lowered not in done:
+                done.add(lowered)
+                out.append((name, replace[lowered]))
+            continue
+        real = substitutions.get(lowered)
+        out.append((name, real.get(value, value)) if real else (name, value))
+    if append is not None and append[0].lower() not in done:
+        out.append(append)
+    return tuple(out)
+
+
+def _wire_copy(message: Any, fields: tuple[tuple[bytes, bytes], ...]) -> Any:
+    """A private copy of a Request/Response for the wire: own headers, shared body. What
+    copy.copy does for these classes (they keep their state in __dict__): ~1.2 µs, against
+    ~5.7 µs through copy.copy and Headers()."""
+    data = message.data
+    real_data = object.__new__(type(data))
+    real_data.__dict__.update(data.__dict__)
+    real_data.headers = _make_headers(fields)
+    real = object.__new__(type(message))
+    real.__dict__.update(message.__dict__)
+    real.data = real_data
     return real
 
 
-def _with_wire_length(real: Any, stored: Any, body: tuple[bytes, bytes] | None) -> None:
-    if body is not None and stored.raw_content is body[0] and "content-length" in real.headers:
-        real.headers["content-length"] = str(len(body[1]))
+def _wire_length(stored: Any, body: tuple[bytes, bytes] | None) -> dict[bytes, bytes] | None:
+    """``content-length`` of the real body, when the message holds our redacted copy."""
+    if body is not None and stored.raw_content is body[0]:
+        return {b"content-length": str(len(body[1])).encode()}
+    return None
+
+
+def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str | None:
+    """What ``headers.get(name)`` returns (values of repeated fields joined by ", "), in one
+    pass over the raw fields."""
+    values = [value for name, value in fields if name.lower() == lowered]
+    if not values:
+        return None
+    return b", ".join(values).decode(*_ENCODING)
 
 
 #: mitmweb prints its own access token (``?token=…``) once at start: that URL is for the
@@ -230,6 +276,7 @@ class FlowRedaction:
         self.metrics = metrics
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
+        self._rule_counters: dict[str, Any] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -282,9 +329,13 @@ class FlowRedaction:
     def count(self, counts: Counter[str] | dict[str, int]) -> None:
         if self.metrics is None:
             return
+        children = self._rule_counters
         for rule, n in counts.items():
             if n:
-                self.metrics.redactions.labels(rule).inc(n)
+                child = children.get(rule)
+                if child is None:  # labels() costs microseconds: once per rule
+                    child = children[rule] = self.metrics.redactions.labels(rule)
+                child.inc(n)
 
     def redact_text(self, text: str) -> str:
         counts: Counter[str] = Counter()
@@ -301,7 +352,7 @@ class FlowRedaction:
         """Redact header values in place, except headers named (lower-case) in ``keep``;
         remember how to put the real ones back."""
         fields = headers.fields
-        if not fields:
+        if not fields or self.redactor.header_fields_are_clean(fields):
             return
         counts: Counter[str] = Counter()
         pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in fields]
@@ -326,9 +377,10 @@ class FlowRedaction:
         real = message.raw_content
         if not real:
             return None
-        content_encoding = message.headers.get("content-encoding")
+        headers = message.data.headers
+        content_encoding = _header_text(headers.fields, b"content-encoding")
         result = self.redactor.redact_body(
-            real, message.headers.get("content-type"), content_encoding, path=path
+            real, _header_text(headers.fields, b"content-type"), content_encoding, path=path
         )
         if not result.redacted:
             return None
@@ -339,8 +391,10 @@ class FlowRedaction:
             except ValueError:
                 pass  # an encoding mitmproxy cannot write: the summary is kept as it is
         message.data.content = stored
-        if "content-length" in message.headers:  # keep the flow consistent (replay, HAR)
-            message.headers["content-length"] = str(len(stored))
+        # keep the flow's Content-Length (if it has one) consistent (replay, HAR)
+        headers.fields = _wire_fields(
+            headers.fields, {}, {b"content-length": str(len(stored)).encode()}
+        )
         self.count(result.counts)
         return stored, real
 
@@ -420,12 +474,17 @@ class FlowRedaction:
                             request.pretty_host,
                         )
                     return command
-                real = _wire_copy(request, secrets.request_headers)
+                replace = _wire_length(request, secrets.request_body) or {}
+                append = None
                 if secrets.authorization is not None:
-                    real.headers["Authorization"] = secrets.authorization
+                    append = (b"Authorization", secrets.authorization.encode(*_ENCODING))
+                    replace[b"authorization"] = append[1]
+                fields = _wire_fields(
+                    request.data.headers.fields, secrets.request_headers, replace, append
+                )
+                real = _wire_copy(request, fields)
                 if secrets.request_path is not None and request.path == secrets.request_path[0]:
                     real.data.path = secrets.request_path[1].encode(*_ENCODING)
-                _with_wire_length(real, request, secrets.request_body)
                 return httplayer.SendHttp(
                     httplayer.RequestHeaders(event.stream_id, real, event.end_stream),  # type: ignore[attr-defined]
                     command.connection,
@@ -440,8 +499,12 @@ class FlowRedaction:
         if kind is httplayer.ResponseHeaders:
             if secrets.response_headers or secrets.response_body:
                 response = event.response  # type: ignore[attr-defined]
-                real = _wire_copy(response, secrets.response_headers)
-                _with_wire_length(real, response, secrets.response_body)
+                fields = _wire_fields(
+                    response.data.headers.fields,
+                    secrets.response_headers,
+                    _wire_length(response, secrets.response_body),
+                )
+                real = _wire_copy(response, fields)
                 return httplayer.SendHttp(
                     httplayer.ResponseHeaders(event.stream_id, real, event.end_stream),  # type: ignore[attr-defined]
                     command.connection,
@@ -472,13 +535,15 @@ class FlowRedaction:
         return found.authorization if found is not None else None
 
     def real_request_header(self, flow: http.HTTPFlow, name: str) -> str | None:
-        value = flow.request.headers.get(name)
+        """What ``headers.get(name)`` of the request as Unit gets it returns."""
+        lowered = name.lower().encode()
+        values = [v for n, v in flow.request.data.headers.fields if n.lower() == lowered]
+        if not values:
+            return None
+        stored = b", ".join(values)
         found = _SECRETS.get(flow)
-        if value is None or found is None:
-            return value
-        real = found.request_headers.get(name.lower().encode(), {})
-        stored = value.encode(*_ENCODING)
-        return real.get(stored, stored).decode(*_ENCODING)
+        real = found.request_headers.get(lowered) if found is not None else None
+        return (real.get(stored, stored) if real else stored).decode(*_ENCODING)
 
     @staticmethod
     def _real_raw(message: http.Message, body: tuple[bytes, bytes] | None) -> bytes | None:
@@ -529,7 +594,9 @@ class FlowRedaction:
         found = self.secrets(flow)
         request = flow.request
         real = request.copy()
-        real.headers = _substitute(request.headers, found.request_headers)
+        real.headers = _make_headers(
+            _wire_fields(request.data.headers.fields, found.request_headers)
+        )
         if found.authorization is not None:
             real.headers["Authorization"] = found.authorization
         if found.request_path is not None and request.path == found.request_path[0]:

@@ -269,6 +269,13 @@ _AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,31}")
 _NAME_PARTS = re.compile(r"[\[\].]+")
 _URL_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _URL_HEADERS = frozenset({"location", "content-location", "referer", "origin"})
+#: What _redact_header_value leaves as it is (but for the detectors) in these headers: an
+#: optional auth scheme and one of the gateway's placeholders, nothing else.
+_PLACEHOLDER_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
+_PLACEHOLDER_CREDENTIAL = re.compile(
+    rb"[ \t]*(?:[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,31} +)?"
+    rb"unitgw:(?:org|customer:[A-Za-z0-9_-]{1,128}|cardholder:[A-Za-z0-9_-]{1,128})[ \t]*"
+)
 _DISPOSITION_PARAM = re.compile(
     r""";\s*(?P<name>[A-Za-z*-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)""", re.DOTALL
 )
@@ -361,6 +368,11 @@ type _State = tuple[int, int]  # (path rule index, next segment index)
 _UNSEEN: Any = object()
 _CACHE_LIMIT = 100_000  # entries per walk: bounds memory on a body of unique strings
 _CACHED_STRING_MAX = 256
+#: Keys known across documents: an API's documents use the same few hundred keys over and
+#: over. Bounded in count and length, so a document of unique keys (ids as keys) cannot grow it.
+_KNOWN_KEYS_LIMIT = 10_000
+#: What json.dumps(…, ensure_ascii=False) builds on every call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 @dataclass(slots=True)
@@ -369,7 +381,6 @@ class _Walk:
 
     counts: Counter[str]
     clean: set[str]  # strings no rule changes
-    keys: dict[str, str | None]  # key no detector changes -> its field name, if it is one
 
 
 class Redactor:
@@ -394,7 +405,11 @@ class Redactor:
         self._headers = frozenset(h.lower() for h in (*DEFAULT_HEADERS, *settings.headers))
         # JSON keys: every field, and header names that are not also fields (by lower case)
         self._header_keys = self._headers - self._fields.keys()
+        self._own_header_rules = self._headers | _URL_HEADERS
+        self._own_header_rules_raw = frozenset(h.encode() for h in self._own_header_rules)
         self._json_keys: dict[str, str] = {h: h for h in self._header_keys} | self._fields
+        #: JSON key no detector changes -> its field name, if it is one (see _KNOWN_KEYS_LIMIT)
+        self._known_keys: dict[str, str | None] = {}
 
         self._paths = tuple(PathRule.parse(text) for text in settings.paths)
         self._root_states: tuple[_State, ...] = tuple(
@@ -454,6 +469,18 @@ class Redactor:
         return marker
 
     # --- text ------------------------------------------------------------------------------
+
+    def text_is_clean(self, text: str) -> bool:
+        """True when :meth:`redact_text` is sure to return ``text`` unchanged: no sensitive
+        name stands in it as a word, and nothing a detector looks for is in it. When ``text``
+        is several values joined by newlines, True holds for each of them (a newline ends a
+        word and no detector spans one), so many values cost one check. ASCII only: case
+        rules for other scripts can change lengths and match names differently."""
+        return (
+            text.isascii()
+            and self._key_finder.search(text.lower()) is None
+            and self._detectors.finds_nothing_in(text)
+        )
 
     def redact_text(self, text: str, *, counts: Counter[str] | None = None) -> str:
         """Log lines, error bodies, any free text: key rules, then detectors."""
@@ -530,6 +557,18 @@ class Redactor:
         ``unitgw:customer:123`` stay); URL headers get :meth:`redact_url`; the rest
         :meth:`redact_text`."""
         tally = counts if counts is not None else Counter()
+        headers = list(headers)
+        # Names get the detectors, values without rules of their own the text rules: most
+        # often nothing in either is secret, and one check over all of them says so.
+        own_rules = self._own_header_rules
+        plain = [value for name, value in headers if name.lower() not in own_rules]
+        if self.text_is_clean("\n".join(plain)) and self._detectors.finds_nothing_in(
+            "\n".join([name for name, _ in headers])
+        ):
+            return [
+                (name, self._redact_own_rules(name.lower(), value, tally))
+                for name, value in headers
+            ]
         redacted: list[tuple[str, str]] = []
         for name, value in headers:
             lowered = name.lower()
@@ -541,6 +580,38 @@ class Redactor:
                 new_value = self.redact_text(value, counts=tally)
             redacted.append((self._detectors.scan(name, tally), new_value))
         return redacted
+
+    def header_fields_are_clean(self, fields: Iterable[tuple[bytes, bytes]]) -> bool:
+        """True when :meth:`redact_headers` would change nothing in these raw header fields
+        (and count nothing), told without decoding and redacting them one by one: every field
+        is ASCII, no URL header, credentials only as the gateway's placeholders (which stay),
+        and :meth:`text_is_clean` for the rest. False means "redact them": most requests and
+        responses take the True branch."""
+        names: list[bytes] = []
+        values: list[bytes] = []
+        for name, value in fields:
+            lowered = name.lower()
+            if lowered in self._own_header_rules_raw and not (
+                lowered in _PLACEHOLDER_HEADERS and _PLACEHOLDER_CREDENTIAL.fullmatch(value)
+            ):
+                return False  # a credential or a URL: its own rules apply
+            names.append(name)
+            values.append(value)  # a placeholder credential only gets the detectors: stricter
+        text, names_text = b"\n".join(values), b"\n".join(names)
+        return (
+            text.isascii()
+            and names_text.isascii()
+            and self.text_is_clean(text.decode("ascii"))
+            and self._detectors.finds_nothing_in(names_text.decode("ascii"))
+        )
+
+    def _redact_own_rules(self, lowered: str, value: str, counts: Counter[str]) -> str:
+        """A header value with the rules of its own name, if it has any (credentials, URLs)."""
+        if lowered in self._headers:
+            return self._redact_header_value(lowered, value, counts)
+        if lowered in _URL_HEADERS:
+            return self.redact_url(value, counts=counts)
+        return value
 
     def _redact_header_value(self, name: str, value: str, counts: Counter[str]) -> str:
         stripped = value.strip()
@@ -595,6 +666,10 @@ class Redactor:
 
     def redact_url(self, url: str, *, counts: Counter[str] | None = None) -> str:
         """A URL or a request target: password, path segments, query and fragment."""
+        # Without escapes ("%", "+"), a password ("@"), a sensitive name or anything a detector
+        # finds in the whole URL, no part of it can change: most request targets.
+        if "%" not in url and "+" not in url and "@" not in url and self.text_is_clean(url):
+            return url
         tally = counts if counts is not None else Counter()
         rest, hash_mark, fragment = url.partition("#")
         rest, question_mark, query = rest.partition("?")
@@ -767,14 +842,14 @@ class Redactor:
             document = json.loads(data.decode("utf-8-sig"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             return None
-        walk = _Walk(Counter(), set(), {})
+        walk = _Walk(Counter(), set())
         try:
             redacted = self._walk(document, self._root_states, walk)
         except RecursionError:  # nested deeper than the interpreter allows: treat as text
             return None
         counts.update(walk.counts)
         # backslashreplace turns a lone surrogate from "\ud800" back into a valid JSON escape
-        return json.dumps(redacted, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        return _JSON_ENCODER.encode(redacted).encode("utf-8", "backslashreplace")
 
     # The walk is the hot loop of a large body: it dispatches on exact types (json.loads makes
     # no subclasses) and remembers strings and keys it already found clean.
@@ -796,18 +871,20 @@ class Redactor:
     ) -> dict[str, Any]:
         if self._floating_states:
             states = tuple(dict.fromkeys(states + self._floating_states))
-        known_keys = walk.keys
+        known_keys = self._known_keys
         clean = walk.clean
         out: dict[str, Any] = {}
+        renamed = False  # a key became a marker: the next ones may collide with it
         for key, item in obj.items():
             name = known_keys.get(key, _UNSEEN)
+            new_key = key
             if name is _UNSEEN:
                 new_key = self._detectors.scan(key, walk.counts)
                 name = self._json_keys.get(key.lower())
-                if new_key == key and len(known_keys) < _CACHE_LIMIT:
+                if new_key != key:
+                    renamed = True
+                elif len(known_keys) < _KNOWN_KEYS_LIMIT and len(key) <= _CACHED_STRING_MAX:
                     known_keys[key] = name
-            else:
-                new_key = key
             if name is not None:
                 new_item = self._sensitive_value(name, item, walk.counts)
             elif states:
@@ -816,11 +893,19 @@ class Redactor:
                     new_item = self._path_marker(matched, item, walk.counts)
                 else:
                     new_item = self._walk(item, child_states, walk)
-            elif type(item) is str:
-                new_item = item if item in clean else self._walk_string(item, walk)
-            else:
-                new_item = self._walk(item, (), walk)
-            if new_key in out:  # two keys redacted to the same marker: keep both values
+            else:  # _walk without states, inlined: this is the loop most of a body goes through
+                kind = type(item)
+                if kind is str:
+                    new_item = item if item in clean else self._walk_string(item, walk)
+                elif kind is dict:
+                    new_item = self._walk_object(item, (), walk)
+                elif kind is list:
+                    new_item = self._walk_array(item, (), walk)
+                elif kind is int or kind is float:
+                    new_item = self._redact_number(item, walk.counts)
+                else:
+                    new_item = item  # None, True, False
+            if renamed and new_key in out:  # two keys redacted to the same marker: keep both
                 suffix = 2
                 while f"{new_key} #{suffix}" in out:
                     suffix += 1
