@@ -1209,3 +1209,24 @@ def test_planted_secrets_never_survive(
         again_type = JSONAPI if result.kind == "json" else "application/x-www-form-urlencoded"
         again = redactor.redact_body(result.content, again_type, None)
         assert (again.content, again.counts) == (result.content, {})
+
+
+def test_a_duplicate_keys_dropped_value_never_stays_in_what_is_shown(redactor: Redactor) -> None:
+    # The parser keeps the last of two equal keys; the earlier value was never checked, so the
+    # original bytes must not be shown even though nothing was redacted.
+    body = b'{"note": "4111 1111 1111 1111", "note": "ok"}'
+    result = redactor.redact_body(body, JSONAPI, None)
+    assert not result.redacted
+    assert result.changed
+    assert b"4111" not in result.content
+    assert json.loads(result.content) == {"note": "ok"}
+    nested = b'{"data": [{"attributes": {"x": "900-12-3456", "x": 1}}]}'
+    result = redactor.redact_body(nested, JSONAPI, None)
+    assert result.changed and b"900-12-3456" not in result.content
+
+
+def test_a_clean_body_that_round_trips_is_left_as_it_is(redactor: Redactor) -> None:
+    body = json.dumps({"data": {"type": "card", "id": "1", "attributes": {"status": "Active"}}})
+    result = redactor.redact_body(body.encode(), JSONAPI, None)
+    assert not result.changed and not result.redacted
+    assert not redactor.redact_body(b"plain words", "text/plain", None).changed

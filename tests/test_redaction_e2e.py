@@ -451,8 +451,9 @@ def test_bodies_the_gateway_cannot_parse(
     run_dir: Path,
     planted: Planted,
 ) -> None:
-    """Malformed JSON, invalid UTF-8 and a ~10 MB JSON body with secrets in them: the caller
-    gets what Unit answers, the gateway stays up, and no output shows a planted value."""
+    """Malformed JSON, invalid UTF-8, a duplicate key and a ~10 MB JSON body with secrets in
+    them: the caller gets what Unit answers, the gateway stays up, and no output shows a
+    planted value."""
     flows, har = run_dir / "flows.out", run_dir / "flows.har"
     gateway = gateway_factory(
         sandbox,
@@ -468,6 +469,7 @@ def test_bodies_the_gateway_cannot_parse(
         planted.add("PAN (middle)", luhn_pan()),
         planted.add("SSN (end)", random_ssn()),
     )
+    duplicate_pan = planted.add("PAN under a duplicate key", luhn_pan())
     filler = [{"i": i, "memo": "lorem ipsum dolor sit amet " * 3} for i in range(100_000)]
     filler[len(filler) // 2]["memo"] = f"card {middle_pan} on file"
     large = application(ssn, None, "1990-01-15")
@@ -489,6 +491,11 @@ def test_bodies_the_gateway_cannot_parse(
         ).encode(),
         "invalid UTF-8": invalid_utf8,
         "10 MB JSON": large_body,
+        # The parser keeps the last of two equal keys; the first one's value was never seen.
+        "duplicate key": (
+            b'{"data": {"type": "individualApplication", "attributes": '
+            b'{"memo": "%s", "memo": "ok"}}}' % duplicate_pan.encode()
+        ),
     }
     headers = {"Content-Type": "application/json"}
     # The sandbox answers 400 to the first two and 413 to the large one (it takes
@@ -511,7 +518,7 @@ def test_bodies_the_gateway_cannot_parse(
     assert "[redacted:ssn]" in shown and "[redacted:card_number]" in shown
     # the large body was kept (redacted), not dropped
     assert flows.stat().st_size > 9_000_000
-    assert len(json.loads(har.read_text())["log"]["entries"]) == 4
+    assert len(json.loads(har.read_text())["log"]["entries"]) == 5
 
 
 def test_a_streamed_request_body(

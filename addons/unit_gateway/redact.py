@@ -382,7 +382,7 @@ class FlowRedaction:
         result = self.redactor.redact_body(
             real, _header_text(headers.fields, b"content-type"), content_encoding, path=path
         )
-        if not result.redacted:
+        if not result.changed:
             return None
         stored = result.content
         if content_encoding:

@@ -112,6 +112,10 @@ class RedactedBody:
     content: bytes
     kind: BodyKind
     counts: Mapping[str, int] = field(default_factory=dict)
+    #: Whether ``content`` must be shown instead of the original: something was redacted,
+    #: or a re-serialized JSON document differs from the original bytes. The original may
+    #: hold what the parser dropped (a duplicate key's earlier value), unchecked.
+    changed: bool = False
 
     @property
     def redacted(self) -> bool:
@@ -120,6 +124,8 @@ class RedactedBody:
 
 # --- body parsing helpers ------------------------------------------------------------------
 
+#: Body kinds whose shown copy is rebuilt from a parse, not edited in place.
+_RESERIALIZED = frozenset({"json", "multipart"})
 _JSON_TYPES = frozenset({"application/json", "text/json", "application/vnd.api+json"})
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _SAFE_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,100}")
@@ -777,7 +783,8 @@ class Redactor:
                 return self._summary(media_type, len(content), counts, "body", note)
         route = path.partition("?")[0] if path else None
         out, kind = self._redact_decoded(decoded, media_type, params, counts, route, 0)
-        return RedactedBody(out, kind, dict(counts))
+        changed = bool(counts) or (kind in _RESERIALIZED and out != decoded)
+        return RedactedBody(out, kind, dict(counts), changed)
 
     def _summary(
         self, media_type: str, size: int, counts: Counter[str], what: str, note: str = ""
@@ -785,7 +792,7 @@ class Redactor:
         counts["binary"] += 1
         shown = media_type if _SAFE_MEDIA_TYPE.fullmatch(media_type) else "unknown type"
         text = f"[binary {what} redacted: {shown}, {size} bytes{', ' + note if note else ''}]"
-        return RedactedBody(text.encode(), "binary", dict(counts))
+        return RedactedBody(text.encode(), "binary", dict(counts), True)
 
     def _redact_decoded(
         self,
