@@ -502,6 +502,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"unit-gateway demo: {e}", file=sys.stderr)
         return EXIT_NOT_STARTED
+    try:
+        import unit  # noqa: F401 - the SDK the story is told with
+    except ImportError:
+        print(
+            "unit-gateway demo: needs Unit's Python SDK: uv sync (from a clone), or "
+            "pip install 'unit-gateway[demo]'",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_STARTED
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="unit-gateway-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     print_line("unit-gateway demo: Unit's Python SDK -> gateway -> local Unit sandbox")
