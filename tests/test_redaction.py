@@ -780,7 +780,7 @@ def test_multipart_body(redactor: Redactor, newline: bytes) -> None:
             ('Content-Disposition: form-data; name="note"', b"call about [redacted:card_number]"),
             (
                 'Content-Disposition: form-data; name="meta"\nContent-Type: application/json',
-                b'{"email": "[redacted:email]", "kind": "passport"}',
+                b'{"email":"[redacted:email]","kind":"passport"}',
             ),
             (
                 'Content-Disposition: form-data; name="file"; filename="[redacted].jpg"\n'
@@ -1226,7 +1226,26 @@ def test_a_duplicate_keys_dropped_value_never_stays_in_what_is_shown(redactor: R
 
 
 def test_a_clean_body_that_round_trips_is_left_as_it_is(redactor: Redactor) -> None:
-    body = json.dumps({"data": {"type": "card", "id": "1", "attributes": {"status": "Active"}}})
+    # compact, as Unit sends it
+    document = {"data": {"type": "card", "id": "1", "attributes": {"status": "Active"}}}
+    body = json.dumps(document, separators=(",", ":"))
     result = redactor.redact_body(body.encode(), JSONAPI, None)
     assert not result.changed and not result.redacted
     assert not redactor.redact_body(b"plain words", "text/plain", None).changed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'\xef\xbb\xbf{"ssn": "123456789", "n": 1}',  # a byte-order mark
+        b'{"ssn": "123456789", "n": 123456789012345678901234567890}',  # over 64 bits
+        b'{"ssn": "123456789", "s": "\\ud800"}',  # a lone surrogate escape
+    ],
+)
+def test_json_the_fast_parser_refuses_is_still_redacted_as_json(
+    redactor: Redactor, body: bytes
+) -> None:
+    result = redactor.redact_body(body, JSONAPI, None)
+    assert result.kind == "json"
+    assert result.counts == {"field:ssn": 1}
+    assert json.loads(result.content)["ssn"] == "[redacted:ssn]"

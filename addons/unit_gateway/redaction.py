@@ -56,6 +56,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, unquote_plus
 
 import brotli
+import orjson
 import zstandard
 
 from unit_gateway.redaction_rules import (
@@ -845,16 +846,28 @@ class Redactor:
 
         Always re-serialized, so what is shown is exactly what was checked (a duplicate key's
         earlier value, which the parser drops, cannot slip through in the original bytes)."""
+        # orjson is ~3x faster to parse and ~10x to encode; what it refuses (a BOM, lone
+        # surrogates, integers over 64 bits, deep nesting) takes the standard library's path.
+        fast = True
         try:
-            document = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return None
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            fast = False
+            try:
+                document = json.loads(data.decode("utf-8-sig"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                return None
         walk = _Walk(Counter(), set())
         try:
             redacted = self._walk(document, self._root_states, walk)
         except RecursionError:  # nested deeper than the interpreter allows: treat as text
             return None
         counts.update(walk.counts)
+        if fast:
+            try:
+                return orjson.dumps(redacted)
+            except orjson.JSONEncodeError:
+                pass
         # backslashreplace turns a lone surrogate from "\ud800" back into a valid JSON escape
         return _JSON_ENCODER.encode(redacted).encode("utf-8", "backslashreplace")
 
