@@ -89,7 +89,8 @@ TRANSPARENT_MODES = (
     mode_specs.TunMode,
 )
 
-_PROXY_CREDENTIALS = frozenset({b"proxy-authorization"})
+_PROXY_AUTH = b"proxy-authorization"
+_PROXY_CREDENTIALS = frozenset({_PROXY_AUTH})
 
 _SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, FlowSecrets] = weakref.WeakKeyDictionary()
 #: The running addon; the patched HttpStream does nothing extra while it is None.
@@ -317,7 +318,8 @@ class FlowRedaction:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Credentials for this proxy are never shown and never sent on to Unit.
-        if flow in _SECRETS:
+        fields = flow.request.data.headers.fields
+        if flow in _SECRETS and _header_text(fields, _PROXY_AUTH) is not None:
             flow.request.headers.pop("Proxy-Authorization", None)
         _forget_proxy_password(flow)
 
