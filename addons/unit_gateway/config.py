@@ -388,10 +388,6 @@ class GatewayConfig(_Model):
     def model_post_init(self, _context: Any) -> None:
         self._by_address = {(up.host, up.port): (up, up.scheme) for up in self.unit.upstreams}
 
-    def upstream_for(self, host: str, port: int) -> Upstream | None:
-        found = self._by_address.get((host, port))
-        return found[0] if found is not None else None
-
     def upstream_of(self, request: Any) -> Upstream | None:
         """The Unit upstream an HTTP request goes to, or None (then it gets no token).
 

@@ -31,7 +31,7 @@ from unit_gateway.identity import (
     parse_authorization,
 )
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
-from unit_gateway.minting import Challenge, TokenError, TokenService
+from unit_gateway.minting import TokenError, TokenService
 from unit_gateway.redact import FlowRedaction
 from unit_gateway.routes import CARDHOLDER_SCOPES, OTHER_ROUTE, RouteMatch, RouteTable
 from unit_gateway.token_cache import CachedToken
@@ -59,7 +59,6 @@ class FlowState:
     #: The caller used a placeholder on a token endpoint: it gets a placeholder back.
     placeholder_caller: bool = False
     token_identity: Identity | None = None
-    challenge: Challenge | None = None
     retried: bool = False
 
 
@@ -335,7 +334,6 @@ class TokenInjector:
                 meta={"pointer": "/data/attributes/verificationToken"},
             )
             return
-        state.challenge = challenge
         attributes["verificationToken"] = challenge.verification_token
         attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
         self.redaction.set_real_request_content(flow, json.dumps(body).encode())

@@ -153,7 +153,6 @@ class Challenge:
     identity: Identity
     scopes: frozenset[str]
     verification_token: str = field(repr=False)
-    upstream: Upstream
     created_at: float
 
 
@@ -392,7 +391,9 @@ class TokenService:
         wanted = {up.url: up for up in model.unit.upstreams}
         for url in list(self.clients):
             if url not in wanted or org_token != self.org_token:
-                self._closing.add(asyncio.ensure_future(self.clients.pop(url).close()))
+                closing = asyncio.ensure_future(self.clients.pop(url).close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
         self.org_token = org_token
         for url, up in wanted.items():
             if url not in self.clients:
@@ -461,7 +462,7 @@ class TokenService:
             if strategy in ("sandbox-otp", "challenge"):
                 verification_token = await self._verify(identity, client)
                 if strategy == "challenge":
-                    raise self._challenge(identity, scopes, verification_token, upstream)
+                    raise self._challenge(identity, scopes, verification_token)
                 verification = (verification_token, SANDBOX_PASSCODE)
             elif strategy == "jwt":
                 jwt_token = self._sign_jwt(identity)
@@ -516,12 +517,11 @@ class TokenService:
         identity: Identity,
         scopes: frozenset[str],
         verification_token: str,
-        upstream: Upstream,
     ) -> VerificationRequired:
         self._expire_challenges()
         challenge_id = "unitgw-challenge-" + secrets.token_urlsafe(18)
         self.challenges[challenge_id] = Challenge(
-            identity, scopes, verification_token, upstream, time.monotonic()
+            identity, scopes, verification_token, time.monotonic()
         )
         return VerificationRequired(challenge_id, identity)
 
@@ -589,3 +589,5 @@ class TokenService:
             task.cancel()
         for client in self.clients.values():
             await client.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -30,9 +30,6 @@ class CachedToken:
     learned: bool = False
     value: str = field(repr=False, default="")
 
-    def covers(self, needed: frozenset[str]) -> bool:
-        return needed <= self.scopes
-
 
 def usable_lifetime(token: str, expires_in: float | None, *, now: float | None = None) -> float:
     """Seconds the token is good for: the shorter of ``expiresIn`` and its own ``exp`` claim."""
