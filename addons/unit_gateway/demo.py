@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from .testing import harness
-from .testing.leakscan import find_leaks
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_NOT_STARTED = 0, 1, 2
 #: The cardholder token's lifetime in the demo: short enough to watch it expire.
@@ -313,6 +311,8 @@ class Story:
         return "the SDK got Unit's 429; the gateway counted it for the dashboard"
 
     def outputs_clean(self) -> str:
+        from .testing.leakscan import find_leaks  # reads flow files: imports mitmproxy.io
+
         issued = self.env.sandbox("GET", "/__sandbox/issued")
         secrets = dict(self.secrets)
         for i, token in enumerate(issued["tokens"]):
@@ -331,6 +331,8 @@ class Story:
 
 def metric_samples(env: Environment) -> list[tuple[str, dict[str, str], float]]:
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(env.metrics_url, timeout=10) as response:
