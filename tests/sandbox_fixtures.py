@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from unit_gateway.sandbox.faults import Faults
 from unit_gateway.testing.harness import make_org_token
 
 LAUNCH = (
@@ -151,13 +152,7 @@ class SandboxProcess:
 
     def reset(self) -> None:
         self.control("POST", "reset")
-        self.faults(
-            latency_ms=0,
-            error_rate=0,
-            token_outage=False,
-            rate_limit_per_minute=1000,
-            rate_limit_headers=False,
-        )
+        self.faults(**Faults().as_json())  # every switch back to its default
 
     # --- Unit flows ---------------------------------------------------------------------------
 
