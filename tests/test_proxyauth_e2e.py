@@ -58,6 +58,9 @@ def test_proxy_credentials_are_required_and_never_shown(
             else:
                 refused = anonymous.get(upstream.url + "/cards", headers=placeholder)
                 assert refused.status_code == 407
+                assert refused.headers["Proxy-Authenticate"].startswith("Basic")
+                error = refused.json()["errors"][0]
+                assert error["code"] == "proxy_authentication_required"
         with session_for(gateway, "svc:wrong") as wrong:
             try:
                 assert wrong.get(upstream.url + "/cards", headers=placeholder).status_code == 407

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
-from unit_gateway import jsonapi
 from unit_gateway.config import LoadedConfig, Upstream
 from unit_gateway.identity import (
     ORG,
@@ -30,6 +29,7 @@ from unit_gateway.identity import (
     RealToken,
     parse_authorization,
 )
+from unit_gateway.jsonapi import error_response
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import TokenError, TokenService
 from unit_gateway.redact import FlowRedaction
@@ -62,24 +62,9 @@ class FlowState:
     retried: bool = False
 
 
-def error_response(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    meta: dict[str, Any] | None = None,
-) -> http.Response:
-    return http.Response.make(
-        status,
-        jsonapi.error_bytes(status, code=code, detail=detail, meta=meta),
-        {"Content-Type": jsonapi.MEDIA_TYPE, **(headers or {})},
-    )
-
-
 def token_error_response(error: TokenError) -> http.Response:
-    return http.Response.make(
-        error.status, error.body(), {"Content-Type": jsonapi.MEDIA_TYPE, **error.headers}
+    return error_response(
+        error.status, error.code, error.detail, headers=error.headers, meta=error.meta
     )
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mitmproxy import http
 
 MEDIA_TYPE = "application/vnd.api+json"
 
@@ -69,3 +72,21 @@ def errors_of(body: bytes | str) -> list[dict[str, Any]] | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
         return None
     return doc["errors"]
+
+
+def error_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> http.Response:
+    """A mitmproxy response with one JSON:API error: every answer the gateway makes itself."""
+    from mitmproxy import http  # here, not above: the sandbox uses this module too
+
+    return http.Response.make(
+        status,
+        error_bytes(status, code=code, detail=detail, meta=meta),
+        {"Content-Type": MEDIA_TYPE, **(headers or {})},
+    )

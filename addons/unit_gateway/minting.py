@@ -71,9 +71,6 @@ class TokenError(Exception):
         self.headers = headers or {}
         self.meta = meta
 
-    def body(self) -> bytes:
-        return jsonapi.error_bytes(self.status, code=self.code, detail=self.detail, meta=self.meta)
-
 
 class VerificationRequired(TokenError):
     """A person must enter the code Unit sent them; the caller completes the challenge."""

@@ -151,14 +151,11 @@ def _json_api_error(
     event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
     status = event.code.http_status_code() or 502
     code = "upstream_unreachable" if status == 502 else "upstream_failed"
-    response = http.Response.make(
+    response = jsonapi.error_response(
         status,
-        jsonapi.error_bytes(
-            status,
-            code=code,
-            detail=f"{flow.request.host}:{flow.request.port} (Unit): {event.message}",
-        ),
-        {"Content-Type": jsonapi.MEDIA_TYPE, "Connection": "close"},
+        code,
+        f"{flow.request.host}:{flow.request.port} (Unit): {event.message}",
+        headers={"Connection": "close"},
     )
     stream, client = event.stream_id, command.connection
     yield httplayer.SendHttp(httplayer.ResponseHeaders(stream, response, False), client)
@@ -173,12 +170,21 @@ def _make_headers(fields: tuple[tuple[bytes, bytes], ...]) -> http.Headers:
     return headers
 
 
-def _forget_proxy_password(flow: http.HTTPFlow) -> None:
-    """proxyauth keeps (user, password) in the flow's metadata, which saved flows and
-    mitmweb show; the user name is enough to say who sent the request."""
+def _after_proxyauth(flow: http.HTTPFlow) -> None:
+    """mitmproxy's proxyauth (a built-in addon, so it ran first) keeps (user, password) in
+    the flow's metadata, which saved flows and mitmweb show: the user name is enough to say
+    who sent the request. Its refusal is an HTML page: callers get a JSON:API error."""
     credentials = flow.metadata.get("proxyauth")
     if isinstance(credentials, tuple) and len(credentials) == 2:
         flow.metadata["proxyauth"] = (credentials[0], "[redacted]")
+    response = flow.response
+    if response is not None and response.status_code == 407 and "proxyauth" not in flow.metadata:
+        flow.response = jsonapi.error_response(
+            407,
+            "proxy_authentication_required",
+            "this gateway needs proxy credentials (Proxy-Authorization), and none valid came",
+            headers={"Proxy-Authenticate": response.headers.get("Proxy-Authenticate", "Basic")},
+        )
 
 
 def _wire_fields(
@@ -321,10 +327,10 @@ class FlowRedaction:
         fields = flow.request.data.headers.fields
         if flow in _SECRETS and _header_text(fields, _PROXY_AUTH) is not None:
             flow.request.headers.pop("Proxy-Authorization", None)
-        _forget_proxy_password(flow)
+        _after_proxyauth(flow)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        _forget_proxy_password(flow)
+        _after_proxyauth(flow)
 
     # --- redaction primitives --------------------------------------------------------------
 
