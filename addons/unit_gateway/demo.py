@@ -33,6 +33,7 @@ EXIT_OK, EXIT_STEP_FAILED, EXIT_NOT_STARTED = 0, 1, 2
 CARDHOLDER_LIFETIME = 3
 EXPIRY_MARGIN = 1
 START_TIMEOUT = 30.0
+ORG_TOKEN_ENV = "UNIT_ORG_TOKEN"
 
 
 class StepFailed(Exception):
@@ -44,6 +45,9 @@ def demo_config(sandbox_port: int, metrics_port: int) -> dict[str, Any]:
     return {
         "unit": {
             "upstreams": [{"url": f"http://127.0.0.1:{sandbox_port}", "environment": "sandbox"}],
+            # Made up by the demo and shared with the embedded sandbox, so the output scan
+            # can look for it too.
+            "org_token": {"env": ORG_TOKEN_ENV},
             "allow_plain_http_loopback": True,
             "missing_authorization": "reject",
         },
@@ -86,7 +90,7 @@ class Environment:
         return self.sandbox("GET", "/__sandbox/stats")
 
 
-def start(run_dir: Path, *, web: bool) -> Environment:
+def start(run_dir: Path, org_token: str, *, web: bool) -> Environment:
     sandbox_port, metrics_port = harness.free_port(), harness.free_port()
     config_path = run_dir / "demo.yaml"
     config_path.write_text(yaml.safe_dump(demo_config(sandbox_port, metrics_port), sort_keys=False))
@@ -100,15 +104,20 @@ def start(run_dir: Path, *, web: bool) -> Environment:
     argv += ["--", "--set", f"save_stream_file={flows_path}", "--set", "flow_detail=3"]
     if web:
         argv += ["--set", f"web_port={harness.free_port()}", "--set", "web_open_browser=false"]
-    process = harness.ManagedProcess("gateway", argv, run_dir).start()
-    host, port = process.wait_for(
-        r"unit-gateway: proxy listening on (\S+):(\d+)", START_TIMEOUT
-    ).groups()
-    sandbox_url = process.wait_for(r"unit-gateway: embedded sandbox on (\S+)", START_TIMEOUT)
-    metrics_url = process.wait_for(r"unit-gateway: metrics on (\S+)", START_TIMEOUT)
-    web_url = None
-    if web:
-        web_url = process.wait_for(r"Web server listening at (\S+)", START_TIMEOUT).group(1)
+    env = {ORG_TOKEN_ENV: org_token}
+    process = harness.ManagedProcess("gateway", argv, run_dir, env=env).start()
+    try:
+        host, port = process.wait_for(
+            r"unit-gateway: proxy listening on (\S+):(\d+)", START_TIMEOUT
+        ).groups()
+        sandbox_url = process.wait_for(r"unit-gateway: embedded sandbox on (\S+)", START_TIMEOUT)
+        metrics_url = process.wait_for(r"unit-gateway: metrics on (\S+)", START_TIMEOUT)
+        web_url = None
+        if web:
+            web_url = process.wait_for(r"Web server listening at (\S+)", START_TIMEOUT).group(1)
+    except harness.ProcessFailed:
+        process.stop()
+        raise
     return Environment(
         run_dir,
         process,
@@ -313,17 +322,20 @@ class Story:
     def outputs_clean(self) -> str:
         from .testing.leakscan import find_leaks  # reads flow files: imports mitmproxy.io
 
-        issued = self.env.sandbox("GET", "/__sandbox/issued")
-        secrets = dict(self.secrets)
-        for i, token in enumerate(issued["tokens"]):
-            secrets[f"token {i + 1}"] = token
-        for i, token in enumerate(issued["verificationTokens"]):
-            secrets[f"verification token {i + 1}"] = token
-        leaks = find_leaks(secrets, [self.env.run_dir])
+        self.collect_issued()
+        leaks = find_leaks(self.secrets, [self.env.run_dir])
         if leaks:
             raise StepFailed("found in the outputs: " + "; ".join(str(leak) for leak in leaks))
         files = sorted(p.name for p in self.env.run_dir.iterdir() if p.is_file())
-        return f"{len(secrets)} secrets checked against {', '.join(files)}"
+        return f"{len(self.secrets)} secrets checked against {', '.join(files)}"
+
+    def collect_issued(self) -> None:
+        """Every token and verification token the sandbox issued, among the secrets."""
+        issued = self.env.sandbox("GET", "/__sandbox/issued")
+        for i, token in enumerate(issued["tokens"]):
+            self.secrets[f"token {i + 1}"] = token
+        for i, token in enumerate(issued["verificationTokens"]):
+            self.secrets[f"verification token {i + 1}"] = token
 
 
 # --- the summary -------------------------------------------------------------------------
@@ -518,66 +530,85 @@ def run(args: argparse.Namespace) -> int:
     print_line("unit-gateway demo: Unit's Python SDK -> gateway -> local Unit sandbox")
     print_line("Callers hold placeholder tokens only (unitgw:org, unitgw:customer:<id>, ...).")
     started = time.monotonic()
+    org_token = harness.make_org_token()
     try:
-        env = start(run_dir, web=args.web)
+        env = start(run_dir, org_token, web=args.web)
     except harness.ProcessFailed as e:
         print_line(f"unit-gateway demo: the gateway did not start:\n{e}")
         return EXIT_NOT_STARTED
+    story = Story(env, secrets={"org token": org_token})
     try:
-        print_line(f"  gateway  {env.proxy_url} ({'mitmweb' if args.web else 'mitmdump'})")
-        print_line(f"  sandbox  {env.sandbox_url} (embedded)")
-        print_line(f"  metrics  {env.metrics_url}")
-        print_line(f"  outputs  {run_dir}")
-        if faults:
-            env.sandbox("POST", "/__sandbox/faults", faults)
-            print_line(f"  faults   {faults}")
-        print_line()
-        story = Story(env)
-        steps = story.steps()
-        with proxied(env.proxy_url):
-            for number, (title, step) in enumerate(steps, 1):
-                print_line(f"[{number}/{len(steps)}] {title}")
-                step_started = time.monotonic()
-                try:
-                    outcome = step()
-                except Exception as e:  # any failure is this step's failure
-                    reason = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {e}"
-                    print_line(f"      FAILED: {reason}")
-                    print_line()
-                    print_line(f"unit-gateway demo: step {number} failed ({title}).")
-                    print_line(f"The gateway's output is in {env.process.stdout_path}.")
-                    return EXIT_STEP_FAILED
-                elapsed = (time.monotonic() - step_started) * 1000
-                print_line(f"      ok: {outcome} ({elapsed:.0f} ms)")
-        samples = metric_samples(env)
-        (run_dir / "metrics.txt").write_text(
-            "\n".join(f"{n} {labels} {v}" for n, labels, v in samples) + "\n"
-        )
-        print_line()
-        print_line(f"Summary (from the gateway's /metrics), {time.monotonic() - started:.1f} s:")
-        print_line(table(summary_rows(samples, env.stats())))
-        print_line()
-        excerpt = [line for line in redacted_excerpt(env.process.output()) if line]
-        if excerpt:
-            print_line("Unit got real tokens, the callers the real PAN and SSN; the output shows:")
-            print_line("\n".join(f"  {line}" for line in excerpt))
-            print_line()
-        print_line("Where to look next:")
-        print_line(f"  gateway output (redacted)   {env.process.stdout_path}")
-        print_line(f"  saved flows (redacted)      {env.flows_path}")
-        print_line(f"    open them in mitmweb:     uv run mitmweb -r {env.flows_path}")
-        print_line(f"  metrics snapshot            {run_dir / 'metrics.txt'}")
-        print_line("  dashboards and alerts       dashboards/ (README: For SREs)")
-        if args.web:
-            print_line(f"  mitmweb                     {env.web_url}")
-            print_line(f"  metrics                     {env.metrics_url}")
-            print_line("The gateway keeps running; Ctrl-C stops it.")
-            wait_for_interrupt(env.process)
-        else:
-            print_line("  live: uv run unit-gateway demo --web  (mitmweb, kept up until Ctrl-C)")
-        return EXIT_OK
+        code = play(story, args, faults, started)
+        if env.process.proc is not None and env.process.proc.poll() is None:
+            story.collect_issued()
     finally:
         env.process.stop()
+    # Once more over everything the run wrote, now that the gateway has stopped.
+    from .testing.leakscan import find_leaks
+
+    leaks = find_leaks(story.secrets, [run_dir])
+    if leaks:
+        print_line("unit-gateway demo: found in the outputs: " + "; ".join(map(str, leaks)))
+        return EXIT_STEP_FAILED
+    return code
+
+
+def play(story: Story, args: argparse.Namespace, faults: dict[str, Any], started: float) -> int:
+    """The story, its summary and where to look next; the exit status."""
+    env = story.env
+    run_dir = env.run_dir
+    print_line(f"  gateway  {env.proxy_url} ({'mitmweb' if args.web else 'mitmdump'})")
+    print_line(f"  sandbox  {env.sandbox_url} (embedded)")
+    print_line(f"  metrics  {env.metrics_url}")
+    print_line(f"  outputs  {run_dir}")
+    if faults:
+        env.sandbox("POST", "/__sandbox/faults", faults)
+        print_line(f"  faults   {faults}")
+    print_line()
+    steps = story.steps()
+    with proxied(env.proxy_url):
+        for number, (title, step) in enumerate(steps, 1):
+            print_line(f"[{number}/{len(steps)}] {title}")
+            step_started = time.monotonic()
+            try:
+                outcome = step()
+            except Exception as e:  # any failure is this step's failure
+                reason = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {e}"
+                print_line(f"      FAILED: {reason}")
+                print_line()
+                print_line(f"unit-gateway demo: step {number} failed ({title}).")
+                print_line(f"The gateway's output is in {env.process.stdout_path}.")
+                return EXIT_STEP_FAILED
+            elapsed = (time.monotonic() - step_started) * 1000
+            print_line(f"      ok: {outcome} ({elapsed:.0f} ms)")
+    samples = metric_samples(env)
+    (run_dir / "metrics.txt").write_text(
+        "\n".join(f"{n} {labels} {v}" for n, labels, v in samples) + "\n"
+    )
+    print_line()
+    print_line(f"Summary (from the gateway's /metrics), {time.monotonic() - started:.1f} s:")
+    print_line(table(summary_rows(samples, env.stats())))
+    print_line()
+    excerpt = [line for line in redacted_excerpt(env.process.output()) if line]
+    if excerpt:
+        print_line("Unit got real tokens, the callers the real PAN and SSN; the output shows:")
+        print_line("\n".join(f"  {line}" for line in excerpt))
+        print_line()
+    print_line("Where to look next:")
+    print_line(f"  gateway output (redacted)   {env.process.stdout_path}")
+    print_line(f"  saved flows (redacted)      {env.flows_path}")
+    print_line(f"    open them in mitmweb:     uv run mitmweb -r {env.flows_path}")
+    print_line(f"  metrics snapshot            {run_dir / 'metrics.txt'}")
+    print_line("  dashboards and alerts       dashboards/ (README: For SREs)")
+    if args.web:
+        print_line(f"  mitmweb                     {env.web_url}")
+        print_line(f"  metrics                     {env.metrics_url}")
+        print_line("The gateway keeps running; Ctrl-C stops it.")
+        story.collect_issued()  # Ctrl-C stops the sandbox too
+        wait_for_interrupt(env.process)
+    else:
+        print_line("  live: uv run unit-gateway demo --web  (mitmweb, kept up until Ctrl-C)")
+    return EXIT_OK
 
 
 def wait_for_interrupt(process: harness.ManagedProcess) -> None:
