@@ -27,6 +27,15 @@ class Planted:
         self.secrets[label] = value
         return value
 
+    def add_issued(self, url: str, name: str = "sandbox", cert_path: Path | None = None) -> dict:
+        """Every token and verification token a (running) sandbox issued; returns the list."""
+        issued: dict = harness.sandbox_admin(url, "GET", "/__sandbox/issued", cert_path=cert_path)
+        for i, token in enumerate(issued["tokens"]):
+            self.add(f"{name}: token {i + 1}", token)
+        for i, token in enumerate(issued["verificationTokens"]):
+            self.add(f"{name}: verification token {i + 1}", token)
+        return issued
+
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
@@ -50,6 +59,7 @@ def sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
     box = harness.start_sandbox(run_dir, extra_args=["--rate-limit", "100000"])
     planted.add("org token", box.org_token)
     yield box
+    plant_issued_if_running(planted, box)
     assert box.process.stop() == 0, box.process.output()[-2000:]
 
 
@@ -60,7 +70,14 @@ def tls_sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
     )
     planted.add("org token (tls sandbox)", box.org_token)
     yield box
+    plant_issued_if_running(planted, box)
     assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+def plant_issued_if_running(planted: Planted, box: harness.Sandbox) -> None:
+    """At teardown: a test may have stopped its sandbox on purpose (an outage)."""
+    if box.process.proc is not None and box.process.proc.poll() is None:
+        planted.add_issued(box.url, box.process.name, box.cert_path)
 
 
 GatewayFactory = Callable[..., harness.Gateway]

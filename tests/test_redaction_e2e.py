@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from unit import Unit
 
-from conftest import GatewayFactory, Planted, proxied_session
+from conftest import GatewayFactory, Planted, plant_issued_if_running, proxied_session
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
@@ -70,6 +70,7 @@ def jwt_sandbox(
     )
     planted.add("org token", box.org_token)
     yield box
+    plant_issued_if_running(planted, box)
     assert box.process.stop() == 0, box.process.output()[-2000:]
 
 
@@ -210,12 +211,8 @@ def run_traffic(
     stats = sandbox.stats()
     assert stats["unauthenticated"] == {}, "every injected token was accepted"
     assert stats["jwt_tokens_accepted"] >= 2
-    issued = sandbox.admin("GET", "/__sandbox/issued")
+    issued = planted.add_issued(sandbox.url, sandbox.process.name, sandbox.cert_path)
     assert len(issued["tokens"]) >= 3 and issued["verificationTokens"]
-    for i, token in enumerate(issued["tokens"]):
-        planted.add(f"minted token {i}", token)
-    for i, token in enumerate(issued["verificationTokens"]):
-        planted.add(f"verification token {i}", token)
 
 
 def test_mitmdump_outputs_hold_no_secret(

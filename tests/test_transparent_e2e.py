@@ -200,9 +200,8 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     gateway.process.wait_for(rf"^{ns_ip}:\d+: GET {re.escape(unit_host.url)}/cards", timeout=5)
     # The real customer token was used, and no output of the run (the client's included)
     # may show it: planted for the leak scan at teardown.
-    issued = unit_host.admin("GET", "/__sandbox/issued")["tokens"]
-    assert len(issued) == 1
-    planted.add("minted customer token", issued[0])
+    issued = planted.add_issued(unit_host.url, unit_host.process.name, unit_host.cert_path)
+    assert len(issued["tokens"]) == 1
     assert "v2.public." not in output
 
 
@@ -383,6 +382,5 @@ def test_a_host_header_naming_unit_gets_no_token_sent_to_the_address_dialed(
     stats = unit_host.stats()
     assert stats["requests"]["GET /cards"] == 1
     assert stats["tokens_created"]["customer"] == 1
-    issued = unit_host.admin("GET", "/__sandbox/issued")["tokens"]
-    assert len(issued) == 1
-    planted.add("minted customer token", issued[0])
+    issued = planted.add_issued(unit_host.url, unit_host.process.name, unit_host.cert_path)
+    assert len(issued["tokens"]) == 1
