@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GatewayFactory
+from conftest import GatewayFactory, Planted
 from unit_gateway.testing import harness
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -22,7 +22,7 @@ SDK = NODE_DIR / "node_modules" / "@unit-finance" / "unit-node-sdk"
 
 
 def test_node_sdk_through_the_gateway(
-    gateway_factory: GatewayFactory, tls_sandbox: harness.Sandbox
+    gateway_factory: GatewayFactory, tls_sandbox: harness.Sandbox, planted: Planted
 ) -> None:
     if shutil.which("node") is None or not SDK.exists():
         if os.environ.get("CI"):
@@ -44,6 +44,8 @@ def test_node_sdk_through_the_gateway(
         env=env,
         cwd=NODE_DIR,
     )
+    # What the Node client printed is an output too: scanned with the run's files.
+    planted.blobs.append(("node client output", (result.stdout + result.stderr).encode()))
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["cardCustomers"] and set(seen["cardCustomers"]) == {"10001"}

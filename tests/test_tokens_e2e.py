@@ -183,6 +183,7 @@ def test_sandbox_otp_two_factor(
         ]
         pan = get(session, sandbox, f"/cards/{card}/secure-data/pan", f"unitgw:customer:{CUSTOMER}")
         assert pan.status_code == 200, pan.text
+        planted.add("PAN", pan.json()["data"]["attributes"]["pan"])
         assert created(sandbox)[:3] == (2, 0, 1)
         assert_no_unit_token(pan)
 
