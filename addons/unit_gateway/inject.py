@@ -173,7 +173,7 @@ class TokenInjector:
         assert self.core.config is not None
         request = flow.request
         model = self.core.config.model
-        upstream = model.upstream_of(request)
+        upstream = self.redaction.upstream_of(flow)
         credential = self._credential(flow)
         if upstream is None:
             if isinstance(credential, Identity | PlaceholderError):

@@ -79,6 +79,8 @@ class FlowSecrets:
     #: (bytes stored in the flow, real raw bytes)
     request_body: tuple[bytes, bytes] | None = None
     response_body: tuple[bytes, bytes] | None = None
+    #: The configured upstream, matched once per flow for every addon (see ``upstream_of``).
+    upstream: Upstream | None = None
 
 
 #: Modes where a request is addressed to the IP the client dialed, not to a name it chose.
@@ -417,8 +419,9 @@ class FlowRedaction:
         if kind is hooks.HttpRequestHeadersHook:
             # (also yielded a second time on some error paths: protect a flow once)
             if flow not in _SECRETS and flow.request.method != "CONNECT":
-                if self.upstream_for(flow.request) is not None or self.retarget(flow):
-                    self.protect_request(flow)
+                upstream = self.upstream_for(flow.request) or self.retarget(flow)
+                if upstream is not None:
+                    self.protect_request(flow).upstream = upstream
             return
         if kind is hooks.HttpErrorHook:
             if flow.error is not None:
@@ -432,19 +435,18 @@ class FlowRedaction:
         elif flow.response is not None:
             secrets.response_body = self.redact_body(flow.response, flow.request.path)
 
-    def retarget(self, flow: http.HTTPFlow) -> bool:
+    def retarget(self, flow: http.HTTPFlow) -> Upstream | None:
         """In a transparent mode the request is addressed to the IP the client dialed, and
         only its Host header names Unit. A token must never go to that IP (any server with a
         certificate for the name would do), so a request whose Host names an upstream is sent
-        to that upstream by name, resolved by the gateway. True if the flow now goes there."""
+        to that upstream by name, resolved by the gateway. The upstream it now goes to, if any."""
         config = self.core.config
         if config is None or not isinstance(flow.client_conn.proxy_mode, TRANSPARENT_MODES):
-            return False
+            return None
         upstream = config.model.upstream_named_by(flow.request)
-        if upstream is None:
-            return False
-        flow.request.host = upstream.host
-        return True
+        if upstream is not None:
+            flow.request.host = upstream.host
+        return upstream
 
     def protect_request(self, flow: http.HTTPFlow) -> FlowSecrets:
         request = flow.request
@@ -528,6 +530,13 @@ class FlowRedaction:
         return command
 
     # --- for other addons: real values, never through the flow -----------------------------
+
+    def upstream_of(self, flow: http.HTTPFlow) -> Upstream | None:
+        """The upstream the flow goes to, as matched when it was protected."""
+        found = _SECRETS.get(flow)
+        if found is not None and found.upstream is not None:
+            return found.upstream
+        return self.upstream_for(flow.request)  # addons driven without the HTTP layer
 
     def secrets(self, flow: http.HTTPFlow) -> FlowSecrets:
         found = _SECRETS.get(flow)
