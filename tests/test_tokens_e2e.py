@@ -383,6 +383,10 @@ def test_refusals(gateway_factory: GatewayFactory, sandbox: harness.Sandbox) -> 
             missing = session.get(sandbox.url + "/cards")
             assert missing.status_code == 401
             assert missing.json()["errors"][0]["code"] == "missing_authorization"
+            org_only = get(session, sandbox, "/webhooks", f"unitgw:customer:{CUSTOMER}")
+            assert org_only.status_code == 403
+            assert org_only.json()["errors"][0]["code"] == "org_only_route"
+            assert sandbox.stats()["total_requests"] == 0, "no mint, nothing forwarded"
             bad = get(session, sandbox, "/cards", "unitgw:customer:")
             assert bad.status_code == 401
             assert bad.json()["errors"][0]["code"] == "invalid_placeholder"

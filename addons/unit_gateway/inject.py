@@ -234,6 +234,14 @@ class TokenInjector:
         if identity == ORG:
             self._authorize(flow, self._org_token())
             return None
+        if route is not None and route.org_only:
+            flow.response = error_response(
+                403,
+                "org_only_route",
+                f"only the org token may call {request.method} {route.template}; "
+                f"send Bearer unitgw:org, not {identity.placeholder}",
+            )
+            return None
         if identity.kind == "cardholder" and route is not None:
             if not route.allows_cardholder(identity.subject or ""):
                 flow.response = error_response(
