@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from unit_gateway.config import LoadedConfig, Upstream
+from unit_gateway.core import OPTION
 from unit_gateway.identity import (
     ORG,
     Identity,
@@ -95,8 +96,9 @@ class TokenInjector:
         self.core.listeners.append(self.reconfigure)
 
     def configure(self, updated: set[str]) -> None:
+        # Reloads arrive through core.listeners; here only the first load (or the option).
         config = self.core.config
-        if config is None:
+        if OPTION not in updated or config is None:
             return
         self.routes = RouteTable.from_settings(config.model.routes)
 

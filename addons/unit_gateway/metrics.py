@@ -34,6 +34,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__
 from unit_gateway.access_log import AccessLog, log_path
+from unit_gateway.core import OPTION
 from unit_gateway.redaction import Redactor
 from unit_gateway.routes import HTTP_METHODS
 
@@ -373,11 +374,12 @@ class MetricsExporter:
         self.access_log: AccessLog | None = None
 
     def load(self, loader: Any) -> None:
-        self.core.listeners.append(lambda _config: self.configure({"unit_gateway_config"}))
+        self.core.listeners.append(lambda _config: self.configure({OPTION}))
 
     def configure(self, updated: set[str]) -> None:
+        # Only for a (re)loaded configuration: another option must not reset the gauges.
         config = self.core.config
-        if config is None:
+        if OPTION not in updated or config is None:
             return
         # Every rule's series exists from the start (at 0), so rates and alerts see the
         # first redaction rather than a series appearing out of nothing.

@@ -49,6 +49,7 @@ from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
 
 from unit_gateway import jsonapi
+from unit_gateway.core import OPTION
 from unit_gateway.redaction import Redactor
 
 if TYPE_CHECKING:
@@ -310,7 +311,8 @@ class FlowRedaction:
                 "unit-gateway: stream_large_bodies is refused: streamed bodies bypass redaction "
                 "and a streamed 401 cannot be retried"
             )
-        if self.core.config is not None:
+        # Reloads arrive through core.listeners; here only the first load (or the option).
+        if OPTION in updated and self.core.config is not None:
             self.redactor = Redactor(self.core.config.model.redaction)
 
     def reconfigure(self, config: LoadedConfig) -> None:
