@@ -13,7 +13,6 @@ import logging
 import secrets
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from mitmproxy import http
 from unit_gateway import jsonapi
 from unit_gateway.config import LoadedConfig, Secret, TokenKindSettings, Upstream
 from unit_gateway.identity import Identity
+from unit_gateway.limits import SlidingWindow, whole_seconds
 from unit_gateway.token_cache import CachedToken, TokenCache, scopes_of, usable_lifetime
 
 logger = logging.getLogger(__name__)
@@ -96,21 +96,21 @@ class VerificationLimiter:
         window: float = VERIFICATION_WINDOW,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.limit = limit
-        self.window = window
+        self.attempts = SlidingWindow(limit, window)
         self.timer = timer
-        self._attempts: dict[Identity, deque[float]] = {}
+
+    @property
+    def limit(self) -> int:
+        return self.attempts.limit
+
+    @property
+    def window(self) -> float:
+        return self.attempts.window
 
     def acquire(self, identity: Identity) -> float | None:
         """Record an attempt and return None, or return seconds until one is allowed."""
-        now = self.timer()
-        attempts = self._attempts.setdefault(identity, deque())
-        while attempts and attempts[0] <= now - self.window:
-            attempts.popleft()
-        if len(attempts) >= self.limit:
-            return attempts[0] + self.window - now
-        attempts.append(now)
-        return None
+        decision = self.attempts.hit(identity, self.timer())
+        return None if decision.allowed else decision.reset_after
 
 
 class SingleFlight:
@@ -498,7 +498,7 @@ class TokenService:
         wait = self.limiter.acquire(identity)
         if wait is not None:
             self._on_event("verification_refused", {"kind": identity.kind})
-            retry_after = max(1, int(wait + 0.999))
+            retry_after = whole_seconds(wait)
             raise TokenError(
                 429,
                 "verification_limit",

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from ..limits import Decision, whole_seconds
 from . import control, resource_api, token_api
 from .context import Call, SandboxState
-from .limits import Decision, whole_seconds
 from .routes import Match, Route, Router
 from .wire import ApiError, error_response, parse_json_body
 

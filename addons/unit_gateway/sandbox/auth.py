@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .. import paseto
+from ..limits import SlidingWindow, whole_seconds
 from . import scopes as unit_scopes
 from .clock import SandboxClock
-from .limits import SlidingWindow, whole_seconds
 from .wire import ApiError
 
 ORG_ID = "1"

@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..limits import SlidingWindow
 from .auth import JwtVerifier, Principal, TokenAuthority, Verifications
 from .clock import SandboxClock
 from .data import SandboxData
 from .faults import Faults
-from .limits import SlidingWindow
 from .stats import Stats
 from .wire import ApiError
 

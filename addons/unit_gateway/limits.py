@@ -1,9 +1,11 @@
-"""Sliding-window counters: Unit's per-IP request limit and per-customer verification limit."""
+"""Sliding-window limits: Unit's per-IP request limit and per-customer verification limit, as
+the local sandbox enforces them and as the gateway keeps within them."""
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
@@ -25,9 +27,9 @@ class SlidingWindow:
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self._events: dict[str, deque[float]] = {}
+        self._events: dict[Hashable, deque[float]] = {}
 
-    def hit(self, key: str, now: float) -> Decision:
+    def hit(self, key: Hashable, now: float) -> Decision:
         """Record one event for ``key`` unless that would exceed the limit."""
         if self.limit <= 0:
             return _UNLIMITED
