@@ -242,6 +242,20 @@ def _wire_length(stored: Any, body: tuple[bytes, bytes] | None) -> dict[bytes, b
     return None
 
 
+def _upstream_fields(
+    request: http.Request, secrets: FlowSecrets
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The request's header fields as Unit gets them: real values, the injected
+    ``Authorization`` and the real body's length. The one definition for the first send and
+    the gateway's own retry."""
+    replace = _wire_length(request, secrets.request_body) or {}
+    append = None
+    if secrets.authorization is not None:
+        append = (b"Authorization", secrets.authorization.encode(*_ENCODING))
+        replace[b"authorization"] = append[1]
+    return _wire_fields(request.data.headers.fields, secrets.request_headers, replace, append)
+
+
 def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str | None:
     """What ``headers.get(name)`` returns (values of repeated fields joined by ", "), in one
     pass over the raw fields."""
@@ -486,15 +500,7 @@ class FlowRedaction:
                             request.pretty_host,
                         )
                     return command
-                replace = _wire_length(request, secrets.request_body) or {}
-                append = None
-                if secrets.authorization is not None:
-                    append = (b"Authorization", secrets.authorization.encode(*_ENCODING))
-                    replace[b"authorization"] = append[1]
-                fields = _wire_fields(
-                    request.data.headers.fields, secrets.request_headers, replace, append
-                )
-                real = _wire_copy(request, fields)
+                real = _wire_copy(request, _upstream_fields(request, secrets))
                 if secrets.request_path is not None and request.path == secrets.request_path[0]:
                     real.data.path = secrets.request_path[1].encode(*_ENCODING)
                 return httplayer.SendHttp(
@@ -613,17 +619,10 @@ class FlowRedaction:
         found = self.secrets(flow)
         request = flow.request
         real = request.copy()
-        real.headers = _make_headers(
-            _wire_fields(request.data.headers.fields, found.request_headers)
-        )
-        if found.authorization is not None:
-            real.headers["Authorization"] = found.authorization
+        real.headers = _make_headers(_upstream_fields(request, found))
         if found.request_path is not None and request.path == found.request_path[0]:
             real.path = found.request_path[1]
-        raw = self._real_raw(request, found.request_body)
-        real.raw_content = raw
-        if raw is not None and "content-length" in real.headers:
-            real.headers["content-length"] = str(len(raw))
+        real.raw_content = self._real_raw(request, found.request_body)
         return real
 
     def set_real_response(self, flow: http.HTTPFlow, response: http.Response) -> None:
