@@ -14,7 +14,10 @@ from typing import Literal
 PREFIX = "unitgw:"
 IdentityKind = Literal["org", "customer", "cardholder"]
 # Unit's ids are short strings of digits; letters, '-' and '_' are allowed for other setups.
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+_ID = re.compile(ID_PATTERN)
+#: Every valid placeholder, for whoever must recognise one in text (the redaction engine).
+PLACEHOLDER_PATTERN = rf"{PREFIX}(?:org|customer:{ID_PATTERN}|cardholder:{ID_PATTERN})"
 
 
 @dataclass(frozen=True, slots=True)

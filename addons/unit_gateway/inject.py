@@ -32,7 +32,7 @@ from unit_gateway.identity import (
 )
 from unit_gateway.jsonapi import error_response
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
-from unit_gateway.minting import TokenError, TokenService
+from unit_gateway.minting import CHALLENGE_PREFIX, TokenError, TokenService
 from unit_gateway.redact import FlowRedaction
 from unit_gateway.routes import CARDHOLDER_SCOPES, OTHER_ROUTE, RouteMatch, RouteTable
 from unit_gateway.token_cache import CachedToken
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCOPE_HEADER = "X-Unit-Gateway-Scope"
-CHALLENGE_PREFIX = "unitgw-challenge-"
 _SCOPE_HEADER_NAME = SCOPE_HEADER.lower().encode()
 
 

@@ -32,7 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from unit_gateway import __version__
+from unit_gateway import __version__, identity
 from unit_gateway.access_log import AccessLog, log_path
 from unit_gateway.core import OPTION
 from unit_gateway.redaction import Redactor
@@ -517,7 +517,7 @@ class MetricsExporter:
             return None
         scheme, _, credential = value.strip().partition(" ")
         credential = credential.strip() or scheme
-        if credential.startswith("unitgw:"):
+        if credential.startswith(identity.PREFIX):
             return None  # refused before a token was attached
         return redaction.redactor.fingerprint(credential)
 

@@ -86,6 +86,10 @@ class VerificationRequired(TokenError):
         self.challenge_id = challenge_id
 
 
+#: How the gateway's challenge ids start (a caller sends one back as verificationToken).
+CHALLENGE_PREFIX = "unitgw-challenge-"
+
+
 class VerificationLimiter:
     """Unit allows 5 verifications per 10 minutes per customer or card: refuse the sixth here,
     before spending Unit's own limit."""
@@ -516,7 +520,7 @@ class TokenService:
         verification_token: str,
     ) -> VerificationRequired:
         self._expire_challenges()
-        challenge_id = "unitgw-challenge-" + secrets.token_urlsafe(18)
+        challenge_id = CHALLENGE_PREFIX + secrets.token_urlsafe(18)
         self.challenges[challenge_id] = Challenge(
             identity, scopes, verification_token, time.monotonic()
         )

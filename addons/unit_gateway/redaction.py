@@ -59,6 +59,7 @@ import brotli
 import orjson
 import zstandard
 
+from unit_gateway.identity import PLACEHOLDER_PATTERN
 from unit_gateway.redaction_rules import (
     DEFAULT_BINARY_SUMMARY_CONTENT_TYPES,
     DEFAULT_BINARY_SUMMARY_ROUTES,
@@ -98,9 +99,7 @@ MARKER = re.compile(
 _FINGERPRINT = re.compile(r"\[token …[0-9a-f]{6}\]")
 
 #: The gateway's own stand-ins for a token (design.md, "Identity"): not secrets, kept visible.
-PLACEHOLDER = re.compile(
-    r"unitgw:(?:org|customer:[A-Za-z0-9_-]{1,128}|cardholder:[A-Za-z0-9_-]{1,128})"
-)
+PLACEHOLDER = re.compile(PLACEHOLDER_PATTERN)
 
 BodyKind = Literal["empty", "json", "form", "multipart", "text", "binary"]
 
@@ -281,7 +280,8 @@ _URL_HEADERS = frozenset({"location", "content-location", "referer", "origin"})
 _PLACEHOLDER_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
 _PLACEHOLDER_CREDENTIAL = re.compile(
     rb"[ \t]*(?:[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,31} +)?"
-    rb"unitgw:(?:org|customer:[A-Za-z0-9_-]{1,128}|cardholder:[A-Za-z0-9_-]{1,128})[ \t]*"
+    + PLACEHOLDER_PATTERN.encode()
+    + rb"[ \t]*"
 )
 _DISPOSITION_PARAM = re.compile(
     r""";\s*(?P<name>[A-Za-z*-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)""", re.DOTALL
