@@ -34,7 +34,13 @@ from unit_gateway.jsonapi import error_response
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import CHALLENGE_PREFIX, TokenError, TokenService
 from unit_gateway.redact import FlowRedaction
-from unit_gateway.routes import CARDHOLDER_SCOPES, OTHER_ROUTE, RouteMatch, RouteTable
+from unit_gateway.routes import (
+    CARDHOLDER_SCOPES,
+    OTHER_ROUTE,
+    RouteMatch,
+    RouteTable,
+    route_label,
+)
 from unit_gateway.token_cache import CachedToken
 
 if TYPE_CHECKING:
@@ -186,7 +192,7 @@ class TokenInjector:
                 )
             return None
         route = self.routes.match(request.method, request.path)
-        state = FlowState(upstream, route.template if route is not None else OTHER_ROUTE)
+        state = FlowState(upstream, route_label(route))
         self._flows[flow.id] = state
         if isinstance(credential, PlaceholderError):
             flow.response = error_response(401, "invalid_placeholder", str(credential))
