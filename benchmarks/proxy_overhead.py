@@ -12,6 +12,11 @@ It also records the CPU time (user + system, from /proc) each proxy process spen
 On a shared machine that is the fairer comparison: req/s moves with whatever else runs, CPU
 per request much less. Bare CPU / gateway CPU is the throughput ratio a CPU-bound proxy would
 reach with the machine to itself.
+
+Two floors split the gateway's cost: mitmdump with only the gateway's patch point
+(``floor/patch_point.py``), and with the patch point plus the redaction of every response
+body by the gateway's own Redactor (``floor/body_redaction.py``). Both carry the caller's
+real token, like bare mitmdump.
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ CONCURRENCIES = (1, 32)
 CUSTOMER_SCOPES = ("customers", "accounts", "cards")
 # Output per flow costs mitmdump CPU: every proxy runs with the same quiet setting.
 PROXY_ARGS = ("--set", "flow_detail=0")
+FLOORS = Path(__file__).parent / "floor"
+#: Every target, in the order runs interleave and tables list them.
+LABELS = (
+    "direct",
+    "bare mitmdump",
+    "mitmdump + patch point",
+    "mitmdump + body redaction",
+    "gateway",
+)
 
 
 CUSTOMER = "10001"
@@ -92,6 +106,17 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     assert sandbox.cert_path is not None
     upstream_ca = ("--set", f"ssl_verify_upstream_trusted_ca={sandbox.cert_path}")
     bare = harness.start_bare_mitmdump(run_dir, extra_args=[*PROXY_ARGS, *upstream_ca])
+    floors = {
+        label: harness.start_bare_mitmdump(
+            run_dir,
+            extra_args=[*PROXY_ARGS, "-s", str(FLOORS / script), *upstream_ca],
+            name=script.removesuffix(".py"),
+        )
+        for label, script in (
+            ("mitmdump + patch point", "patch_point.py"),
+            ("mitmdump + body redaction", "body_redaction.py"),
+        )
+    }
     config = harness.write_gateway_config(
         run_dir / "gateway.yaml",
         upstream_url=sandbox.url,
@@ -112,6 +137,10 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         targets = {
             "direct": (None, [sandbox.cert_path], token, None),
             "bare mitmdump": (bare.proxy_url, [bare.ca_path], token, bare.process.proc.pid),
+            **{
+                label: (floor.proxy_url, [floor.ca_path], token, floor.process.proc.pid)
+                for label, floor in floors.items()
+            },
             "gateway": (
                 gateway.proxy_url,
                 [gateway.ca_path],
@@ -138,8 +167,9 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                         )
                     )
     finally:
-        for process in (gateway.process, bare.process, sandbox.process):
-            process.stop()
+        for target in (gateway, bare, *floors.values()):
+            target.process.stop()
+        sandbox.process.stop()
     return summarize(runs, args)
 
 
@@ -148,7 +178,7 @@ def summarize(runs: list[LoadResult], args: argparse.Namespace) -> dict[str, Any
     for concurrency in args.concurrency:
         row: dict[str, Any] = {}
         cpu: dict[str, float] = {}
-        for label in ("direct", "bare mitmdump", "gateway"):
+        for label in LABELS:
             mine = [r for r in runs if r.label == label and r.concurrency == concurrency]
             row[label] = median_result(mine).as_dict()
             per_request = [r.cpu_us_per_request for r in mine if r.cpu_us_per_request]
@@ -163,6 +193,11 @@ def summarize(runs: list[LoadResult], args: argparse.Namespace) -> dict[str, Any
         row["cpu us/request"] = {label: round(value, 1) for label, value in cpu.items()}
         row["cpu bare/gateway ratio"] = round(cpu["bare mitmdump"] / cpu["gateway"], 3)
         row["gateway added cpu us/request"] = round(cpu["gateway"] - cpu["bare mitmdump"], 1)
+        row["cpu added us/request"] = {
+            label: round(value - cpu["bare mitmdump"], 1) for label, value in cpu.items()
+        }
+        # What a target may add to bare mitmdump's CPU per request and keep a 0.95 ratio.
+        row["cpu budget at 0.95 us/request"] = round(cpu["bare mitmdump"] * (1 / 0.95 - 1), 1)
         table[f"concurrency {concurrency}"] = row
     return {
         "benchmark": "proxy_overhead",
@@ -202,7 +237,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key, row in report["results"].items():
-        for label in ("direct", "bare mitmdump", "gateway"):
+        for label in LABELS:
             r = row[label]
             lines.append(
                 f"| {r['concurrency']} | {label} | {r['requests_per_second']} | "
@@ -226,8 +261,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         cpu = row["cpu us/request"]
         lines.append(
             f"| {key.split()[-1]} | {cpu['bare mitmdump']} | {cpu['gateway']} | "
-            f"+{row['gateway added cpu us/request']} | **{row['cpu bare/gateway ratio']}** |"
+            f"{row['gateway added cpu us/request']:+} | **{row['cpu bare/gateway ratio']}** |"
         )
+    lines += [
+        "",
+        "Where the gateway's CPU goes: each floor runs a part of the gateway's per-request work",
+        "on bare mitmdump (see the module docstring). The budget is what a target may add and",
+        "keep bare/target at 0.95. Differences of about 25 µs or less are within the spread",
+        "between repeated runs on a 2-core machine.",
+        "",
+        "| concurrency | budget at 0.95 | target | CPU µs/req | added µs/req | bare/target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, row in report["results"].items():
+        cpu, added = row["cpu us/request"], row["cpu added us/request"]
+        for label in LABELS[2:]:
+            lines.append(
+                f"| {key.split()[-1]} | +{row['cpu budget at 0.95 us/request']} | {label} | "
+                f"{cpu[label]} | {added[label]:+} | "
+                f"{round(cpu['bare mitmdump'] / cpu[label], 3)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
