@@ -31,8 +31,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,127 @@ def test_a_host_header_naming_unit_gets_no_token_sent_to_the_address_dialed(
     assert stats["tokens_created"]["customer"] == 1
     issued = planted.add_issued(unit_host.url, unit_host.process.name, unit_host.cert_path)
     assert len(issued["tokens"]) == 1
+
+
+# --- services on the gateway host itself: OUTPUT, excluding the gateway's own user -----------
+
+
+@dataclass
+class LocalUnit:
+    """A Unit host at an address of this host (a /32 on ``lo``) and the OUTPUT rules sending
+    other users' connections to it through the gateway."""
+
+    ip: str
+    rules: list[list[str]] = field(default_factory=list)
+
+    def redirect_other_users(self, dport: int, to_port: int, gateway_uid: int) -> None:
+        """docs/transparent-mode.md's rule for services on the gateway host, as written."""
+        rule = [
+            "OUTPUT", "-p", "tcp", "--dport", str(dport), "-d", self.ip,
+            "-m", "owner", "!", "--uid-owner", str(gateway_uid),
+            "-j", "REDIRECT", "--to-ports", str(to_port),
+        ]  # fmt: skip
+        _must("iptables", "-t", "nat", "-A", *rule)
+        self.rules.append(rule)
+
+
+@pytest.fixture
+def local_unit_ip() -> Iterator[LocalUnit]:
+    """A random address in 198.18.0.0/15 on ``lo``, so the OUTPUT rule matches nothing but
+    this test's connections; the address and every rule are removed afterwards."""
+    if sys.platform != "linux":
+        pytest.skip("transparent mode with iptables REDIRECT is Linux only")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: adds an address and iptables rules, runs a client as nobody")
+    for tool in ("ip", "iptables", "setpriv", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    benchmarking = ipaddress.ip_network("198.18.0.0/15")
+    ip = str(benchmarking.network_address + 1 + secrets.randbelow(benchmarking.num_addresses - 2))
+    _must("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+    local = LocalUnit(ip)
+    try:
+        yield local
+    finally:
+        for rule in reversed(local.rules):
+            _run("iptables", "-t", "nat", "-D", *rule)
+        _run("ip", "addr", "del", f"{ip}/32", "dev", "lo")
+
+
+def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gateway_itself(
+    local_unit_ip: LocalUnit,
+    gateway_factory: GatewayFactory,
+    planted: Planted,
+    run_dir: Path,
+) -> None:
+    # The gateway runs as root here, so the rule excludes uid 0 and the service is curl run
+    # as nobody: a process on the same host that knows nothing about a proxy.
+    unit = harness.start_sandbox(
+        run_dir,
+        tls=True,
+        name="tls-sandbox",
+        extra_args=["--rate-limit", "100000", "--host", local_unit_ip.ip],
+    )
+    planted.add("org token (tls sandbox)", unit.org_token)
+    cleanups: list[Callable[[], None]] = []
+    try:
+        gateway = gateway_factory(unit, mode="transparent", name="transparent")
+        # Locally generated packets are redirected to 127.0.0.1: the gateway listens there.
+        assert gateway.proxy_url.startswith("http://127.0.0.1:")
+        port = int(unit.url.rsplit(":", 1)[1])
+        local_unit_ip.redirect_other_users(port, int(gateway.proxy_url.rsplit(":", 1)[1]), 0)
+
+        # nobody cannot enter pytest's private directories: the CA goes where it can read it.
+        shared = Path(tempfile.mkdtemp(prefix="unit-gateway-ca-"))
+        cleanups.append(lambda: shutil.rmtree(shared, ignore_errors=True))
+        shared.chmod(0o755)
+        ca = shared / "gateway-ca.pem"
+        ca.write_bytes(gateway.ca_path.read_bytes())
+        ca.chmod(0o644)
+
+        def curl(*prefix: str) -> tuple[int, dict[str, Any]]:
+            argv = [
+                *prefix, "curl", "-sS", "--noproxy", "*", "--max-time", "15",
+                "--cacert", str(ca if prefix else unit.cert_path),
+                "-H", "Authorization: Bearer unitgw:customer:10001",
+                "-w", "\n%{http_code}", f"{unit.url}/cards",
+            ]  # fmt: skip
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            with (run_dir / "client.output").open("a") as out:
+                out.write(result.stdout + result.stderr)
+            assert result.returncode == 0, result.stderr + gateway.process.output()[-3000:]
+            body, _, status = result.stdout.rpartition("\n")
+            return int(status), json.loads(body)
+
+        status, cards = curl("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        assert status == 200, cards
+        customers = {c["relationships"]["customer"]["data"]["id"] for c in cards["data"]}
+        assert customers == {"10001"}
+        # The gateway got the connection from this host (its source address is the Unit
+        # address itself, the one on lo) and knew where it was going; its own connections to
+        # the same address and port (forwarding, minting) were not sent back to it: one
+        # customer token, one GET /cards, as with no redirect at all.
+        unit_url = re.escape(unit.url)
+        client = re.escape(local_unit_ip.ip)
+        gateway.process.wait_for(rf"^{client}:\d+: GET {unit_url}/cards", timeout=5)
+        stats = unit.stats()
+        assert stats["tokens_created"]["customer"] == 1
+        assert stats["requests"]["GET /cards"] == 1
+
+        # The gateway's own user is excluded: root's request goes straight to Unit, which
+        # refuses a placeholder (no token is put in for it on the way).
+        status, refused = curl()
+        assert status == 401, refused
+        assert unit.stats()["requests"]["GET /cards"] == 2
+        assert len(re.findall(rf"GET {unit_url}/cards", gateway.process.output())) == 1
+        issued = planted.add_issued(unit.url, unit.process.name, unit.cert_path)
+        assert len(issued["tokens"]) == 1
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+        assert unit.process.stop() == 0, unit.process.output()[-2000:]
