@@ -7,6 +7,7 @@ loads every unit-gateway addon in the order they must run.
 
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
+from unit_gateway.loops import RedirectLoopGuard
 from unit_gateway.metrics import GatewayMetrics, MetricsExporter
 from unit_gateway.redact import FlowRedaction
 
@@ -22,4 +23,5 @@ addons = [
     tokens,
     # After the token addon, so a retried request is recorded with its final answer.
     MetricsExporter(core, metrics, tokens),
+    RedirectLoopGuard(),
 ]

@@ -408,6 +408,10 @@ class LocalUnit:
         _must("iptables", "-t", "nat", "-A", *rule)
         self.rules.append(rule)
 
+    def remove_rules(self) -> None:
+        while self.rules:
+            _run("iptables", "-t", "nat", "-D", *self.rules.pop())
+
 
 @pytest.fixture
 def local_unit_ip() -> Iterator[LocalUnit]:
@@ -427,8 +431,7 @@ def local_unit_ip() -> Iterator[LocalUnit]:
     try:
         yield local
     finally:
-        for rule in reversed(local.rules):
-            _run("iptables", "-t", "nat", "-D", *rule)
+        local.remove_rules()
         _run("ip", "addr", "del", f"{ip}/32", "dev", "lo")
 
 
@@ -508,4 +511,53 @@ def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gatewa
     finally:
         for cleanup in cleanups:
             cleanup()
+        assert unit.process.stop() == 0, unit.process.output()[-2000:]
+
+
+def test_a_redirect_that_sends_the_gateways_own_connections_back_is_a_clear_error(
+    local_unit_ip: LocalUnit,
+    gateway_factory: GatewayFactory,
+    planted: Planted,
+    run_dir: Path,
+) -> None:
+    # The OUTPUT rule excludes a user the gateway does not run as: its own connections to
+    # Unit come back to it. Without the loop guard each of them made the gateway connect again
+    # and it stopped answering (and could not stop cleanly).
+    unit = harness.start_sandbox(
+        run_dir,
+        tls=True,
+        name="tls-sandbox",
+        extra_args=["--rate-limit", "100000", "--host", local_unit_ip.ip],
+    )
+    planted.add("org token (tls sandbox)", unit.org_token)
+    try:
+        gateway = gateway_factory(unit, mode="transparent", name="transparent")
+        port = int(unit.url.rsplit(":", 1)[1])
+        not_the_gateway = 65533
+        local_unit_ip.redirect_other_users(
+            port, int(gateway.proxy_url.rsplit(":", 1)[1]), not_the_gateway
+        )
+        assert gateway.ca_path is not None
+        result = subprocess.run(
+            ["curl", "-sS", "--noproxy", "*", "--max-time", "15", "--cacert",
+             str(gateway.ca_path), "-H", "Authorization: Bearer unitgw:customer:10001",
+             "-w", "\n%{http_code}", f"{unit.url}/cards"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )  # fmt: skip
+        (run_dir / "client.output").write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stderr + gateway.process.output()[-3000:]
+        body, _, status = result.stdout.rpartition("\n")
+        error = json.loads(body)["errors"][0]
+        assert status.startswith("5"), body
+        assert error["status"] == status
+        gateway.process.wait_for(r"unit-gateway: redirect loop: the gateway's own connection to")
+        # Nothing reached Unit: neither the request nor a token request. (The rule would
+        # send this test's own request for the counts to the gateway too.)
+        local_unit_ip.remove_rules()
+        stats = unit.stats()
+        assert stats["requests"].get("GET /cards", 0) == 0
+        assert stats["tokens_created"].get("customer", 0) == 0
+    finally:
         assert unit.process.stop() == 0, unit.process.output()[-2000:]

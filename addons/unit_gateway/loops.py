@@ -1,0 +1,131 @@
+"""The redirect-loop guard: a connection the gateway opened that a firewall rule sends back
+to the gateway itself is closed, and the log says why.
+
+In transparent mode the host's firewall sends connections to Unit to the gateway. A rule in
+``OUTPUT`` that does not exclude the gateway's own user (docs/transparent-mode.md) also sends
+the gateway's own connections to Unit back to it; each of those makes the gateway connect
+again, and the gateway stops answering anything. mitmproxy cannot tell: the looped connection
+looks like any client. The gateway can: its peer is the local end of one of the gateway's own
+server connections.
+
+The local end of a server connection is known once it is connected, which races with the
+looped connection being accepted. A connection from an address of this host to a transparent
+listener therefore waits (briefly, and only while server connections that were opening when
+it arrived are still opening) before it is let in. Other listeners get the check without the
+wait: no redirect rule feeds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Hashable
+from typing import Any
+
+from mitmproxy import connection
+from mitmproxy.proxy import server_hooks
+
+from unit_gateway.redact import TRANSPARENT_MODES
+
+logger = logging.getLogger(__name__)
+
+#: How long a connection from this host waits for the gateway's own connects to settle.
+SETTLE_SECONDS = 1.0
+_LOCAL_CACHE_LIMIT = 1024
+
+
+def is_local_address(ip: str) -> bool:
+    """Whether ``ip`` is an address of this host (of this network namespace): only a local
+    address can be bound."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
+class RedirectLoopGuard:
+    def __init__(self) -> None:
+        #: local (ip, port) of each connected server connection -> where it goes
+        self._own: dict[tuple[Any, ...], tuple[str, int] | None] = {}
+        #: server connections being opened, and an event set whenever one settles
+        self._opening: set[Hashable] = set()
+        self._settled = asyncio.Event()
+        self._local: dict[str, bool] = {}
+        self.loops = 0
+
+    # --- the gateway's own server connections ----------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._opening.add(data.server.id)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if server.sockname is not None:
+            self._own[_key(server.sockname)] = server.address
+        self._settle(server)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._settle(data.server)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.server.sockname is not None:
+            self._own.pop(_key(data.server.sockname), None)
+        self._settle(data.server)
+
+    def _settle(self, server: connection.Server) -> None:
+        if server.id in self._opening:
+            self._opening.discard(server.id)
+            self._settled.set()
+            self._settled = asyncio.Event()
+
+    # --- clients -----------------------------------------------------------------------------
+
+    async def client_connected(self, client: connection.Client) -> None:
+        peer = client.peername
+        if not peer or not self._from_this_host(peer[0]):
+            return
+        key = _key(peer)
+        waiting = set(self._opening) if isinstance(client.proxy_mode, TRANSPARENT_MODES) else ()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_SECONDS
+        while key not in self._own and self._opening.intersection(waiting):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._settled.wait(), remaining)
+            except TimeoutError:
+                break
+        if key in self._own:
+            self.loops += 1
+            destination = self._own[key]
+            client.error = "redirect loop: a connection of the gateway's own came back to it"
+            logger.error(
+                "unit-gateway: redirect loop: the gateway's own connection to %s was sent back "
+                "to it (from %s:%s) and is closed. A firewall rule redirects the gateway's "
+                "traffic too: exclude the gateway's user from it (docs/transparent-mode.md)",
+                _address(destination),
+                peer[0],
+                peer[1],
+            )
+
+    def _from_this_host(self, ip: str) -> bool:
+        found = self._local.get(ip)
+        if found is None:
+            if len(self._local) >= _LOCAL_CACHE_LIMIT:
+                self._local.clear()
+            found = self._local[ip] = is_local_address(ip)
+        return found
+
+
+def _key(address: tuple[Any, ...]) -> tuple[Any, ...]:
+    # IPv6 socknames carry flow info and scope id: the host and port identify the socket.
+    return (address[0], address[1])
+
+
+def _address(address: tuple[str, int] | None) -> str:
+    return "an unknown address" if address is None else f"{address[0]}:{address[1]}"

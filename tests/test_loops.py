@@ -1,0 +1,124 @@
+"""The redirect-loop guard's logic, driven without a proxy (the end-to-end case is in
+test_transparent_e2e.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from mitmproxy import connection
+from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.mode_specs import ProxyMode
+
+from unit_gateway import loops
+from unit_gateway.loops import RedirectLoopGuard, is_local_address
+
+UNIT = ("198.18.0.10", 443)
+
+
+def client(peer: tuple[str, int], mode: str = "transparent") -> connection.Client:
+    return connection.Client(
+        peername=peer,
+        sockname=("127.0.0.1", 8080),
+        timestamp_start=0,
+        proxy_mode=ProxyMode.parse(mode),
+    )
+
+
+def server_data(local: tuple[str, int] | None) -> server_hooks.ServerConnectionHookData:
+    server = connection.Server(address=UNIT)
+    server.sockname = local
+    return server_hooks.ServerConnectionHookData(server, client(("192.0.2.1", 1)))
+
+
+def test_local_addresses_are_told_by_binding() -> None:
+    assert is_local_address("127.0.0.1")
+    assert not is_local_address("192.0.2.1")  # TEST-NET-1: on no host
+    assert not is_local_address("not an address")
+
+
+async def test_a_client_whose_peer_is_a_connected_server_socket_is_killed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = RedirectLoopGuard()
+    data = server_data(("127.0.0.1", 40001))
+    guard.server_connect(data)
+    guard.server_connected(data)
+    looped = client(("127.0.0.1", 40001))
+    await guard.client_connected(looped)
+    assert looped.error and "redirect loop" in looped.error
+    assert guard.loops == 1
+    assert "exclude the gateway's user" in caplog.text
+    assert "198.18.0.10:443" in caplog.text
+
+    # Another local client is let in, without waiting: nothing is being opened.
+    other = client(("127.0.0.1", 40002))
+    await asyncio.wait_for(guard.client_connected(other), 0.1)
+    assert other.error is None
+
+    # Once the server connection is gone, its port may be any client's.
+    guard.server_disconnected(data)
+    reused = client(("127.0.0.1", 40001))
+    await guard.client_connected(reused)
+    assert reused.error is None
+
+
+async def test_the_looped_client_can_arrive_before_the_connect_is_reported() -> None:
+    guard = RedirectLoopGuard()
+    data = server_data(None)
+    guard.server_connect(data)
+    looped = client(("127.0.0.1", 40003))
+    check = asyncio.create_task(guard.client_connected(looped))
+    await asyncio.sleep(0.01)
+    assert not check.done()  # waits while the gateway's own connect is still opening
+    data.server.sockname = ("127.0.0.1", 40003)
+    guard.server_connected(data)
+    await asyncio.wait_for(check, 1)
+    assert looped.error is not None
+
+
+async def test_a_client_from_this_host_waits_only_for_connects_that_were_opening() -> None:
+    guard = RedirectLoopGuard()
+    first = server_data(None)
+    guard.server_connect(first)
+    local = client(("127.0.0.1", 40004))
+    check = asyncio.create_task(guard.client_connected(local))
+    await asyncio.sleep(0.01)
+    later = server_data(None)
+    guard.server_connect(later)  # opened after the client came: not waited for
+    guard.server_connect_error(first)
+    await asyncio.wait_for(check, 0.5)
+    assert local.error is None
+
+
+async def test_a_connect_that_never_settles_delays_a_local_client_by_at_most_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loops, "SETTLE_SECONDS", 0.05)
+    guard = RedirectLoopGuard()
+    guard.server_connect(server_data(None))
+    local = client(("127.0.0.1", 40005))
+    await asyncio.wait_for(guard.client_connected(local), 1)
+    assert local.error is None
+
+
+async def test_remote_clients_never_wait() -> None:
+    guard = RedirectLoopGuard()
+    guard.server_connect(server_data(None))
+    remote = client(("192.0.2.7", 50000))
+    await asyncio.wait_for(guard.client_connected(remote), 0.05)
+    assert remote.error is None
+
+
+async def test_regular_listeners_check_without_waiting() -> None:
+    guard = RedirectLoopGuard()
+    opening = server_data(None)
+    guard.server_connect(opening)
+    local = client(("127.0.0.1", 40006), mode="regular")
+    await asyncio.wait_for(guard.client_connected(local), 0.05)
+    assert local.error is None
+    connected = server_data(("127.0.0.1", 40007))
+    guard.server_connected(connected)
+    looped = client(("127.0.0.1", 40007), mode="regular")
+    await guard.client_connected(looped)
+    assert looped.error is not None
