@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,20 +140,25 @@ def client_net() -> Iterator[ClientNet]:
         _run("ip", "netns", "del", namespace)
 
 
-@pytest.fixture
-def unit_host(client_net: ClientNet, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
-    """The TLS sandbox as the Unit host the client calls: on the root side of the veth pair
-    (its certificate names that address), where the gateway can connect to it as the original
-    destination. The harness's ``--host 127.0.0.1`` is overridden by the later flag."""
+def _unit_at(ip: str, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
+    """The TLS sandbox as the Unit host, listening on ``ip`` (its certificate names that
+    address). The harness's ``--host 127.0.0.1`` is overridden by the later flag."""
     box = harness.start_sandbox(
         run_dir,
         tls=True,
         name="tls-sandbox",
-        extra_args=["--rate-limit", "100000", "--host", client_net.host_ip],
+        extra_args=["--rate-limit", "100000", "--host", ip],
     )
     planted.add("org token (tls sandbox)", box.org_token)
     yield box
     assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+@pytest.fixture
+def unit_host(client_net: ClientNet, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
+    """The Unit host the client calls: on the root side of the veth pair, where the gateway
+    can connect to it as the original destination."""
+    yield from _unit_at(client_net.host_ip, run_dir, planted)
 
 
 def test_transparent_mode_with_the_python_sdk_in_a_namespace(
@@ -435,129 +440,109 @@ def local_unit_ip() -> Iterator[LocalUnit]:
         _run("ip", "addr", "del", f"{ip}/32", "dev", "lo")
 
 
+@pytest.fixture
+def local_unit(
+    local_unit_ip: LocalUnit, run_dir: Path, planted: Planted
+) -> Iterator[harness.Sandbox]:
+    """The Unit host at the address on ``lo``."""
+    yield from _unit_at(local_unit_ip.ip, run_dir, planted)
+
+
+def _curl_cards(
+    unit: harness.Sandbox, ca: Path, run_dir: Path, gateway: harness.Gateway, *prefix: str
+) -> tuple[int, dict[str, Any]]:
+    """GET /cards as a customer's placeholder with curl (run under ``prefix``, e.g. as
+    another user), no proxy settings: the status and the JSON body. Output goes to the run
+    directory for the leak scan."""
+    argv = [
+        *prefix, "curl", "-sS", "--noproxy", "*", "--max-time", "15", "--cacert", str(ca),
+        "-H", "Authorization: Bearer unitgw:customer:10001",
+        "-w", "\n%{http_code}", f"{unit.url}/cards",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    with (run_dir / "client.output").open("a") as out:
+        out.write(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stderr + gateway.process.output()[-3000:]
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
 def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gateway_itself(
     local_unit_ip: LocalUnit,
+    local_unit: harness.Sandbox,
     gateway_factory: GatewayFactory,
     planted: Planted,
     run_dir: Path,
 ) -> None:
     # The gateway runs as root here, so the rule excludes uid 0 and the service is curl run
     # as nobody: a process on the same host that knows nothing about a proxy.
-    unit = harness.start_sandbox(
-        run_dir,
-        tls=True,
-        name="tls-sandbox",
-        extra_args=["--rate-limit", "100000", "--host", local_unit_ip.ip],
-    )
-    planted.add("org token (tls sandbox)", unit.org_token)
-    cleanups: list[Callable[[], None]] = []
-    try:
-        gateway = gateway_factory(unit, mode="transparent", name="transparent")
-        # Locally generated packets are redirected to 127.0.0.1: the gateway listens there.
-        assert gateway.proxy_url.startswith("http://127.0.0.1:")
-        port = int(unit.url.rsplit(":", 1)[1])
-        local_unit_ip.redirect_other_users(port, int(gateway.proxy_url.rsplit(":", 1)[1]), 0)
+    unit = local_unit
+    gateway = gateway_factory(unit, mode="transparent", name="transparent")
+    # Locally generated packets are redirected to 127.0.0.1: the gateway listens there.
+    assert gateway.proxy_url.startswith("http://127.0.0.1:")
+    port = int(unit.url.rsplit(":", 1)[1])
+    local_unit_ip.redirect_other_users(port, int(gateway.proxy_url.rsplit(":", 1)[1]), 0)
 
-        # nobody cannot enter pytest's private directories: the CA goes where it can read it.
-        shared = Path(tempfile.mkdtemp(prefix="unit-gateway-ca-"))
-        cleanups.append(lambda: shutil.rmtree(shared, ignore_errors=True))
+    # nobody cannot enter pytest's private directories: the CA goes where it can read it.
+    shared = Path(tempfile.mkdtemp(prefix="unit-gateway-ca-"))
+    try:
         shared.chmod(0o755)
         ca = shared / "gateway-ca.pem"
         ca.write_bytes(gateway.ca_path.read_bytes())
         ca.chmod(0o644)
-
-        def curl(*prefix: str) -> tuple[int, dict[str, Any]]:
-            argv = [
-                *prefix, "curl", "-sS", "--noproxy", "*", "--max-time", "15",
-                "--cacert", str(ca if prefix else unit.cert_path),
-                "-H", "Authorization: Bearer unitgw:customer:10001",
-                "-w", "\n%{http_code}", f"{unit.url}/cards",
-            ]  # fmt: skip
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=20,
-            )
-            with (run_dir / "client.output").open("a") as out:
-                out.write(result.stdout + result.stderr)
-            assert result.returncode == 0, result.stderr + gateway.process.output()[-3000:]
-            body, _, status = result.stdout.rpartition("\n")
-            return int(status), json.loads(body)
-
-        status, cards = curl("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
-        assert status == 200, cards
-        customers = {c["relationships"]["customer"]["data"]["id"] for c in cards["data"]}
-        assert customers == {"10001"}
-        # The gateway got the connection from this host (its source address is the Unit
-        # address itself, the one on lo) and knew where it was going; its own connections to
-        # the same address and port (forwarding, minting) were not sent back to it: one
-        # customer token, one GET /cards, as with no redirect at all.
-        unit_url = re.escape(unit.url)
-        client = re.escape(local_unit_ip.ip)
-        gateway.process.wait_for(rf"^{client}:\d+: GET {unit_url}/cards", timeout=5)
-        stats = unit.stats()
-        assert stats["tokens_created"]["customer"] == 1
-        assert stats["requests"]["GET /cards"] == 1
-
-        # The gateway's own user is excluded: root's request goes straight to Unit, which
-        # refuses a placeholder (no token is put in for it on the way).
-        status, refused = curl()
-        assert status == 401, refused
-        assert unit.stats()["requests"]["GET /cards"] == 2
-        assert len(re.findall(rf"GET {unit_url}/cards", gateway.process.output())) == 1
-        issued = planted.add_issued(unit.url, unit.process.name, unit.cert_path)
-        assert len(issued["tokens"]) == 1
+        as_nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        status, cards = _curl_cards(unit, ca, run_dir, gateway, *as_nobody)
     finally:
-        for cleanup in cleanups:
-            cleanup()
-        assert unit.process.stop() == 0, unit.process.output()[-2000:]
+        shutil.rmtree(shared, ignore_errors=True)
+    assert status == 200, cards
+    customers = {c["relationships"]["customer"]["data"]["id"] for c in cards["data"]}
+    assert customers == {"10001"}
+    # The gateway got the connection from this host (its source address is the Unit address
+    # itself, the one on lo) and knew where it was going; its own connections to the same
+    # address and port (forwarding, minting) were not sent back to it: one customer token,
+    # one GET /cards, as with no redirect at all.
+    unit_url = re.escape(unit.url)
+    client = re.escape(local_unit_ip.ip)
+    gateway.process.wait_for(rf"^{client}:\d+: GET {unit_url}/cards", timeout=5)
+    stats = unit.stats()
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["requests"]["GET /cards"] == 1
+
+    # The gateway's own user is excluded: root's request goes straight to Unit, which refuses
+    # a placeholder (no token is put in for it on the way).
+    assert unit.cert_path is not None
+    status, refused = _curl_cards(unit, unit.cert_path, run_dir, gateway)
+    assert status == 401, refused
+    assert unit.stats()["requests"]["GET /cards"] == 2
+    assert len(re.findall(rf"GET {unit_url}/cards", gateway.process.output())) == 1
+    issued = planted.add_issued(unit.url, unit.process.name, unit.cert_path)
+    assert len(issued["tokens"]) == 1
 
 
 def test_a_redirect_that_sends_the_gateways_own_connections_back_is_a_clear_error(
     local_unit_ip: LocalUnit,
+    local_unit: harness.Sandbox,
     gateway_factory: GatewayFactory,
-    planted: Planted,
     run_dir: Path,
 ) -> None:
     # The OUTPUT rule excludes a user the gateway does not run as: its own connections to
     # Unit come back to it. Without the loop guard each of them made the gateway connect again
     # and it stopped answering (and could not stop cleanly).
-    unit = harness.start_sandbox(
-        run_dir,
-        tls=True,
-        name="tls-sandbox",
-        extra_args=["--rate-limit", "100000", "--host", local_unit_ip.ip],
+    unit = local_unit
+    gateway = gateway_factory(unit, mode="transparent", name="transparent")
+    port = int(unit.url.rsplit(":", 1)[1])
+    not_the_gateway = 65533
+    local_unit_ip.redirect_other_users(
+        port, int(gateway.proxy_url.rsplit(":", 1)[1]), not_the_gateway
     )
-    planted.add("org token (tls sandbox)", unit.org_token)
-    try:
-        gateway = gateway_factory(unit, mode="transparent", name="transparent")
-        port = int(unit.url.rsplit(":", 1)[1])
-        not_the_gateway = 65533
-        local_unit_ip.redirect_other_users(
-            port, int(gateway.proxy_url.rsplit(":", 1)[1]), not_the_gateway
-        )
-        assert gateway.ca_path is not None
-        result = subprocess.run(
-            ["curl", "-sS", "--noproxy", "*", "--max-time", "15", "--cacert",
-             str(gateway.ca_path), "-H", "Authorization: Bearer unitgw:customer:10001",
-             "-w", "\n%{http_code}", f"{unit.url}/cards"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )  # fmt: skip
-        (run_dir / "client.output").write_text(result.stdout + result.stderr)
-        assert result.returncode == 0, result.stderr + gateway.process.output()[-3000:]
-        body, _, status = result.stdout.rpartition("\n")
-        error = json.loads(body)["errors"][0]
-        assert status.startswith("5"), body
-        assert error["status"] == status
-        gateway.process.wait_for(r"unit-gateway: redirect loop: the gateway's own connection to")
-        # Nothing reached Unit: neither the request nor a token request. (The rule would
-        # send this test's own request for the counts to the gateway too.)
-        local_unit_ip.remove_rules()
-        stats = unit.stats()
-        assert stats["requests"].get("GET /cards", 0) == 0
-        assert stats["tokens_created"].get("customer", 0) == 0
-    finally:
-        assert unit.process.stop() == 0, unit.process.output()[-2000:]
+    status, body = _curl_cards(unit, gateway.ca_path, run_dir, gateway)
+    error = body["errors"][0]
+    assert 500 <= status < 600, body
+    assert error["status"] == str(status)
+    gateway.process.wait_for(r"unit-gateway: redirect loop: the gateway's own connection to")
+    # Nothing reached Unit: neither the request nor a token request. (The rule would send
+    # this test's own request for the counts to the gateway too.)
+    local_unit_ip.remove_rules()
+    stats = unit.stats()
+    assert stats["requests"].get("GET /cards", 0) == 0
+    assert stats["tokens_created"].get("customer", 0) == 0
