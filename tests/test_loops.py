@@ -122,3 +122,22 @@ async def test_regular_listeners_check_without_waiting() -> None:
     looped = client(("127.0.0.1", 40007), mode="regular")
     await guard.client_connected(looped)
     assert looped.error is not None
+
+
+async def test_a_connect_opening_for_long_is_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A connect to this host completes at once; one that was never reported (cancelled at
+    # shutdown, say) must not hold every later local client up.
+    guard = RedirectLoopGuard()
+    stale = server_data(None)
+    guard.server_connect(stale)
+    started = loops.time.monotonic()
+    monkeypatch.setattr(loops.time, "monotonic", lambda: started + loops.SETTLE_SECONDS + 1)
+    local = client(("127.0.0.1", 40008))
+    await asyncio.wait_for(guard.client_connected(local), 0.05)
+    assert local.error is None
+    # ... and after long enough it is forgotten.
+    monkeypatch.setattr(loops.time, "monotonic", lambda: started + loops._FORGET_SECONDS + 1)
+    await guard.client_connected(client(("127.0.0.1", 40009)))
+    assert guard._opening == {}

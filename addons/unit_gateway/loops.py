@@ -10,9 +10,10 @@ server connections.
 
 The local end of a server connection is known once it is connected, which races with the
 looped connection being accepted. A connection from an address of this host to a transparent
-listener therefore waits (briefly, and only while server connections that were opening when
-it arrived are still opening) before it is let in. Other listeners get the check without the
-wait: no redirect rule feeds them.
+listener therefore waits (briefly, and only while server connections that started opening
+shortly before it arrived are still opening) before it is let in. A connection to this host
+completes at once: one that has been opening for longer cannot be what came back. Other
+listeners get the check without the wait: no redirect rule feeds them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -30,8 +32,12 @@ from unit_gateway.redact import TRANSPARENT_MODES
 
 logger = logging.getLogger(__name__)
 
-#: How long a connection from this host waits for the gateway's own connects to settle.
+#: How long a connection from this host waits for the gateway's own connects to settle, and
+#: how recent a connect must be to be waited for.
 SETTLE_SECONDS = 1.0
+#: A connect neither reported connected nor failed after this long (cancelled at shutdown,
+#: say) is forgotten.
+_FORGET_SECONDS = 600.0
 _LOCAL_CACHE_LIMIT = 1024
 
 
@@ -51,8 +57,9 @@ class RedirectLoopGuard:
     def __init__(self) -> None:
         #: local (ip, port) of each connected server connection -> where it goes
         self._own: dict[tuple[Any, ...], tuple[str, int] | None] = {}
-        #: server connections being opened, and an event set whenever one settles
-        self._opening: set[Hashable] = set()
+        #: server connections being opened (-> when that started), and an event set whenever
+        #: one settles
+        self._opening: dict[Hashable, float] = {}
         self._settled = asyncio.Event()
         self._local: dict[str, bool] = {}
         self.loops = 0
@@ -60,7 +67,7 @@ class RedirectLoopGuard:
     # --- the gateway's own server connections ----------------------------------------------
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._opening.add(data.server.id)
+        self._opening[data.server.id] = time.monotonic()
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
@@ -77,8 +84,7 @@ class RedirectLoopGuard:
         self._settle(data.server)
 
     def _settle(self, server: connection.Server) -> None:
-        if server.id in self._opening:
-            self._opening.discard(server.id)
+        if self._opening.pop(server.id, None) is not None:
             self._settled.set()
             self._settled = asyncio.Event()
 
@@ -89,10 +95,17 @@ class RedirectLoopGuard:
         if not peer or not self._from_this_host(peer[0]):
             return
         key = _key(peer)
-        waiting = set(self._opening) if isinstance(client.proxy_mode, TRANSPARENT_MODES) else ()
+        waiting: set[Hashable] = set()
+        if isinstance(client.proxy_mode, TRANSPARENT_MODES):
+            now = time.monotonic()
+            for server_id, started in list(self._opening.items()):
+                if now - started < SETTLE_SECONDS:
+                    waiting.add(server_id)
+                elif now - started > _FORGET_SECONDS:
+                    del self._opening[server_id]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_SECONDS
-        while key not in self._own and self._opening.intersection(waiting):
+        while key not in self._own and not waiting.isdisjoint(self._opening):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
