@@ -135,7 +135,8 @@ def _handle_event(
             if secrets is not None:
                 if type(command.event) is httplayer.ResponseProtocolError:  # type: ignore[attr-defined]
                     # mitmproxy's own error page is HTML; Unit's SDKs need JSON:API.
-                    yield from _json_api_error(command, flow)  # type: ignore[arg-type]
+                    yield from _json_api_error(command, flow, active)  # type: ignore[arg-type]
+                    _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
                     continue
                 command = active.egress(self, secrets, command)  # type: ignore[arg-type]
         elif kind in _HOOKS:
@@ -146,20 +147,40 @@ def _handle_event(
         yield command
 
 
+#: mitmproxy's error codes that answer the client (the others close the stream: a killed
+#: flow, HTTP/2 resets) -> the JSON:API code and whose failure it is.
+_ERROR_CODES: dict[httplayer.ErrorCode, tuple[str, str]] = {
+    httplayer.ErrorCode.CONNECT_FAILED: ("upstream_unreachable", "unit"),
+    httplayer.ErrorCode.GENERIC_SERVER_ERROR: ("upstream_failed", "unit"),
+    httplayer.ErrorCode.RESPONSE_VALIDATION_FAILED: ("upstream_failed", "unit"),
+    httplayer.ErrorCode.RESPONSE_TOO_LARGE: ("upstream_failed", "unit"),
+    httplayer.ErrorCode.GENERIC_CLIENT_ERROR: ("invalid_request", "caller"),
+    httplayer.ErrorCode.REQUEST_VALIDATION_FAILED: ("invalid_request", "caller"),
+    httplayer.ErrorCode.DESTINATION_UNKNOWN: ("invalid_request", "caller"),
+    httplayer.ErrorCode.REQUEST_TOO_LARGE: ("request_too_large", "caller"),
+}
+
+
 def _json_api_error(
-    command: httplayer.SendHttp, flow: http.HTTPFlow
+    command: httplayer.SendHttp, flow: http.HTTPFlow, redaction: FlowRedaction
 ) -> Generator[commands.Command, Any, None]:
-    """The caller's answer when Unit could not be reached or answered garbage, in the form
-    every Unit client parses. The message names the failure (address, reason), never data."""
+    """The caller's answer when Unit could not be reached or answered garbage, or the
+    request itself could not be taken, in the form every Unit client parses. The message
+    names the failure (address, reason); it can quote the peer's bytes, so it is redacted.
+    Codes mitmproxy answers without a response (a killed flow) pass as they are."""
     event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
-    status = event.code.http_status_code() or 502
-    code = "upstream_unreachable" if status == 502 else "upstream_failed"
-    response = jsonapi.error_response(
-        status,
-        code,
-        f"{flow.request.host}:{flow.request.port} (Unit): {event.message}",
-        headers={"Connection": "close"},
-    )
+    status = event.code.http_status_code()
+    known = _ERROR_CODES.get(event.code)
+    if status is None or known is None:
+        yield command
+        return
+    code, whose = known
+    message = redaction.redact_text(event.message)
+    if whose == "unit":
+        detail = f"{flow.request.host}:{flow.request.port} (Unit): {message}"
+    else:
+        detail = f"the gateway could not take this request: {message}"
+    response = jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
     stream, client = event.stream_id, command.connection
     yield httplayer.SendHttp(httplayer.ResponseHeaders(stream, response, False), client)
     yield httplayer.SendHttp(httplayer.ResponseData(stream, response.raw_content or b""), client)

@@ -1,0 +1,75 @@
+"""The JSON:API answer that replaces mitmproxy's HTML error page on a flow to Unit, driven
+without a proxy (the outage case end to end is in test_tokens_e2e.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mitmproxy.proxy.layers import http as httplayer
+from mitmproxy.test import tflow
+
+from unit_gateway.core import GatewayCore
+from unit_gateway.redact import FlowRedaction, _json_api_error
+
+TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+
+
+def answer(code: httplayer.ErrorCode, message: str) -> list[httplayer.SendHttp]:
+    flow = tflow.tflow()
+    command = httplayer.SendHttp(
+        httplayer.ResponseProtocolError(1, message, code), flow.client_conn
+    )
+    return list(_json_api_error(command, flow, FlowRedaction(GatewayCore())))  # type: ignore[arg-type]
+
+
+def document(commands: list[httplayer.SendHttp]) -> tuple[int, dict]:
+    headers, data, end = (c.event for c in commands)
+    assert isinstance(end, httplayer.ResponseEndOfMessage)
+    return headers.response.status_code, json.loads(data.data)  # type: ignore[attr-defined]
+
+
+def test_bytes_of_the_peer_quoted_in_the_message_are_redacted() -> None:
+    # mitmproxy quotes what the server sent when it cannot parse it.
+    status, body = document(
+        answer(
+            httplayer.ErrorCode.GENERIC_SERVER_ERROR,
+            f"unexpected server response: b'Authorization: Bearer {TOKEN}'",
+        )
+    )
+    error = body["errors"][0]
+    assert (status, error["code"]) == (502, "upstream_failed")
+    assert TOKEN not in json.dumps(body)
+    assert "unexpected server response" in error["detail"]
+    assert "(Unit)" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "json_code", "names_unit"),
+    [
+        (httplayer.ErrorCode.CONNECT_FAILED, 502, "upstream_unreachable", True),
+        (httplayer.ErrorCode.RESPONSE_TOO_LARGE, 502, "upstream_failed", True),
+        (httplayer.ErrorCode.REQUEST_VALIDATION_FAILED, 400, "invalid_request", False),
+        (httplayer.ErrorCode.REQUEST_TOO_LARGE, 413, "request_too_large", False),
+    ],
+)
+def test_each_failure_says_whose_it_is(
+    code: httplayer.ErrorCode, status: int, json_code: str, names_unit: bool
+) -> None:
+    got, body = document(answer(code, "the reason"))
+    error = body["errors"][0]
+    assert (got, error["code"], error["status"]) == (status, json_code, str(status))
+    assert error["detail"].endswith("the reason")
+    assert ("(Unit)" in error["detail"]) is names_unit
+
+
+@pytest.mark.parametrize(
+    "code",
+    [httplayer.ErrorCode.KILL, httplayer.ErrorCode.HTTP_1_1_REQUIRED, httplayer.ErrorCode.CANCEL],
+)
+def test_failures_mitmproxy_answers_without_a_response_pass_unchanged(
+    code: httplayer.ErrorCode,
+) -> None:
+    commands = answer(code, "killed")
+    assert len(commands) == 1
+    assert type(commands[0].event) is httplayer.ResponseProtocolError
