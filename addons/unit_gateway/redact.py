@@ -399,19 +399,20 @@ class FlowRedaction:
         """Redact header values in place, except headers named (lower-case) in ``keep``;
         remember how to put the real ones back."""
         fields = headers.fields
-        if not fields or self.redactor.header_fields_are_clean(fields):
+        checked = [f for f in fields if f[0].lower() not in keep] if keep else fields
+        if not checked or self.redactor.header_fields_are_clean(checked):
             return
         counts: Counter[str] = Counter()
-        pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in fields]
-        redacted = self.redactor.redact_headers(pairs, counts=counts)
+        pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in checked]
+        redacted = iter(self.redactor.redact_headers(pairs, counts=counts))
         if not counts:
             return
         new_fields = []
-        for (name, value), (_, new_value) in zip(fields, redacted, strict=True):
+        for name, value in fields:
             if keep and name.lower() in keep:
                 new_fields.append((name, value))
                 continue
-            stored = new_value.encode(*_ENCODING)
+            stored = next(redacted)[1].encode(*_ENCODING)
             if stored != value:
                 substitutions.setdefault(name.lower(), {})[stored] = value
             new_fields.append((name, stored))

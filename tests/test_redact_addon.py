@@ -1,16 +1,18 @@
-"""The JSON:API answer that replaces mitmproxy's HTML error page on a flow to Unit, driven
-without a proxy (the outage case end to end is in test_tokens_e2e.py)."""
+"""Parts of the redaction addon driven without a proxy: the JSON:API answer that replaces
+mitmproxy's HTML error page on a flow to Unit (the outage case end to end is in
+test_tokens_e2e.py), and header redaction with fields kept for mitmproxy's proxyauth."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from mitmproxy import http
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.test import tflow
 
 from unit_gateway.core import GatewayCore
-from unit_gateway.redact import FlowRedaction, _json_api_error
+from unit_gateway.redact import _PROXY_CREDENTIALS, FlowRedaction, _json_api_error
 
 TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
 
@@ -73,3 +75,30 @@ def test_failures_mitmproxy_answers_without_a_response_pass_unchanged(
     commands = answer(code, "killed")
     assert len(commands) == 1
     assert type(commands[0].event) is httplayer.ResponseProtocolError
+
+
+def test_kept_proxy_credentials_are_neither_redacted_nor_counted() -> None:
+    # Kept for proxyauth (removed later in requestheaders): they used to send every request
+    # down the slow path and count a "header" redaction that never happened.
+    redaction = FlowRedaction(GatewayCore())
+    counted: list[dict[str, int]] = []
+    redaction.count = lambda counts: counted.append(dict(counts))  # type: ignore[method-assign]
+    fields = (
+        (b"Host", b"api.s.unit.sh"),
+        (b"Proxy-Authorization", b"Basic dXNlcjpwYXNz"),
+        (b"Authorization", b"Bearer unitgw:org"),
+    )
+    headers = http.Headers(fields)
+    substitutions: dict[bytes, dict[bytes, bytes]] = {}
+    redaction.redact_headers(headers, substitutions, keep=_PROXY_CREDENTIALS)
+    assert headers.fields == fields
+    assert (substitutions, counted) == ({}, [])
+
+    # Beside a real secret, the kept field stays and only the secret is redacted and counted.
+    fields = (*fields, (b"Cookie", b"session=abc123"))
+    headers = http.Headers(fields)
+    redaction.redact_headers(headers, substitutions, keep=_PROXY_CREDENTIALS)
+    assert headers.fields[:3] == fields[:3]
+    assert headers.fields[3] != fields[3]
+    assert substitutions == {b"cookie": {headers.fields[3][1]: b"session=abc123"}}
+    assert counted == [{"header": 1}]
