@@ -376,7 +376,8 @@ _UNSEEN: Any = object()
 _CACHE_LIMIT = 100_000  # entries per walk: bounds memory on a body of unique strings
 _CACHED_STRING_MAX = 256
 #: Keys known across documents: an API's documents use the same few hundred keys over and
-#: over. Bounded in count and length, so a document of unique keys (ids as keys) cannot grow it.
+#: over. Bounded in count and length, so a document of unique keys (ids as keys) cannot grow
+#: it; when full it is emptied, so the keys in use are learnt again.
 _KNOWN_KEYS_LIMIT = 10_000
 #: What json.dumps(…, ensure_ascii=False) builds on every call.
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
@@ -903,7 +904,9 @@ class Redactor:
                 name = self._json_keys.get(key.lower())
                 if new_key != key:
                     renamed = True
-                elif len(known_keys) < _KNOWN_KEYS_LIMIT and len(key) <= _CACHED_STRING_MAX:
+                elif len(key) <= _CACHED_STRING_MAX:
+                    if len(known_keys) >= _KNOWN_KEYS_LIMIT:
+                        known_keys.clear()  # a document of unique keys: start over, stay bounded
                     known_keys[key] = name
             if name is not None:
                 new_item = self._sensitive_value(name, item, walk.counts)
