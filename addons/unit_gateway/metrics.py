@@ -134,6 +134,21 @@ class RouteHistogramChild:
             self.sum += value
 
 
+class Children:
+    """A prometheus-client metric's children by label values, each looked up once:
+    ``labels()`` validates and locks on every call, microseconds a request should not pay."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class GatewayMetrics:
     """Every metric the gateway exports, in one registry of its own."""
 
@@ -218,7 +233,7 @@ class GatewayMetrics:
             registry=r,
         )
         self.cache_hits = Counter(f"{p}_token_cache_hits", "Token cache hits", ["kind"], registry=r)
-        self._cache_hit_children: dict[str, Any] = {}
+        self._cache_hit = Children(self.cache_hits)
         self.cache_misses = Counter(
             f"{p}_token_cache_misses", "Token cache misses", ["kind"], registry=r
         )
@@ -279,10 +294,7 @@ class GatewayMetrics:
         """What the token service reports (see ``TokenService``)."""
         kind = labels.get("kind", "customer")
         if name == "cache_hit":  # on every request with a cached token
-            child = self._cache_hit_children.get(kind)
-            if child is None:  # labels() costs microseconds: once per kind
-                child = self._cache_hit_children[kind] = self.cache_hits.labels(kind)
-            child.inc()
+            self._cache_hit(kind).inc()
         elif name == "cache_miss":
             self.cache_misses.labels(kind).inc()
         elif name == "mint":
@@ -367,8 +379,7 @@ class MetricsExporter:
         self.metrics = metrics
         self.tokens = tokens
         self.windows: dict[str, SlidingWindow] = {}
-        # prometheus-client's labels() costs microseconds; a flow should not pay it each time.
-        self._request_counters: dict[tuple[str, str, str], Any] = {}
+        self._requests = Children(metrics.requests)
         self._refresher: asyncio.Task[None] | None = None
         self._server: ThreadingWSGIServer | None = None
         self.access_log: AccessLog | None = None
@@ -477,12 +488,7 @@ class MetricsExporter:
         response = flow.response
         status = str(response.status_code) if response is not None else "error"
         m = self.metrics
-        counter = self._request_counters.get((route, method, status))
-        if counter is None:
-            counter = self._request_counters[(route, method, status)] = m.requests.labels(
-                route, method, status
-            )
-        counter.inc()
+        self._requests(route, method, status).inc()
         now = time.time()
         total = max(0.0, now - request.timestamp_start)
         m.request_duration.labels(route, method).observe(total)

@@ -50,6 +50,7 @@ from mitmproxy.proxy.layers.http import _hooks as hooks
 
 from unit_gateway import jsonapi
 from unit_gateway.core import OPTION
+from unit_gateway.metrics import Children
 from unit_gateway.redaction import Redactor
 
 if TYPE_CHECKING:
@@ -321,7 +322,7 @@ class FlowRedaction:
         self.metrics = metrics
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
-        self._rule_counters: dict[str, Any] = {}
+        self._redactions = Children(metrics.redactions) if metrics is not None else None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -374,15 +375,11 @@ class FlowRedaction:
     # --- redaction primitives --------------------------------------------------------------
 
     def count(self, counts: Counter[str] | dict[str, int]) -> None:
-        if self.metrics is None:
+        if self._redactions is None:
             return
-        children = self._rule_counters
         for rule, n in counts.items():
             if n:
-                child = children.get(rule)
-                if child is None:  # labels() costs microseconds: once per rule
-                    child = children[rule] = self.metrics.redactions.labels(rule)
-                child.inc(n)
+                self._redactions(rule).inc(n)
 
     def redact_text(self, text: str) -> str:
         counts: Counter[str] = Counter()
