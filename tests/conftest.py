@@ -4,13 +4,17 @@ it, a client that goes through the gateway, and a leak scan over every output of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from unit_gateway.sandbox.data import SandboxData
 from unit_gateway.testing import harness
 from unit_gateway.testing.leakscan import assert_no_leaks
 
@@ -54,30 +58,80 @@ def planted(run_dir: Path) -> Iterator[Planted]:
         assert_no_leaks(found.secrets, paths=[run_dir], blobs=found.blobs)
 
 
+#: The seeded cards' numbers: tests read some of them through the gateway.
+SEED_PANS = {card: secrets.pan for card, secrets in SandboxData().card_secrets.items()}
+
+
+@contextmanager
+def planted_sandbox(
+    run_dir: Path, planted: Planted, label: str = "org token", **start: Any
+) -> Iterator[harness.Sandbox]:
+    """A sandbox (``harness.start_sandbox`` with ``start``) whose org token, seeded card
+    numbers and everything it issues are planted; stopped at the end (it must exit 0)."""
+    box = harness.start_sandbox(run_dir, **start)
+    planted.add(label, box.org_token)
+    for card, pan in SEED_PANS.items():
+        planted.add(f"PAN of card {card}", pan)
+    try:
+        yield box
+        # A test may have stopped its sandbox on purpose (an outage).
+        if box.process.proc is not None and box.process.proc.poll() is None:
+            planted.add_issued(box.url, box.process.name, box.cert_path)
+    finally:
+        assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
 @pytest.fixture
 def sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
-    box = harness.start_sandbox(run_dir, extra_args=["--rate-limit", "100000"])
-    planted.add("org token", box.org_token)
-    yield box
-    plant_issued_if_running(planted, box)
-    assert box.process.stop() == 0, box.process.output()[-2000:]
+    with planted_sandbox(run_dir, planted, extra_args=["--rate-limit", "100000"]) as box:
+        yield box
 
 
 @pytest.fixture
 def tls_sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
-    box = harness.start_sandbox(
-        run_dir, tls=True, name="tls-sandbox", extra_args=["--rate-limit", "100000"]
+    with planted_sandbox(
+        run_dir,
+        planted,
+        "org token (tls sandbox)",
+        tls=True,
+        name="tls-sandbox",
+        extra_args=["--rate-limit", "100000"],
+    ) as box:
+        yield box
+
+
+@pytest.fixture
+def jwt_key(run_dir: Path) -> rsa.RSAPrivateKey:
+    """A key pair for the ``jwt`` two-factor strategy: the private key (for the gateway) and
+    the public one (for the sandbox) as PEM files in the run directory."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (run_dir / "jwt-private.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
-    planted.add("org token (tls sandbox)", box.org_token)
-    yield box
-    plant_issued_if_running(planted, box)
-    assert box.process.stop() == 0, box.process.output()[-2000:]
+    (run_dir / "jwt-public.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
 
 
-def plant_issued_if_running(planted: Planted, box: harness.Sandbox) -> None:
-    """At teardown: a test may have stopped its sandbox on purpose (an outage)."""
-    if box.process.proc is not None and box.process.proc.poll() is None:
-        planted.add_issued(box.url, box.process.name, box.cert_path)
+@pytest.fixture
+def jwt_sandbox(
+    run_dir: Path, planted: Planted, jwt_key: rsa.RSAPrivateKey
+) -> Iterator[harness.Sandbox]:
+    """A sandbox that accepts JWTs signed with ``jwt_key`` for two-factor scopes."""
+    with planted_sandbox(
+        run_dir,
+        planted,
+        name="jwt-sandbox",
+        extra_args=["--jwt-public-key", str(run_dir / "jwt-public.pem"), "--rate-limit", "100000"],
+    ) as box:
+        yield box
 
 
 GatewayFactory = Callable[..., harness.Gateway]

@@ -22,7 +22,6 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,47 +30,13 @@ import jwt
 import pytest
 import requests
 import yaml
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from unit import Unit
 
-from conftest import GatewayFactory, Planted, plant_issued_if_running, proxied_session
+from conftest import GatewayFactory, Planted, proxied_session
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
-
-
-@pytest.fixture
-def jwt_key(run_dir: Path) -> rsa.RSAPrivateKey:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (run_dir / "jwt-private.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (run_dir / "jwt-public.pem").write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return key
-
-
-@pytest.fixture
-def jwt_sandbox(
-    run_dir: Path, planted: Planted, jwt_key: rsa.RSAPrivateKey
-) -> Iterator[harness.Sandbox]:
-    box = harness.start_sandbox(
-        run_dir,
-        name="jwt-sandbox",
-        extra_args=["--jwt-public-key", str(run_dir / "jwt-public.pem"), "--rate-limit", "100000"],
-    )
-    planted.add("org token", box.org_token)
-    yield box
-    plant_issued_if_running(planted, box)
-    assert box.process.stop() == 0, box.process.output()[-2000:]
 
 
 def gateway_overrides(run_dir: Path) -> dict[str, Any]:
@@ -116,7 +81,7 @@ def application(ssn: str | None, passport: str | None, birth: str) -> dict[str, 
     }
     if ssn is not None:
         attributes["ssn"] = ssn
-    else:
+    if passport is not None:
         attributes |= {"passport": passport, "nationality": "CA"}
     return {"data": {"type": "individualApplication", "attributes": attributes}}
 

@@ -12,12 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from unit import Unit
 from unit.models.customerToken import CreateCustomerToken
 
-from conftest import GatewayFactory, Planted, proxied_session
+from conftest import GatewayFactory, Planted, planted_sandbox, proxied_session
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # an individual customer of the sandbox's seed data, jwtSubject user|10001
@@ -188,52 +186,34 @@ def test_sandbox_otp_two_factor(
         assert_no_unit_token(pan)
 
 
-def test_jwt_two_factor(gateway_factory: GatewayFactory, run_dir: Path, planted: Planted) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+def test_jwt_two_factor(
+    gateway_factory: GatewayFactory, jwt_sandbox: harness.Sandbox, run_dir: Path
+) -> None:
+    box = jwt_sandbox
+    gateway = gateway_factory(
+        box,
+        overrides={
+            "tokens": {
+                "customer": {"two_factor": "jwt"},
+                "jwt": {
+                    "private_key": {"file": str(run_dir / "jwt-private.pem")},
+                    "subject_template": "user|{customerId}",
+                },
+            }
+        },
     )
-    (run_dir / "jwt-private.pem").write_bytes(private_pem)
-    (run_dir / "jwt-public.pem").write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    box = harness.start_sandbox(
-        run_dir,
-        name="jwt-sandbox",
-        extra_args=["--jwt-public-key", str(run_dir / "jwt-public.pem")],
-    )
-    planted.add("org token (jwt sandbox)", box.org_token)
-    try:
-        gateway = gateway_factory(
+    with proxied_session(gateway) as session:
+        cards = get(session, box, "/cards", f"unitgw:customer:{CUSTOMER}").json()["data"]
+        pan = get(
+            session,
             box,
-            overrides={
-                "tokens": {
-                    "customer": {"two_factor": "jwt"},
-                    "jwt": {
-                        "private_key": {"file": str(run_dir / "jwt-private.pem")},
-                        "subject_template": "user|{customerId}",
-                    },
-                }
-            },
+            f"/cards/{cards[0]['id']}/secure-data/pan",
+            f"unitgw:customer:{CUSTOMER}",
         )
-        with proxied_session(gateway) as session:
-            cards = get(session, box, "/cards", f"unitgw:customer:{CUSTOMER}").json()["data"]
-            pan = get(
-                session,
-                box,
-                f"/cards/{cards[0]['id']}/secure-data/pan",
-                f"unitgw:customer:{CUSTOMER}",
-            )
-            assert pan.status_code == 200, pan.text
-        stats = box.stats()
-        assert stats["jwt_tokens_accepted"] == 1
-        assert stats["verifications_created"]["customer"] == 0
-    finally:
-        assert box.process.stop() == 0
+        assert pan.status_code == 200, pan.text
+    stats = box.stats()
+    assert stats["jwt_tokens_accepted"] == 1
+    assert stats["verifications_created"]["customer"] == 0
 
 
 def test_challenge_completed_by_the_caller(
@@ -375,29 +355,30 @@ def test_upstream_401_evicts_and_retries_once(
     assert stats["responses"]["401"] == 1
 
 
-def test_refusals(gateway_factory: GatewayFactory, sandbox: harness.Sandbox) -> None:
+def test_refusals(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
     gateway = gateway_factory(sandbox)
-    other_host = harness.start_sandbox(sandbox.process.run_dir, name="not-unit")
-    try:
-        with proxied_session(gateway) as session:
-            missing = session.get(sandbox.url + "/cards")
-            assert missing.status_code == 401
-            assert missing.json()["errors"][0]["code"] == "missing_authorization"
-            org_only = get(session, sandbox, "/webhooks", f"unitgw:customer:{CUSTOMER}")
-            assert org_only.status_code == 403
-            assert org_only.json()["errors"][0]["code"] == "org_only_route"
-            assert sandbox.stats()["total_requests"] == 0, "no mint, nothing forwarded"
-            bad = get(session, sandbox, "/cards", "unitgw:customer:")
-            assert bad.status_code == 401
-            assert bad.json()["errors"][0]["code"] == "invalid_placeholder"
-            elsewhere = get(session, other_host, "/cards", "unitgw:org")
-            assert elsewhere.status_code == 403
-            assert elsewhere.json()["errors"][0]["code"] == "placeholder_for_unknown_host"
-            assert other_host.stats()["total_requests"] == 0, "never forwarded"
-            passthrough = get(session, other_host, "/cards", other_host.org_token)
-            assert passthrough.status_code == 200
-    finally:
-        assert other_host.process.stop() == 0
+    with (
+        planted_sandbox(run_dir, planted, "org token (not Unit)", name="not-unit") as other_host,
+        proxied_session(gateway) as session,
+    ):
+        missing = session.get(sandbox.url + "/cards")
+        assert missing.status_code == 401
+        assert missing.json()["errors"][0]["code"] == "missing_authorization"
+        org_only = get(session, sandbox, "/webhooks", f"unitgw:customer:{CUSTOMER}")
+        assert org_only.status_code == 403
+        assert org_only.json()["errors"][0]["code"] == "org_only_route"
+        assert sandbox.stats()["total_requests"] == 0, "no mint, nothing forwarded"
+        bad = get(session, sandbox, "/cards", "unitgw:customer:")
+        assert bad.status_code == 401
+        assert bad.json()["errors"][0]["code"] == "invalid_placeholder"
+        elsewhere = get(session, other_host, "/cards", "unitgw:org")
+        assert elsewhere.status_code == 403
+        assert elsewhere.json()["errors"][0]["code"] == "placeholder_for_unknown_host"
+        assert other_host.stats()["total_requests"] == 0, "never forwarded"
+        passthrough = get(session, other_host, "/cards", other_host.org_token)
+        assert passthrough.status_code == 200
 
 
 def test_missing_authorization_may_use_the_org_token(

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from conftest import GatewayFactory, Planted
+from conftest import GatewayFactory, Planted, planted_sandbox
 from unit_gateway import jsonapi
 from unit_gateway.sandbox.tls import CertificateFiles, write_certificates
 from unit_gateway.testing import harness
@@ -143,15 +143,15 @@ def client_net() -> Iterator[ClientNet]:
 def _unit_at(ip: str, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
     """The TLS sandbox as the Unit host, listening on ``ip`` (its certificate names that
     address). The harness's ``--host 127.0.0.1`` is overridden by the later flag."""
-    box = harness.start_sandbox(
+    with planted_sandbox(
         run_dir,
+        planted,
+        "org token (tls sandbox)",
         tls=True,
         name="tls-sandbox",
         extra_args=["--rate-limit", "100000", "--host", ip],
-    )
-    planted.add("org token (tls sandbox)", box.org_token)
-    yield box
-    assert box.process.stop() == 0, box.process.output()[-2000:]
+    ) as box:
+        yield box
 
 
 @pytest.fixture

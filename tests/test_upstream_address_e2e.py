@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from conftest import GatewayFactory, proxied_session
+from conftest import GatewayFactory, Planted, planted_sandbox, proxied_session
 from unit_gateway import jsonapi
 from unit_gateway.testing import harness
 
@@ -23,23 +23,26 @@ pytestmark = pytest.mark.timeout(60)
 
 #: What the other server accepts as its own org token: a real token of the caller's, in
 #: Unit's shape, that is not the gateway's business.
-CALLER_TOKEN = "v2.public.xyz"
+CALLER_TOKEN = "v2.public.eyJjYWxsZXIiOiJvd24gdG9rZW4ifQ.Y2FsbGVyLXNpZ25hdHVyZS1ieXRlcw"
 
 
 @pytest.fixture
-def other_server(run_dir: Path, sandbox: harness.Sandbox) -> Iterator[harness.Sandbox]:
+def other_server(
+    run_dir: Path, sandbox: harness.Sandbox, planted: Planted
+) -> Iterator[harness.Sandbox]:
     """A second plain-http sandbox, not an upstream of the gateway, on 127.0.0.2 and the
     Unit host's port (the later ``--host``/``--port`` flags override the harness's)."""
     port = urlsplit(sandbox.url).port
     assert port is not None
-    box = harness.start_sandbox(
+    with planted_sandbox(
         run_dir,
+        planted,
+        "the caller's own token (other server)",
         name="other",
         org_token=CALLER_TOKEN,
         extra_args=["--host", "127.0.0.2", "--port", str(port)],
-    )
-    yield box
-    assert box.process.stop() == 0, box.process.output()[-2000:]
+    ) as box:
+        yield box
 
 
 def get_cards(
