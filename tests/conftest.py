@@ -3,11 +3,13 @@ it, a client that goes through the gateway, and a leak scan over every output of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -87,16 +89,24 @@ def sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
         yield box
 
 
-@pytest.fixture
-def tls_sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
-    with planted_sandbox(
+def planted_tls_sandbox(
+    run_dir: Path, planted: Planted, *extra_args: str
+) -> AbstractContextManager[harness.Sandbox]:
+    """``planted_sandbox`` over TLS (``extra_args`` after the harness's: a later ``--host``
+    wins)."""
+    return planted_sandbox(
         run_dir,
         planted,
         "org token (tls sandbox)",
         tls=True,
         name="tls-sandbox",
-        extra_args=["--rate-limit", "100000"],
-    ) as box:
+        extra_args=["--rate-limit", "100000", *extra_args],
+    )
+
+
+@pytest.fixture
+def tls_sandbox(run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
+    with planted_tls_sandbox(run_dir, planted) as box:
         yield box
 
 
@@ -132,6 +142,25 @@ def jwt_sandbox(
         extra_args=["--jwt-public-key", str(run_dir / "jwt-public.pem"), "--rate-limit", "100000"],
     ) as box:
         yield box
+
+
+#: Proxy settings a client could pick up from the environment, in either case.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def clear_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy setting of the machine's may route an in-process client (lower case wins
+    over upper case in Python's lookup, so both go)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def env_without_proxies(**extra: str) -> dict[str, str]:
+    """This process's environment without proxy settings, plus ``extra``: for a client
+    process that must not be sent through a proxy it was not meant to use."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
+    return env | extra
 
 
 GatewayFactory = Callable[..., harness.Gateway]
@@ -177,9 +206,15 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
             assert harness.port_is_free(port), f"port {port} still bound after stop"
 
 
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
+
+
 def ports_of(gateway: harness.Gateway) -> list[int]:
     urls = [gateway.proxy_url] + ([gateway.metrics_url] if gateway.metrics_url else [])
-    return [int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls]
+    return [port_of(url) for url in urls]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import GatewayFactory, Planted, proxied_session
+from conftest import GatewayFactory, Planted, ports_of, proxied_session
 from unit_gateway.testing import harness
 
 
@@ -75,10 +75,8 @@ def test_stops_cleanly_and_frees_its_ports(
     config = harness.write_gateway_config(run_dir / "gw.yaml", upstream_url=sandbox.url)
     gateway = harness.start_gateway(run_dir, config, org_token=sandbox.org_token)
     pid = gateway.process.proc.pid if gateway.process.proc else 0
-    ports = [
-        int(u.rsplit(":", 1)[1].split("/")[0])
-        for u in (gateway.proxy_url, gateway.metrics_url or "")
-    ]
+    assert gateway.metrics_url is not None
+    ports = ports_of(gateway)
     assert not any(harness.port_is_free(p) for p in ports)
     assert gateway.process.stop() == 0
     assert all(harness.port_is_free(p) for p in ports)

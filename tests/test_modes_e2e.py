@@ -11,7 +11,7 @@ import pytest
 import requests
 from unit import Unit
 
-from conftest import GatewayFactory
+from conftest import GatewayFactory, clear_proxy_settings
 from unit_gateway.testing import harness
 
 
@@ -21,8 +21,7 @@ def test_regular_mode_with_the_python_sdk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gateway = gateway_factory(tls_sandbox, name="regular")
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_settings(monkeypatch)
     # What a service sets: the proxy and the gateway's CA; the SDK keeps Unit's URL.
     monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
@@ -41,8 +40,7 @@ def test_reverse_mode_with_the_python_sdk(
 ) -> None:
     # Reverse mode in front of a TLS upstream, as in front of https://api.s.unit.sh.
     gateway = gateway_factory(tls_sandbox, mode=f"reverse:{tls_sandbox.url}", name="reverse")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_settings(monkeypatch)
     unit = Unit(gateway.proxy_url, "unitgw:customer:10001")
     cards = unit.cards.list()
     assert cards.data and all(c.relationships["customer"].id == "10001" for c in cards.data)

@@ -40,7 +40,13 @@ from typing import Any
 
 import pytest
 
-from conftest import GatewayFactory, Planted, planted_sandbox
+from conftest import (
+    GatewayFactory,
+    Planted,
+    env_without_proxies,
+    planted_tls_sandbox,
+    port_of,
+)
 from unit_gateway import jsonapi
 from unit_gateway.sandbox.tls import CertificateFiles, write_certificates
 from unit_gateway.testing import harness
@@ -142,15 +148,8 @@ def client_net() -> Iterator[ClientNet]:
 
 def _unit_at(ip: str, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
     """The TLS sandbox as the Unit host, listening on ``ip`` (its certificate names that
-    address). The harness's ``--host 127.0.0.1`` is overridden by the later flag."""
-    with planted_sandbox(
-        run_dir,
-        planted,
-        "org token (tls sandbox)",
-        tls=True,
-        name="tls-sandbox",
-        extra_args=["--rate-limit", "100000", "--host", ip],
-    ) as box:
+    address)."""
+    with planted_tls_sandbox(run_dir, planted, "--host", ip) as box:
         yield box
 
 
@@ -177,19 +176,14 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
         extra_args=("--listen-host", client_net.host_ip),
         name="transparent",
     )
-    gateway_port = int(gateway.proxy_url.rsplit(":", 1)[1])
+    gateway_port = port_of(gateway.proxy_url)
     assert gateway.proxy_url == f"http://{client_net.host_ip}:{gateway_port}"
     assert unit_host.url.startswith(f"https://{client_net.host_ip}:")
-    sandbox_port = int(unit_host.url.rsplit(":", 1)[1])
+    sandbox_port = port_of(unit_host.url)
     client_net.redirect(sandbox_port, gateway_port)
 
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-    }
     # The client trusts mitmproxy's CA, not the sandbox's: it talks TLS to the gateway.
-    env |= {"REQUESTS_CA_BUNDLE": str(gateway.ca_path), "PYTHONUNBUFFERED": "1"}
+    env = env_without_proxies(REQUESTS_CA_BUNDLE=str(gateway.ca_path), PYTHONUNBUFFERED="1")
     status, output = client_net.run(
         [sys.executable, "-c", CLIENT, unit_host.url], env=env, out=run_dir / "client.output"
     )
@@ -301,7 +295,7 @@ def rogue(
     while address in client_side:
         address = benchmarking.network_address + secrets.randbelow(benchmarking.num_addresses)
     ip = str(address)
-    port = int(unit_host.url.rsplit(":", 1)[1])
+    port = port_of(unit_host.url)
     inside = ("ip", "netns", "exec", client_net.namespace, "ip")
     _must("ip", "addr", "add", f"{ip}/32", "dev", client_net.host_if)
     try:
@@ -346,16 +340,11 @@ def test_a_host_header_naming_unit_gets_no_token_sent_to_the_address_dialed(
         extra_args=("--listen-host", client_net.host_ip),
         name="transparent",
     )
-    gateway_port = int(gateway.proxy_url.rsplit(":", 1)[1])
-    port = int(unit_host.url.rsplit(":", 1)[1])
+    gateway_port = port_of(gateway.proxy_url)
+    port = port_of(unit_host.url)
     client_net.redirect(port, gateway_port)  # every address on that port, the rogue's too
 
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-    }
-    env |= {"REQUESTS_CA_BUNDLE": str(gateway.ca_path), "PYTHONUNBUFFERED": "1"}
+    env = env_without_proxies(REQUESTS_CA_BUNDLE=str(gateway.ca_path), PYTHONUNBUFFERED="1")
     unit_authority = f"{client_net.host_ip}:{port}"
     status, output = client_net.run(
         [sys.executable, "-c", HOST_HEADER_CLIENT, f"https://{rogue.ip}:{port}", unit_authority],
@@ -480,8 +469,8 @@ def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gatewa
     gateway = gateway_factory(unit, mode="transparent", name="transparent")
     # Locally generated packets are redirected to 127.0.0.1: the gateway listens there.
     assert gateway.proxy_url.startswith("http://127.0.0.1:")
-    port = int(unit.url.rsplit(":", 1)[1])
-    local_unit_ip.redirect_other_users(port, int(gateway.proxy_url.rsplit(":", 1)[1]), 0)
+    port = port_of(unit.url)
+    local_unit_ip.redirect_other_users(port, port_of(gateway.proxy_url), 0)
 
     # nobody cannot enter pytest's private directories: the CA goes where it can read it.
     shared = Path(tempfile.mkdtemp(prefix="unit-gateway-ca-"))
@@ -530,11 +519,9 @@ def test_a_redirect_that_sends_the_gateways_own_connections_back_is_a_clear_erro
     # and it stopped answering (and could not stop cleanly).
     unit = local_unit
     gateway = gateway_factory(unit, mode="transparent", name="transparent")
-    port = int(unit.url.rsplit(":", 1)[1])
+    port = port_of(unit.url)
     not_the_gateway = 65533
-    local_unit_ip.redirect_other_users(
-        port, int(gateway.proxy_url.rsplit(":", 1)[1]), not_the_gateway
-    )
+    local_unit_ip.redirect_other_users(port, port_of(gateway.proxy_url), not_the_gateway)
     status, body = _curl_cards(unit, gateway.ca_path, run_dir, gateway)
     error = body["errors"][0]
     assert 500 <= status < 600, body
