@@ -12,7 +12,7 @@ import requests
 from mitmproxy import http
 
 from conftest import GatewayFactory, proxied_session
-from unit_gateway.metrics import SlidingWindow, reported_limits, retry_after_seconds
+from unit_gateway.metrics import RecentRequests, reported_limits, retry_after_seconds
 from unit_gateway.testing import harness
 
 
@@ -31,7 +31,7 @@ def test_reported_limits_from_either_header_style() -> None:
 
 
 def test_sliding_window_forgets_after_a_minute() -> None:
-    window = SlidingWindow()
+    window = RecentRequests()
     for t in range(10):
         window.add(100.0 + t)
     assert window.count(109.5) == 10

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import unit_gateway
-from unit_gateway import config
+from unit_gateway import config, demo
 from unit_gateway.core import OPTION, describe_problems
 
 DEFAULT_CONFIG = Path("config/local.yaml")
@@ -88,8 +88,6 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from unit_gateway import demo
-
     return demo.run(args)
 
 
@@ -137,17 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.configure_parser(sandbox)
     sandbox.set_defaults(func=cmd_sandbox)
 
-    demo = commands.add_parser(
+    demo_command = commands.add_parser(
         "demo",
         help="start the gateway and the local sandbox and drive them with Unit's SDK",
         description="Start the gateway with the local Unit sandbox embedded, drive a scripted "
         "story through it with Unit's Python SDK and placeholder tokens, and summarise what "
         "happened. Exits 0 when the story ran as expected, 1 naming the step that did not.",
     )
-    from unit_gateway import demo as demo_module
-
-    demo_module.configure_parser(demo)
-    demo.set_defaults(func=cmd_demo)
+    demo.configure_parser(demo_command)
+    demo_command.set_defaults(func=cmd_demo)
 
     check = commands.add_parser(
         "check-config",

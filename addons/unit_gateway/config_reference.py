@@ -145,7 +145,6 @@ class Entry:
     default: str
     allowed: str
     description: str
-    required: bool
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +167,6 @@ def _walk(model: type[BaseModel], prefix: str, effective: BaseModel | None) -> I
             default=_default(info, path, prefix, effective, name),
             allowed=_allowed(info),
             description=_one_line(info.description or ""),
-            required=info.is_required(),
         )
         for child, in_list in _child_models(info.annotation):
             if child is SecretRef and not in_list:

@@ -317,7 +317,7 @@ class GatewayMetrics:
             self.retries_401.labels(kind, labels["outcome"]).inc()
 
 
-class SlidingWindow:
+class RecentRequests:
     """Requests sent in the last minute, for the rate-limit headroom estimate."""
 
     def __init__(self, seconds: float = RATE_WINDOW_SECONDS) -> None:
@@ -378,7 +378,7 @@ class MetricsExporter:
         self.core = core
         self.metrics = metrics
         self.tokens = tokens
-        self.windows: dict[str, SlidingWindow] = {}
+        self.windows: dict[str, RecentRequests] = {}
         self._requests = Children(metrics.requests)
         self._refresher: asyncio.Task[None] | None = None
         self._server: ThreadingWSGIServer | None = None
@@ -398,7 +398,7 @@ class MetricsExporter:
             self.metrics.redactions.labels(rule)
         limit = config.model.unit.rate_limit_per_minute
         for up in config.model.unit.upstreams:
-            self.windows.setdefault(up.environment, SlidingWindow())
+            self.windows.setdefault(up.environment, RecentRequests())
             self.metrics.configured_limit.labels(up.environment).set(limit)
             self.metrics.headroom.labels(up.environment).set(1.0)
             self.metrics.window_requests.labels(up.environment).set(0)
@@ -530,7 +530,7 @@ class MetricsExporter:
     def _rate_limit(self, flow: http.HTTPFlow, environment: str, route: str) -> None:
         window = self.windows.get(environment)
         if window is None:
-            window = self.windows[environment] = SlidingWindow()
+            window = self.windows[environment] = RecentRequests()
         window.add(time.monotonic())
         assert flow.response is not None
         if flow.response.status_code == 429:

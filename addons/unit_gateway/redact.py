@@ -122,7 +122,8 @@ def _handle_event(
     if active is None:
         yield from _original_handle_event(self, event)
         return
-    # HttpStream sets self.flow on its first event; None before (no weak reference to None).
+    # HttpStream sets self.flow once, on its first event (None before: no weak reference to
+    # None); it is read again only while still None.
     flow = self.__dict__.get("flow")
     if flow is not None and type(event) is httplayer.ResponseHeaders:
         secrets = _SECRETS.get(flow)
@@ -130,8 +131,9 @@ def _handle_event(
             active.redact_headers(event.response.headers, secrets.response_headers)
     for command in _original_handle_event(self, event):
         kind = type(command)
-        if kind is httplayer.SendHttp:
+        if flow is None:
             flow = self.__dict__.get("flow")
+        if kind is httplayer.SendHttp:
             secrets = _SECRETS.get(flow) if flow is not None else None
             if secrets is not None:
                 if type(command.event) is httplayer.ResponseProtocolError:  # type: ignore[attr-defined]
@@ -143,7 +145,7 @@ def _handle_event(
         elif kind in _HOOKS:
             # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
             hooked = command.flow  # type: ignore[attr-defined]
-            if hooked is self.__dict__.get("flow"):
+            if hooked is flow:
                 active.before_hook(kind, hooked)
         yield command
 
