@@ -580,10 +580,8 @@ class Redactor:
         redacted: list[tuple[str, str]] = []
         for name, value in headers:
             lowered = name.lower()
-            if lowered in self._headers:
-                new_value = self._redact_header_value(lowered, value, tally)
-            elif lowered in _URL_HEADERS:
-                new_value = self.redact_url(value, counts=tally)
+            if lowered in own_rules:
+                new_value = self._redact_own_rules(lowered, value, tally)
             else:
                 new_value = self.redact_text(value, counts=tally)
             redacted.append((self._detectors.scan(name, tally), new_value))
