@@ -22,7 +22,7 @@ from ..limits import Decision, whole_seconds
 from . import control, resource_api, token_api
 from .context import Call, SandboxState
 from .routes import Match, Route, Router
-from .wire import ApiError, error_response, parse_json_body
+from .wire import ApiError, error_response, parse_json_body, read_body
 
 logger = logging.getLogger("unit_gateway.sandbox")
 access_logger = logging.getLogger("unit_gateway.sandbox.access")
@@ -151,9 +151,6 @@ class SandboxApp:
             response = await self._serve(request, match, route, authorization)
         except ApiError as e:
             response = error_response(e)
-        except web.HTTPRequestEntityTooLarge as e:
-            # aiohttp's own limit on request bodies; Unit's is not documented.
-            response = error_response(ApiError(413, code="request_too_large", detail=e.text))
         except Exception as e:
             # The caller gets a plain 500; the log gets where it failed but not the exception's
             # message, which could quote request data.
@@ -221,7 +218,8 @@ class SandboxApp:
             )
         body = None
         if request.method in _BODY_METHODS and request.body_exists:
-            body = parse_json_body(await request.read(), request.headers.get("Content-Type", ""))
+            raw = await read_body(request)
+            body = parse_json_body(raw, request.headers.get("Content-Type", ""))
         if request.method != "GET":
             # Only writes change data; handlers are synchronous, so nothing runs in between.
             state.documents.clear()

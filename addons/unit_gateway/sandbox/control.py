@@ -20,7 +20,7 @@ from aiohttp import web
 from ..paseto import format_time
 from .context import SandboxState
 from .faults import FaultError
-from .wire import ApiError, error_response, plain_json
+from .wire import ApiError, error_response, plain_json, read_body
 
 PREFIX = "/__sandbox"
 
@@ -30,7 +30,7 @@ def is_control_path(path: str) -> bool:
 
 
 async def _json_body(request: web.BaseRequest) -> Any:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:
