@@ -828,6 +828,9 @@ def test_oversized_body_is_a_json_api_413(box: SandboxProcess) -> None:
         headers={"Content-Type": jsonapi.MEDIA_TYPE},
     )
     assert error_of(response, 413)["code"] == "request_too_large"
+    # The control path reads its bodies the same way.
+    faults = box.request("POST", "/__sandbox/faults", data=b"{" + b" " * 2_000_000 + b"}")
+    assert error_of(faults, 413)["code"] == "request_too_large"
 
 
 def test_open_an_account_for_a_new_customer_and_issue_a_card(box: SandboxProcess) -> None:
@@ -893,5 +896,13 @@ def test_open_an_account_for_a_new_customer_and_issue_a_card(box: SandboxProcess
     unknown["data"]["attributes"] = {"depositProduct": "savings"}
     unknown["data"]["relationships"]["customer"]["data"]["id"] = "99999"
     assert error_of(box.org("POST", "/accounts", unknown), 400)
+    # A refused request takes no id: the next account follows the last one.
+    bad_tags = json.loads(json.dumps(account_request))
+    bad_tags["data"]["attributes"] = {"depositProduct": "savings", "tags": ["not", "a", "map"]}
+    assert error_of(box.org("POST", "/accounts", bad_tags), 400)
+    fresh = json.loads(json.dumps(account_request))
+    fresh["data"]["attributes"] = {"depositProduct": "savings"}
+    following = box.org("POST", "/accounts", fresh).json()["data"]["id"]
+    assert int(following) == int(account["id"]) + 1
     jane = box.customer_token_2fa("10001", "accounts accounts-write")
     assert error_of(box.request("POST", "/accounts", jane, account_request), 403)

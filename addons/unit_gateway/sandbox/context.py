@@ -75,6 +75,12 @@ def not_found(kind: str, identifier: str) -> ApiError:
 # --- which principal may touch what -----------------------------------------------------------
 
 
+def check_org(principal: Principal, what: str) -> None:
+    """Only an org token may ``what`` (create tokens, open accounts, ...)."""
+    if principal.role != "org":
+        raise forbidden(f"only an org token may {what}")
+
+
 def check_customer(principal: Principal, customer_id: str) -> None:
     if principal.role == "org":
         return

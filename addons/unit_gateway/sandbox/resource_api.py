@@ -17,6 +17,7 @@ from .context import (
     check_account,
     check_card,
     check_customer,
+    check_org,
     forbidden,
     may_see_account,
     may_see_card,
@@ -192,8 +193,7 @@ _DEPOSIT_PRODUCTS = ("checking", "savings")
 
 def create_account(call: Call) -> web.Response:
     """A deposit account for an existing customer; the sandbox opens it at once, empty."""
-    if call.principal.role != "org":
-        raise forbidden("only an org token may open accounts")
+    check_org(call.principal, "open accounts")
     data = call.data
     payload = resource_data(call.body, "depositAccount")
     attributes = attributes_of(payload)
@@ -219,6 +219,7 @@ def create_account(call: Call) -> web.Response:
             detail=f"customer {customer_id} not found",
             pointer="/data/relationships/customer",
         )
+    tags = copy.deepcopy(_tags(attributes))  # checked before an id is taken
     account_id = data.next_id("account")
     owner = customer["attributes"].get("fullName") or {"first": customer["attributes"]["name"]}
     name = " ".join(part for part in (owner.get("first"), owner.get("last")) if part)
@@ -231,7 +232,7 @@ def create_account(call: Call) -> web.Response:
         f"10{int(account_id):08d}",
         0,
     )
-    account["attributes"]["tags"] = copy.deepcopy(_tags(attributes))
+    account["attributes"]["tags"] = tags
     data.accounts[account_id] = account
     _remember(call, "account", attributes, account_id)
     return document(account, 201)
@@ -572,8 +573,7 @@ def _date_attr(attributes: dict[str, Any], name: str) -> str:
 
 def create_application(call: Call) -> web.Response:
     """An individual application; the sandbox approves it at once and opens the customer."""
-    if call.principal.role != "org":
-        raise forbidden("only an org token may create applications")
+    check_org(call.principal, "create applications")
     data = call.data
     payload = resource_data(call.body, "individualApplication")
     attributes = attributes_of(payload)

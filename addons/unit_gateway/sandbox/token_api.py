@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from . import scopes as unit_scopes
-from .context import Call, forbidden, not_found
+from .context import Call, check_org, not_found
 from .wire import (
     ApiError,
     attributes_of,
@@ -27,12 +27,6 @@ from .wire import (
 
 MAX_EXPIRES_IN = 86_400
 _APP_HASH = re.compile(r"[A-Za-z0-9+/]{11}")
-
-
-def _org_only(call: Call) -> None:
-    # Customer and cardholder tokens cannot mint tokens; only the org can.
-    if call.principal.role != "org":
-        raise forbidden("only an org token may create tokens")
 
 
 def _scope_attr(
@@ -104,7 +98,7 @@ def _resources(
 
 
 def create_customer_token(call: Call) -> web.Response:
-    _org_only(call)
+    check_org(call.principal, "create tokens")
     state, data = call.state, call.data
     customer_id = call.params["customerId"]
     if customer_id not in data.customers:
@@ -151,7 +145,7 @@ def create_customer_token(call: Call) -> web.Response:
 
 
 def create_cardholder_token(call: Call) -> web.Response:
-    _org_only(call)
+    check_org(call.principal, "create tokens")
     state = call.state
     card_id = call.params["cardId"]
     if card_id not in call.data.cards:
@@ -210,7 +204,7 @@ def _start_verification(call: Call, kind: str, subject_id: str, data_type: str) 
 
 
 def create_customer_token_verification(call: Call) -> web.Response:
-    _org_only(call)
+    check_org(call.principal, "create tokens")
     customer_id = call.params["customerId"]
     if customer_id not in call.data.customers:
         raise not_found("customer", customer_id)
@@ -218,7 +212,7 @@ def create_customer_token_verification(call: Call) -> web.Response:
 
 
 def create_cardholder_token_verification(call: Call) -> web.Response:
-    _org_only(call)
+    check_org(call.principal, "create tokens")
     card_id = call.params["cardId"]
     if card_id not in call.data.cards:
         raise not_found("card", card_id)
