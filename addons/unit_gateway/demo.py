@@ -252,6 +252,11 @@ class Story:
         self.card_id = card.id
         return f"card {card.id}, {card.attributes['status']}"
 
+    def since(self, before: Mapping[str, Any], group: str, kind: str) -> int:
+        """How many ``group`` of ``kind`` (tokens_created, customer) the sandbox counted
+        since the stats ``before``."""
+        return counted(self.env.stats(), group, kind) - counted(before, group, kind)
+
     def customer(self) -> str:
         before = self.env.stats()
         customer = self.unit(f"unitgw:customer:{self.customer_id}")
@@ -261,9 +266,7 @@ class Story:
         sdk_result(customer.customers.get(self.customer_id), "get customer")
         if [a.id for a in accounts] != [self.account_id] or [c.id for c in cards] != [self.card_id]:
             raise StepFailed("the customer does not see exactly its own account and card")
-        minted = counted(self.env.stats(), "tokens_created", "customer") - counted(
-            before, "tokens_created", "customer"
-        )
+        minted = self.since(before, "tokens_created", "customer")
         if minted != 1:
             raise StepFailed(f"expected 1 customer token at Unit for 4 requests, saw {minted}")
         return "4 requests, 1 customer token created at Unit"
@@ -279,10 +282,7 @@ class Story:
         if response.status_code != 200:
             raise StepFailed(f"card PAN: HTTP {response.status_code} {response.text[:200]}")
         pan = self.secrets["PAN"] = response.json()["data"]["attributes"]["pan"]
-        after = self.env.stats()
-        verifications = counted(after, "verifications_created", "customer") - counted(
-            before, "verifications_created", "customer"
-        )
+        verifications = self.since(before, "verifications_created", "customer")
         if verifications != 1:
             raise StepFailed(f"expected 1 verification at Unit, saw {verifications}")
         status = pin.attributes.get("status")
@@ -295,9 +295,7 @@ class Story:
         sdk_result(cardholder.cards.get(self.card_id), "get card as cardholder")
         time.sleep(CARDHOLDER_LIFETIME + 0.2)
         sdk_result(cardholder.cards.get(self.card_id), "get card after expiry")
-        created = counted(self.env.stats(), "tokens_created", "cardholder") - counted(
-            before, "tokens_created", "cardholder"
-        )
+        created = self.since(before, "tokens_created", "cardholder")
         if created != 2:
             raise StepFailed(f"expected 2 cardholder tokens (first, replacement), saw {created}")
         return "3 requests, 2 cardholder tokens: the second replaced the expired first"
@@ -313,7 +311,10 @@ class Story:
         finally:
             self.env.sandbox("POST", "/__sandbox/faults", {"rate_limit_per_minute": limit})
         if not isinstance(result, UnitError) or result.errors[0].status != "429":
-            raise StepFailed(f"expected a 429 from Unit, got {result}")
+            got = "a success"
+            if isinstance(result, UnitError):
+                got = f"HTTP {result.errors[0].status}"
+            raise StepFailed(f"expected a 429 from Unit, got {got}")
         seen = metric_total(metric_samples(self.env), "unit_gateway_upstream_rate_limited_total")
         if seen < 1:
             raise StepFailed("the gateway did not count Unit's 429")
