@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -163,17 +164,23 @@ class TokenInjector:
         try:
             waiting = self._route_request(flow)
         except Exception:
-            self._fail_closed(flow)
+            self._fail_closed(flow, "choosing the token")
             waiting = None
         if flow.response is not None:
             flow.metadata[LOCAL_RESPONSE_KEY] = True
         return waiting
 
-    def _fail_closed(self, flow: http.HTTPFlow) -> None:
+    def _fail_closed(self, flow: http.HTTPFlow, step: str) -> None:
         # mitmproxy would log the exception and forward the request as it is: refuse instead.
-        logger.exception("unit-gateway: internal error handling %s", flow.request.path)
+        # The caller learns the step and the kind of failure; the log has the traceback.
+        failure = sys.exc_info()[0]
+        kind = failure.__name__ if failure is not None else "error"
+        logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
         flow.response = error_response(
-            500, "gateway_internal_error", "unit-gateway failed on this request; see its log"
+            500,
+            "gateway_internal_error",
+            f"unit-gateway failed {step} for {flow.request.method} {flow.request.host} "
+            f"({kind}); the request was not forwarded; see the gateway log",
         )
 
     def _route_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -277,7 +284,7 @@ class TokenInjector:
         try:
             await self._attach_token(flow, state)
         except Exception:
-            self._fail_closed(flow)
+            self._fail_closed(flow, "getting a token")
         flow.metadata[MINT_SECONDS_KEY] = round(time.perf_counter() - started, 6)
         if flow.response is not None:
             flow.metadata[LOCAL_RESPONSE_KEY] = True

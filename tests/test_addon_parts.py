@@ -1,6 +1,7 @@
-"""Parts of the redaction addon driven without a proxy: the JSON:API answer that replaces
+"""Parts of the gateway's addons driven without a proxy: the JSON:API answer that replaces
 mitmproxy's HTML error page on a flow to Unit (the outage case end to end is in
-test_tokens_e2e.py), and header redaction with fields kept for mitmproxy's proxyauth."""
+test_tokens_e2e.py), header redaction with fields kept for mitmproxy's proxyauth, and the
+token addon's refusal when it fails internally."""
 
 from __future__ import annotations
 
@@ -102,3 +103,30 @@ def test_kept_proxy_credentials_are_neither_redacted_nor_counted() -> None:
     assert headers.fields[3] != fields[3]
     assert substitutions == {b"cookie": {headers.fields[3][1]: b"session=abc123"}}
     assert counted == [{"header": 1}]
+
+
+def test_an_internal_failure_is_refused_with_its_step_and_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # mitmproxy would forward a request whose hook raised: the token addon refuses it instead.
+    from unit_gateway.inject import TokenInjector
+
+    core = GatewayCore()
+    tokens = TokenInjector(core, None, FlowRedaction(core))  # type: ignore[arg-type]
+    core.config = object()  # type: ignore[assignment]
+    tokens.service = object()  # type: ignore[assignment]
+
+    def broken(flow: http.HTTPFlow) -> None:
+        raise KeyError("x")
+
+    tokens._route_request = broken  # type: ignore[method-assign]
+    flow = tflow.tflow()
+    flow.request.headers["Authorization"] = f"Bearer {TOKEN}"
+    assert tokens.requestheaders(flow) is None
+    assert flow.response is not None and flow.response.status_code == 500
+    error = json.loads(flow.response.content or b"")["errors"][0]
+    assert error["code"] == "gateway_internal_error"
+    assert "choosing the token" in error["detail"]
+    assert "KeyError" in error["detail"] and "not forwarded" in error["detail"]
+    assert TOKEN not in error["detail"]
+    assert "Traceback" in caplog.text or "KeyError" in caplog.text
