@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import Any
 
 from mitmproxy import connection
@@ -90,19 +90,28 @@ class RedirectLoopGuard:
 
     # --- clients -----------------------------------------------------------------------------
 
-    async def client_connected(self, client: connection.Client) -> None:
+    def client_connected(self, client: connection.Client) -> Awaitable[None] | None:
+        # A coroutine only when the client must wait: most connections cost a lookup or two.
         peer = client.peername
         if not peer or not self._from_this_host(peer[0]):
-            return
+            return None
         key = _key(peer)
         waiting: set[Hashable] = set()
-        if isinstance(client.proxy_mode, TRANSPARENT_MODES):
+        if key not in self._own and isinstance(client.proxy_mode, TRANSPARENT_MODES):
             now = time.monotonic()
             for server_id, started in list(self._opening.items()):
                 if now - started < SETTLE_SECONDS:
                     waiting.add(server_id)
                 elif now - started > _FORGET_SECONDS:
                     del self._opening[server_id]
+        if waiting:
+            return self._settle_then_check(client, key, waiting)
+        self._check(client, key)
+        return None
+
+    async def _settle_then_check(
+        self, client: connection.Client, key: tuple[Any, ...], waiting: set[Hashable]
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_SECONDS
         while key not in self._own and not waiting.isdisjoint(self._opening):
@@ -113,18 +122,21 @@ class RedirectLoopGuard:
                 await asyncio.wait_for(self._settled.wait(), remaining)
             except TimeoutError:
                 break
-        if key in self._own:
-            self.loops += 1
-            destination = self._own[key]
-            client.error = "redirect loop: a connection of the gateway's own came back to it"
-            logger.error(
-                "unit-gateway: redirect loop: the gateway's own connection to %s was sent back "
-                "to it (from %s:%s) and is closed. A firewall rule redirects the gateway's "
-                "traffic too: exclude the gateway's user from it (docs/transparent-mode.md)",
-                _address(destination),
-                peer[0],
-                peer[1],
-            )
+        self._check(client, key)
+
+    def _check(self, client: connection.Client, key: tuple[Any, ...]) -> None:
+        if key not in self._own:
+            return
+        self.loops += 1
+        client.error = "redirect loop: a connection of the gateway's own came back to it"
+        logger.error(
+            "unit-gateway: redirect loop: the gateway's own connection to %s was sent back "
+            "to it (from %s:%s) and is closed. A firewall rule redirects the gateway's "
+            "traffic too: exclude the gateway's user from it (docs/transparent-mode.md)",
+            _address(self._own[key]),
+            key[0],
+            key[1],
+        )
 
     def _from_this_host(self, ip: str) -> bool:
         found = self._local.get(ip)

@@ -447,7 +447,7 @@ class FlowRedaction:
 
     # --- the HTTP layer ---------------------------------------------------------------------
 
-    def upstream_for(self, request: http.Request) -> Upstream | None:
+    def _configured_upstream(self, request: http.Request) -> Upstream | None:
         config = self.core.config
         return config.model.upstream_of(request) if config is not None else None
 
@@ -456,7 +456,7 @@ class FlowRedaction:
         if kind is hooks.HttpRequestHeadersHook:
             # (also yielded a second time on some error paths: protect a flow once)
             if flow not in _SECRETS and flow.request.method != "CONNECT":
-                upstream = self.upstream_for(flow.request) or self.retarget(flow)
+                upstream = self._configured_upstream(flow.request) or self.retarget(flow)
                 if upstream is not None:
                     self.protect_request(flow).upstream = upstream
             return
@@ -565,7 +565,7 @@ class FlowRedaction:
         found = _SECRETS.get(flow)
         if found is not None and found.upstream is not None:
             return found.upstream
-        return self.upstream_for(flow.request)  # addons driven without the HTTP layer
+        return self._configured_upstream(flow.request)  # addons driven without the HTTP layer
 
     def secrets(self, flow: http.HTTPFlow) -> FlowSecrets:
         found = _SECRETS.get(flow)
