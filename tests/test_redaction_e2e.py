@@ -201,6 +201,7 @@ def test_mitmdump_outputs_hold_no_secret(
     )  # fmt: skip
     run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
     metrics = gateway.metrics_text()
+    planted.blobs.append(("/metrics", metrics.encode()))
     assert gateway.process.stop() == 0
     # The outputs are there, with the flows in them (redacted): a scan of nothing finds nothing.
     assert flows.stat().st_size > 10_000
@@ -340,12 +341,13 @@ def test_options_that_bypass_redaction_are_refused(
 
 
 def test_reload_rebuilds_the_redactor(
-    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
 ) -> None:
     """A header added to redaction.headers is redacted from the next flow on, no restart."""
     gateway = gateway_factory(sandbox, extra_args=("--set", "flow_detail=2"))
     config = run_dir / "gateway.yaml"
-    before, after = secrets.token_hex(12), secrets.token_hex(12)
+    before = secrets.token_hex(12)
+    after = planted.add("X-Partner-Key sent after the reload", secrets.token_hex(12))
     with proxied_session(gateway) as session:
 
         def send(value: str) -> None:
