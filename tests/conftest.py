@@ -16,7 +16,6 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from unit_gateway.sandbox.data import SandboxData
 from unit_gateway.testing import harness
 from unit_gateway.testing.leakscan import assert_no_leaks
 
@@ -60,10 +59,6 @@ def planted(run_dir: Path) -> Iterator[Planted]:
         assert_no_leaks(found.secrets, paths=[run_dir], blobs=found.blobs)
 
 
-#: The seeded cards' numbers: tests read some of them through the gateway.
-SEED_PANS = {card: secrets.pan for card, secrets in SandboxData().card_secrets.items()}
-
-
 @contextmanager
 def planted_sandbox(
     run_dir: Path, planted: Planted, label: str = "org token", **start: Any
@@ -72,7 +67,7 @@ def planted_sandbox(
     numbers and everything it issues are planted; stopped at the end (it must exit 0)."""
     box = harness.start_sandbox(run_dir, **start)
     planted.add(label, box.org_token)
-    for card, pan in SEED_PANS.items():
+    for card, pan in harness.seed_pans().items():
         planted.add(f"PAN of card {card}", pan)
     try:
         yield box

@@ -22,7 +22,8 @@ import pytest
 import requests
 
 from unit_gateway.sandbox.faults import Faults
-from unit_gateway.testing.harness import make_org_token
+from unit_gateway.testing.harness import make_org_token, seed_pans
+from unit_gateway.testing.leakscan import assert_no_leaks
 
 LAUNCH = (
     "import argparse, sys\n"
@@ -97,6 +98,25 @@ class SandboxProcess:
 
     def output(self) -> str:
         return "\n".join(self.stdout + self.stderr)
+
+    def secrets(self) -> dict[str, str]:
+        """What this sandbox's output must never show: its org token (unless it made one up
+        and printed it, as it does on purpose), every token it issued, the seeded PANs."""
+        found = {f"PAN of card {card}": pan for card, pan in seed_pans().items()}
+        if self.given_org_token:
+            found["org token"] = self.given_org_token
+        if self.proc.poll() is None:
+            issued = self.control("GET", "issued")
+            for i, token in enumerate(issued["tokens"] + issued["verificationTokens"]):
+                found[f"issued token {i + 1}"] = token
+        return found
+
+    def stop_and_scan(self) -> int:
+        """Stop, then scan everything the sandbox printed for its secrets."""
+        secrets = self.secrets()
+        code = self.stop()
+        assert_no_leaks(secrets, blobs=[("sandbox output", self.output().encode())])
+        return code
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -213,7 +233,7 @@ class SandboxFactory:
         return box
 
     def stop_all(self) -> list[tuple[SandboxProcess, int]]:
-        return [(box, box.stop()) for box in self.started]
+        return [(box, box.stop_and_scan()) for box in self.started]
 
 
 @pytest.fixture
@@ -228,7 +248,7 @@ def start_sandbox() -> Iterator[SandboxFactory]:
 def shared_sandbox() -> Iterator[SandboxProcess]:
     box = SandboxProcess(org_token=make_org_token())
     yield box
-    assert box.stop() == 0, box.output()
+    assert box.stop_and_scan() == 0, box.output()
 
 
 @pytest.fixture

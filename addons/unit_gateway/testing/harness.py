@@ -42,6 +42,14 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def seed_pans() -> dict[str, str]:
+    """The seeded cards' numbers, card id -> PAN: the same in every sandbox (tests plant
+    them for the leak scan)."""
+    from unit_gateway.sandbox.data import SandboxData
+
+    return {card: held.pan for card, held in SandboxData().card_secrets.items()}
+
+
 def make_org_token() -> str:
     """A random org token in Unit's shape; planted so the leak scanner can look for it."""
     return "v2.public." + secrets.token_urlsafe(96)
