@@ -17,18 +17,23 @@ from unit_gateway.loops import RedirectLoopGuard, is_local_address
 UNIT = ("198.18.0.10", 443)
 
 
-def client(peer: tuple[str, int], mode: str = "transparent") -> connection.Client:
+def client(
+    peer: tuple[str, int], mode: str = "transparent", going_to: tuple[str, int] = UNIT
+) -> connection.Client:
+    """A client connection; in transparent mode its sockname is where it was going."""
     return connection.Client(
         peername=peer,
-        sockname=("127.0.0.1", 8080),
+        sockname=going_to,
         timestamp_start=0,
         proxy_mode=ProxyMode.parse(mode),
     )
 
 
 def server_data(local: tuple[str, int] | None) -> server_hooks.ServerConnectionHookData:
+    """One of the gateway's own connections to Unit, from ``local`` (None: not yet known)."""
     server = connection.Server(address=UNIT)
     server.sockname = local
+    server.peername = UNIT
     return server_hooks.ServerConnectionHookData(server, client(("192.0.2.1", 1)))
 
 
@@ -151,3 +156,16 @@ async def test_a_connect_opening_for_long_is_not_waited_for(
     monkeypatch.setattr(loops.time, "monotonic", lambda: started + loops._FORGET_SECONDS + 1)
     await admitted(guard, client(("127.0.0.1", 40009)))
     assert guard._opening == {}
+
+
+async def test_a_client_sharing_a_local_port_with_a_connection_to_unit_is_let_in() -> None:
+    # Linux gives connections to different places the same local port: 500 concurrent
+    # clients on this host met the gateway's own connections' ports and were reset.
+    guard = RedirectLoopGuard()
+    guard.server_connected(server_data(("127.0.0.1", 40010)))
+    neighbour = client(("127.0.0.1", 40010), mode="regular", going_to=("127.0.0.1", 8080))
+    await admitted(guard, neighbour)
+    assert neighbour.error is None
+    transparent = client(("127.0.0.1", 40010), going_to=("198.18.0.99", 443))
+    await admitted(guard, transparent)
+    assert transparent.error is None

@@ -5,8 +5,11 @@ In transparent mode the host's firewall sends connections to Unit to the gateway
 ``OUTPUT`` that does not exclude the gateway's own user (docs/transparent-mode.md) also sends
 the gateway's own connections to Unit back to it; each of those makes the gateway connect
 again, and the gateway stops answering anything. mitmproxy cannot tell: the looped connection
-looks like any client. The gateway can: its peer is the local end of one of the gateway's own
-server connections.
+looks like any client. The gateway can: its two ends are those of one of the gateway's own
+server connections, swapped (its peer is that connection's local end, and where it was going,
+the original destination, is that connection's remote end). Both ends, because Linux lets
+connections to different places share a local port: a client on this host may well use the
+port of one of the gateway's connections to Unit.
 
 The local end of a server connection is known once it is connected, which races with the
 looped connection being accepted. A connection from an address of this host to a transparent
@@ -55,8 +58,8 @@ def is_local_address(ip: str) -> bool:
 
 class RedirectLoopGuard:
     def __init__(self) -> None:
-        #: local (ip, port) of each connected server connection -> where it goes
-        self._own: dict[tuple[Any, ...], tuple[str, int] | None] = {}
+        #: (local (ip, port), remote (ip, port)) of each connected server connection
+        self._own: set[tuple[tuple[Any, ...], tuple[Any, ...]]] = set()
         #: server connections being opened (-> when that started), and an event set whenever
         #: one settles
         self._opening: dict[Hashable, float] = {}
@@ -71,16 +74,18 @@ class RedirectLoopGuard:
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
-        if server.sockname is not None:
-            self._own[_key(server.sockname)] = server.address
+        ends = _ends(server.sockname, server.peername)
+        if ends is not None:
+            self._own.add(ends)
         self._settle(server)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._settle(data.server)
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if data.server.sockname is not None:
-            self._own.pop(_key(data.server.sockname), None)
+        ends = _ends(data.server.sockname, data.server.peername)
+        if ends is not None:
+            self._own.discard(ends)
         self._settle(data.server)
 
     def _settle(self, server: connection.Server) -> None:
@@ -95,7 +100,10 @@ class RedirectLoopGuard:
         peer = client.peername
         if not peer or not self._from_this_host(peer[0]):
             return None
-        key = _key(peer)
+        # Seen from a looped client, the server connection's ends are swapped.
+        key = _ends(peer, client.sockname)
+        if key is None:
+            return None
         waiting: set[Hashable] = set()
         if key not in self._own and isinstance(client.proxy_mode, TRANSPARENT_MODES):
             now = time.monotonic()
@@ -110,7 +118,7 @@ class RedirectLoopGuard:
         return None
 
     async def _settle_then_check(
-        self, client: connection.Client, key: tuple[Any, ...], waiting: set[Hashable]
+        self, client: connection.Client, key: tuple[tuple[Any, ...], ...], waiting: set[Hashable]
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_SECONDS
@@ -124,7 +132,7 @@ class RedirectLoopGuard:
                 break
         self._check(client, key)
 
-    def _check(self, client: connection.Client, key: tuple[Any, ...]) -> None:
+    def _check(self, client: connection.Client, key: tuple[tuple[Any, ...], ...]) -> None:
         if key not in self._own:
             return
         self.loops += 1
@@ -133,9 +141,8 @@ class RedirectLoopGuard:
             "unit-gateway: redirect loop: the gateway's own connection to %s was sent back "
             "to it (from %s:%s) and is closed. A firewall rule redirects the gateway's "
             "traffic too: exclude the gateway's user from it (docs/transparent-mode.md)",
-            _address(self._own[key]),
-            key[0],
-            key[1],
+            _address(key[1]),
+            *key[0],
         )
 
     def _from_this_host(self, ip: str) -> bool:
@@ -147,10 +154,13 @@ class RedirectLoopGuard:
         return found
 
 
-def _key(address: tuple[Any, ...]) -> tuple[Any, ...]:
-    # IPv6 socknames carry flow info and scope id: the host and port identify the socket.
-    return (address[0], address[1])
+def _ends(local: Any, remote: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """A connection's (local, remote) (host, port) pair; IPv6 addresses carry flow info and
+    scope id, which say nothing about the socket."""
+    if not local or not remote:
+        return None
+    return (local[0], local[1]), (remote[0], remote[1])
 
 
-def _address(address: tuple[str, int] | None) -> str:
-    return "an unknown address" if address is None else f"{address[0]}:{address[1]}"
+def _address(address: tuple[Any, ...]) -> str:
+    return f"{address[0]}:{address[1]}"
