@@ -23,5 +23,5 @@ addons = [
     tokens,
     # After the token addon, so a retried request is recorded with its final answer.
     MetricsExporter(core, metrics, tokens),
-    RedirectLoopGuard(),
+    RedirectLoopGuard(metrics),
 ]

@@ -13,6 +13,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from unit_gateway import loops
 from unit_gateway.loops import RedirectLoopGuard, is_local_address
+from unit_gateway.metrics import GatewayMetrics
 
 UNIT = ("198.18.0.10", 443)
 
@@ -53,14 +54,15 @@ def test_local_addresses_are_told_by_binding() -> None:
 async def test_a_client_whose_peer_is_a_connected_server_socket_is_killed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    guard = RedirectLoopGuard()
+    metrics = GatewayMetrics()
+    guard = RedirectLoopGuard(metrics)
     data = server_data(("127.0.0.1", 40001))
     guard.server_connect(data)
     guard.server_connected(data)
     looped = client(("127.0.0.1", 40001))
     await admitted(guard, looped)
     assert looped.error and "redirect loop" in looped.error
-    assert guard.loops == 1
+    assert metrics.registry.get_sample_value("unit_gateway_redirect_loops_total") == 1
     assert "exclude the gateway's user" in caplog.text
     assert "198.18.0.10:443" in caplog.text
 

@@ -77,6 +77,7 @@ CATALOGUE = HISTOGRAMS | {
     "unit_gateway_config_reloads_total",
     "unit_gateway_config_last_reload_success_timestamp_seconds",
     "unit_gateway_redactions_total",
+    "unit_gateway_redirect_loops_total",
 }
 REQUIRED_ALERTS = {
     "UnitGatewayDown",
@@ -87,6 +88,7 @@ REQUIRED_ALERTS = {
     "VerificationLimitHit",
     "ConfigReloadFailed",
     "GatewayOverheadHigh",
+    "RedirectLoop",
 }
 #: Alerts the traffic of the end-to-end test provokes: each must be pending or firing.
 PROVOKED_ALERTS = {"Unit429s", "TokenMintFailures", "VerificationLimitHit", "ConfigReloadFailed"}

@@ -533,3 +533,6 @@ def test_a_redirect_that_sends_the_gateways_own_connections_back_is_a_clear_erro
     stats = unit.stats()
     assert stats["requests"].get("GET /cards", 0) == 0
     assert stats["tokens_created"].get("customer", 0) == 0
+    # What the RedirectLoop alert watches.
+    loops = re.search(r"^unit_gateway_redirect_loops_total (\S+)$", gateway.metrics_text(), re.M)
+    assert loops is not None and float(loops.group(1)) >= 1

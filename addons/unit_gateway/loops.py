@@ -26,12 +26,15 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 
 from unit_gateway.redact import TRANSPARENT_MODES
+
+if TYPE_CHECKING:
+    from unit_gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ def is_local_address(ip: str) -> bool:
 
 
 class RedirectLoopGuard:
-    def __init__(self) -> None:
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self.metrics = metrics
         #: (local (ip, port), remote (ip, port)) of each connected server connection
         self._own: set[tuple[tuple[Any, ...], tuple[Any, ...]]] = set()
         #: server connections being opened (-> when that started), and an event set whenever
@@ -65,7 +69,6 @@ class RedirectLoopGuard:
         self._opening: dict[Hashable, float] = {}
         self._settled = asyncio.Event()
         self._local: dict[str, bool] = {}
-        self.loops = 0
 
     # --- the gateway's own server connections ----------------------------------------------
 
@@ -135,7 +138,8 @@ class RedirectLoopGuard:
     def _check(self, client: connection.Client, key: tuple[tuple[Any, ...], ...]) -> None:
         if key not in self._own:
             return
-        self.loops += 1
+        if self.metrics is not None:
+            self.metrics.redirect_loops.inc()
         client.error = "redirect loop: a connection of the gateway's own came back to it"
         logger.error(
             "unit-gateway: redirect loop: the gateway's own connection to %s was sent back "

@@ -284,6 +284,11 @@ class GatewayMetrics:
             ["rule"],
             registry=r,
         )
+        self.redirect_loops = Counter(
+            f"{p}_redirect_loops",
+            "Connections of the gateway's own that a firewall rule sent back to it (closed)",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The whole scrape in Prometheus' text format."""
