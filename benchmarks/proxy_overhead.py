@@ -13,10 +13,11 @@ On a shared machine that is the fairer comparison: req/s moves with whatever els
 per request much less. Bare CPU / gateway CPU is the throughput ratio a CPU-bound proxy would
 reach with the machine to itself.
 
-Two floors split the gateway's cost: mitmdump with only the gateway's patch point
-(``floor/patch_point.py``), and with the patch point plus the redaction of every response
-body by the gateway's own Redactor (``floor/body_redaction.py``). Both carry the caller's
-real token, like bare mitmdump.
+Three floors split the gateway's cost: mitmdump with only the gateway's patch point
+(``floor/patch_point.py``), with the patch point plus the redaction of every response body
+by the gateway's own Redactor (``floor/body_redaction.py``), both carrying the caller's real
+token like bare mitmdump; and the gateway's token injection without its redaction rules or
+metrics export (``floor/token_injection.py``), which gets the placeholder like the gateway.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ LABELS = (
     "bare mitmdump",
     "mitmdump + patch point",
     "mitmdump + body redaction",
+    "mitmdump + token injection",
     "gateway",
 )
 
@@ -106,22 +108,28 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     assert sandbox.cert_path is not None
     upstream_ca = ("--set", f"ssl_verify_upstream_trusted_ca={sandbox.cert_path}")
     bare = harness.start_bare_mitmdump(run_dir, extra_args=[*PROXY_ARGS, *upstream_ca])
-    floors = {
-        label: harness.start_bare_mitmdump(
-            run_dir,
-            extra_args=[*PROXY_ARGS, "-s", str(FLOORS / script), *upstream_ca],
-            name=script.removesuffix(".py"),
-        )
-        for label, script in (
-            ("mitmdump + patch point", "patch_point.py"),
-            ("mitmdump + body redaction", "body_redaction.py"),
-        )
-    }
     config = harness.write_gateway_config(
         run_dir / "gateway.yaml",
         upstream_url=sandbox.url,
         overrides={"tokens": {"customer": {"default_scopes": list(CUSTOMER_SCOPES)}}},
     )
+    floors = {
+        label: harness.start_bare_mitmdump(
+            run_dir,
+            extra_args=[*PROXY_ARGS, "-s", str(FLOORS / script), *upstream_ca, *gateway_args],
+            name=script.removesuffix(".py"),
+            env={"UNIT_ORG_TOKEN": sandbox.org_token} if gateway_args else None,
+        )
+        for label, script, gateway_args in (
+            ("mitmdump + patch point", "patch_point.py", ()),
+            ("mitmdump + body redaction", "body_redaction.py", ()),
+            (
+                "mitmdump + token injection",
+                "token_injection.py",
+                ("--set", f"unit_gateway_config={config}"),
+            ),
+        )
+    }
     gateway = harness.start_gateway(
         run_dir,
         config,
@@ -132,19 +140,25 @@ async def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     try:
         calls = request_mix(sandbox)
         token = customer_token(sandbox)
-        # The same customer's traffic everywhere: a real token without the gateway, the
-        # placeholder through it (the gateway mints once, then serves from its cache).
+        # The same customer's traffic everywhere: a real token without the gateway's token
+        # addon, the placeholder with it (it mints once, then serves from its cache).
+        placeholder = f"unitgw:customer:{CUSTOMER}"
         targets = {
             "direct": (None, [sandbox.cert_path], token, None),
             "bare mitmdump": (bare.proxy_url, [bare.ca_path], token, bare.process.proc.pid),
             **{
-                label: (floor.proxy_url, [floor.ca_path], token, floor.process.proc.pid)
+                label: (
+                    floor.proxy_url,
+                    [floor.ca_path],
+                    placeholder if label == "mitmdump + token injection" else token,
+                    floor.process.proc.pid,
+                )
                 for label, floor in floors.items()
             },
             "gateway": (
                 gateway.proxy_url,
                 [gateway.ca_path],
-                f"unitgw:customer:{CUSTOMER}",
+                placeholder,
                 gateway.process.proc.pid,
             ),
         }
@@ -215,7 +229,10 @@ def summarize(runs: list[LoadResult], args: argparse.Namespace) -> dict[str, Any
             "tls": "both sides, keep-alive",
             "proxy_args": " ".join(PROXY_ARGS),
             "mix": "one customer: GET /cards/{id} x2, GET /accounts, GET /customers/{id}",
-            "credentials": "direct and bare: a real customer token; gateway: the placeholder",
+            "credentials": (
+                "direct, bare and the first two floors: a real customer token; "
+                "token injection and gateway: the placeholder"
+            ),
             "cpu": "proxy process utime+stime from /proc over the measured part of each run",
         },
         "results": table,

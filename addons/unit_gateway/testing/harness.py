@@ -290,9 +290,14 @@ def start_gateway(
 
 
 def start_bare_mitmdump(
-    run_dir: Path, *, extra_args: Sequence[str] = (), name: str = "mitmdump"
+    run_dir: Path,
+    *,
+    extra_args: Sequence[str] = (),
+    name: str = "mitmdump",
+    env: dict[str, str] | None = None,
 ) -> Gateway:
-    """mitmdump with no addons of ours: the baseline every benchmark compares against."""
+    """mitmdump with no addons of ours (the baseline every benchmark compares against), or
+    with the scripts ``extra_args`` loads."""
     confdir = run_dir / f"{name}-confdir"
     confdir.mkdir(parents=True, exist_ok=True)
     tool = Path(sys.executable).parent / "mitmdump"
@@ -306,7 +311,7 @@ def start_bare_mitmdump(
         f"confdir={confdir}",
         *extra_args,
     ]
-    process = ManagedProcess(name, argv, run_dir).start()
+    process = ManagedProcess(name, argv, run_dir, env=env or {}).start()
     host, port = process.wait_for(r"proxy listening at (\S+):(\d+)\.").groups()
     return Gateway(
         process, f"http://{host}:{port}", confdir / "mitmproxy-ca-cert.pem", confdir, None

@@ -1,0 +1,46 @@
+"""mitmdump script: the gateway's token injection without its redaction rules or metrics
+export (a benchmark floor).
+
+What a request with a placeholder needs to reach Unit with a real token, through the
+gateway's own addons: the core (configuration), the patch point and side table that keep
+the real ``Authorization`` out of the flow and put it on the wire, the token addon (route
+match, identity, cache) and the loop guard. Only two parts are left out: the Redactor finds
+nothing (no header, URL or body is redacted), and no metrics are exported. proxy_overhead.py
+runs it with ``--set unit_gateway_config=…`` and the placeholder, like the gateway.
+"""
+
+from collections import Counter
+from typing import Any
+
+from unit_gateway.core import GatewayCore
+from unit_gateway.inject import TokenInjector
+from unit_gateway.loops import RedirectLoopGuard
+from unit_gateway.metrics import GatewayMetrics
+from unit_gateway.redact import FlowRedaction
+from unit_gateway.redaction import RedactedBody, Redactor
+
+
+class NothingToRedact(Redactor):
+    def header_fields_are_clean(self, fields: Any) -> bool:
+        return True
+
+    def redact_url(self, url: str, *, counts: Counter[str] | None = None) -> str:
+        return url
+
+    def redact_text(self, text: str, *, counts: Counter[str] | None = None) -> str:
+        return text
+
+    def redact_body(self, content: bytes, *args: Any, **kwargs: Any) -> RedactedBody:
+        return RedactedBody(content, "text")
+
+
+class InjectionOnly(FlowRedaction):
+    def configure(self, updated: set[str]) -> None:
+        super().configure(updated)
+        self.redactor = NothingToRedact()
+
+
+metrics = GatewayMetrics()  # the token addon counts into it; nothing serves it
+core = GatewayCore(metrics)
+redaction = InjectionOnly(core, metrics)
+addons = [core, redaction, TokenInjector(core, metrics, redaction), RedirectLoopGuard(metrics)]
