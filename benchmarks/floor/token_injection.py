@@ -5,12 +5,16 @@ What a request with a placeholder needs to reach Unit with a real token, through
 gateway's own addons: the core (configuration), the patch point and side table that keep
 the real ``Authorization`` out of the flow and put it on the wire, the token addon (route
 match, identity, cache) and the loop guard. Only two parts are left out: the Redactor finds
-nothing (no header, URL or body is redacted), and no metrics are exported. proxy_overhead.py
-runs it with ``--set unit_gateway_config=…`` and the placeholder, like the gateway.
+nothing (no header, URL or body is redacted), and no metrics are recorded or exported (the
+metrics addon's one duty left is to end the token addon's state of each flow).
+proxy_overhead.py runs it with ``--set unit_gateway_config=…`` and the placeholder, like the
+gateway.
 """
 
 from collections import Counter
 from typing import Any
+
+from mitmproxy import http
 
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
@@ -40,7 +44,22 @@ class InjectionOnly(FlowRedaction):
         self.redactor = NothingToRedact()
 
 
+class FlowsEnd:
+    """What the metrics addon does first with a finished flow: take the token addon's state
+    of it (without this, that state is kept for ever)."""
+
+    def __init__(self, tokens: TokenInjector) -> None:
+        self.tokens = tokens
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.tokens.finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.tokens.finish(flow)
+
+
 metrics = GatewayMetrics()  # the token addon counts into it; nothing serves it
 core = GatewayCore(metrics)
 redaction = InjectionOnly(core, metrics)
-addons = [core, redaction, TokenInjector(core, metrics, redaction), RedirectLoopGuard(metrics)]
+tokens = TokenInjector(core, metrics, redaction)
+addons = [core, redaction, tokens, FlowsEnd(tokens), RedirectLoopGuard(metrics)]
