@@ -12,7 +12,8 @@ Topology (created and removed by the ``client_net`` fixture)::
     PREROUTING -i <veth> -p tcp --dport <sandbox port> -j REDIRECT --to-ports <gateway port>
 
 The gateway's own connections (forwarding, token minting) start in the root namespace and pass
-OUTPUT, not PREROUTING, so they are not redirected back to it.
+OUTPUT, not PREROUTING, so they are not redirected back to it. The SDK test runs over IPv6 too
+(``client_net6``: a random fd00::/8 /64 on the veth pair, the same rule with ip6tables).
 
 The ``rogue`` fixture adds a TLS server that is not Unit on a second address of the root side
 (``<rogue ip>/32`` on the veth, a route to it in the namespace), on the sandbox's port so the
@@ -48,6 +49,7 @@ from conftest import (
     port_of,
 )
 from unit_gateway import jsonapi
+from unit_gateway.sandbox.server import url_host
 from unit_gateway.sandbox.tls import CertificateFiles, write_certificates
 from unit_gateway.testing import harness
 
@@ -80,6 +82,8 @@ class ClientNet:
     host_if: str
     host_ip: str
     ns_ip: str
+    #: ``iptables`` or ``ip6tables``: the addresses' family
+    iptables: str = "iptables"
     rules: list[list[str]] = field(default_factory=list)
 
     def redirect(self, dport: int, to_port: int) -> None:
@@ -88,7 +92,7 @@ class ClientNet:
             "PREROUTING", "-i", self.host_if, "-p", "tcp", "--dport", str(dport),
             "-j", "REDIRECT", "--to-ports", str(to_port),
         ]  # fmt: skip
-        _must("iptables", "-t", "nat", "-A", *rule)
+        _must(self.iptables, "-t", "nat", "-A", *rule)
         self.rules.append(rule)
 
     def run(
@@ -108,42 +112,62 @@ class ClientNet:
         return status, out.read_text(errors="replace")
 
 
-@pytest.fixture
-def client_net() -> Iterator[ClientNet]:
-    """A network namespace joined to the root namespace by a veth pair; removed afterwards
-    with its veth pair and every iptables rule added through it, even when the test fails."""
+def _client_net(version: int) -> Iterator[ClientNet]:
+    """A network namespace joined to the root namespace by a veth pair, with addresses of IP
+    ``version``; removed afterwards with its veth pair and every iptables rule added through
+    it, even when the test fails."""
+    iptables = "iptables" if version == 4 else "ip6tables"
     if sys.platform != "linux":
         pytest.skip("transparent mode with iptables REDIRECT is Linux only")
     if os.geteuid() != 0:
         pytest.skip("needs root: creates a network namespace, a veth pair and iptables rules")
-    for tool in ("ip", "iptables"):
+    for tool in ("ip", iptables):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (.ci/run installs iptables)")
     tag = secrets.token_hex(3)
     namespace, host_if, ns_if = f"ugw-{tag}", f"ugw{tag}h", f"ugw{tag}c"
-    # A random /30 in 198.18.0.0/15 (reserved for network tests), so parallel runs do not meet.
-    benchmarking = ipaddress.ip_network("198.18.0.0/15")
-    base = benchmarking.network_address + secrets.randbelow(benchmarking.num_addresses // 4) * 4
+    if version == 4:
+        # A random /30 in 198.18.0.0/15 (reserved for network tests), so parallel runs do
+        # not meet.
+        benchmarking = ipaddress.ip_network("198.18.0.0/15")
+        base = benchmarking.network_address + secrets.randbelow(benchmarking.num_addresses // 4) * 4
+        prefix = 30
+    else:
+        # A random /64 of a random unique local prefix (fd00::/8).
+        base = ipaddress.IPv6Address((0xFD << 120) | (secrets.randbits(56) << 64))
+        prefix = 64
     host_ip, ns_ip = str(base + 1), str(base + 2)
+    # IPv6 addresses are usable at once without duplicate address detection (nodad).
+    flags = ("nodad",) if version == 6 else ()
     added = _run("ip", "netns", "add", namespace)
     if added.returncode != 0:
         pytest.skip(f"cannot create a network namespace: {added.stderr.strip()}")
-    net = ClientNet(namespace, host_if, host_ip, ns_ip)
+    net = ClientNet(namespace, host_if, host_ip, ns_ip, iptables)
     try:
         _must("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _must("ip", "link", "set", ns_if, "netns", namespace)
-        _must("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
+        _must("ip", "addr", "add", f"{host_ip}/{prefix}", "dev", host_if, *flags)
         _must("ip", "link", "set", host_if, "up")
         inside = ("ip", "netns", "exec", namespace, "ip")
-        _must(*inside, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        _must(*inside, "addr", "add", f"{ns_ip}/{prefix}", "dev", ns_if, *flags)
         _must(*inside, "link", "set", ns_if, "up")
         _must(*inside, "link", "set", "lo", "up")
         yield net
     finally:
         for rule in reversed(net.rules):
-            _run("iptables", "-t", "nat", "-D", *rule)
+            _run(iptables, "-t", "nat", "-D", *rule)
         _run("ip", "link", "del", host_if)  # gone with the namespace too; removed here first
         _run("ip", "netns", "del", namespace)
+
+
+@pytest.fixture
+def client_net() -> Iterator[ClientNet]:
+    yield from _client_net(4)
+
+
+@pytest.fixture
+def client_net6() -> Iterator[ClientNet]:
+    yield from _client_net(6)
 
 
 def _unit_at(ip: str, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
@@ -160,8 +184,8 @@ def unit_host(client_net: ClientNet, run_dir: Path, planted: Planted) -> Iterato
     yield from _unit_at(client_net.host_ip, run_dir, planted)
 
 
-def test_transparent_mode_with_the_python_sdk_in_a_namespace(
-    client_net: ClientNet,
+def _sdk_client_through_the_redirect(
+    net: ClientNet,
     unit_host: harness.Sandbox,
     gateway_factory: GatewayFactory,
     planted: Planted,
@@ -173,18 +197,18 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     gateway = gateway_factory(
         unit_host,
         mode="transparent",
-        extra_args=("--listen-host", client_net.host_ip),
+        extra_args=("--listen-host", net.host_ip),
         name="transparent",
     )
     gateway_port = port_of(gateway.proxy_url)
-    assert gateway.proxy_url == f"http://{client_net.host_ip}:{gateway_port}"
-    assert unit_host.url.startswith(f"https://{client_net.host_ip}:")
+    assert gateway.proxy_url == f"http://{url_host(net.host_ip)}:{gateway_port}"
+    assert unit_host.url.startswith(f"https://{url_host(net.host_ip)}:")
     sandbox_port = port_of(unit_host.url)
-    client_net.redirect(sandbox_port, gateway_port)
+    net.redirect(sandbox_port, gateway_port)
 
     # The client trusts mitmproxy's CA, not the sandbox's: it talks TLS to the gateway.
     env = env_without_proxies(REQUESTS_CA_BUNDLE=str(gateway.ca_path), PYTHONUNBUFFERED="1")
-    status, output = client_net.run(
+    status, output = net.run(
         [sys.executable, "-c", CLIENT, unit_host.url], env=env, out=run_dir / "client.output"
     )
     assert status == 0, output + gateway.process.output()[-3000:]
@@ -196,13 +220,38 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     assert stats["requests"]["GET /cards"] == 1
     # The gateway got the client's own connection (from inside the namespace) and knew where
     # it was going: the original destination, taken from the redirected socket.
-    ns_ip = re.escape(client_net.ns_ip)
-    gateway.process.wait_for(rf"^{ns_ip}:\d+: GET {re.escape(unit_host.url)}/cards", timeout=5)
+    # (mitmdump shows an IPv6 client in brackets, and the URL's IPv6 host without them.)
+    client = re.escape(url_host(net.ns_ip))
+    unit = rf"https://\[?{re.escape(net.host_ip)}\]?:{port_of(unit_host.url)}"
+    gateway.process.wait_for(rf"^{client}:\d+: GET {unit}/cards", timeout=5)
     # The real customer token was used, and no output of the run (the client's included)
     # may show it: planted for the leak scan at teardown.
     issued = planted.add_issued(unit_host.url, unit_host.process.name, unit_host.cert_path)
     assert len(issued["tokens"]) == 1
     assert "v2.public." not in output
+
+
+def test_transparent_mode_with_the_python_sdk_in_a_namespace(
+    client_net: ClientNet,
+    unit_host: harness.Sandbox,
+    gateway_factory: GatewayFactory,
+    planted: Planted,
+    run_dir: Path,
+) -> None:
+    _sdk_client_through_the_redirect(client_net, unit_host, gateway_factory, planted, run_dir)
+
+
+def test_transparent_mode_over_ipv6(
+    client_net6: ClientNet,
+    gateway_factory: GatewayFactory,
+    planted: Planted,
+    run_dir: Path,
+) -> None:
+    # The same over IPv6, as docs/transparent-mode.md says (ip6tables, the same rule): the
+    # original destination comes from IPv6's own socket option, and the upstream is an IPv6
+    # address in brackets.
+    for unit_host in _unit_at(client_net6.host_ip, run_dir, planted):
+        _sdk_client_through_the_redirect(client_net6, unit_host, gateway_factory, planted, run_dir)
 
 
 # --- a Host header naming Unit on a connection to another server ------------------------------

@@ -177,7 +177,8 @@ class GatewayCore:
             for host, port, *_ in server.listen_addrs:
                 spec = server.mode
                 mode = f"{spec.type_name}:{spec.data}" if spec.data else spec.type_name
-                logger.info("unit-gateway: proxy listening on %s:%s (%s)", host, port, mode)
+                shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
+                logger.info("unit-gateway: proxy listening on %s:%s (%s)", shown, port, mode)
         for up in self.config.model.unit.upstreams:
             logger.info("unit-gateway: upstream %s (%s)", up.url, up.environment)
         if self.sandbox is not None:

@@ -87,7 +87,8 @@ class RunningSandbox:
             self._temp_dir = None
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
+    """``host`` as a URL names it: an IPv6 address in brackets, a wildcard as loopback."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -140,7 +141,7 @@ async def start(settings: SandboxSettings) -> RunningSandbox:
         raise
     port = runner.addresses[0][1]
     scheme = "https" if settings.tls else "http"
-    url = f"{scheme}://{_url_host(settings.host)}:{port}"
+    url = f"{scheme}://{url_host(settings.host)}:{port}"
     return RunningSandbox(runner, state, url, port, cert_path, temp_dir)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from unit_gateway.sandbox.server import url_host
+
 #: Every process started here, so a crashed test cannot leave one behind.
 _live: list[ManagedProcess] = []
 
@@ -282,7 +284,7 @@ def start_gateway(
     process.wait_for(r"unit-gateway: CA certificate")
     return Gateway(
         process,
-        f"http://{host}:{port}",
+        f"http://{url_host(host)}:{port}",
         confdir / "mitmproxy-ca-cert.pem",
         confdir,
         metrics,
@@ -314,5 +316,5 @@ def start_bare_mitmdump(
     process = ManagedProcess(name, argv, run_dir, env=env or {}).start()
     host, port = process.wait_for(r"proxy listening at (\S+):(\d+)\.").groups()
     return Gateway(
-        process, f"http://{host}:{port}", confdir / "mitmproxy-ca-cert.pem", confdir, None
+        process, f"http://{url_host(host)}:{port}", confdir / "mitmproxy-ca-cert.pem", confdir, None
     )
