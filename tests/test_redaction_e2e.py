@@ -340,6 +340,28 @@ def test_options_that_bypass_redaction_are_refused(
     assert "exited with" in message and f"unit-gateway: {name}" in message and "refused" in message
 
 
+@pytest.mark.parametrize("mode", ["reverse:{upstream}", "transparent"])
+def test_proxyauth_is_refused_where_it_would_take_the_authorization_header(
+    sandbox: harness.Sandbox, run_dir: Path, mode: str
+) -> None:
+    # On these listeners proxyauth asks for Basic credentials in Authorization, where the
+    # caller's placeholder goes: every Unit client would get mitmproxy's 401 page.
+    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
+    spec = mode.format(upstream=sandbox.url)
+    with pytest.raises(harness.ProcessFailed) as refused:
+        harness.start_gateway(
+            run_dir,
+            config,
+            org_token=sandbox.org_token,
+            mode=spec,
+            extra_args=("--set", "proxyauth=svc:secret"),
+        )
+    message = str(refused.value)
+    assert "exited with" in message
+    assert f"unit-gateway: proxyauth is refused with mode {spec}" in message
+    assert "the header that carries the Unit placeholder" in message
+
+
 def test_reload_rebuilds_the_redactor(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
 ) -> None:

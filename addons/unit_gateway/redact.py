@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +214,26 @@ def _after_proxyauth(flow: http.HTTPFlow) -> None:
         )
 
 
+#: Listeners where proxyauth asks for credentials of a proxy (Proxy-Authorization, or SOCKS5's
+#: own): elsewhere it takes Basic credentials from Authorization.
+_PROXY_AUTH_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs.Socks5Mode)
+
+
+def _check_proxyauth_modes(modes: Sequence[str]) -> None:
+    """On a reverse or transparent listener mitmproxy's proxyauth wants Basic credentials in
+    ``Authorization``, the header that carries the caller's Unit placeholder: no Unit client
+    could send both. Refused at start, not discovered as a 401 on every request."""
+    for spec in modes:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if not isinstance(mode, _PROXY_AUTH_MODES):
+            raise exceptions.OptionsError(
+                f"unit-gateway: proxyauth is refused with mode {spec}: there it takes Basic "
+                "credentials from Authorization, the header that carries the Unit placeholder. "
+                "Use it with regular, upstream or socks5 listeners only; limit who reaches "
+                "other listeners by network (see the README)"
+            )
+
+
 def _wire_fields(
     fields: tuple[tuple[bytes, bytes], ...],
     substitutions: HeaderSubstitutions,
@@ -349,6 +369,8 @@ class FlowRedaction:
                 "unit-gateway: stream_large_bodies is refused: streamed bodies bypass redaction "
                 "and a streamed 401 cannot be retried"
             )
+        if updated & {"proxyauth", "mode"} and ctx.options.proxyauth:
+            _check_proxyauth_modes(ctx.options.mode)
         # Reloads arrive through core.listeners; here only the first load (or the option).
         if OPTION in updated and self.core.config is not None:
             self.redactor = Redactor(self.core.config.model.redaction)
