@@ -148,7 +148,6 @@ async def measure(run_dir: Path) -> dict[str, Any]:
     try:
         with taddons.context(core, injector) as tctx:
             tctx.configure(core, unit_gateway_config=str(config))
-            injector.configure({"unit_gateway_config"})
             injector.running()
             results: dict[str, Any] = {}
             results.update(await hot_path(core, injector, sandbox.url))

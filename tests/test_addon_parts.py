@@ -1,19 +1,26 @@
 """Parts of the gateway's addons driven without a proxy: the JSON:API answer that replaces
 mitmproxy's HTML error page on a flow to Unit (the outage case end to end is in
-test_tokens_e2e.py), header redaction with fields kept for mitmproxy's proxyauth, and the
-token addon's refusal when it fails internally."""
+test_tokens_e2e.py), header redaction with fields kept for mitmproxy's proxyauth, the
+token addon's refusal when it fails internally, and a configuration set as an option."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from mitmproxy import http
 from mitmproxy.proxy.layers import http as httplayer
-from mitmproxy.test import tflow
+from mitmproxy.test import taddons, tflow
 
 from unit_gateway.core import GatewayCore
+from unit_gateway.inject import TokenInjector
+from unit_gateway.metrics import GatewayMetrics, MetricsExporter
 from unit_gateway.redact import _PROXY_CREDENTIALS, FlowRedaction, _json_api_error
+from unit_gateway.redaction import Redactor
+from unit_gateway.redaction_rules import RedactionSettings
+from unit_gateway.testing import harness
 
 TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
 
@@ -130,3 +137,42 @@ def test_an_internal_failure_is_refused_with_its_step_and_kind(
     assert "KeyError" in error["detail"] and "not forwarded" in error["detail"]
     assert TOKEN not in error["detail"]
     assert "Traceback" in caplog.text or "KeyError" in caplog.text
+
+
+def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``--set unit_gateway_config=…`` while running (mitmweb's options, say): every addon
+    # takes the new file up through the core's listeners, once; the addons' own configure
+    # hooks used to build it all a second time.
+    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
+    unit = "https://api.s.unit.sh"
+    first = harness.write_gateway_config(tmp_path / "first.yaml", upstream_url=unit)
+    second = harness.write_gateway_config(
+        tmp_path / "second.yaml",
+        upstream_url=unit,
+        overrides={"redaction": {"headers": ["X-Partner-Key"]}},
+    )
+    built: list[RedactionSettings] = []
+    original = Redactor.__init__
+
+    def counting(self: Redactor, settings: RedactionSettings | None = None, **kwargs: Any) -> None:
+        built.append(settings or RedactionSettings())
+        original(self, settings, **kwargs)
+
+    monkeypatch.setattr(Redactor, "__init__", counting)
+    metrics = GatewayMetrics()
+    core = GatewayCore(metrics)
+    redaction = FlowRedaction(core, metrics)
+    tokens = TokenInjector(core, metrics, redaction)
+    exporter = MetricsExporter(core, metrics, tokens)
+    built.clear()  # the defaults FlowRedaction starts with
+    with taddons.context(core, redaction, tokens, exporter) as tctx:
+        tctx.configure(core, unit_gateway_config=str(first))
+        assert [s.headers for s in built] == [[]]
+        routes = tokens.routes
+        built.clear()
+        tctx.configure(core, unit_gateway_config=str(second))
+    assert [s.headers for s in built] == [["X-Partner-Key"]]
+    assert redaction.redactor.settings.headers == ["X-Partner-Key"]
+    assert tokens.routes is not routes

@@ -67,7 +67,8 @@ class GatewayCore:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self.metrics = metrics
         self.config: LoadedConfig | None = None
-        #: Called with each configuration that replaces a running one (hot reload).
+        #: Called with each configuration applied: the first, each reload from the file, and
+        #: a new ``unit_gateway_config`` option. The one way other addons take it up.
         self.listeners: list[Callable[[LoadedConfig], None]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._stamp: tuple[int, int] | None = None
@@ -109,13 +110,11 @@ class GatewayCore:
         logger.info("unit-gateway: configuration %s loaded", path)
 
     def _apply(self, loaded: LoadedConfig) -> None:
-        replaced = self.config is not None and self._running
         self.config = loaded
         self._stamp = _stamp_of(loaded.path)
         self._count_load("ok")
-        if replaced:
-            for listener in self.listeners:
-                listener(loaded)
+        for listener in self.listeners:
+            listener(loaded)
 
     def _count_load(self, outcome: str) -> None:
         if self.metrics is None:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from unit_gateway.config import LoadedConfig, Upstream
-from unit_gateway.core import OPTION
 from unit_gateway.identity import (
     ORG,
     Identity,
@@ -101,15 +100,8 @@ class TokenInjector:
     def load(self, loader: Any) -> None:
         self.core.listeners.append(self.reconfigure)
 
-    def configure(self, updated: set[str]) -> None:
-        # Reloads arrive through core.listeners; here only the first load (or the option).
-        config = self.core.config
-        if OPTION not in updated or config is None:
-            return
-        self.routes = RouteTable.from_settings(config.model.routes)
-
     def reconfigure(self, config: LoadedConfig) -> None:
-        """A new configuration while running: new routes and scopes; cached tokens stay."""
+        """Routes and scopes of each configuration applied; on a reload cached tokens stay."""
         self.routes = RouteTable.from_settings(config.model.routes)
         if self.service is not None:
             self.service.reconfigure(

@@ -34,13 +34,12 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__, identity
 from unit_gateway.access_log import AccessLog, log_path
-from unit_gateway.core import OPTION
-from unit_gateway.redaction import Redactor
 from unit_gateway.routes import HTTP_METHODS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from unit_gateway.config import LoadedConfig
     from unit_gateway.core import GatewayCore
     from unit_gateway.inject import TokenInjector
 
@@ -390,16 +389,13 @@ class MetricsExporter:
         self.access_log: AccessLog | None = None
 
     def load(self, loader: Any) -> None:
-        self.core.listeners.append(lambda _config: self.configure({OPTION}))
+        self.core.listeners.append(self.reconfigure)
 
-    def configure(self, updated: set[str]) -> None:
-        # Only for a (re)loaded configuration: another option must not reset the gauges.
-        config = self.core.config
-        if OPTION not in updated or config is None:
-            return
+    def reconfigure(self, config: LoadedConfig) -> None:
         # Every rule's series exists from the start (at 0), so rates and alerts see the
-        # first redaction rather than a series appearing out of nothing.
-        for rule in Redactor(config.model.redaction).rule_names:
+        # first redaction rather than a series appearing out of nothing. The redaction addon
+        # is loaded first, so its Redactor is already this configuration's.
+        for rule in self.tokens.redaction.redactor.rule_names:
             self.metrics.redactions.labels(rule)
         limit = config.model.unit.rate_limit_per_minute
         for up in config.model.unit.upstreams:

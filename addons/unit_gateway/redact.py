@@ -49,7 +49,6 @@ from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
 
 from unit_gateway import jsonapi
-from unit_gateway.core import OPTION
 from unit_gateway.metrics import Children
 from unit_gateway.redaction import Redactor
 
@@ -371,9 +370,6 @@ class FlowRedaction:
             )
         if updated & {"proxyauth", "mode"} and ctx.options.proxyauth:
             _check_proxyauth_modes(ctx.options.mode)
-        # Reloads arrive through core.listeners; here only the first load (or the option).
-        if OPTION in updated and self.core.config is not None:
-            self.redactor = Redactor(self.core.config.model.redaction)
 
     def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = Redactor(config.model.redaction)

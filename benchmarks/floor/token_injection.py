@@ -16,6 +16,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from unit_gateway.config import LoadedConfig
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.loops import RedirectLoopGuard
@@ -39,8 +40,7 @@ class NothingToRedact(Redactor):
 
 
 class InjectionOnly(FlowRedaction):
-    def configure(self, updated: set[str]) -> None:
-        super().configure(updated)
+    def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = NothingToRedact()
 
 
