@@ -1,7 +1,8 @@
 """Parts of the gateway's addons driven without a proxy: the JSON:API answer that replaces
 mitmproxy's HTML error page on a flow to Unit (the outage case end to end is in
 test_tokens_e2e.py), header redaction with fields kept for mitmproxy's proxyauth, the
-token addon's refusal when it fails internally, and a configuration set as an option."""
+token addon's refusal when it fails internally, a configuration set as an option, and which
+listeners proxyauth may guard."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import http
+from mitmproxy import exceptions, http
+from mitmproxy.hooks import DoneHook, RunningHook
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.test import taddons, tflow
 
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsExporter
-from unit_gateway.redact import _PROXY_CREDENTIALS, FlowRedaction, _json_api_error
+from unit_gateway.redact import (
+    _PROXY_CREDENTIALS,
+    FlowRedaction,
+    _check_proxyauth_modes,
+    _json_api_error,
+)
 from unit_gateway.redaction import Redactor
 from unit_gateway.redaction_rules import RedactionSettings
 from unit_gateway.testing import harness
@@ -139,7 +146,7 @@ def test_an_internal_failure_is_refused_with_its_step_and_kind(
     assert "Traceback" in caplog.text or "KeyError" in caplog.text
 
 
-def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
+async def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # ``--set unit_gateway_config=…`` while running (mitmweb's options, say): every addon
@@ -170,9 +177,66 @@ def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
     with taddons.context(core, redaction, tokens, exporter) as tctx:
         tctx.configure(core, unit_gateway_config=str(first))
         assert [s.headers for s in built] == [[]]
-        routes = tokens.routes
-        built.clear()
-        tctx.configure(core, unit_gateway_config=str(second))
-    assert [s.headers for s in built] == [["X-Partner-Key"]]
-    assert redaction.redactor.settings.headers == ["X-Partner-Key"]
-    assert tokens.routes is not routes
+        await tctx.master.addons.trigger_event(RunningHook())
+        try:
+            routes = tokens.routes
+            built.clear()
+            tctx.configure(core, unit_gateway_config=str(second))
+            assert [s.headers for s in built] == [["X-Partner-Key"]]
+            assert redaction.redactor.settings.headers == ["X-Partner-Key"]
+            assert tokens.routes is not routes
+            reloads = metrics.registry.get_sample_value(
+                "unit_gateway_config_reloads_total", {"outcome": "ok"}
+            )
+            assert reloads == 1
+            # Each redaction rule has its series from the start, the new header's included.
+            assert (
+                metrics.registry.get_sample_value(
+                    "unit_gateway_redactions_total", {"rule": "header"}
+                )
+                == 0
+            )
+        finally:
+            await tctx.master.addons.trigger_event(DoneHook())
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [["regular"], ["socks5"], ["upstream:http://proxy.internal:8080"], ["regular", "dns"]],
+)
+def test_proxyauth_is_allowed_with_proxy_listeners(modes: list[str]) -> None:
+    _check_proxyauth_modes(modes)
+
+
+@pytest.mark.parametrize(
+    "mode", ["reverse:https://api.s.unit.sh", "transparent", "local", "wireguard", "tun"]
+)
+def test_proxyauth_is_refused_where_it_takes_authorization(mode: str) -> None:
+    with pytest.raises(exceptions.OptionsError, match=f"proxyauth is refused with mode {mode}"):
+        _check_proxyauth_modes(["regular", mode])
+
+
+def test_an_invalid_mode_is_an_options_error() -> None:
+    with pytest.raises(exceptions.OptionsError, match="invalid mode 'nonsense'"):
+        _check_proxyauth_modes(["nonsense"])
+
+
+def test_a_listener_that_fails_does_not_keep_the_configuration_from_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
+    path = harness.write_gateway_config(
+        tmp_path / "gateway.yaml", upstream_url="https://api.s.unit.sh"
+    )
+    core = GatewayCore()
+    taken: list[Path | None] = []
+
+    def failing(config: Any) -> None:
+        raise RuntimeError("an addon's bug")
+
+    core.listeners += [failing, lambda config: taken.append(config.path)]
+    with taddons.context(core) as tctx:
+        tctx.configure(core, unit_gateway_config=str(path))
+    assert taken == [path]
+    assert f"applying configuration {path} failed" in caplog.text
+    assert "an addon's bug" in caplog.text

@@ -184,6 +184,13 @@ def unit_host(client_net: ClientNet, run_dir: Path, planted: Planted) -> Iterato
     yield from _unit_at(client_net.host_ip, run_dir, planted)
 
 
+@pytest.fixture
+def unit_host6(
+    client_net6: ClientNet, run_dir: Path, planted: Planted
+) -> Iterator[harness.Sandbox]:
+    yield from _unit_at(client_net6.host_ip, run_dir, planted)
+
+
 def _sdk_client_through_the_redirect(
     net: ClientNet,
     unit_host: harness.Sandbox,
@@ -243,6 +250,7 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
 
 def test_transparent_mode_over_ipv6(
     client_net6: ClientNet,
+    unit_host6: harness.Sandbox,
     gateway_factory: GatewayFactory,
     planted: Planted,
     run_dir: Path,
@@ -250,8 +258,7 @@ def test_transparent_mode_over_ipv6(
     # The same over IPv6, as docs/transparent-mode.md says (ip6tables, the same rule): the
     # original destination comes from IPv6's own socket option, and the upstream is an IPv6
     # address in brackets.
-    for unit_host in _unit_at(client_net6.host_ip, run_dir, planted):
-        _sdk_client_through_the_redirect(client_net6, unit_host, gateway_factory, planted, run_dir)
+    _sdk_client_through_the_redirect(client_net6, unit_host6, gateway_factory, planted, run_dir)
 
 
 # --- a Host header naming Unit on a connection to another server ------------------------------

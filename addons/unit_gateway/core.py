@@ -114,7 +114,11 @@ class GatewayCore:
         self._stamp = _stamp_of(loaded.path)
         self._count_load("ok")
         for listener in self.listeners:
-            listener(loaded)
+            # One addon failing to take it up must not keep it from the others.
+            try:
+                listener(loaded)
+            except Exception:
+                logger.exception("unit-gateway: applying configuration %s failed", loaded.path)
 
     def _count_load(self, outcome: str) -> None:
         if self.metrics is None:

@@ -392,11 +392,6 @@ class MetricsExporter:
         self.core.listeners.append(self.reconfigure)
 
     def reconfigure(self, config: LoadedConfig) -> None:
-        # Every rule's series exists from the start (at 0), so rates and alerts see the
-        # first redaction rather than a series appearing out of nothing. The redaction addon
-        # is loaded first, so its Redactor is already this configuration's.
-        for rule in self.tokens.redaction.redactor.rule_names:
-            self.metrics.redactions.labels(rule)
         limit = config.model.unit.rate_limit_per_minute
         for up in config.model.unit.upstreams:
             self.windows.setdefault(up.environment, RecentRequests())

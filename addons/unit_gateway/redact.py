@@ -219,11 +219,17 @@ _PROXY_AUTH_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs
 
 
 def _check_proxyauth_modes(modes: Sequence[str]) -> None:
-    """On a reverse or transparent listener mitmproxy's proxyauth wants Basic credentials in
-    ``Authorization``, the header that carries the caller's Unit placeholder: no Unit client
-    could send both. Refused at start, not discovered as a 401 on every request."""
+    """On any HTTP listener but a proxy's (reverse, transparent, local, WireGuard, TUN)
+    mitmproxy's proxyauth wants Basic credentials in ``Authorization``, the header that carries
+    the caller's Unit placeholder: no Unit client could send both. Refused at start (or when
+    the option changes), not discovered as a 401 on every request."""
     for spec in modes:
-        mode = mode_specs.ProxyMode.parse(spec)
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"invalid mode {spec!r}: {e}") from e
+        if isinstance(mode, mode_specs.DnsMode) or getattr(mode, "scheme", None) == "dns":
+            continue  # a DNS listener carries no HTTP
         if not isinstance(mode, _PROXY_AUTH_MODES):
             raise exceptions.OptionsError(
                 f"unit-gateway: proxyauth is refused with mode {spec}: there it takes Basic "
@@ -368,11 +374,16 @@ class FlowRedaction:
                 "unit-gateway: stream_large_bodies is refused: streamed bodies bypass redaction "
                 "and a streamed 401 cannot be retried"
             )
-        if updated & {"proxyauth", "mode"} and ctx.options.proxyauth:
+        if updated & {"proxyauth", "mode"} and getattr(ctx.options, "proxyauth", None):
             _check_proxyauth_modes(ctx.options.mode)
 
     def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = Redactor(config.model.redaction)
+        if self._redactions is not None:
+            # Every rule's series exists from the start (at 0), so rates and alerts see the
+            # first redaction rather than a series appearing out of nothing.
+            for rule in self.redactor.rule_names:
+                self._redactions(rule)
 
     def done(self) -> None:
         global _ACTIVE

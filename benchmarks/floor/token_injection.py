@@ -5,8 +5,9 @@ What a request with a placeholder needs to reach Unit with a real token, through
 gateway's own addons: the core (configuration), the patch point and side table that keep
 the real ``Authorization`` out of the flow and put it on the wire, the token addon (route
 match, identity, cache) and the loop guard. Only two parts are left out: the Redactor finds
-nothing (no header, URL or body is redacted), and no metrics are recorded or exported (the
-metrics addon's one duty left is to end the token addon's state of each flow).
+nothing (no header, URL or body is redacted), and the metrics addon does not run (the token
+addon still counts into a registry nothing serves; the one duty of the metrics addon kept is
+to end the token addon's state of each flow).
 proxy_overhead.py runs it with ``--set unit_gateway_config=…`` and the placeholder, like the
 gateway.
 """

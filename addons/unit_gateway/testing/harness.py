@@ -24,6 +24,9 @@ import yaml
 
 from unit_gateway.sandbox.server import url_host
 
+#: host and port of a listening line: an IPv6 host is in brackets (left out of the group).
+_LISTEN_ADDRESS = r"\[?([^\]\s]+?)\]?:(\d+)(?=[\s.]|$)"
+
 #: Every process started here, so a crashed test cannot leave one behind.
 _live: list[ManagedProcess] = []
 
@@ -276,7 +279,7 @@ def start_gateway(
         argv += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
     env = {"UNIT_ORG_TOKEN": org_token} if org_token else {}
     process = ManagedProcess(name, argv, run_dir, env=env).start()
-    host, port = process.wait_for(r"unit-gateway: proxy listening on (\S+):(\d+)").groups()
+    host, port = process.wait_for(rf"unit-gateway: proxy listening on {_LISTEN_ADDRESS}").groups()
     metrics = None
     config = yaml.safe_load(config_path.read_text())
     if config.get("metrics", {}).get("enabled", True):
@@ -314,7 +317,7 @@ def start_bare_mitmdump(
         *extra_args,
     ]
     process = ManagedProcess(name, argv, run_dir, env=env or {}).start()
-    host, port = process.wait_for(r"proxy listening at (\S+):(\d+)\.").groups()
+    host, port = process.wait_for(rf"proxy listening at {_LISTEN_ADDRESS}").groups()
     return Gateway(
         process, f"http://{url_host(host)}:{port}", confdir / "mitmproxy-ca-cert.pem", confdir, None
     )
