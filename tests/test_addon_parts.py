@@ -6,7 +6,9 @@ listeners proxyauth may guard."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from mitmproxy.hooks import DoneHook, RunningHook
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.test import taddons, tflow
 
+from unit_gateway import config
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsExporter
@@ -240,3 +243,49 @@ def test_a_listener_that_fails_does_not_keep_the_configuration_from_the_others(
     assert taken == [path]
     assert f"applying configuration {path} failed" in caplog.text
     assert "an addon's bug" in caplog.text
+
+
+async def test_the_file_watch_outlives_a_reload_that_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
+    unit = "https://api.s.unit.sh"
+    path = harness.write_gateway_config(tmp_path / "gateway.yaml", upstream_url=unit)
+    core = GatewayCore()
+    with taddons.context(core) as tctx:
+        tctx.configure(core, unit_gateway_config=str(path))
+        load = config.load
+        failures = ["a bug while loading"]
+
+        def failing_once(where: Path) -> Any:
+            if failures:
+                raise RuntimeError(failures.pop())
+            return load(where)
+
+        monkeypatch.setattr(config, "load", failing_once)
+        watch = asyncio.ensure_future(core._watch(every=0.01))
+
+        async def until(done: Callable[[], bool]) -> None:
+            for _ in range(500):
+                if done():
+                    return
+                await asyncio.sleep(0.01)
+
+        def headers() -> list[str]:
+            assert core.config is not None
+            return core.config.model.redaction.headers
+
+        try:
+            harness.write_gateway_config(
+                path, upstream_url=unit, overrides={"redaction": {"headers": ["X-First"]}}
+            )
+            await until(lambda: "reloading" in caplog.text)
+            assert f"reloading {path} failed" in caplog.text
+            # The watch goes on: the next change applies.
+            harness.write_gateway_config(
+                path, upstream_url=unit, overrides={"redaction": {"headers": ["X-Second"]}}
+            )
+            await until(lambda: headers() == ["X-Second"])
+            assert headers() == ["X-Second"]
+        finally:
+            watch.cancel()

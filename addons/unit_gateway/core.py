@@ -200,7 +200,10 @@ class GatewayCore:
             if stamp is None or stamp == self._stamp:
                 continue
             self._stamp = stamp
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # a bug must not end the watch: later changes still apply
+                logger.exception("unit-gateway: reloading %s failed", self.config.path)
 
     def reload(self) -> bool:
         assert self.config is not None and self.config.path is not None
