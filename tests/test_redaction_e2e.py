@@ -33,7 +33,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from unit import Unit
 
-from conftest import GatewayFactory, Planted, proxied_session
+from conftest import GatewayFactory, Planted, planted_sandbox, proxied_session
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
@@ -429,6 +429,45 @@ def random_ssn() -> str:
     return (
         f"9{secrets.randbelow(100):02d}-{secrets.randbelow(100):02d}-{secrets.randbelow(10**4):04d}"
     )
+
+
+def test_traffic_to_other_hosts_is_redacted_too(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
+    """A service's other egress through the gateway (here a second sandbox, which is not a
+    configured upstream) carries secrets and customer data too: every output shows it
+    redacted, while the host gets the real bytes. It gets no token of the gateway's."""
+    flows, har = run_dir / "other.flows", run_dir / "other.har"
+    gateway = gateway_factory(
+        sandbox,
+        extra_args=(
+            "--set", "flow_detail=4",
+            "--set", f"save_stream_file={flows}",
+            "--set", f"hardump={har}",
+        ),
+    )  # fmt: skip
+    pan = planted.add("PAN in a query to another host", luhn_pan())
+    ssn = planted.add("SSN in a body to another host", random_ssn())
+    api_key = planted.add("token-shaped header", "v2.public." + secrets.token_urlsafe(40))
+    with (
+        planted_sandbox(run_dir, planted, "org token (not Unit)", name="not-unit") as other,
+        proxied_session(gateway) as session,
+    ):
+        auth = {"Authorization": f"Bearer {other.org_token}", "X-Partner-Token": api_key}
+        read = session.get(f"{other.url}/cards?pan={pan}&ssn={ssn}", headers=auth)
+        # The host got the real token: the flow holds only its fingerprint.
+        assert read.status_code == 200, read.text
+        assert read.json()["data"]
+        body = {"data": {"type": "note", "attributes": {"ssn": ssn, "note": f"pan {pan}"}}}
+        session.post(f"{other.url}/customers/10001/notes", json=body, headers=auth)
+        assert other.stats()["total_requests"] == 2, "both reached the host"
+    assert gateway.process.stop() == 0
+    shown = gateway.process.output()
+    assert f"{other.url}/cards?pan=" in shown
+    # (the dumper escapes the fingerprint's ellipsis in headers)
+    assert "pan=[redacted:pan]" in shown and "Authorization: Bearer [token " in shown
+    assert flows.stat().st_size > 1_000
+    assert len(json.loads(har.read_text())["log"]["entries"]) == 2
 
 
 def test_bodies_the_gateway_cannot_parse(

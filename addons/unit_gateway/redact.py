@@ -3,10 +3,11 @@
 Everything a person or a file sees of a flow (mitmweb's REST API, websocket and downloads,
 the event log, ``-w``/``save_stream_file``, HAR, exports, the dumper at any ``flow_detail``)
 reads the live :class:`~mitmproxy.http.HTTPFlow`. Redacting in a hook is too late or too
-early: a token set in ``request`` stays in the flow for the whole upstream round trip. So for
-a flow to a configured Unit upstream the flow only ever holds redacted values (and the
-caller's placeholder), and the real bytes live in a side table keyed by the flow
-(:class:`FlowSecrets`), put back only inside mitmproxy's HTTP layer on the way to the wire.
+early: a token set in ``request`` stays in the flow for the whole upstream round trip. So a
+flow only ever holds redacted values (and, to a configured Unit upstream, the caller's
+placeholder), and the real bytes live in a side table keyed by the flow (:class:`FlowSecrets`),
+put back only inside mitmproxy's HTTP layer on the way to the wire: for a flow to Unit only
+on the way to that upstream, for any other flow wherever its request goes.
 
 The one patch point is :meth:`mitmproxy.proxy.layers.http.HttpStream.handle_event`: every
 event into a stream and every command out of it passes there, synchronously.
@@ -14,7 +15,7 @@ event into a stream and every command out of it passes there, synchronously.
 =========================================  ================================================
 event ``ResponseHeaders`` from upstream    header values redacted before HttpStream stores
                                            the response in the flow
-command ``HttpRequestHeadersHook``         a Unit flow: request headers and URL redacted
+command ``HttpRequestHeadersHook``         request headers and URL redacted
                                            (HttpStream has just stored them, no addon ran)
 command ``HttpRequestHook``/``…Response…``  HttpStream has just stored the body: it is
                                            replaced by a redacted copy, the real bytes kept
@@ -80,8 +81,11 @@ class FlowSecrets:
     #: (bytes stored in the flow, real raw bytes)
     request_body: tuple[bytes, bytes] | None = None
     response_body: tuple[bytes, bytes] | None = None
-    #: The configured upstream, matched once per flow for every addon (see ``upstream_of``).
+    #: The configured upstream, matched once per flow for every addon (see ``upstream_of``);
+    #: None for a flow to any other host, which is redacted all the same but gets no token.
     upstream: Upstream | None = None
+    #: Whether ``upstream`` is the match made when the HTTP layer stored the request.
+    matched: bool = False
 
 
 #: Modes where a request is addressed to the IP the client dialed, not to a name it chose.
@@ -136,9 +140,12 @@ def _handle_event(
             secrets = _SECRETS.get(flow) if flow is not None else None
             if secrets is not None:
                 if type(command.event) is httplayer.ResponseProtocolError:  # type: ignore[attr-defined]
-                    # mitmproxy's own error page is HTML; Unit's SDKs need JSON:API.
-                    yield from _json_api_error(command, flow, active)  # type: ignore[arg-type]
                     _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
+                    if secrets.upstream is not None:
+                        # mitmproxy's own error page is HTML; Unit's SDKs need JSON:API.
+                        yield from _json_api_error(command, flow, active)  # type: ignore[arg-type]
+                        continue
+                    yield command
                     continue
                 command = active.egress(self, secrets, command)  # type: ignore[arg-type]
         elif kind in _HOOKS:
@@ -485,9 +492,11 @@ class FlowRedaction:
         if kind is hooks.HttpRequestHeadersHook:
             # (also yielded a second time on some error paths: protect a flow once)
             if flow not in _SECRETS and flow.request.method != "CONNECT":
+                # Every flow is redacted, whatever its host: a service's other egress can carry
+                # secrets and customer data too. Only a flow to a Unit upstream gets a token.
                 upstream = self._configured_upstream(flow.request) or self.retarget(flow)
-                if upstream is not None:
-                    self.protect_request(flow).upstream = upstream
+                secrets = self.protect_request(flow)
+                secrets.upstream, secrets.matched = upstream, True
             return
         if kind is hooks.HttpErrorHook:
             if flow.error is not None:
@@ -531,6 +540,9 @@ class FlowRedaction:
         return secrets
 
     def _approved(self, secrets: FlowSecrets, request: http.Request, connection: Any) -> bool:
+        if secrets.upstream is None and secrets.authorization is None:
+            # Not a flow to Unit: only the caller's own values, wherever its request goes.
+            return True
         return (request.scheme, request.host, request.port) == secrets.destination and (
             connection.via is not None or connection.address == (request.host, request.port)
         )
@@ -592,7 +604,7 @@ class FlowRedaction:
     def upstream_of(self, flow: http.HTTPFlow) -> Upstream | None:
         """The upstream the flow goes to, as matched when it was protected."""
         found = _SECRETS.get(flow)
-        if found is not None and found.upstream is not None:
+        if found is not None and found.matched:
             return found.upstream
         return self._configured_upstream(flow.request)  # addons driven without the HTTP layer
 
