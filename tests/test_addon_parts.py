@@ -7,7 +7,9 @@ listeners proxyauth may guard."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -289,3 +291,20 @@ async def test_the_file_watch_outlives_a_reload_that_fails(
             assert headers() == ["X-Second"]
         finally:
             watch.cancel()
+
+
+def test_a_real_body_the_gateway_reads_is_decoded_only_so_far() -> None:
+    # A token request (the one body kind the gateway reads itself) is well under a kilobyte;
+    # 16 KiB of gzip that decodes to 16 MiB is not one, and must not be decoded on the loop.
+    flow = tflow.tflow()
+    redaction = FlowRedaction(GatewayCore())
+    token_request = b'{"data": {"attributes": {"scope": "cards"}}}'
+    flow.request.headers["Content-Encoding"] = "gzip"
+    flow.request.raw_content = gzip.compress(token_request)
+    assert redaction.real_request_content(flow) == token_request
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    flow.request.raw_content = bomb.compress(b" " * (16 << 20)) + bomb.flush()
+    assert len(flow.request.raw_content) < 64 << 10
+    assert redaction.real_request_content(flow) is None
+    flow.request.headers["Content-Encoding"] = "x-unknown"
+    assert redaction.real_request_content(flow) is None

@@ -51,7 +51,7 @@ from mitmproxy.proxy.layers.http import _hooks as hooks
 
 from unit_gateway import jsonapi
 from unit_gateway.metrics import Children
-from unit_gateway.redaction import Redactor
+from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
 
 if TYPE_CHECKING:
     from unit_gateway.config import LoadedConfig, Upstream
@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 HeaderSubstitutions = dict[bytes, dict[bytes, bytes]]
 
 _ENCODING = ("utf-8", "surrogateescape")
+#: The most of a real body the gateway decodes to read it itself (see ``real_request_content``).
+REAL_CONTENT_LIMIT = 1 << 20
 
 
 @dataclass(eq=False)
@@ -638,6 +640,9 @@ class FlowRedaction:
             return body[1]
         return message.raw_content
 
+    # The real bodies the gateway reads itself are Unit's token requests and answers, well
+    # under a kilobyte: the decoding (on the event loop) stops at REAL_CONTENT_LIMIT.
+
     def real_request_content(self, flow: http.HTTPFlow) -> bytes | None:
         found = _SECRETS.get(flow)
         return self._decoded(
@@ -653,14 +658,17 @@ class FlowRedaction:
 
     @staticmethod
     def _decoded(message: http.Message, raw: bytes | None) -> bytes | None:
-        content_encoding = message.headers.get("content-encoding")
-        if raw is None or not content_encoding:
-            return raw
+        """``raw`` without its Content-Encoding; None past ``REAL_CONTENT_LIMIT`` bytes or
+        if it cannot be decoded."""
+        if raw is None or len(raw) > REAL_CONTENT_LIMIT:
+            return None
         try:
-            decoded = encoding.decode(raw, content_encoding)
-        except ValueError:
-            return raw
-        return decoded if isinstance(decoded, bytes) else raw
+            decoded = decode_content(
+                raw, message.headers.get("content-encoding"), REAL_CONTENT_LIMIT
+            )
+        except UndecodableBody:
+            return None
+        return decoded
 
     def set_real_request_content(self, flow: http.HTTPFlow, content: bytes) -> None:
         """The request Unit gets has this body; the flow shows it redacted."""

@@ -228,6 +228,29 @@ _DECODERS = {
 }
 
 
+class UndecodableBody(Exception):
+    """A body that cannot be decoded within the limit; the message says why."""
+
+
+def decode_content(content: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """``content`` with its ``Content-Encoding`` undone, never more than ``limit`` bytes: a few
+    kilobytes of gzip can decode to gigabytes, and this runs on the event loop."""
+    decoded = content
+    for coding in reversed([c.strip().lower() for c in (content_encoding or "").split(",")]):
+        if coding in ("", "identity"):
+            continue
+        decoder = _DECODERS.get(coding)
+        if decoder is None:
+            raise UndecodableBody("unsupported content-encoding")
+        try:
+            decoded = decoder(decoded, limit)
+        except _TooLarge:
+            raise UndecodableBody(f"over {limit} bytes decoded") from None
+        except Exception:  # any failure to decode
+            raise UndecodableBody(f"{coding} could not be decoded") from None
+    return decoded
+
+
 def _looks_binary(data: bytes) -> bool:
     """NUL anywhere, or more than 1 in 10 bytes a control character. Invalid UTF-8 alone is
     not binary: it still gets the text rules over a replacement-decoded view."""
@@ -764,23 +787,10 @@ class Redactor:
         if not content:
             return RedactedBody(b"", "empty", {})
         media_type, params = _parse_content_type(content_type)
-        limit = self.settings.max_body_bytes
-        decoded = content
-        for coding in reversed([c.strip().lower() for c in (content_encoding or "").split(",")]):
-            if coding in ("", "identity"):
-                continue
-            decoder = _DECODERS.get(coding)
-            if decoder is None:
-                note = "unsupported content-encoding"
-                return self._summary(media_type, len(content), counts, "body", note)
-            try:
-                decoded = decoder(decoded, limit)
-            except _TooLarge:
-                note = f"over {limit} bytes decoded"
-                return self._summary(media_type, len(content), counts, "body", note)
-            except Exception:  # any failure to decode: show nothing of it
-                note = f"{coding} could not be decoded"
-                return self._summary(media_type, len(content), counts, "body", note)
+        try:
+            decoded = decode_content(content, content_encoding, self.settings.max_body_bytes)
+        except UndecodableBody as e:  # show nothing of it
+            return self._summary(media_type, len(content), counts, "body", str(e))
         route = path.partition("?")[0] if path else None
         out, kind = self._redact_decoded(decoded, media_type, params, counts, route, 0)
         changed = bool(counts) or (kind in _RESERIALIZED and out != decoded)
