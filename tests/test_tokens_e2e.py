@@ -169,6 +169,48 @@ def test_learned_token_is_reused(
     assert created(sandbox)[0] == 1, "the learned token served the placeholder"
 
 
+def test_a_token_restricted_to_resources_is_not_learned(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(sandbox)
+    restricted = {
+        "data": {
+            "type": "customerToken",
+            "attributes": {
+                "scope": "customers accounts cards",
+                "resources": [{"type": "account", "ids": ["20001"]}],
+            },
+        }
+    }
+    path = f"/customers/{CUSTOMER}/token"
+    with proxied_session(gateway) as session:
+        # With its own org token a caller gets the real, restricted token; the placeholder
+        # must not be served with it afterwards (it would be refused every other account).
+        own = session.post(
+            sandbox.url + path,
+            json=restricted,
+            headers={"Authorization": f"Bearer {sandbox.org_token}"},
+        )
+        assert own.status_code == 201, own.text
+        assert created(sandbox)[0] == 1
+        other_account = get(session, sandbox, "/accounts/20002", f"unitgw:customer:{CUSTOMER}")
+        assert other_account.status_code == 200, other_account.text
+        assert created(sandbox)[0] == 2, "a token of the gateway's own, not the restricted one"
+
+        # With a placeholder the caller would get the placeholder back, which names the
+        # whole customer: refused before Unit is called.
+        refused = session.post(
+            sandbox.url + path, json=restricted, headers={"Authorization": "Bearer unitgw:org"}
+        )
+        assert refused.status_code == 400
+        error = refused.json()["errors"][0]
+        assert error["code"] == "resources_not_supported"
+        assert error["meta"]["pointer"] == "/data/attributes/resources"
+    # The caller's own request and the gateway's mint; the refused one never arrived.
+    assert created(sandbox)[0] == 2
+    assert sandbox.stats()["requests"]["POST /customers/{customerId}/token"] == 2
+
+
 def test_sandbox_otp_two_factor(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox, planted: Planted
 ) -> None:

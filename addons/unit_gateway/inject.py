@@ -307,7 +307,6 @@ class TokenInjector:
             return
         if self.service is None:
             return
-        # A caller completing a challenge: swap in the real verification token.
         try:
             body = json.loads(self.redaction.real_request_content(flow) or b"null")
             attributes = body["data"]["attributes"]
@@ -315,6 +314,20 @@ class TokenInjector:
             return  # Unit answers a malformed create-token request itself
         if not isinstance(attributes, dict):
             return
+        if state.placeholder_caller and attributes.get("resources"):
+            # The caller would get the placeholder back, and it names the whole customer or
+            # card: the restriction could not be kept.
+            flow.metadata[LOCAL_RESPONSE_KEY] = True
+            flow.response = error_response(
+                400,
+                "resources_not_supported",
+                "a token restricted to resources cannot be handed out as a placeholder, which "
+                "names the whole customer or card: create it with your own org token, or leave "
+                "resources out",
+                meta={"pointer": "/data/attributes/resources"},
+            )
+            return
+        # A caller completing a challenge: swap in the real verification token.
         offered = attributes.get("verificationToken")
         if not isinstance(offered, str) or not offered.startswith(CHALLENGE_PREFIX):
             return
@@ -371,7 +384,12 @@ class TokenInjector:
         requested = frozenset()
         try:
             sent = json.loads(self.redaction.real_request_content(flow) or b"null")
-            requested = frozenset(str(sent["data"]["attributes"].get("scope", "")).split())
+            attributes_sent = sent["data"]["attributes"]
+            requested = frozenset(str(attributes_sent.get("scope", "")).split())
+            if attributes_sent.get("resources"):
+                # Restricted to some accounts or cards: it must not serve the identity's
+                # other requests (the cache knows identities and scopes, not resources).
+                return
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
         self.service.learn(identity, value, requested, attributes.get("expiresIn"))
