@@ -312,19 +312,71 @@ def test_sixth_verification_is_refused_locally(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox
 ) -> None:
     gateway = gateway_factory(
+        sandbox, overrides={"tokens": {"customer": {"two_factor": "sandbox-otp"}}}
+    )
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    with proxied_session(gateway) as session:
+        card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
+        # Unit refuses every user token: each request verifies and mints, is refused, and
+        # verifies and mints once more for its one retry.
+        sandbox.faults(reject_user_tokens=True)
+        answers = [
+            get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder) for _ in range(3)
+        ]
+        sandbox.faults(reject_user_tokens=False)
+    assert [a.status_code for a in answers] == [401, 401, 429]
+    assert answers[2].json()["errors"][0]["code"] == "verification_limit"
+    retry_after = int(answers[2].headers["Retry-After"])
+    assert 500 < retry_after <= 600
+    assert sandbox.stats()["verifications_created"]["customer"] == 5, "Unit never saw the sixth"
+
+
+def test_an_open_challenge_is_handed_out_again_and_outlives_a_wrong_code(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+) -> None:
+    gateway = gateway_factory(
         sandbox, overrides={"tokens": {"customer": {"two_factor": "challenge"}}}
     )
     placeholder = f"unitgw:customer:{CUSTOMER}"
     with proxied_session(gateway) as session:
         card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
-        answers = [
-            get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder) for _ in range(6)
-        ]
-    assert [a.status_code for a in answers] == [401] * 5 + [429]
-    assert answers[5].json()["errors"][0]["code"] == "verification_limit"
-    retry_after = int(answers[5].headers["Retry-After"])
-    assert 500 < retry_after <= 600
-    assert sandbox.stats()["verifications_created"]["customer"] == 5, "Unit never saw the sixth"
+        pan_path = f"/cards/{card}/secure-data/pan"
+        # A client retrying before the person has typed the code: one code is sent, not six
+        # (which would have used up Unit's 5 verifications in 10 minutes).
+        answers = [get(session, sandbox, pan_path, placeholder) for _ in range(6)]
+        assert [a.status_code for a in answers] == [401] * 6
+        ids = {a.json()["errors"][0]["meta"]["challengeId"] for a in answers}
+        assert len(ids) == 1
+        assert sandbox.stats()["verifications_created"]["customer"] == 1
+        (challenge_id,) = ids
+
+        def complete(code: str) -> requests.Response:
+            body = {
+                "data": {
+                    "type": "customerToken",
+                    "attributes": {
+                        "scope": "customers accounts cards cards-sensitive",
+                        "verificationToken": challenge_id,
+                        "verificationCode": code,
+                    },
+                }
+            }
+            return session.post(
+                f"{sandbox.url}/customers/{CUSTOMER}/token",
+                json=body,
+                headers={"Authorization": "Bearer unitgw:org"},
+            )
+
+        mistyped = complete("000002")
+        assert 400 <= mistyped.status_code < 500, mistyped.text
+        assert mistyped.json()["errors"][0]["code"] != "unknown_challenge"
+        corrected = complete("000001")
+        assert corrected.status_code in (200, 201), corrected.text
+        assert corrected.json()["data"]["attributes"]["token"] == placeholder
+        assert get(session, sandbox, pan_path, placeholder).status_code == 200
+        # Used: the same id again is unknown.
+        assert complete("000001").json()["errors"][0]["code"] == "unknown_challenge"
+    assert sandbox.stats()["verifications_created"]["customer"] == 1
 
 
 async def _stampede(gateway: harness.Gateway, url: str, token: str, count: int) -> list[int]:

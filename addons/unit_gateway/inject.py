@@ -66,6 +66,8 @@ class FlowState:
     placeholder_caller: bool = False
     token_identity: Identity | None = None
     retried: bool = False
+    #: The gateway's challenge a caller completes with this request.
+    challenge_id: str | None = None
 
 
 def token_error_response(error: TokenError) -> http.Response:
@@ -331,12 +333,11 @@ class TokenInjector:
         offered = attributes.get("verificationToken")
         if not isinstance(offered, str) or not offered.startswith(CHALLENGE_PREFIX):
             return
-        challenge = self.service.take_challenge(offered, state.token_identity)
-        kind = state.token_identity.kind
-        self.metrics.token_event(
-            "challenge", {"kind": kind, "outcome": "unknown" if challenge is None else "completed"}
-        )
+        challenge = self.service.open_challenge(offered, state.token_identity)
         if challenge is None:
+            self.metrics.token_event(
+                "challenge", {"kind": state.token_identity.kind, "outcome": "unknown"}
+            )
             flow.metadata[LOCAL_RESPONSE_KEY] = True
             flow.response = error_response(
                 400,
@@ -346,6 +347,7 @@ class TokenInjector:
                 meta={"pointer": "/data/attributes/verificationToken"},
             )
             return
+        state.challenge_id = offered
         attributes["verificationToken"] = challenge.verification_token
         attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
         self.redaction.set_real_request_content(flow, json.dumps(body).encode())
@@ -360,11 +362,26 @@ class TokenInjector:
         state = self._flows.get(flow.id)
         if state is None or flow.response is None or self.service is None:
             return None
+        if state.challenge_id is not None:
+            self._end_challenge(flow, state)
         if state.token_identity is not None:
             self._learn(flow, state)
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
             return self._retry_with_new_token(flow, state)
         return None
+
+    def _end_challenge(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Unit accepted the code: the challenge is used. Refused (a mistyped code, say): it
+        stays open for another try, until it expires."""
+        assert flow.response is not None and self.service is not None
+        assert state.token_identity is not None and state.challenge_id is not None
+        completed = flow.response.status_code in (200, 201)
+        if completed:
+            self.service.close_challenge(state.challenge_id)
+        self.metrics.token_event(
+            "challenge",
+            {"kind": state.token_identity.kind, "outcome": "completed" if completed else "refused"},
+        )
 
     def _learn(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Cache a token created through the gateway; a placeholder caller gets the

@@ -459,6 +459,12 @@ class TokenService:
         started = time.perf_counter()
         verification = None
         jwt_token = None
+        if strategy == "challenge":
+            reopened = self._live_challenge(identity, scopes)
+            if reopened is not None:
+                # A person already has a code for this: another one would only spend Unit's
+                # limit of 5 verifications in 10 minutes (and send another message).
+                raise VerificationRequired(reopened, identity)
         try:
             if strategy in ("sandbox-otp", "challenge"):
                 verification_token = await self._verify(identity, client)
@@ -526,14 +532,25 @@ class TokenService:
         )
         return VerificationRequired(challenge_id, identity)
 
-    def take_challenge(self, challenge_id: str, identity: Identity) -> Challenge | None:
-        """The challenge a caller completes, if it is live and for this identity."""
+    def open_challenge(self, challenge_id: str, identity: Identity) -> Challenge | None:
+        """The challenge a caller completes, if it is live and for this identity. It stays
+        open until Unit accepts the code (:meth:`close_challenge`): a mistyped code can be
+        sent again."""
         self._expire_challenges()
         challenge = self.challenges.get(challenge_id)
         if challenge is None or challenge.identity != identity:
             return None
-        del self.challenges[challenge_id]
         return challenge
+
+    def close_challenge(self, challenge_id: str) -> None:
+        self.challenges.pop(challenge_id, None)
+
+    def _live_challenge(self, identity: Identity, scopes: frozenset[str]) -> str | None:
+        self._expire_challenges()
+        for challenge_id, challenge in self.challenges.items():
+            if challenge.identity == identity and challenge.scopes == scopes:
+                return challenge_id
+        return None
 
     def _expire_challenges(self) -> None:
         cutoff = time.monotonic() - CHALLENGE_LIFETIME
