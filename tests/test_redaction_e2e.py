@@ -180,6 +180,15 @@ def run_traffic(
     assert len(issued["tokens"]) >= 3 and issued["verificationTokens"]
 
 
+def every_output(flows: Path, har: Path) -> tuple[str, ...]:
+    """mitmdump options that show each flow whole and save it to ``flows`` and ``har``."""
+    return (
+        "--set", "flow_detail=4",
+        "--set", f"save_stream_file={flows}",
+        "--set", f"hardump={har}",
+    )  # fmt: skip
+
+
 def test_mitmdump_outputs_hold_no_secret(
     gateway_factory: GatewayFactory,
     jwt_sandbox: harness.Sandbox,
@@ -193,12 +202,8 @@ def test_mitmdump_outputs_hold_no_secret(
     gateway = gateway_factory(
         jwt_sandbox,
         overrides=overrides,
-        extra_args=(
-            "--set", "flow_detail=4",
-            "--set", f"save_stream_file={flows}",
-            "--set", f"hardump={har}",
-        ),
-    )  # fmt: skip
+        extra_args=every_output(flows, har),
+    )
     run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
     metrics = gateway.metrics_text()
     planted.blobs.append(("/metrics", metrics.encode()))
@@ -440,12 +445,8 @@ def test_traffic_to_other_hosts_is_redacted_too(
     flows, har = run_dir / "other.flows", run_dir / "other.har"
     gateway = gateway_factory(
         sandbox,
-        extra_args=(
-            "--set", "flow_detail=4",
-            "--set", f"save_stream_file={flows}",
-            "--set", f"hardump={har}",
-        ),
-    )  # fmt: skip
+        extra_args=every_output(flows, har),
+    )
     pan = planted.add("PAN in a query to another host", luhn_pan())
     ssn = planted.add("SSN in a body to another host", random_ssn())
     api_key = planted.add("token-shaped header", "v2.public." + secrets.token_urlsafe(40))
@@ -482,12 +483,8 @@ def test_bodies_the_gateway_cannot_parse(
     flows, har = run_dir / "flows.out", run_dir / "flows.har"
     gateway = gateway_factory(
         sandbox,
-        extra_args=(
-            "--set", "flow_detail=4",
-            "--set", f"save_stream_file={flows}",
-            "--set", f"hardump={har}",
-        ),
-    )  # fmt: skip
+        extra_args=every_output(flows, har),
+    )
     ssn, pan = planted.add("SSN", random_ssn()), planted.add("PAN", luhn_pan())
     keyed = planted.add("SSN under an ssn key", f"9{secrets.randbelow(10**8):08d}")
     middle_pan, end_ssn = (

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -43,6 +44,17 @@ def get(
     session: requests.Session, sandbox: harness.Sandbox, path: str, token: str
 ) -> requests.Response:
     return session.get(sandbox.url + path, headers={"Authorization": f"Bearer {token}"})
+
+
+def customer_two_factor(strategy: str) -> dict[str, Any]:
+    """Gateway overrides: the customer's two-factor strategy."""
+    return {"tokens": {"customer": {"two_factor": strategy}}}
+
+
+def first_card(session: requests.Session, sandbox: harness.Sandbox) -> str:
+    """The id of the customer's first card, read through the gateway with the placeholder."""
+    cards = get(session, sandbox, "/cards", f"unitgw:customer:{CUSTOMER}")
+    return cards.json()["data"][0]["id"]
 
 
 def created(sandbox: harness.Sandbox) -> tuple[int, int, int, int]:
@@ -214,13 +226,9 @@ def test_a_token_restricted_to_resources_is_not_learned(
 def test_sandbox_otp_two_factor(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox, planted: Planted
 ) -> None:
-    gateway = gateway_factory(
-        sandbox, overrides={"tokens": {"customer": {"two_factor": "sandbox-otp"}}}
-    )
+    gateway = gateway_factory(sandbox, overrides=customer_two_factor("sandbox-otp"))
     with proxied_session(gateway) as session:
-        card = get(session, sandbox, "/cards", f"unitgw:customer:{CUSTOMER}").json()["data"][0][
-            "id"
-        ]
+        card = first_card(session, sandbox)
         pan = get(session, sandbox, f"/cards/{card}/secure-data/pan", f"unitgw:customer:{CUSTOMER}")
         assert pan.status_code == 200, pan.text
         planted.add("PAN", pan.json()["data"]["attributes"]["pan"])
@@ -264,12 +272,10 @@ def test_challenge_completed_by_the_caller(
     monkeypatch: pytest.MonkeyPatch,
     sdk_env: None,
 ) -> None:
-    gateway = gateway_factory(
-        sandbox, overrides={"tokens": {"customer": {"two_factor": "challenge"}}}
-    )
+    gateway = gateway_factory(sandbox, overrides=customer_two_factor("challenge"))
     placeholder = f"unitgw:customer:{CUSTOMER}"
     with proxied_session(gateway) as session:
-        card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
+        card = first_card(session, sandbox)
         first = get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder)
         assert first.status_code == 401
         error = first.json()["errors"][0]
@@ -311,12 +317,10 @@ def test_challenge_completed_by_the_caller(
 def test_sixth_verification_is_refused_locally(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox
 ) -> None:
-    gateway = gateway_factory(
-        sandbox, overrides={"tokens": {"customer": {"two_factor": "sandbox-otp"}}}
-    )
+    gateway = gateway_factory(sandbox, overrides=customer_two_factor("sandbox-otp"))
     placeholder = f"unitgw:customer:{CUSTOMER}"
     with proxied_session(gateway) as session:
-        card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
+        card = first_card(session, sandbox)
         # Unit refuses every user token: each request verifies and mints, is refused, and
         # verifies and mints once more for its one retry.
         sandbox.faults(reject_user_tokens=True)
@@ -334,12 +338,10 @@ def test_sixth_verification_is_refused_locally(
 def test_an_open_challenge_is_handed_out_again_and_outlives_a_wrong_code(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox
 ) -> None:
-    gateway = gateway_factory(
-        sandbox, overrides={"tokens": {"customer": {"two_factor": "challenge"}}}
-    )
+    gateway = gateway_factory(sandbox, overrides=customer_two_factor("challenge"))
     placeholder = f"unitgw:customer:{CUSTOMER}"
     with proxied_session(gateway) as session:
-        card = get(session, sandbox, "/cards", placeholder).json()["data"][0]["id"]
+        card = first_card(session, sandbox)
         pan_path = f"/cards/{card}/secure-data/pan"
         # A client retrying before the person has typed the code: one code is sent, not six
         # (which would have used up Unit's 5 verifications in 10 minutes).
@@ -397,9 +399,7 @@ async def _stampede(gateway: harness.Gateway, url: str, token: str, count: int) 
 def test_500_concurrent_requests_mint_once(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox, two_factor: bool
 ) -> None:
-    gateway = gateway_factory(
-        sandbox, overrides={"tokens": {"customer": {"two_factor": "sandbox-otp"}}}
-    )
+    gateway = gateway_factory(sandbox, overrides=customer_two_factor("sandbox-otp"))
     path = "/cards/30001/secure-data/pan" if two_factor else "/cards"
     statuses = asyncio.run(
         _stampede(gateway, sandbox.url + path, f"unitgw:customer:{CUSTOMER}", 500)
