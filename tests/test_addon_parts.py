@@ -27,8 +27,10 @@ from unit_gateway.metrics import GatewayMetrics, MetricsExporter
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
     FlowRedaction,
+    HeaderSubstitutions,
     _check_proxyauth_modes,
     _json_api_error,
+    _wire_fields,
 )
 from unit_gateway.redaction import Redactor
 from unit_gateway.redaction_rules import RedactionSettings
@@ -109,7 +111,7 @@ def test_kept_proxy_credentials_are_neither_redacted_nor_counted() -> None:
         (b"Authorization", b"Bearer unitgw:org"),
     )
     headers = http.Headers(fields)
-    substitutions: dict[bytes, dict[bytes, bytes]] = {}
+    substitutions: HeaderSubstitutions = {}
     redaction.redact_headers(headers, substitutions, keep=_PROXY_CREDENTIALS)
     assert headers.fields == fields
     assert (substitutions, counted) == ({}, [])
@@ -120,7 +122,7 @@ def test_kept_proxy_credentials_are_neither_redacted_nor_counted() -> None:
     redaction.redact_headers(headers, substitutions, keep=_PROXY_CREDENTIALS)
     assert headers.fields[:3] == fields[:3]
     assert headers.fields[3] != fields[3]
-    assert substitutions == {b"cookie": {headers.fields[3][1]: b"session=abc123"}}
+    assert substitutions == {b"cookie": {headers.fields[3][1]: [b"session=abc123"]}}
     assert counted == [{"header": 1}]
 
 
@@ -308,3 +310,22 @@ def test_a_real_body_the_gateway_reads_is_decoded_only_so_far() -> None:
     assert redaction.real_request_content(flow) is None
     flow.request.headers["Content-Encoding"] = "x-unknown"
     assert redaction.real_request_content(flow) is None
+
+
+def test_repeated_headers_that_redact_alike_each_get_their_own_real_value() -> None:
+    # Two fields of one name can redact to the same marker; the wire must still carry each
+    # field's own value, in order (it used to carry the last one twice).
+    redaction = FlowRedaction(GatewayCore())
+    headers = http.Headers([(b"X-Data", b"900-12-3456"), (b"X-Data", b"900-65-4321")])
+    substitutions: HeaderSubstitutions = {}
+    redaction.redact_headers(headers, substitutions)
+    assert headers.fields == ((b"X-Data", b"[redacted:ssn]"), (b"X-Data", b"[redacted:ssn]"))
+    assert _wire_fields(headers.fields, substitutions) == (
+        (b"X-Data", b"900-12-3456"),
+        (b"X-Data", b"900-65-4321"),
+    )
+    flow = tflow.tflow()
+    flow.request.headers = headers
+    secrets = redaction.secrets(flow)
+    secrets.request_headers = substitutions
+    assert redaction.real_request_header(flow, "X-Data") == "900-12-3456, 900-65-4321"

@@ -331,7 +331,11 @@ def test_mitmweb_holds_no_secret(
 
 @pytest.mark.parametrize(
     ("option", "name"),
-    [("proxy_debug=true", "proxy_debug"), ("stream_large_bodies=1m", "stream_large_bodies")],
+    [
+        ("proxy_debug=true", "proxy_debug"),
+        ("stream_large_bodies=1m", "stream_large_bodies"),
+        ("modify_body=/ssn/note", "modify_body"),
+    ],
 )
 def test_options_that_bypass_redaction_are_refused(
     sandbox: harness.Sandbox, run_dir: Path, option: str, name: str

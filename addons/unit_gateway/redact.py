@@ -26,7 +26,8 @@ command ``SendHttp(RequestData)``          the real body, if the flow still hold
 command ``SendHttp(Response…)`` to client  the same for the response
 =========================================  ================================================
 
-Log records are redacted by a LogRecord factory. ``proxy_debug`` (logs raw wire data) and
+Log records are redacted by a LogRecord factory. ``modify_body`` (it edits the redacted copy),
+``proxy_debug`` (logs raw wire data) and
 ``stream_large_bodies`` (streamed bodies bypass the hooks, and a streamed 401 cannot be
 retried) are refused at start-up.
 
@@ -60,8 +61,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: lower-case header name -> {value stored in the flow: real value}
-HeaderSubstitutions = dict[bytes, dict[bytes, bytes]]
+#: lower-case header name -> {value stored in the flow: the real values it stands for, in
+#: field order} (two fields can redact to the same marker: ``X-Data: [redacted:ssn]`` twice)
+HeaderSubstitutions = dict[bytes, dict[bytes, list[bytes]]]
 
 _ENCODING = ("utf-8", "surrogateescape")
 #: The most of a real body the gateway decodes to read it itself (see ``real_request_content``).
@@ -265,6 +267,7 @@ def _wire_fields(
         return fields
     out = []
     done: set[bytes] = set()
+    taken: dict[tuple[bytes, bytes], int] = {}
     for name, value in fields:
         lowered = name.lower()
         if replace is not None and lowered in replace:
@@ -272,11 +275,27 @@ def _wire_fields(
                 done.add(lowered)
                 out.append((name, replace[lowered]))
             continue
-        real = substitutions.get(lowered)
-        out.append((name, real.get(value, value)) if real else (name, value))
+        out.append((name, _real_value(substitutions, lowered, value, taken)))
     if append is not None and append[0].lower() not in done:
         out.append(append)
     return tuple(out)
+
+
+def _real_value(
+    substitutions: HeaderSubstitutions,
+    lowered: bytes,
+    value: bytes,
+    taken: dict[tuple[bytes, bytes], int],
+) -> bytes:
+    """The real value of the next field ``lowered: value`` of a message; ``taken`` counts the
+    fields with that stored value already put back, so each gets its own real value."""
+    by_value = substitutions.get(lowered)
+    reals = by_value.get(value) if by_value else None
+    if not reals:
+        return value
+    index = taken.get((lowered, value), 0)
+    taken[(lowered, value)] = index + 1
+    return reals[min(index, len(reals) - 1)]  # a field an addon added again: the last one
 
 
 def _wire_copy(message: Any, fields: tuple[tuple[bytes, bytes], ...]) -> Any:
@@ -383,6 +402,11 @@ class FlowRedaction:
                 "unit-gateway: stream_large_bodies is refused: streamed bodies bypass redaction "
                 "and a streamed 401 cannot be retried"
             )
+        if "modify_body" in updated and getattr(ctx.options, "modify_body", None):
+            raise exceptions.OptionsError(
+                "unit-gateway: modify_body is refused: it would edit the redacted copy of a "
+                "body the flow holds, and that copy, not the real body, would then be sent"
+            )
         if updated & {"proxyauth", "mode"} and getattr(ctx.options, "proxyauth", None):
             _check_proxyauth_modes(ctx.options.mode)
 
@@ -451,7 +475,7 @@ class FlowRedaction:
                 continue
             stored = next(redacted)[1].encode(*_ENCODING)
             if stored != value:
-                substitutions.setdefault(name.lower(), {})[stored] = value
+                substitutions.setdefault(name.lower(), {}).setdefault(stored, []).append(value)
             new_fields.append((name, stored))
         headers.fields = tuple(new_fields)
         self.count(counts)
@@ -629,10 +653,11 @@ class FlowRedaction:
         values = [v for n, v in flow.request.data.headers.fields if n.lower() == lowered]
         if not values:
             return None
-        stored = b", ".join(values)
         found = _SECRETS.get(flow)
-        real = found.request_headers.get(lowered) if found is not None else None
-        return (real.get(stored, stored) if real else stored).decode(*_ENCODING)
+        if found is not None and found.request_headers:
+            taken: dict[tuple[bytes, bytes], int] = {}
+            values = [_real_value(found.request_headers, lowered, v, taken) for v in values]
+        return b", ".join(values).decode(*_ENCODING)
 
     @staticmethod
     def _real_raw(message: http.Message, body: tuple[bytes, bytes] | None) -> bytes | None:
