@@ -22,7 +22,8 @@ from mitmproxy.test import taddons, tflow
 
 from unit_gateway import config
 from unit_gateway.core import GatewayCore
-from unit_gateway.inject import TokenInjector
+from unit_gateway.identity import Identity
+from unit_gateway.inject import FlowState, TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsExporter
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
@@ -329,3 +330,37 @@ def test_repeated_headers_that_redact_alike_each_get_their_own_real_value() -> N
     secrets = redaction.secrets(flow)
     secrets.request_headers = substitutions
     assert redaction.real_request_header(flow, "X-Data") == "900-12-3456, 900-65-4321"
+
+
+async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeholder_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It might hold the real token, and a caller with a placeholder must never get one.
+    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
+    unit = "https://api.s.unit.sh"
+    path = harness.write_gateway_config(tmp_path / "gateway.yaml", upstream_url=unit)
+    metrics = GatewayMetrics()
+    core = GatewayCore(metrics)
+    redaction = FlowRedaction(core, metrics)
+    tokens = TokenInjector(core, metrics, redaction)
+    with taddons.context(core, redaction, tokens) as tctx:
+        tctx.configure(core, unit_gateway_config=str(path))
+        await tctx.master.addons.trigger_event(RunningHook())
+        try:
+            assert core.config is not None
+            flow = tflow.tflow(resp=True)
+            tokens._flows[flow.id] = FlowState(
+                core.config.model.unit.upstreams[0],
+                placeholder_caller=True,
+                token_identity=Identity("customer", "10001"),
+            )
+            unreadable = json.dumps({"data": {"attributes": {"token": TOKEN}}}).encode()
+            flow.response = http.Response.make(201)
+            flow.response.headers["Content-Encoding"] = "x-unknown-coding"
+            flow.response.raw_content = unreadable
+            assert tokens.response(flow) is None
+            assert flow.response.status_code == 502
+            assert TOKEN.encode() not in (redaction.real_response_content(flow) or b"")
+            assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
+        finally:
+            await tctx.master.addons.trigger_event(DoneHook())

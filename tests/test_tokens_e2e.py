@@ -340,45 +340,58 @@ def test_an_open_challenge_is_handed_out_again_and_outlives_a_wrong_code(
 ) -> None:
     gateway = gateway_factory(sandbox, overrides=customer_two_factor("challenge"))
     placeholder = f"unitgw:customer:{CUSTOMER}"
+
+    def challenge_of(answer: requests.Response) -> str:
+        assert answer.status_code == 401, answer.text
+        error = answer.json()["errors"][0]
+        assert error["code"] == "verification_required"
+        return error["meta"]["challengeId"]
+
+    def complete(challenge_id: str, code: str) -> requests.Response:
+        body = {
+            "data": {
+                "type": "customerToken",
+                "attributes": {
+                    "scope": "customers accounts cards cards-sensitive",
+                    "verificationToken": challenge_id,
+                    "verificationCode": code,
+                },
+            }
+        }
+        return session.post(
+            f"{sandbox.url}/customers/{CUSTOMER}/token",
+            json=body,
+            headers={"Authorization": "Bearer unitgw:org"},
+        )
+
+    def code_of(answer: requests.Response) -> str:
+        return answer.json()["errors"][0]["code"]
+
     with proxied_session(gateway) as session:
-        card = first_card(session, sandbox)
-        pan_path = f"/cards/{card}/secure-data/pan"
+        pan_path = f"/cards/{first_card(session, sandbox)}/secure-data/pan"
         # A client retrying before the person has typed the code: one code is sent, not six
         # (which would have used up Unit's 5 verifications in 10 minutes).
-        answers = [get(session, sandbox, pan_path, placeholder) for _ in range(6)]
-        assert [a.status_code for a in answers] == [401] * 6
-        ids = {a.json()["errors"][0]["meta"]["challengeId"] for a in answers}
+        ids = {challenge_of(get(session, sandbox, pan_path, placeholder)) for _ in range(6)}
         assert len(ids) == 1
         assert sandbox.stats()["verifications_created"]["customer"] == 1
-        (challenge_id,) = ids
+        (first,) = ids
+        # Wrong codes are Unit's own errors, and the challenge stays open, for 5 codes in all.
+        for _ in range(5):
+            mistyped = complete(first, "000002")
+            assert 400 <= mistyped.status_code < 500 and code_of(mistyped) != "unknown_challenge"
+        assert code_of(complete(first, "000001")) == "unknown_challenge"
 
-        def complete(code: str) -> requests.Response:
-            body = {
-                "data": {
-                    "type": "customerToken",
-                    "attributes": {
-                        "scope": "customers accounts cards cards-sensitive",
-                        "verificationToken": challenge_id,
-                        "verificationCode": code,
-                    },
-                }
-            }
-            return session.post(
-                f"{sandbox.url}/customers/{CUSTOMER}/token",
-                json=body,
-                headers={"Authorization": "Bearer unitgw:org"},
-            )
-
-        mistyped = complete("000002")
-        assert 400 <= mistyped.status_code < 500, mistyped.text
-        assert mistyped.json()["errors"][0]["code"] != "unknown_challenge"
-        corrected = complete("000001")
+        # A new challenge (a second code sent): a wrong code, then the right one.
+        second = challenge_of(get(session, sandbox, pan_path, placeholder))
+        assert second != first
+        assert code_of(complete(second, "000002")) != "unknown_challenge"
+        corrected = complete(second, "000001")
         assert corrected.status_code in (200, 201), corrected.text
         assert corrected.json()["data"]["attributes"]["token"] == placeholder
         assert get(session, sandbox, pan_path, placeholder).status_code == 200
         # Used: the same id again is unknown.
-        assert complete("000001").json()["errors"][0]["code"] == "unknown_challenge"
-    assert sandbox.stats()["verifications_created"]["customer"] == 1
+        assert code_of(complete(second, "000001")) == "unknown_challenge"
+    assert sandbox.stats()["verifications_created"]["customer"] == 2
 
 
 async def _stampede(gateway: harness.Gateway, url: str, token: str, count: int) -> list[int]:

@@ -343,7 +343,8 @@ class TokenInjector:
                 400,
                 "unknown_challenge",
                 "verificationToken names no open challenge for this customer or card "
-                "(challenges last 10 minutes and are used once)",
+                "(a challenge lasts 10 minutes, takes 5 codes at most, and is used up once "
+                "Unit accepts one)",
                 meta={"pointer": "/data/attributes/verificationToken"},
             )
             return
@@ -375,13 +376,14 @@ class TokenInjector:
         stays open for another try, until it expires."""
         assert flow.response is not None and self.service is not None
         assert state.token_identity is not None and state.challenge_id is not None
-        completed = flow.response.status_code in (200, 201)
-        if completed:
+        status = flow.response.status_code
+        if status in (200, 201):
             self.service.close_challenge(state.challenge_id)
-        self.metrics.token_event(
-            "challenge",
-            {"kind": state.token_identity.kind, "outcome": "completed" if completed else "refused"},
-        )
+            outcome = "completed"
+        else:
+            outcome = "error" if status >= 500 else "refused"
+        kind = state.token_identity.kind
+        self.metrics.token_event("challenge", {"kind": kind, "outcome": outcome})
 
     def _learn(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Cache a token created through the gateway; a placeholder caller gets the
@@ -390,8 +392,22 @@ class TokenInjector:
         identity = state.token_identity
         if identity is None or flow.response.status_code not in (200, 201):
             return
+        content = self.redaction.real_response_content(flow)
+        if content is None and state.placeholder_caller:
+            # Too large or in an encoding the gateway cannot read: it might hold a token,
+            # which a caller with a placeholder must never get.
+            self.redaction.set_real_response(
+                flow,
+                error_response(
+                    502,
+                    "token_answer_unreadable",
+                    "the gateway could not read Unit's answer to this token request, so it "
+                    "does not pass it on",
+                ),
+            )
+            return
         try:
-            body = json.loads(self.redaction.real_response_content(flow) or b"null")
+            body = json.loads(content or b"null")
             attributes = body["data"]["attributes"]
             value = attributes["token"]
         except (ValueError, KeyError, TypeError):
@@ -399,17 +415,19 @@ class TokenInjector:
         if not isinstance(value, str):
             return
         requested = frozenset()
+        # Until the request is read it may have restricted the token to some accounts or
+        # cards; such a token must not serve the identity's other requests (the cache knows
+        # identities and scopes, not resources).
+        restricted = True
         try:
             sent = json.loads(self.redaction.real_request_content(flow) or b"null")
             attributes_sent = sent["data"]["attributes"]
             requested = frozenset(str(attributes_sent.get("scope", "")).split())
-            if attributes_sent.get("resources"):
-                # Restricted to some accounts or cards: it must not serve the identity's
-                # other requests (the cache knows identities and scopes, not resources).
-                return
+            restricted = bool(attributes_sent.get("resources"))
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
-        self.service.learn(identity, value, requested, attributes.get("expiresIn"))
+        if not restricted:
+            self.service.learn(identity, value, requested, attributes.get("expiresIn"))
         if state.placeholder_caller:
             attributes["token"] = identity.placeholder
             self.redaction.set_real_response_content(flow, json.dumps(body).encode())

@@ -247,7 +247,8 @@ class GatewayMetrics:
         )
         self.challenges = Counter(
             f"{p}_challenges",
-            "Two-factor challenges by outcome (issued, completed, unknown)",
+            "Two-factor challenges by outcome (issued, reissued, completed, refused, error, "
+            "unknown)",
             ["kind", "outcome"],
             registry=r,
         )

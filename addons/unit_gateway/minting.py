@@ -50,6 +50,9 @@ _HOP_HEADERS = frozenset(
 VERIFICATION_LIMIT = 5
 VERIFICATION_WINDOW = 600.0
 CHALLENGE_LIFETIME = 600.0
+#: Codes a challenge takes before it is closed: a challenge that stays open after a wrong
+#: code must not allow more guesses than one code per verification (5 in 10 minutes) would.
+CHALLENGE_ATTEMPTS = 5
 
 
 class TokenError(Exception):
@@ -155,6 +158,8 @@ class Challenge:
     scopes: frozenset[str]
     verification_token: str = field(repr=False)
     created_at: float
+    #: Codes callers sent for it so far (see ``CHALLENGE_ATTEMPTS``).
+    attempts: int = 0
 
 
 _TOKEN_PATHS = {
@@ -464,12 +469,14 @@ class TokenService:
             if reopened is not None:
                 # A person already has a code for this: another one would only spend Unit's
                 # limit of 5 verifications in 10 minutes (and send another message).
+                self._on_event("challenge", {"kind": identity.kind, "outcome": "reissued"})
                 raise VerificationRequired(reopened, identity)
         try:
             if strategy in ("sandbox-otp", "challenge"):
+                asked = time.monotonic()  # Unit's verification token lives from about now
                 verification_token = await self._verify(identity, client)
                 if strategy == "challenge":
-                    raise self._challenge(identity, scopes, verification_token)
+                    raise self._challenge(identity, scopes, verification_token, asked)
                 verification = (verification_token, SANDBOX_PASSCODE)
             elif strategy == "jwt":
                 jwt_token = self._sign_jwt(identity)
@@ -524,22 +531,24 @@ class TokenService:
         identity: Identity,
         scopes: frozenset[str],
         verification_token: str,
+        created_at: float,
     ) -> VerificationRequired:
         self._expire_challenges()
         challenge_id = CHALLENGE_PREFIX + secrets.token_urlsafe(18)
-        self.challenges[challenge_id] = Challenge(
-            identity, scopes, verification_token, time.monotonic()
-        )
+        self.challenges[challenge_id] = Challenge(identity, scopes, verification_token, created_at)
         return VerificationRequired(challenge_id, identity)
 
     def open_challenge(self, challenge_id: str, identity: Identity) -> Challenge | None:
-        """The challenge a caller completes, if it is live and for this identity. It stays
-        open until Unit accepts the code (:meth:`close_challenge`): a mistyped code can be
-        sent again."""
+        """The challenge a caller completes with a code, if it is live, for this identity and
+        has attempts left. It stays open until Unit accepts a code (:meth:`close_challenge`):
+        a mistyped code can be sent again, ``CHALLENGE_ATTEMPTS`` codes in all."""
         self._expire_challenges()
         challenge = self.challenges.get(challenge_id)
         if challenge is None or challenge.identity != identity:
             return None
+        challenge.attempts += 1
+        if challenge.attempts >= CHALLENGE_ATTEMPTS:
+            del self.challenges[challenge_id]  # this one is the last
         return challenge
 
     def close_challenge(self, challenge_id: str) -> None:
@@ -548,7 +557,7 @@ class TokenService:
     def _live_challenge(self, identity: Identity, scopes: frozenset[str]) -> str | None:
         self._expire_challenges()
         for challenge_id, challenge in self.challenges.items():
-            if challenge.identity == identity and challenge.scopes == scopes:
+            if challenge.identity == identity and scopes <= challenge.scopes:
                 return challenge_id
         return None
 
