@@ -40,6 +40,23 @@ from unit_gateway.testing import harness
 TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
 
 
+def unit_config(path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:
+    """A gateway configuration for Unit's sandbox host, its org token in the environment."""
+    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
+    return harness.write_gateway_config(
+        path, upstream_url="https://api.s.unit.sh", overrides=overrides
+    )
+
+
+def gateway_addons() -> tuple[GatewayMetrics, GatewayCore, FlowRedaction, TokenInjector]:
+    """The gateway's metrics, core, redaction and token addons, wired as addons/gateway.py
+    wires them."""
+    metrics = GatewayMetrics()
+    core = GatewayCore(metrics)
+    redaction = FlowRedaction(core, metrics)
+    return metrics, core, redaction, TokenInjector(core, metrics, redaction)
+
+
 def answer(code: httplayer.ErrorCode, message: str) -> list[httplayer.SendHttp]:
     flow = tflow.tflow()
     command = httplayer.SendHttp(
@@ -160,13 +177,9 @@ async def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
     # ``--set unit_gateway_config=…`` while running (mitmweb's options, say): every addon
     # takes the new file up through the core's listeners, once; the addons' own configure
     # hooks used to build it all a second time.
-    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
-    unit = "https://api.s.unit.sh"
-    first = harness.write_gateway_config(tmp_path / "first.yaml", upstream_url=unit)
-    second = harness.write_gateway_config(
-        tmp_path / "second.yaml",
-        upstream_url=unit,
-        overrides={"redaction": {"headers": ["X-Partner-Key"]}},
+    first = unit_config(tmp_path / "first.yaml", monkeypatch)
+    second = unit_config(
+        tmp_path / "second.yaml", monkeypatch, redaction={"headers": ["X-Partner-Key"]}
     )
     built: list[RedactionSettings] = []
     original = Redactor.__init__
@@ -176,10 +189,7 @@ async def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
         original(self, settings, **kwargs)
 
     monkeypatch.setattr(Redactor, "__init__", counting)
-    metrics = GatewayMetrics()
-    core = GatewayCore(metrics)
-    redaction = FlowRedaction(core, metrics)
-    tokens = TokenInjector(core, metrics, redaction)
+    metrics, core, redaction, tokens = gateway_addons()
     exporter = MetricsExporter(core, metrics, tokens)
     built.clear()  # the defaults FlowRedaction starts with
     with taddons.context(core, redaction, tokens, exporter) as tctx:
@@ -232,10 +242,7 @@ def test_an_invalid_mode_is_an_options_error() -> None:
 def test_a_listener_that_fails_does_not_keep_the_configuration_from_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
-    path = harness.write_gateway_config(
-        tmp_path / "gateway.yaml", upstream_url="https://api.s.unit.sh"
-    )
+    path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
     core = GatewayCore()
     taken: list[Path | None] = []
 
@@ -253,9 +260,7 @@ def test_a_listener_that_fails_does_not_keep_the_configuration_from_the_others(
 async def test_the_file_watch_outlives_a_reload_that_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
-    unit = "https://api.s.unit.sh"
-    path = harness.write_gateway_config(tmp_path / "gateway.yaml", upstream_url=unit)
+    path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
     core = GatewayCore()
     with taddons.context(core) as tctx:
         tctx.configure(core, unit_gateway_config=str(path))
@@ -281,15 +286,11 @@ async def test_the_file_watch_outlives_a_reload_that_fails(
             return core.config.model.redaction.headers
 
         try:
-            harness.write_gateway_config(
-                path, upstream_url=unit, overrides={"redaction": {"headers": ["X-First"]}}
-            )
+            unit_config(path, monkeypatch, redaction={"headers": ["X-First"]})
             await until(lambda: "reloading" in caplog.text)
             assert f"reloading {path} failed" in caplog.text
             # The watch goes on: the next change applies.
-            harness.write_gateway_config(
-                path, upstream_url=unit, overrides={"redaction": {"headers": ["X-Second"]}}
-            )
+            unit_config(path, monkeypatch, redaction={"headers": ["X-Second"]})
             await until(lambda: headers() == ["X-Second"])
             assert headers() == ["X-Second"]
         finally:
@@ -336,13 +337,8 @@ async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeho
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # It might hold the real token, and a caller with a placeholder must never get one.
-    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
-    unit = "https://api.s.unit.sh"
-    path = harness.write_gateway_config(tmp_path / "gateway.yaml", upstream_url=unit)
-    metrics = GatewayMetrics()
-    core = GatewayCore(metrics)
-    redaction = FlowRedaction(core, metrics)
-    tokens = TokenInjector(core, metrics, redaction)
+    path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
+    _, core, redaction, tokens = gateway_addons()
     with taddons.context(core, redaction, tokens) as tctx:
         tctx.configure(core, unit_gateway_config=str(path))
         await tctx.master.addons.trigger_event(RunningHook())
