@@ -57,12 +57,14 @@ def gateway_addons() -> tuple[GatewayMetrics, GatewayCore, FlowRedaction, TokenI
     return metrics, core, redaction, TokenInjector(core, metrics, redaction)
 
 
-def answer(code: httplayer.ErrorCode, message: str) -> list[httplayer.SendHttp]:
+def answer(
+    code: httplayer.ErrorCode, message: str, *, unit: bool = True
+) -> list[httplayer.SendHttp]:
     flow = tflow.tflow()
     command = httplayer.SendHttp(
         httplayer.ResponseProtocolError(1, message, code), flow.client_conn
     )
-    return list(_json_api_error(command, flow, FlowRedaction(GatewayCore())))  # type: ignore[arg-type]
+    return list(_json_api_error(command, flow, FlowRedaction(GatewayCore()), unit=unit))  # type: ignore[arg-type]
 
 
 def document(commands: list[httplayer.SendHttp]) -> tuple[int, dict]:
@@ -103,6 +105,20 @@ def test_each_failure_says_whose_it_is(
     assert (got, error["code"], error["status"]) == (status, json_code, str(status))
     assert error["detail"].endswith("the reason")
     assert ("(Unit)" in error["detail"]) is names_unit
+
+
+def test_another_hosts_failure_is_json_api_too_and_not_blamed_on_unit() -> None:
+    got, body = document(
+        answer(
+            httplayer.ErrorCode.GENERIC_SERVER_ERROR,
+            f"unexpected server response: b'Authorization: Bearer {TOKEN}'",
+            unit=False,
+        )
+    )
+    error = body["errors"][0]
+    assert (got, error["code"]) == (502, "upstream_failed")
+    assert error["detail"].startswith("address:22: unexpected server response")
+    assert "(Unit)" not in error["detail"] and TOKEN not in json.dumps(body)
 
 
 @pytest.mark.parametrize(

@@ -526,6 +526,14 @@ def test_unit_outage_is_a_json_api_error(
         assert get(session, sandbox, "/customers", "unitgw:org").status_code == 200
         assert sandbox.process.stop() == 0  # Unit goes away
         down = get(session, sandbox, "/customers", "unitgw:org")
+        # Another host that is down gets the same kind of answer, not blamed on Unit.
+        elsewhere = f"127.0.0.1:{harness.free_port()}"
+        other = session.get(f"http://{elsewhere}/status")
+    assert other.status_code == 502
+    assert other.headers["Content-Type"] == "application/vnd.api+json"
+    other_error = other.json()["errors"][0]
+    assert other_error["code"] == "upstream_unreachable"
+    assert other_error["detail"].startswith(elsewhere) and "(Unit)" not in other_error["detail"]
     assert down.status_code == 502
     assert down.headers["Content-Type"] == "application/vnd.api+json"
     error = down.json()["errors"][0]

@@ -20,6 +20,8 @@ command ``HttpRequestHeadersHook``         request headers and URL redacted
 command ``HttpRequestHook``/``…Response…``  HttpStream has just stored the body: it is
                                            replaced by a redacted copy, the real bytes kept
 command ``HttpErrorHook``                  error text redacted (it can quote peer bytes)
+command ``SendHttp(ResponseProtocolError)``
+                                           mitmproxy's HTML error page: a JSON:API one
 command ``SendHttp(RequestHeaders)``       to the approved upstream: a private copy with the
                                            real headers, path and ``Authorization``
 command ``SendHttp(RequestData)``          the real body, if the flow still holds ours
@@ -145,11 +147,13 @@ def _handle_event(
             if secrets is not None:
                 if type(command.event) is httplayer.ResponseProtocolError:  # type: ignore[attr-defined]
                     _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
-                    if secrets.upstream is not None:
-                        # mitmproxy's own error page is HTML; Unit's SDKs need JSON:API.
-                        yield from _json_api_error(command, flow, active)  # type: ignore[arg-type]
-                        continue
-                    yield command
+                    # mitmproxy's own error page is HTML and quotes peer bytes unredacted.
+                    yield from _json_api_error(
+                        command,  # type: ignore[arg-type]
+                        flow,
+                        active,
+                        unit=secrets.upstream is not None,
+                    )
                     continue
                 command = active.egress(self, secrets, command)  # type: ignore[arg-type]
         elif kind in _HOOKS:
@@ -175,12 +179,13 @@ _ERROR_CODES: dict[httplayer.ErrorCode, tuple[str, str]] = {
 
 
 def _json_api_error(
-    command: httplayer.SendHttp, flow: http.HTTPFlow, redaction: FlowRedaction
+    command: httplayer.SendHttp, flow: http.HTTPFlow, redaction: FlowRedaction, *, unit: bool
 ) -> Generator[commands.Command, Any, None]:
-    """The caller's answer when Unit could not be reached or answered garbage, or the
-    request itself could not be taken, in the form every Unit client parses. The message
-    names the failure (address, reason); it can quote the peer's bytes, so it is redacted.
-    Codes mitmproxy answers without a response (a killed flow) pass as they are."""
+    """The caller's answer when the server (Unit, if ``unit``) could not be reached or
+    answered garbage, or the request itself could not be taken, in the form every Unit
+    client parses. The message names the failure (address, reason); it can quote the peer's
+    bytes, so it is redacted. Codes mitmproxy answers without a response (a killed flow)
+    pass as they are."""
     event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
     status = event.code.http_status_code()
     known = _ERROR_CODES.get(event.code)
@@ -190,7 +195,8 @@ def _json_api_error(
     code, whose = known
     message = redaction.redact_text(event.message)
     if whose == "unit":
-        detail = f"{flow.request.host}:{flow.request.port} (Unit): {message}"
+        server = f"{flow.request.host}:{flow.request.port}" + (" (Unit)" if unit else "")
+        detail = f"{server}: {message}"
     else:
         detail = f"the gateway could not take this request: {message}"
     response = jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
