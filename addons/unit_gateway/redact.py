@@ -90,8 +90,6 @@ class FlowSecrets:
     #: The configured upstream, matched once per flow for every addon (see ``upstream_of``);
     #: None for a flow to any other host, which is redacted all the same but gets no token.
     upstream: Upstream | None = None
-    #: Whether ``upstream`` is the match made when the HTTP layer stored the request.
-    matched: bool = False
 
 
 #: Modes where a request is addressed to the IP the client dialed, not to a name it chose.
@@ -273,7 +271,7 @@ def _wire_fields(
         return fields
     out = []
     done: set[bytes] = set()
-    taken: dict[tuple[bytes, bytes], int] = {}
+    taken: dict[tuple[bytes, bytes], int] = {}  # filled only when a value is put back
     for name, value in fields:
         lowered = name.lower()
         if replace is not None and lowered in replace:
@@ -281,7 +279,9 @@ def _wire_fields(
                 done.add(lowered)
                 out.append((name, replace[lowered]))
             continue
-        out.append((name, _real_value(substitutions, lowered, value, taken)))
+        if substitutions.get(lowered):
+            value = _real_value(substitutions, lowered, value, taken)
+        out.append((name, value))
     if append is not None and append[0].lower() not in done:
         out.append(append)
     return tuple(out)
@@ -466,8 +466,10 @@ class FlowRedaction:
         """Redact header values in place, except headers named (lower-case) in ``keep``;
         remember how to put the real ones back."""
         fields = headers.fields
+        if self.redactor.header_fields_are_clean(fields):
+            return  # the usual case: no field needs a second look
         checked = [f for f in fields if f[0].lower() not in keep] if keep else fields
-        if not checked or self.redactor.header_fields_are_clean(checked):
+        if not checked or (keep and self.redactor.header_fields_are_clean(checked)):
             return
         counts: Counter[str] = Counter()
         pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in checked]
@@ -527,8 +529,7 @@ class FlowRedaction:
                 # Every flow is redacted, whatever its host: a service's other egress can carry
                 # secrets and customer data too. Only a flow to a Unit upstream gets a token.
                 upstream = self._configured_upstream(flow.request) or self.retarget(flow)
-                secrets = self.protect_request(flow)
-                secrets.upstream, secrets.matched = upstream, True
+                self.protect_request(flow, upstream)
             return
         if kind is hooks.HttpErrorHook:
             if flow.error is not None:
@@ -555,9 +556,9 @@ class FlowRedaction:
             flow.request.host = upstream.host
         return upstream
 
-    def protect_request(self, flow: http.HTTPFlow) -> FlowSecrets:
+    def protect_request(self, flow: http.HTTPFlow, upstream: Upstream | None) -> FlowSecrets:
         request = flow.request
-        secrets = FlowSecrets((request.scheme, request.host, request.port))
+        secrets = FlowSecrets((request.scheme, request.host, request.port), upstream=upstream)
         _SECRETS[flow] = secrets
         # Proxy credentials stay for mitmproxy's proxyauth, a built-in addon whose
         # requestheaders hook runs before ours; ``requestheaders`` removes what is left.
@@ -594,7 +595,10 @@ class FlowRedaction:
                             request.pretty_host,
                         )
                     return command
-                real = _wire_copy(request, _upstream_fields(request, secrets))
+                fields = _upstream_fields(request, secrets)
+                if fields is request.data.headers.fields and secrets.request_path is None:
+                    return command  # nothing of it was redacted or added
+                real = _wire_copy(request, fields)
                 if secrets.request_path is not None and request.path == secrets.request_path[0]:
                     real.data.path = secrets.request_path[1].encode(*_ENCODING)
                 return httplayer.SendHttp(
@@ -636,14 +640,14 @@ class FlowRedaction:
     def upstream_of(self, flow: http.HTTPFlow) -> Upstream | None:
         """The upstream the flow goes to, as matched when it was protected."""
         found = _SECRETS.get(flow)
-        if found is not None and found.matched:
+        if found is not None:
             return found.upstream
         return self._configured_upstream(flow.request)  # addons driven without the HTTP layer
 
     def secrets(self, flow: http.HTTPFlow) -> FlowSecrets:
         found = _SECRETS.get(flow)
         if found is None:
-            found = self.protect_request(flow)
+            found = self.protect_request(flow, self._configured_upstream(flow.request))
         return found
 
     def set_upstream_authorization(self, flow: http.HTTPFlow, value: str) -> None:
