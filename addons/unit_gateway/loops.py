@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
+from mitmproxy.utils import human
 
 from unit_gateway.redact import TRANSPARENT_MODES
 
@@ -86,10 +87,10 @@ class RedirectLoopGuard:
         self._settle(data.server)
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # (only ever after server_connected, which settled it)
         ends = _ends(data.server.sockname, data.server.peername)
         if ends is not None:
             self._own.discard(ends)
-        self._settle(data.server)
 
     def _settle(self, server: connection.Server) -> None:
         if self._opening.pop(server.id, None) is not None:
@@ -101,24 +102,32 @@ class RedirectLoopGuard:
     def client_connected(self, client: connection.Client) -> Awaitable[None] | None:
         # A coroutine only when the client must wait: most connections cost a lookup or two.
         peer = client.peername
-        if not peer or not self._from_this_host(peer[0]):
-            return None
         # Seen from a looped client, the server connection's ends are swapped.
         key = _ends(peer, client.sockname)
         if key is None:
             return None
-        waiting: set[Hashable] = set()
-        if key not in self._own and isinstance(client.proxy_mode, TRANSPARENT_MODES):
-            now = time.monotonic()
-            for server_id, started in list(self._opening.items()):
-                if now - started < SETTLE_SECONDS:
-                    waiting.add(server_id)
-                elif now - started > _FORGET_SECONDS:
-                    del self._opening[server_id]
-        if waiting:
-            return self._settle_then_check(client, key, waiting)
+        if (
+            key not in self._own
+            and self._opening
+            and isinstance(client.proxy_mode, TRANSPARENT_MODES)
+            and self._from_this_host(peer[0])
+        ):
+            waiting = self._recent_connects()
+            if waiting:
+                return self._settle_then_check(client, key, waiting)
         self._check(client, key)
         return None
+
+    def _recent_connects(self) -> set[Hashable]:
+        """The gateway's own connects that started too recently to rule out; stale ones go."""
+        now = time.monotonic()
+        recent: set[Hashable] = set()
+        for server_id, started in list(self._opening.items()):
+            if now - started < SETTLE_SECONDS:
+                recent.add(server_id)
+            elif now - started > _FORGET_SECONDS:
+                del self._opening[server_id]
+        return recent
 
     async def _settle_then_check(
         self, client: connection.Client, key: tuple[tuple[Any, ...], ...], waiting: set[Hashable]
@@ -143,10 +152,10 @@ class RedirectLoopGuard:
         client.error = "redirect loop: a connection of the gateway's own came back to it"
         logger.error(
             "unit-gateway: redirect loop: the gateway's own connection to %s was sent back "
-            "to it (from %s:%s) and is closed. A firewall rule redirects the gateway's "
+            "to it (from %s) and is closed. A firewall rule redirects the gateway's "
             "traffic too: exclude the gateway's user from it (docs/transparent-mode.md)",
-            _address(key[1]),
-            *key[0],
+            human.format_address(key[1]),
+            human.format_address(key[0]),
         )
 
     def _from_this_host(self, ip: str) -> bool:
@@ -164,7 +173,3 @@ def _ends(local: Any, remote: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]] | 
     if not local or not remote:
         return None
     return (local[0], local[1]), (remote[0], remote[1])
-
-
-def _address(address: tuple[Any, ...]) -> str:
-    return f"{address[0]}:{address[1]}"
