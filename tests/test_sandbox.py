@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -115,6 +116,25 @@ def test_sigterm_exits_zero_and_frees_the_port(start_sandbox: SandboxFactory) ->
     assert not port_is_free(port)
     assert box.stop(signal.SIGTERM) == 0
     assert port_is_free(port)
+
+
+def test_repeated_sigterm_while_a_request_finishes_exits_zero(
+    start_sandbox: SandboxFactory,
+) -> None:
+    """A stopping process (the harness repeats SIGTERM every 2 s) waits for a slow request;
+    no later SIGTERM may kill it, up to the very end of the loop."""
+    box = start_sandbox("--latency-ms", "1500")
+    session = requests.Session()
+    slow = threading.Thread(
+        target=lambda: session.get(box.url + "/cards/30001", timeout=10), daemon=True
+    )
+    slow.start()
+    time.sleep(0.3)  # the request is in its handler
+    while box.proc.poll() is None:
+        box.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    slow.join(10)
+    assert box.stop() == 0, box.output()
 
 
 def test_sigint_exits_zero(start_sandbox: SandboxFactory) -> None:
