@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 from mitmproxy import exceptions, http
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.connection import Server
 from mitmproxy.hooks import DoneHook, RunningHook
+from mitmproxy.proxy import events
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.test import taddons, tflow
 
@@ -27,6 +31,7 @@ from unit_gateway.inject import FlowState, TokenInjector
 from unit_gateway.metrics import GatewayMetrics, MetricsExporter
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
+    _SECRETS,
     FlowRedaction,
     HeaderSubstitutions,
     _check_proxyauth_modes,
@@ -376,3 +381,29 @@ async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeho
             assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
         finally:
             await tctx.master.addons.trigger_event(DoneHook())
+
+
+def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
+    """The side table lets a flow's real values go when its stream ends, not only after a
+    response: mitmweb keeps a failed flow, and the real values must not stay with it."""
+    _, core, redaction, _ = gateway_addons()
+    with taddons.context(Proxyserver(), core, redaction) as tctx:
+        context = Context(tflow.tclient_conn(), tctx.options)
+        context.server = Server(address=("api.s.unit.sh", 443))
+        httplayer.HttpLayer(context, httplayer.HTTPMode.transparent)
+        stream = httplayer.HttpStream(context.fork(), 1)
+        list(stream.handle_event(events.Start()))
+        (hook,) = stream.handle_event(httplayer.RequestHeaders(1, tflow.treq(), False))
+        flow = stream.flow
+        assert flow in _SECRETS
+        assert list(stream.handle_event(events.HookCompleted(hook))) == []
+        # The caller goes away while its request body is still coming.
+        gone = httplayer.RequestProtocolError(
+            1, "client disconnected", httplayer.ErrorCode.CLIENT_DISCONNECTED
+        )
+        (error_hook,) = stream.handle_event(gone)
+        assert list(stream.handle_event(events.HookCompleted(error_hook))) == [
+            httplayer.DropStream(1)
+        ]
+        assert flow.error is not None and flow not in _SECRETS
+        tctx.master.addons.trigger(DoneHook())

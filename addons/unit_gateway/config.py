@@ -195,7 +195,14 @@ class UnitSettings(_Model):
     raises your limit."""
     token_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     """Timeout in seconds of each call to Unit's token and verification endpoints (5 is
-    Unit's documented value). A timeout is answered 504 `token_endpoint_timeout`."""
+    Unit's documented value). A timeout is answered 504 `token_endpoint_timeout`. A caller's
+    own request to a token endpoint that the gateway forwards waits this long too."""
+    response_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How long the gateway waits for Unit's complete answer to a request it forwards,
+    counted from when the request was sent (60 is Unit's longest documented endpoint timeout,
+    for ACH payments). The caller then gets 504 `upstream_timeout`, and the connection to Unit
+    is closed. Unit may still have acted on the request: retry writes with an idempotency key.
+    Requests over HTTP/2 to Unit are not timed by the gateway (Unit's SDKs use HTTP/1.1)."""
 
     @model_validator(mode="after")
     def _check_transport(self) -> UnitSettings:

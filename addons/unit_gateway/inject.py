@@ -195,6 +195,9 @@ class TokenInjector:
         route = self.routes.match(request.method, request.path)
         state = FlowState(upstream, route_label(route))
         self._flows[flow.id] = state
+        if route is not None and route.token_endpoint is not None:
+            # Unit's documented timeout for its token endpoints, also for the callers' own calls
+            self.redaction.set_response_timeout(flow, model.unit.token_timeout_seconds)
         if isinstance(credential, PlaceholderError):
             flow.response = error_response(401, "invalid_placeholder", str(credential))
             return None

@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 SANDBOX_PASSCODE = "000001"
 CLOSE_TIMEOUT = 2.0
-#: Unit's longest documented endpoint timeout (ACH payments).
-FORWARD_TIMEOUT = 60.0
 _HOP_HEADERS = frozenset(
     {
         "host",
@@ -178,11 +176,15 @@ class UnitClient:
         org_token: Secret,
         *,
         timeout: float,
+        forward_timeout: float,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self.upstream = upstream
         self.org_token = org_token
+        #: Of the token and verification calls (``unit.token_timeout_seconds``).
         self.timeout = timeout
+        #: Of a retried request (``unit.response_timeout_seconds``, like its first try).
+        self.forward_timeout = forward_timeout
         self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
@@ -259,7 +261,7 @@ class UnitClient:
                 headers=headers,
                 data=request.raw_content or None,
                 auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(total=self.forward_timeout),
             ) as upstream_response:
                 content = await upstream_response.read()
                 status = upstream_response.status
@@ -270,7 +272,11 @@ class UnitClient:
                 ]
         except (TimeoutError, aiohttp.ClientError) as e:
             raise self._connection_error(
-                e, "retrying with a new token", FORWARD_TIMEOUT, "upstream", unreachable=502
+                e,
+                "retrying with a new token",
+                self.forward_timeout,
+                "upstream",
+                unreachable=502,
             ) from None
         response = http.Response.make(status, b"", raw_headers)
         # Keep the bytes exactly as Unit sent them, compressed or not.
@@ -367,7 +373,11 @@ class TokenService:
         )
         self.clients = {
             up.url: UnitClient(
-                up, org_token, timeout=model.unit.token_timeout_seconds, ssl_context=ssl_context
+                up,
+                org_token,
+                timeout=model.unit.token_timeout_seconds,
+                forward_timeout=model.unit.response_timeout_seconds,
+                ssl_context=ssl_context,
             )
             for up in model.unit.upstreams
         }
@@ -407,10 +417,12 @@ class TokenService:
                     up,
                     org_token,
                     timeout=model.unit.token_timeout_seconds,
+                    forward_timeout=model.unit.response_timeout_seconds,
                     ssl_context=self.ssl_context,
                 )
             else:
                 self.clients[url].timeout = model.unit.token_timeout_seconds
+                self.clients[url].forward_timeout = model.unit.response_timeout_seconds
 
     def settings_for(self, identity: Identity) -> TokenKindSettings:
         return getattr(self.config.model.tokens, identity.kind)

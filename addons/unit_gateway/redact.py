@@ -26,6 +26,9 @@ command ``SendHttp(RequestHeaders)``       to the approved upstream: a private c
                                            real headers, path and ``Authorization``
 command ``SendHttp(RequestData)``          the real body, if the flow still holds ours
 command ``SendHttp(Response…)`` to client  the same for the response
+event ``ResponseOverdue`` (injected)       Unit missed the flow's deadline: the request is
+                                           cancelled upstream, the caller gets a 504
+                                           (see ``unit_gateway.deadlines``)
 =========================================  ================================================
 
 Log records are redacted by a LogRecord factory. ``modify_body`` (it edits the redacted copy),
@@ -39,7 +42,9 @@ Other addons read and write real values through this addon (``real_request_conte
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
@@ -53,6 +58,14 @@ from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
 
 from unit_gateway import jsonapi
+from unit_gateway.deadlines import (
+    SWEEP_SECONDS,
+    ResponseOverdue,
+    UpstreamTimedOut,
+    is_overdue,
+    routable,
+    timeout_message,
+)
 from unit_gateway.metrics import Children
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
 
@@ -90,6 +103,12 @@ class FlowSecrets:
     #: The configured upstream, matched once per flow for every addon (see ``upstream_of``);
     #: None for a flow to any other host, which is redacted all the same but gets no token.
     upstream: Upstream | None = None
+    #: Seconds Unit has to answer once the request is sent (see ``unit_gateway.deadlines``);
+    #: None: mitmproxy's own timeouts (any other host).
+    response_timeout: float | None = None
+    #: time.monotonic() when the whole request had gone to the server.
+    sent_at: float | None = None
+    timed_out: bool = False
 
 
 #: Modes where a request is addressed to the IP the client dialed, not to a name it chose.
@@ -129,6 +148,9 @@ def _handle_event(
     if active is None:
         yield from _original_handle_event(self, event)
         return
+    if type(event) is ResponseOverdue:
+        yield from _answer_overdue(self, event)
+        return
     # HttpStream sets self.flow once, on its first event (None before: no weak reference to
     # None); it is read again only while still None.
     flow = self.__dict__.get("flow")
@@ -143,7 +165,7 @@ def _handle_event(
         if kind is httplayer.SendHttp:
             secrets = _SECRETS.get(flow) if flow is not None else None
             if secrets is not None:
-                if type(command.event) is httplayer.ResponseProtocolError:  # type: ignore[attr-defined]
+                if type(command.event) in _PROTOCOL_ERRORS:  # type: ignore[attr-defined]
                     _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
                     # mitmproxy's own error page is HTML and quotes peer bytes unredacted.
                     yield from _json_api_error(
@@ -159,7 +181,42 @@ def _handle_event(
             hooked = command.flow  # type: ignore[attr-defined]
             if hooked is flow:
                 active.before_hook(kind, hooked)
+        elif kind is httplayer.DropStream and flow is not None:
+            # The flow has ended, also when it failed before its response: its real values go
+            # (mitmweb keeps the flow itself).
+            _SECRETS.pop(flow, None)
         yield command
+
+
+_PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
+#: The server states of a stream that waits for its response.
+_WAITING = ("state_wait_for_response_headers", "state_consume_response_body")
+
+
+def _answer_overdue(
+    stream: httplayer.HttpStream, event: ResponseOverdue
+) -> Generator[commands.Command, Any, None]:
+    """Unit did not answer ``event.flow`` in time: cancel the request upstream (HTTP/1 closes
+    the connection, so no late answer is read as the next one's) and end the stream with
+    UpstreamTimedOut, which the caller gets as a 504."""
+    flow = stream.__dict__.get("flow")
+    if event.flow is not flow:
+        tunnel = flow is not None and flow.request.method == "CONNECT"
+        if tunnel and stream.child_layer is not None:  # the flow is inside this tunnel
+            yield from _original_handle_event(stream, event)
+        return  # this stream has moved on to the next request: that flow has ended
+    waiting = getattr(stream.server_state, "__name__", None) in _WAITING
+    if not waiting or stream.client_state == stream.state_errored:
+        return
+    message = timeout_message(event.message)
+    yield httplayer.SendHttp(
+        httplayer.RequestProtocolError(stream.stream_id, message, httplayer.ErrorCode.CANCEL),
+        stream.context.server,
+    )
+    timed_out = UpstreamTimedOut(
+        stream.stream_id, message, httplayer.ErrorCode.GENERIC_SERVER_ERROR
+    )
+    yield from _handle_event(stream, timed_out)
 
 
 #: mitmproxy's error codes that answer the client (the others close the stream: a killed
@@ -187,6 +244,8 @@ def _json_api_error(
     event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
     status = event.code.http_status_code()
     known = _ERROR_CODES.get(event.code)
+    if type(event) is UpstreamTimedOut:
+        status, known = 504, ("upstream_timeout", "unit")
     if status is None or known is None:
         yield command
         return
@@ -195,6 +254,8 @@ def _json_api_error(
     if whose == "unit":
         server = f"{flow.request.host}:{flow.request.port}" + (" (Unit)" if unit else "")
         detail = f"{server}: {message}"
+        if code == "upstream_timeout":
+            detail += "; the request was sent, so Unit may have acted on it"
     else:
         detail = f"the gateway could not take this request: {message}"
     response = jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
@@ -384,6 +445,9 @@ class FlowRedaction:
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
         self._redactions = Children(metrics.redactions) if metrics is not None else None
+        #: Unit's deadline for a forwarded request (``unit.response_timeout_seconds``).
+        self.response_timeout = 60.0
+        self._sweeper: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -418,19 +482,72 @@ class FlowRedaction:
 
     def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = Redactor(config.model.redaction)
+        self.response_timeout = config.model.unit.response_timeout_seconds
         if self._redactions is not None:
             # Every rule's series exists from the start (at 0), so rates and alerts see the
             # first redaction rather than a series appearing out of nothing.
             for rule in self.redactor.rule_names:
                 self._redactions(rule)
 
+    def running(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
     def done(self) -> None:
         global _ACTIVE
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if _ACTIVE is self:
             _ACTIVE = None
             httplayer.HttpStream.handle_event = _original_handle_event  # type: ignore[method-assign]
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
+
+    # --- deadlines (see unit_gateway.deadlines) --------------------------------------------
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                self.time_out_overdue(time.monotonic())
+            except Exception:  # a bug must not end the sweep: later deadlines still count
+                logger.exception("unit-gateway: checking deadlines failed")
+
+    def time_out_overdue(self, now: float) -> None:
+        for flow, secrets in list(_SECRETS.items()):
+            if secrets.timed_out or not is_overdue(
+                flow, secrets.sent_at, secrets.response_timeout, now
+            ):
+                continue
+            secrets.timed_out = True
+            assert secrets.response_timeout is not None
+            request = flow.request
+            if not routable(flow):
+                logger.warning(
+                    "unit-gateway: %s %s%s: %s; the gateway cannot time out a request "
+                    "over HTTP/2 or through an upstream proxy: mitmproxy's timeouts apply",
+                    request.method,
+                    request.pretty_host,
+                    request.path,
+                    timeout_message(secrets.response_timeout),
+                )
+                continue
+            proxyserver = ctx.master.addons.get("proxyserver")
+            try:
+                proxyserver.inject_event(ResponseOverdue(flow, secrets.response_timeout))
+            except ValueError:
+                continue  # not from a live connection (a replay): nobody waits for it
+            logger.warning(
+                "unit-gateway: %s %s%s: %s; answered 504 upstream_timeout",
+                request.method,
+                request.pretty_host,
+                request.path,
+                timeout_message(secrets.response_timeout),
+            )
+
+    def set_response_timeout(self, flow: http.HTTPFlow, seconds: float) -> None:
+        self.secrets(flow).response_timeout = seconds
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Credentials for this proxy are never shown and never sent on to Unit.
@@ -558,7 +675,11 @@ class FlowRedaction:
 
     def protect_request(self, flow: http.HTTPFlow, upstream: Upstream | None) -> FlowSecrets:
         request = flow.request
-        secrets = FlowSecrets((request.scheme, request.host, request.port), upstream=upstream)
+        secrets = FlowSecrets(
+            (request.scheme, request.host, request.port),
+            upstream=upstream,
+            response_timeout=self.response_timeout if upstream is not None else None,
+        )
         _SECRETS[flow] = secrets
         # Proxy credentials stay for mitmproxy's proxyauth, a built-in addon whose
         # requestheaders hook runs before ours; ``requestheaders`` removes what is left.
@@ -605,6 +726,9 @@ class FlowRedaction:
                     httplayer.RequestHeaders(event.stream_id, real, event.end_stream),  # type: ignore[attr-defined]
                     command.connection,
                 )
+            if kind is httplayer.RequestEndOfMessage:
+                secrets.sent_at = time.monotonic()  # Unit's deadline starts
+                return command
             body = secrets.request_body
             if kind is httplayer.RequestData and body is not None and event.data is body[0]:  # type: ignore[attr-defined]
                 if self._approved(secrets, stream.flow.request, command.connection):
