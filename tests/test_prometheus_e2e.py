@@ -82,6 +82,7 @@ CATALOGUE = HISTOGRAMS | {
 REQUIRED_ALERTS = {
     "UnitGatewayDown",
     "Unit429s",
+    "UnitRequestsFailing",
     "RateLimitHeadroomLow",
     "TokenMintFailures",
     "LatencySLO",
@@ -210,6 +211,14 @@ def metric_names(text: str) -> set[str]:
 def test_alert_rules_pass_promtool(tools: dict[str, str]) -> None:
     result = promtool(tools, "check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_fire_on_their_conditions(tools: dict[str, str]) -> None:
+    """promtool's rule unit tests (tests/alert_rules_test.yml): series over half an hour, for
+    alerts whose condition the end-to-end traffic cannot hold for minutes."""
+    result = promtool(tools, "test", "rules", str(Path(__file__).parent / "alert_rules_test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def test_scrape_config_passes_promtool(tools: dict[str, str], tmp_path: Path) -> None:
