@@ -68,6 +68,9 @@ class FlowState:
     retried: bool = False
     #: The gateway's challenge a caller completes with this request.
     challenge_id: str | None = None
+    #: The scopes a token request asked for, when the token may serve the identity's other
+    #: requests; None when the request could not be read or restricts it to ``resources``.
+    learnable_scopes: frozenset[str] | None = None
 
 
 def token_error_response(error: TokenError) -> http.Response:
@@ -332,29 +335,32 @@ class TokenInjector:
                 meta={"pointer": "/data/attributes/resources"},
             )
             return
-        # A caller completing a challenge: swap in the real verification token.
         offered = attributes.get("verificationToken")
-        if not isinstance(offered, str) or not offered.startswith(CHALLENGE_PREFIX):
-            return
-        challenge = self.service.open_challenge(offered, state.token_identity)
-        if challenge is None:
-            self.metrics.token_event(
-                "challenge", {"kind": state.token_identity.kind, "outcome": "unknown"}
-            )
-            flow.metadata[LOCAL_RESPONSE_KEY] = True
-            flow.response = error_response(
-                400,
-                "unknown_challenge",
-                "verificationToken names no open challenge for this customer or card "
-                "(a challenge lasts 10 minutes, takes 5 codes at most, and is used up once "
-                "Unit accepts one)",
-                meta={"pointer": "/data/attributes/verificationToken"},
-            )
-            return
-        state.challenge_id = offered
-        attributes["verificationToken"] = challenge.verification_token
-        attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
-        self.redaction.set_real_request_content(flow, json.dumps(body).encode())
+        if isinstance(offered, str) and offered.startswith(CHALLENGE_PREFIX):
+            # A caller completing a challenge: swap in the real verification token.
+            challenge = self.service.open_challenge(offered, state.token_identity)
+            if challenge is None:
+                self.metrics.token_event(
+                    "challenge", {"kind": state.token_identity.kind, "outcome": "unknown"}
+                )
+                flow.metadata[LOCAL_RESPONSE_KEY] = True
+                flow.response = error_response(
+                    400,
+                    "unknown_challenge",
+                    "verificationToken names no open challenge for this customer or card "
+                    "(a challenge lasts 10 minutes, takes 5 codes at most, and is used up once "
+                    "Unit accepts one)",
+                    meta={"pointer": "/data/attributes/verificationToken"},
+                )
+                return
+            state.challenge_id = offered
+            attributes["verificationToken"] = challenge.verification_token
+            attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
+            self.redaction.set_real_request_content(flow, json.dumps(body).encode())
+        if not attributes.get("resources"):
+            # A token restricted to some accounts or cards must not serve the identity's
+            # other requests: the cache knows identities and scopes, not resources.
+            state.learnable_scopes = frozenset(str(attributes.get("scope", "")).split())
 
     # --- responses -------------------------------------------------------------------------
 
@@ -417,20 +423,8 @@ class TokenInjector:
             return  # verification answers carry no token
         if not isinstance(value, str):
             return
-        requested = frozenset()
-        # Until the request is read it may have restricted the token to some accounts or
-        # cards; such a token must not serve the identity's other requests (the cache knows
-        # identities and scopes, not resources).
-        restricted = True
-        try:
-            sent = json.loads(self.redaction.real_request_content(flow) or b"null")
-            attributes_sent = sent["data"]["attributes"]
-            requested = frozenset(str(attributes_sent.get("scope", "")).split())
-            restricted = bool(attributes_sent.get("resources"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
-        if not restricted:
-            self.service.learn(identity, value, requested, attributes.get("expiresIn"))
+        if state.learnable_scopes is not None:
+            self.service.learn(identity, value, state.learnable_scopes, attributes.get("expiresIn"))
         if state.placeholder_caller:
             attributes["token"] = identity.placeholder
             self.redaction.set_real_response_content(flow, json.dumps(body).encode())
