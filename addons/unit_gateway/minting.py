@@ -371,17 +371,8 @@ class TokenService:
             margin=model.tokens.expiry_margin_seconds,
             refresh_ahead=model.tokens.refresh_ahead_seconds,
         )
-        self.clients = {
-            up.url: UnitClient(
-                up,
-                org_token,
-                timeout=model.unit.token_timeout_seconds,
-                forward_timeout=model.unit.response_timeout_seconds,
-                ssl_context=ssl_context,
-            )
-            for up in model.unit.upstreams
-        }
         self.ssl_context = ssl_context
+        self.clients = {up.url: self._client(up, org_token) for up in model.unit.upstreams}
         self._closing: set[asyncio.Future[None]] = set()
         self.limiter = VerificationLimiter()
         self.flights = SingleFlight()
@@ -413,16 +404,20 @@ class TokenService:
         self.org_token = org_token
         for url, up in wanted.items():
             if url not in self.clients:
-                self.clients[url] = UnitClient(
-                    up,
-                    org_token,
-                    timeout=model.unit.token_timeout_seconds,
-                    forward_timeout=model.unit.response_timeout_seconds,
-                    ssl_context=self.ssl_context,
-                )
+                self.clients[url] = self._client(up, org_token)
             else:
                 self.clients[url].timeout = model.unit.token_timeout_seconds
                 self.clients[url].forward_timeout = model.unit.response_timeout_seconds
+
+    def _client(self, upstream: Upstream, org_token: Secret) -> UnitClient:
+        settings = self.config.model.unit
+        return UnitClient(
+            upstream,
+            org_token,
+            timeout=settings.token_timeout_seconds,
+            forward_timeout=settings.response_timeout_seconds,
+            ssl_context=self.ssl_context,
+        )
 
     def settings_for(self, identity: Identity) -> TokenKindSettings:
         return getattr(self.config.model.tokens, identity.kind)

@@ -523,14 +523,14 @@ class FlowRedaction:
             secrets.timed_out = True
             assert secrets.response_timeout is not None
             request = flow.request
+            late = f"{request.method} {request.pretty_host}{request.path}: " + timeout_message(
+                secrets.response_timeout
+            )
             if not routable(flow):
                 logger.warning(
-                    "unit-gateway: %s %s%s: %s; the gateway cannot time out a request "
-                    "over HTTP/2 or through an upstream proxy: mitmproxy's timeouts apply",
-                    request.method,
-                    request.pretty_host,
-                    request.path,
-                    timeout_message(secrets.response_timeout),
+                    "unit-gateway: %s; the gateway cannot time out a request over HTTP/2 or "
+                    "through an upstream proxy: mitmproxy's timeouts apply",
+                    late,
                 )
                 continue
             proxyserver = ctx.master.addons.get("proxyserver")
@@ -538,13 +538,7 @@ class FlowRedaction:
                 proxyserver.inject_event(ResponseOverdue(flow, secrets.response_timeout))
             except ValueError:
                 continue  # not from a live connection (a replay): nobody waits for it
-            logger.warning(
-                "unit-gateway: %s %s%s: %s; answered 504 upstream_timeout",
-                request.method,
-                request.pretty_host,
-                request.path,
-                timeout_message(secrets.response_timeout),
-            )
+            logger.warning("unit-gateway: %s; answered 504 upstream_timeout", late)
 
     def set_response_timeout(self, flow: http.HTTPFlow, seconds: float) -> None:
         self.secrets(flow).response_timeout = seconds
