@@ -169,8 +169,6 @@ def test_an_internal_failure_is_refused_with_its_step_and_kind(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # mitmproxy would forward a request whose hook raised: the token addon refuses it instead.
-    from unit_gateway.inject import TokenInjector
-
     core = GatewayCore()
     tokens = TokenInjector(core, None, FlowRedaction(core))  # type: ignore[arg-type]
     core.config = object()  # type: ignore[assignment]

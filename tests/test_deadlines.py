@@ -70,7 +70,7 @@ def test_flows_to_unit_get_the_configured_deadline_and_others_none(
 
 
 def test_an_overdue_http2_flow_is_logged_once_and_left_to_mitmproxy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, core, redaction, _ = gateway_addons()
     with taddons.context(core, redaction):

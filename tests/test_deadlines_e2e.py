@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from mitmproxy import io
 from unit import Unit
 from unit.models import UnitError, UnitResponse
 
-from conftest import GatewayFactory, Planted, clear_proxy_settings, planted_sandbox
+from conftest import GatewayFactory, clear_proxy_settings, proxied_session
+from test_tokens_e2e import sdk
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(90)
@@ -48,9 +48,7 @@ def test_unit_answering_late_is_a_504_at_the_deadline(
     )
     clear_proxy_settings(monkeypatch)
     if mode == "regular":  # through CONNECT, the SDK keeps Unit's URL
-        monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
-        unit = Unit(tls_sandbox.url, PLACEHOLDER)
+        unit = sdk(gateway, tls_sandbox, PLACEHOLDER, monkeypatch)
     else:
         unit = Unit(gateway.proxy_url, PLACEHOLDER)
     assert isinstance(unit.cards.list(), UnitResponse)  # the token is minted and cached
@@ -88,32 +86,35 @@ def test_unit_answering_late_is_a_504_at_the_deadline(
 
 
 def test_token_endpoints_get_unit_token_timeout(
-    gateway_factory: GatewayFactory,
-    run_dir: Path,
-    planted: Planted,
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
 ) -> None:
     """A caller's own token request the gateway forwards waits Unit's documented 5 s
     (``token_timeout_seconds``), not the 60 s of other routes."""
-    with planted_sandbox(run_dir, planted, extra_args=["--rate-limit", "100000"]) as sandbox:
-        gateway = gateway_factory(
-            sandbox,
-            overrides={"unit": {"token_timeout_seconds": 1, "response_timeout_seconds": 30}},
-        )
-        proxies = {"http": gateway.proxy_url, "https": gateway.proxy_url}
-        body = {"data": {"type": "customerToken", "attributes": {"scope": "customers"}}}
-        sandbox.faults(latency_ms=3000)
-        started = time.monotonic()
-        answer = requests.post(
+    gateway = gateway_factory(
+        sandbox,
+        overrides={"unit": {"token_timeout_seconds": 1, "response_timeout_seconds": 30}},
+    )
+    body = {"data": {"type": "customerToken", "attributes": {"scope": "customers"}}}
+    sandbox.faults(latency_ms=2500)
+    started = time.monotonic()
+    with proxied_session(gateway) as session:
+        answer = session.post(
             f"{sandbox.url}/customers/{CUSTOMER}/token",
             json=body,
             headers={"Authorization": f"Bearer {PLACEHOLDER}"},
-            proxies=proxies,
             timeout=30,
         )
-        waited = time.monotonic() - started
-        sandbox.faults(latency_ms=0)
-        assert answer.status_code == 504, answer.text
-        assert answer.headers["Content-Type"] == "application/vnd.api+json"
-        assert answer.json()["errors"][0]["code"] == "upstream_timeout"
-        assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
-        assert b"v2.public." not in answer.content
+    waited = time.monotonic() - started
+    sandbox.faults(latency_ms=0)
+    assert answer.status_code == 504, answer.text
+    assert answer.headers["Content-Type"] == "application/vnd.api+json"
+    assert answer.json()["errors"][0]["code"] == "upstream_timeout"
+    assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
+    assert b"v2.public." not in answer.content
+    # Unit finishes the request after its delay; once it has, the leak scan at teardown knows
+    # any token it made.
+    deadline = time.monotonic() + 10
+    while not sandbox.stats()["responses"]:
+        assert time.monotonic() < deadline, "Unit never finished the late request"
+        time.sleep(0.1)
+    assert sandbox.stats()["requests"]["POST /customers/{customerId}/token"] == 1

@@ -75,8 +75,11 @@ def test_a_failing_step_is_named_and_exits_non_zero(run_dir: Path) -> None:
     # The caller's error is the gateway's JSON:API error naming the failed token step.
     assert "503 token_endpoint_failed" in output
     assert "Summary" not in output
-    # The same exit code would report a leak its own scan found: there is none.
+    # The same exit code would report a leak its own scan found: there is none, and what the
+    # demo printed about the failure shows no token and no card number either.
     assert "found in the outputs" not in output
+    assert not re.search(r"\b\d{15,16}\b", output)
+    assert "v2.public." not in output
 
 
 def test_a_bad_fault_switch_is_refused_before_anything_starts(run_dir: Path) -> None:

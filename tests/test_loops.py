@@ -149,13 +149,13 @@ async def test_a_connect_opening_for_long_is_not_waited_for(
     guard = RedirectLoopGuard()
     stale = server_data(None)
     guard.server_connect(stale)
-    started = loops.time.monotonic()
-    monkeypatch.setattr(loops.time, "monotonic", lambda: started + loops.SETTLE_SECONDS + 1)
+    started = loops.monotonic()
+    monkeypatch.setattr(loops, "monotonic", lambda: started + loops.SETTLE_SECONDS + 1)
     local = client(("127.0.0.1", 40008))
     await asyncio.wait_for(admitted(guard, local), 0.05)
     assert local.error is None
     # ... and after long enough it is forgotten.
-    monkeypatch.setattr(loops.time, "monotonic", lambda: started + loops._FORGET_SECONDS + 1)
+    monkeypatch.setattr(loops, "monotonic", lambda: started + loops._FORGET_SECONDS + 1)
     await admitted(guard, client(("127.0.0.1", 40009)))
     assert guard._opening == {}
 

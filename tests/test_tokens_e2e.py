@@ -16,7 +16,13 @@ import requests
 from unit import Unit
 from unit.models.customerToken import CreateCustomerToken
 
-from conftest import GatewayFactory, Planted, planted_sandbox, proxied_session
+from conftest import (
+    GatewayFactory,
+    Planted,
+    clear_proxy_settings,
+    planted_sandbox,
+    proxied_session,
+)
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # an individual customer of the sandbox's seed data, jwtSubject user|10001
@@ -25,8 +31,7 @@ OTHER_CUSTOMER = "10002"
 
 @pytest.fixture
 def sdk_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_settings(monkeypatch)  # sdk() sets the gateway's
     yield
 
 
@@ -49,6 +54,14 @@ def get(
 def customer_two_factor(strategy: str) -> dict[str, Any]:
     """Gateway overrides: the customer's two-factor strategy."""
     return {"tokens": {"customer": {"two_factor": strategy}}}
+
+
+def challenge_of(answer: requests.Response) -> str:
+    """The challenge id of the gateway's ``verification_required`` answer."""
+    assert answer.status_code == 401, answer.text
+    error = answer.json()["errors"][0]
+    assert error["code"] == "verification_required"
+    return error["meta"]["challengeId"]
 
 
 def first_card(session: requests.Session, sandbox: harness.Sandbox) -> str:
@@ -277,10 +290,7 @@ def test_challenge_completed_by_the_caller(
     with proxied_session(gateway) as session:
         card = first_card(session, sandbox)
         first = get(session, sandbox, f"/cards/{card}/secure-data/pan", placeholder)
-        assert first.status_code == 401
-        error = first.json()["errors"][0]
-        assert error["code"] == "verification_required"
-        challenge_id = error["meta"]["challengeId"]
+        challenge_id = challenge_of(first)
         assert sandbox.stats()["verifications_created"]["customer"] == 1
 
         # The caller completes it with Unit's own create-token request, through the gateway.
@@ -340,12 +350,6 @@ def test_an_open_challenge_is_handed_out_again_and_outlives_a_wrong_code(
 ) -> None:
     gateway = gateway_factory(sandbox, overrides=customer_two_factor("challenge"))
     placeholder = f"unitgw:customer:{CUSTOMER}"
-
-    def challenge_of(answer: requests.Response) -> str:
-        assert answer.status_code == 401, answer.text
-        error = answer.json()["errors"][0]
-        assert error["code"] == "verification_required"
-        return error["meta"]["challengeId"]
 
     def complete(challenge_id: str, code: str) -> requests.Response:
         body = {

@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Hashable
+from time import monotonic  # its own name: tests move this clock, not asyncio's
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection
@@ -74,7 +74,7 @@ class RedirectLoopGuard:
     # --- the gateway's own server connections ----------------------------------------------
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._opening[data.server.id] = time.monotonic()
+        self._opening[data.server.id] = monotonic()
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
@@ -120,7 +120,7 @@ class RedirectLoopGuard:
 
     def _recent_connects(self) -> set[Hashable]:
         """The gateway's own connects that started too recently to rule out; stale ones go."""
-        now = time.monotonic()
+        now = monotonic()
         recent: set[Hashable] = set()
         for server_id, started in list(self._opening.items()):
             if now - started < SETTLE_SECONDS:
