@@ -125,6 +125,15 @@ def jwt_key(run_dir: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+def jwt_settings(run_dir: Path) -> dict[str, Any]:
+    """The gateway's ``tokens.jwt`` section for the ``jwt_key`` fixture's key and the
+    sandbox's seeded jwtSubject (``user|<customerId>``)."""
+    return {
+        "private_key": {"file": str(run_dir / "jwt-private.pem")},
+        "subject_template": "user|{customerId}",
+    }
+
+
 @pytest.fixture
 def jwt_sandbox(
     run_dir: Path, planted: Planted, jwt_key: rsa.RSAPrivateKey

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import port_of
 from unit_gateway import demo
 from unit_gateway.testing import harness
 
@@ -124,7 +125,7 @@ def test_web_keeps_mitmweb_up_until_interrupted(run_dir: Path) -> None:
             process.kill()
             process.wait()
     # The gateway went down with the demo.
-    port = int(metrics_url.group(1).rsplit(":", 1)[1].split("/")[0])
+    port = port_of(metrics_url.group(1))
     assert harness.port_is_free(port)
 
 

@@ -33,7 +33,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from unit import Unit
 
-from conftest import GatewayFactory, Planted, planted_sandbox, proxied_session
+from conftest import GatewayFactory, Planted, jwt_settings, planted_sandbox, proxied_session
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
@@ -44,10 +44,7 @@ def gateway_overrides(run_dir: Path) -> dict[str, Any]:
         "tokens": {
             "customer": {"two_factor": "jwt"},
             "cardholder": {"two_factor": "sandbox-otp"},
-            "jwt": {
-                "private_key": {"file": str(run_dir / "jwt-private.pem")},
-                "subject_template": "user|{customerId}",
-            },
+            "jwt": jwt_settings(run_dir),
         }
     }
 
@@ -329,6 +326,18 @@ def test_mitmweb_holds_no_secret(
         planted.blobs.append(("mitmweb GET /events", events.content))
 
 
+def refusal(sandbox: harness.Sandbox, run_dir: Path, option: str, mode: str | None = None) -> str:
+    """What a gateway started with ``--set option`` (and ``mode``) says as it exits."""
+    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
+    with pytest.raises(harness.ProcessFailed) as refused:
+        harness.start_gateway(
+            run_dir, config, org_token=sandbox.org_token, mode=mode, extra_args=("--set", option)
+        )
+    message = str(refused.value)
+    assert "exited with" in message
+    return message
+
+
 @pytest.mark.parametrize(
     ("option", "name"),
     [
@@ -340,13 +349,8 @@ def test_mitmweb_holds_no_secret(
 def test_options_that_bypass_redaction_are_refused(
     sandbox: harness.Sandbox, run_dir: Path, option: str, name: str
 ) -> None:
-    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
-    with pytest.raises(harness.ProcessFailed) as refused:
-        harness.start_gateway(
-            run_dir, config, org_token=sandbox.org_token, extra_args=("--set", option)
-        )
-    message = str(refused.value)
-    assert "exited with" in message and f"unit-gateway: {name}" in message and "refused" in message
+    message = refusal(sandbox, run_dir, option)
+    assert f"unit-gateway: {name}" in message and "refused" in message
 
 
 @pytest.mark.parametrize("mode", ["reverse:{upstream}", "transparent"])
@@ -355,18 +359,8 @@ def test_proxyauth_is_refused_where_it_would_take_the_authorization_header(
 ) -> None:
     # On these listeners proxyauth asks for Basic credentials in Authorization, where the
     # caller's placeholder goes: every Unit client would get mitmproxy's 401 page.
-    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
     spec = mode.format(upstream=sandbox.url)
-    with pytest.raises(harness.ProcessFailed) as refused:
-        harness.start_gateway(
-            run_dir,
-            config,
-            org_token=sandbox.org_token,
-            mode=spec,
-            extra_args=("--set", "proxyauth=svc:secret"),
-        )
-    message = str(refused.value)
-    assert "exited with" in message
+    message = refusal(sandbox, run_dir, "proxyauth=svc:secret", spec)
     assert f"unit-gateway: proxyauth is refused with mode {spec}" in message
     assert "the header that carries the Unit placeholder" in message
 

@@ -19,6 +19,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from conftest import port_of
 from unit_gateway import jsonapi, paseto
 from unit_gateway.sandbox import server
 from unit_gateway.sandbox.data import luhn_valid
@@ -112,7 +113,7 @@ def test_org_token_flag_and_access_log_never_show_tokens(start_sandbox: SandboxF
 
 def test_sigterm_exits_zero_and_frees_the_port(start_sandbox: SandboxFactory) -> None:
     box = start_sandbox()
-    port = int(box.url.rsplit(":", 1)[1])
+    port = port_of(box.url)
     assert not port_is_free(port)
     assert box.stop(signal.SIGTERM) == 0
     assert port_is_free(port)

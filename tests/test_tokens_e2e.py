@@ -20,6 +20,7 @@ from conftest import (
     GatewayFactory,
     Planted,
     clear_proxy_settings,
+    jwt_settings,
     planted_sandbox,
     proxied_session,
 )
@@ -255,15 +256,7 @@ def test_jwt_two_factor(
     box = jwt_sandbox
     gateway = gateway_factory(
         box,
-        overrides={
-            "tokens": {
-                "customer": {"two_factor": "jwt"},
-                "jwt": {
-                    "private_key": {"file": str(run_dir / "jwt-private.pem")},
-                    "subject_template": "user|{customerId}",
-                },
-            }
-        },
+        overrides={"tokens": {"customer": {"two_factor": "jwt"}, "jwt": jwt_settings(run_dir)}},
     )
     with proxied_session(gateway) as session:
         cards = get(session, box, "/cards", f"unitgw:customer:{CUSTOMER}").json()["data"]
