@@ -5,6 +5,7 @@
 loads every unit-gateway addon in the order they must run.
 """
 
+from unit_gateway.chain import AddonChain
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.loops import RedirectLoopGuard
@@ -17,11 +18,13 @@ redaction = FlowRedaction(core, metrics)
 tokens = TokenInjector(core, metrics, redaction)
 
 addons = [
-    core,
-    # Before every addon that reads flows: it keeps real secrets out of them.
-    redaction,
-    tokens,
-    # After the token addon, so a retried request is recorded with its final answer.
-    MetricsExporter(core, metrics, tokens),
-    RedirectLoopGuard(metrics),
+    AddonChain(
+        core,
+        # Before every addon that reads flows: it keeps real secrets out of them.
+        redaction,
+        tokens,
+        # After the token addon, so a retried request is recorded with its final answer.
+        MetricsExporter(core, metrics, tokens),
+        RedirectLoopGuard(metrics),
+    )
 ]

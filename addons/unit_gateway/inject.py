@@ -33,7 +33,7 @@ from unit_gateway.identity import (
 from unit_gateway.jsonapi import error_response
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import CHALLENGE_PREFIX, TokenError, TokenService
-from unit_gateway.redact import FlowRedaction
+from unit_gateway.redact import FlowRedaction, has_header_field
 from unit_gateway.routes import (
     CARDHOLDER_SCOPES,
     OTHER_ROUTE,
@@ -237,7 +237,7 @@ class TokenInjector:
         identity = state.identity
         assert identity is not None
         extra = ""
-        if any(name.lower() == _SCOPE_HEADER_NAME for name, _ in request.data.headers.fields):
+        if has_header_field(request.data.headers.fields, _SCOPE_HEADER_NAME):
             extra = request.headers.pop(SCOPE_HEADER, "")
         if route is not None and route.token_endpoint is not None:
             # Unit's token endpoints take the org token, whoever the caller speaks for.

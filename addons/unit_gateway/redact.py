@@ -49,6 +49,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
@@ -119,6 +120,7 @@ TRANSPARENT_MODES = (
     mode_specs.TunMode,
 )
 
+_FIELD_NAME = itemgetter(0)
 _PROXY_AUTH = b"proxy-authorization"
 _PROXY_CREDENTIALS = frozenset({_PROXY_AUTH})
 
@@ -148,12 +150,18 @@ def _handle_event(
     if active is None:
         yield from _original_handle_event(self, event)
         return
-    if type(event) is ResponseOverdue:
-        yield from _answer_overdue(self, event)
-        return
     # HttpStream sets self.flow once, on its first event (None before: no weak reference to
     # None); it is read again only while still None.
     flow = self.__dict__.get("flow")
+    if "_handle_event" in self.__dict__ and flow is not None and flow not in _SECRETS:
+        # An open tunnel (HttpStream has switched itself to passthrough) of a flow with no
+        # real values: all it yields is its inner streams' commands, which those streams'
+        # own calls here have handled. Half of all calls per request are these.
+        yield from _original_handle_event(self, event)
+        return
+    if type(event) is ResponseOverdue:
+        yield from _answer_overdue(self, event)
+        return
     if flow is not None and type(event) is httplayer.ResponseHeaders:
         secrets = _SECRETS.get(flow)
         if secrets is not None:  # before HttpStream stores it as flow.response
@@ -400,12 +408,18 @@ def _upstream_fields(
     return _wire_fields(request.data.headers.fields, secrets.request_headers, replace, append)
 
 
+def has_header_field(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> bool:
+    """Whether a field is named ``lowered`` (any case): asked for most headers of most
+    requests, and mostly no, so the walk stays in C (no Python frame per field)."""
+    return lowered in map(bytes.lower, map(_FIELD_NAME, fields))
+
+
 def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str | None:
     """What ``headers.get(name)`` returns (values of repeated fields joined by ", "), in one
     pass over the raw fields."""
-    values = [value for name, value in fields if name.lower() == lowered]
-    if not values:
+    if not has_header_field(fields, lowered):
         return None
+    values = [value for name, value in fields if name.lower() == lowered]
     return b", ".join(values).decode(*_ENCODING)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from unit_gateway.chain import AddonChain
 from unit_gateway.config import LoadedConfig
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
@@ -63,4 +64,4 @@ metrics = GatewayMetrics()  # the token addon counts into it; nothing serves it
 core = GatewayCore(metrics)
 redaction = InjectionOnly(core, metrics)
 tokens = TokenInjector(core, metrics, redaction)
-addons = [core, redaction, tokens, FlowsEnd(tokens), RedirectLoopGuard(metrics)]
+addons = [AddonChain(core, redaction, tokens, FlowsEnd(tokens), RedirectLoopGuard(metrics))]
