@@ -191,17 +191,19 @@ def unit_host6(
     yield from _unit_at(client_net6.host_ip, run_dir, planted)
 
 
-def _sdk_client_through_the_redirect(
+def _transparent_gateway(
     net: ClientNet,
     unit_host: harness.Sandbox,
     gateway_factory: GatewayFactory,
-    run_dir: Path,
-) -> None:
+    overrides: dict[str, Any] | None = None,
+) -> harness.Gateway:
+    """The gateway in transparent mode, with the client's connections to Unit redirected to it."""
     # The upstream is the address the client dials: in transparent mode that original
     # destination is flow.request.host. The gateway listens where REDIRECT delivers: the
     # primary address of the interface the packet came in on (the later --listen-host wins).
     gateway = gateway_factory(
         unit_host,
+        overrides=overrides,
         mode="transparent",
         extra_args=("--listen-host", net.host_ip),
         name="transparent",
@@ -209,16 +211,32 @@ def _sdk_client_through_the_redirect(
     gateway_port = port_of(gateway.proxy_url)
     assert gateway.proxy_url == f"http://{url_host(net.host_ip)}:{gateway_port}"
     assert unit_host.url.startswith(f"https://{url_host(net.host_ip)}:")
-    sandbox_port = port_of(unit_host.url)
-    net.redirect(sandbox_port, gateway_port)
+    net.redirect(port_of(unit_host.url), gateway_port)
+    return gateway
 
+
+def _run_client(
+    net: ClientNet, gateway: harness.Gateway, unit_host: harness.Sandbox, script: str, out: Path
+) -> Any:
+    """Run ``script`` in the namespace against the Unit host; what it printed last, as JSON."""
     # The client trusts mitmproxy's CA, not the sandbox's: it talks TLS to the gateway.
     env = env_without_proxies(REQUESTS_CA_BUNDLE=str(gateway.ca_path), PYTHONUNBUFFERED="1")
-    status, output = net.run(
-        [sys.executable, "-c", CLIENT, unit_host.url], env=env, out=run_dir / "client.output"
-    )
+    status, output = net.run([sys.executable, "-c", script, unit_host.url], env=env, out=out)
     assert status == 0, output + gateway.process.output()[-3000:]
-    customers = json.loads(output.strip().splitlines()[-1])
+    # The real customer token was used; no output of the run (the client's included) may show
+    # it: the sandbox fixture plants what Unit issued for the leak scan at teardown.
+    assert "v2.public." not in output
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _sdk_client_through_the_redirect(
+    net: ClientNet,
+    unit_host: harness.Sandbox,
+    gateway_factory: GatewayFactory,
+    run_dir: Path,
+) -> None:
+    gateway = _transparent_gateway(net, unit_host, gateway_factory)
+    customers = _run_client(net, gateway, unit_host, CLIENT, run_dir / "client.output")
     assert customers and set(customers) == {"10001"}
 
     stats = unit_host.stats()
@@ -230,9 +248,6 @@ def _sdk_client_through_the_redirect(
     client = re.escape(url_host(net.ns_ip))
     unit = rf"https://\[?{re.escape(net.host_ip)}\]?:{port_of(unit_host.url)}"
     gateway.process.wait_for(rf"^{client}:\d+: GET {unit}/cards", timeout=5)
-    # The real customer token was used; no output of the run (the client's included) may show
-    # it: the sandbox fixture plants what Unit issued for the leak scan at teardown.
-    assert "v2.public." not in output
 
 
 def test_transparent_mode_with_the_python_sdk_in_a_namespace(
@@ -242,6 +257,52 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     run_dir: Path,
 ) -> None:
     _sdk_client_through_the_redirect(client_net, unit_host, gateway_factory, run_dir)
+
+
+#: The client's call while Unit hangs: how long it waited and what the SDK made of the answer.
+LATE_CLIENT = """
+import json, sys, time
+from unit import Unit
+from unit.models import UnitError
+unit = Unit(sys.argv[1], "unitgw:customer:10001")
+started = time.monotonic()
+late = unit.cards.list()
+error = late.errors[0] if isinstance(late, UnitError) else None
+print(json.dumps({"waited": time.monotonic() - started,
+                  "error": error and [error.status, error.code, error.detail]}))
+"""
+
+
+def test_unit_answering_late_in_transparent_mode_is_a_504_at_the_deadline(
+    client_net: ClientNet,
+    unit_host: harness.Sandbox,
+    gateway_factory: GatewayFactory,
+    run_dir: Path,
+) -> None:
+    """The deadline of a forwarded request (unit.response_timeout_seconds) holds when the
+    client dialed Unit itself and only iptables sent it to the gateway."""
+    gateway = _transparent_gateway(
+        client_net, unit_host, gateway_factory, {"unit": {"response_timeout_seconds": 1}}
+    )
+    customers = _run_client(client_net, gateway, unit_host, CLIENT, run_dir / "first.output")
+    assert set(customers) == {"10001"}  # the token is minted and cached
+
+    unit_host.faults(latency_ms=4000)  # Unit hangs longer than the deadline
+    late = _run_client(client_net, gateway, unit_host, LATE_CLIENT, run_dir / "late.output")
+    unit_host.faults(latency_ms=0)
+    status, code, detail = late["error"]
+    assert (status, code) == ("504", "upstream_timeout"), detail
+    assert "(Unit): no complete answer within 1 s" in detail
+    # the sweep runs every 0.5 s; the client also starts a process and a TLS handshake
+    assert 1.0 <= late["waited"] < 3.0, late
+
+    customers = _run_client(client_net, gateway, unit_host, CLIENT, run_dir / "again.output")
+    assert set(customers) == {"10001"}
+    stats = unit_host.stats()
+    assert stats["requests"]["GET /cards"] == 3, "the late one reached Unit with its token"
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["unauthenticated"] == {}
+    gateway.process.wait_for(r"no complete answer within 1 s; answered 504", timeout=5)
 
 
 def test_transparent_mode_over_ipv6(
