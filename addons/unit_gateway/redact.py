@@ -207,12 +207,10 @@ def _answer_overdue(
     """Unit did not answer ``event.flow`` in time: cancel the request upstream (HTTP/1 closes
     the connection, so no late answer is read as the next one's) and end the stream with
     UpstreamTimedOut, which the caller gets as a 504."""
-    flow = stream.__dict__.get("flow")
-    if event.flow is not flow:
-        tunnel = flow is not None and flow.request.method == "CONNECT"
-        if tunnel and stream.child_layer is not None:  # the flow is inside this tunnel
-            yield from _original_handle_event(stream, event)
-        return  # this stream has moved on to the next request: that flow has ended
+    if event.flow is not stream.__dict__.get("flow"):
+        # This stream has moved on to the next request: that flow has ended. (A tunnel the
+        # flow is inside has passed the event on in _handle_event.)
+        return
     waiting = getattr(stream.server_state, "__name__", None) in _WAITING
     if not waiting or stream.client_state == stream.state_errored:
         return
