@@ -229,12 +229,23 @@ def _run_client(
     return json.loads(output.strip().splitlines()[-1])
 
 
-def _sdk_client_through_the_redirect(
-    net: ClientNet,
-    unit_host: harness.Sandbox,
+@pytest.mark.parametrize(
+    ("net_fixture", "unit_fixture"),
+    [("client_net", "unit_host"), ("client_net6", "unit_host6")],
+    ids=["ipv4", "ipv6"],
+)
+def test_transparent_mode_with_the_python_sdk_in_a_namespace(
+    net_fixture: str,
+    unit_fixture: str,
     gateway_factory: GatewayFactory,
     run_dir: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    # Over IPv6 as docs/transparent-mode.md says (ip6tables, the same rule): the original
+    # destination comes from IPv6's own socket option, and the upstream is an IPv6 address in
+    # brackets.
+    net: ClientNet = request.getfixturevalue(net_fixture)
+    unit_host: harness.Sandbox = request.getfixturevalue(unit_fixture)
     gateway = _transparent_gateway(net, unit_host, gateway_factory)
     customers = _run_client(net, gateway, unit_host, CLIENT, run_dir / "client.output")
     assert customers and set(customers) == {"10001"}
@@ -248,15 +259,6 @@ def _sdk_client_through_the_redirect(
     client = re.escape(url_host(net.ns_ip))
     unit = rf"https://\[?{re.escape(net.host_ip)}\]?:{port_of(unit_host.url)}"
     gateway.process.wait_for(rf"^{client}:\d+: GET {unit}/cards", timeout=5)
-
-
-def test_transparent_mode_with_the_python_sdk_in_a_namespace(
-    client_net: ClientNet,
-    unit_host: harness.Sandbox,
-    gateway_factory: GatewayFactory,
-    run_dir: Path,
-) -> None:
-    _sdk_client_through_the_redirect(client_net, unit_host, gateway_factory, run_dir)
 
 
 #: The client's call while Unit hangs: how long it waited and what the SDK made of the answer.
@@ -303,18 +305,6 @@ def test_unit_answering_late_in_transparent_mode_is_a_504_at_the_deadline(
     assert stats["tokens_created"]["customer"] == 1
     assert stats["unauthenticated"] == {}
     gateway.process.wait_for(r"no complete answer within 1 s; answered 504", timeout=5)
-
-
-def test_transparent_mode_over_ipv6(
-    client_net6: ClientNet,
-    unit_host6: harness.Sandbox,
-    gateway_factory: GatewayFactory,
-    run_dir: Path,
-) -> None:
-    # The same over IPv6, as docs/transparent-mode.md says (ip6tables, the same rule): the
-    # original destination comes from IPv6's own socket option, and the upstream is an IPv6
-    # address in brackets.
-    _sdk_client_through_the_redirect(client_net6, unit_host6, gateway_factory, run_dir)
 
 
 # --- a Host header naming Unit on a connection to another server ------------------------------
