@@ -4,6 +4,7 @@ it, a client that goes through the gateway, and a leak scan over every output of
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,19 @@ def planted_sandbox(
             planted.add_issued(box.url, box.process.name, box.cert_path)
     finally:
         assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+def wait_until_unit_answered_all(sandbox: harness.Sandbox, timeout: float = 10.0) -> None:
+    """Wait until the sandbox has answered every request it got. A request the gateway gave
+    up on (a deadline) is still finished by Unit, maybe with a token: once it is, the sandbox
+    fixture's teardown plants that token for the leak scan."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = sandbox.stats()
+        if sum(stats["responses"].values()) >= stats["total_requests"]:
+            return
+        assert time.monotonic() < deadline, f"Unit never finished: {stats}"
+        time.sleep(0.1)
 
 
 @pytest.fixture

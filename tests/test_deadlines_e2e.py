@@ -14,7 +14,12 @@ from mitmproxy import io
 from unit import Unit
 from unit.models import UnitError, UnitResponse
 
-from conftest import GatewayFactory, clear_proxy_settings, proxied_session
+from conftest import (
+    GatewayFactory,
+    clear_proxy_settings,
+    proxied_session,
+    wait_until_unit_answered_all,
+)
 from test_tokens_e2e import sdk
 from unit_gateway.testing import harness
 
@@ -111,10 +116,5 @@ def test_token_endpoints_get_unit_token_timeout(
     assert answer.json()["errors"][0]["code"] == "upstream_timeout"
     assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
     assert b"v2.public." not in answer.content
-    # Unit finishes the request after its delay; once it has, the leak scan at teardown knows
-    # any token it made.
-    deadline = time.monotonic() + 10
-    while not sandbox.stats()["responses"]:
-        assert time.monotonic() < deadline, "Unit never finished the late request"
-        time.sleep(0.1)
+    wait_until_unit_answered_all(sandbox)
     assert sandbox.stats()["requests"]["POST /customers/{customerId}/token"] == 1

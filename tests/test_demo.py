@@ -83,6 +83,19 @@ def test_a_failing_step_is_named_and_exits_non_zero(run_dir: Path) -> None:
     assert "v2.public." not in output
 
 
+def test_the_demo_scans_what_it_printed_with_its_files(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its printed output is no file, and the gateway excerpt it prints comes from a log: the
+    demo's own leak scan (its last step and its exit status) covers what it printed too."""
+    secret = "9" + "31337" * 3
+    demo.print_line(f"a line that shows {secret}")
+    (run_dir / "clean.log").write_text("nothing here\n")
+    leaks = demo.find_leaks_in_outputs({"SSN": secret}, run_dir)
+    assert [(leak.source, leak.label) for leak in leaks] == [("the demo's output", "SSN")]
+    capsys.readouterr()  # the line went to the test's captured stdout; nobody shows it
+
+
 def test_a_bad_fault_switch_is_refused_before_anything_starts(run_dir: Path) -> None:
     code, output, _ = run_demo(run_dir, "--fault", "error_rate=2")
     assert code == demo.EXIT_NOT_STARTED

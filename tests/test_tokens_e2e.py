@@ -23,6 +23,7 @@ from conftest import (
     jwt_settings,
     planted_sandbox,
     proxied_session,
+    wait_until_unit_answered_all,
 )
 from unit_gateway.testing import harness
 
@@ -436,6 +437,7 @@ def test_token_endpoint_outage_and_timeout(
         assert timeout.status_code == 504
         assert timeout.json()["errors"][0]["code"] == "token_endpoint_timeout"
         sandbox.faults(latency_ms=0)
+    wait_until_unit_answered_all(sandbox)  # the late mint: its token is planted at teardown
     stats = sandbox.stats()
     assert "GET /cards" not in stats["requests"], "nothing was forwarded without its token"
     assert stats["unauthenticated"] == {}

@@ -22,11 +22,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .testing import harness
+
+if TYPE_CHECKING:
+    from .testing.leakscan import Leak
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_NOT_STARTED = 0, 1, 2
 #: The cardholder token's lifetime in the demo: short enough to watch it expire.
@@ -321,10 +324,8 @@ class Story:
         return "the SDK got Unit's 429; the gateway counted it for the dashboard"
 
     def outputs_clean(self) -> str:
-        from .testing.leakscan import find_leaks  # reads flow files: imports mitmproxy.io
-
         self.collect_issued()
-        leaks = find_leaks(self.secrets, [self.env.run_dir])
+        leaks = find_leaks_in_outputs(self.secrets, self.env.run_dir)
         if leaks:
             raise StepFailed("found in the outputs: " + "; ".join(str(leak) for leak in leaks))
         files = sorted(p.name for p in self.env.run_dir.iterdir() if p.is_file())
@@ -507,8 +508,20 @@ def parse_faults(items: list[str]) -> dict[str, Any]:
     return faults
 
 
+#: Everything the demo printed: its own output is scanned for secrets with the files it wrote.
+_printed: list[str] = []
+
+
 def print_line(text: str = "") -> None:
+    _printed.append(text)
     print(text, flush=True)
+
+
+def find_leaks_in_outputs(secrets: Mapping[str, str], run_dir: Path) -> list[Leak]:
+    """Where any of ``secrets`` shows in the run's files or in what the demo printed."""
+    from .testing.leakscan import find_leaks  # reads flow files: imports mitmproxy.io
+
+    return find_leaks(secrets, [run_dir], [("the demo's output", "\n".join(_printed))])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -545,9 +558,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         env.process.stop()
     # Once more over everything the run wrote, now that the gateway has stopped.
-    from .testing.leakscan import find_leaks
-
-    leaks = find_leaks(story.secrets, [run_dir])
+    leaks = find_leaks_in_outputs(story.secrets, run_dir)
     if leaks:
         print_line("unit-gateway demo: found in the outputs: " + "; ".join(map(str, leaks)))
         return EXIT_STEP_FAILED
