@@ -381,6 +381,50 @@ async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeho
             await tctx.master.addons.trigger_event(DoneHook())
 
 
+@pytest.mark.parametrize("failure", ["expiresIn no number", "internal error"])
+async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
+    _, core, redaction, tokens = gateway_addons()
+    with taddons.context(core, redaction, tokens) as tctx:
+        tctx.configure(core, unit_gateway_config=str(path))
+        await tctx.master.addons.trigger_event(RunningHook())
+        try:
+            assert core.config is not None and tokens.service is not None
+            upstream = core.config.model.unit.upstreams[0]
+            customer = Identity("customer", "10001")
+            flow = tflow.tflow(resp=True)
+            tokens._flows[flow.id] = FlowState(
+                upstream,
+                placeholder_caller=True,
+                token_identity=customer,
+                learnable_scopes=frozenset({"accounts"}),
+            )
+            expires_in: Any = "soon" if failure == "expiresIn no number" else 3600
+            answer = {"data": {"attributes": {"token": TOKEN, "expiresIn": expires_in}}}
+            flow.response = http.Response.make(201, json.dumps(answer).encode())
+            if failure == "internal error":
+
+                def broken(*args: Any) -> None:
+                    raise RuntimeError("a bug")
+
+                monkeypatch.setattr(tokens.service, "learn", broken)
+            assert tokens.response(flow) is None
+            real = redaction.real_response_content(flow) or b""
+            assert TOKEN.encode() not in real
+            if failure == "internal error":
+                assert flow.response.status_code == 502
+                assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
+            else:  # the caller gets its placeholder; only the caching is left out
+                assert flow.response.status_code == 201
+                attributes = json.loads(real)["data"]["attributes"]
+                assert attributes["token"] == customer.placeholder
+                assert tokens.service.cached(customer, frozenset({"accounts"}), upstream) is None
+        finally:
+            await tctx.master.addons.trigger_event(DoneHook())
+
+
 def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
     """The side table lets a flow's real values go when its stream ends, not only after a
     response: mitmweb keeps a failed flow, and the real values must not stay with it."""

@@ -375,7 +375,13 @@ class TokenInjector:
         if state.challenge_id is not None:
             self._end_challenge(flow, state)
         if state.token_identity is not None:
-            self._learn(flow, state)
+            try:
+                self._learn(flow, state)
+            except Exception:
+                # mitmproxy would log it and pass Unit's answer on, token and all.
+                logger.exception("unit-gateway: internal error taking up a new token")
+                if state.placeholder_caller:
+                    self._withhold_token_answer(flow, "failed to take up")
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
             return self._retry_with_new_token(flow, state)
         return None
@@ -405,15 +411,7 @@ class TokenInjector:
         if content is None and state.placeholder_caller:
             # Too large or in an encoding the gateway cannot read: it might hold a token,
             # which a caller with a placeholder must never get.
-            self.redaction.set_real_response(
-                flow,
-                error_response(
-                    502,
-                    "token_answer_unreadable",
-                    "the gateway could not read Unit's answer to this token request, so it "
-                    "does not pass it on",
-                ),
-            )
+            self._withhold_token_answer(flow, "could not read")
             return
         try:
             body = json.loads(content or b"null")
@@ -423,11 +421,30 @@ class TokenInjector:
             return  # verification answers carry no token
         if not isinstance(value, str):
             return
-        if state.learnable_scopes is not None:
-            self.service.learn(identity, value, state.learnable_scopes, attributes.get("expiresIn"))
         if state.placeholder_caller:
+            # First, so that nothing below can leave the caller with the token itself.
             attributes["token"] = identity.placeholder
             self.redaction.set_real_response_content(flow, json.dumps(body).encode())
+        if state.learnable_scopes is None:
+            return
+        try:
+            self.service.learn(identity, value, state.learnable_scopes, attributes.get("expiresIn"))
+        except (TypeError, ValueError):  # an expiresIn that is no number
+            logger.warning(
+                "unit-gateway: Unit's new %s token has an unreadable expiresIn; not cached",
+                identity.kind,
+            )
+
+    def _withhold_token_answer(self, flow: http.HTTPFlow, failure: str) -> None:
+        self.redaction.set_real_response(
+            flow,
+            error_response(
+                502,
+                "token_answer_unreadable",
+                f"the gateway {failure} Unit's answer to this token request, so it does not "
+                "pass it on",
+            ),
+        )
 
     async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Unit rejected an injected token: evict it, get another, and send the request once
