@@ -4,13 +4,14 @@ the verification limiter."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from unit_gateway import paseto
 from unit_gateway.identity import ORG, Identity, PlaceholderError, RealToken, parse_authorization
-from unit_gateway.minting import SingleFlight, VerificationLimiter
+from unit_gateway.minting import SingleFlight, VerificationLimiter, _upstream_refusal
 from unit_gateway.token_cache import TokenCache, scopes_of, usable_lifetime
 
 
@@ -164,3 +165,39 @@ async def test_single_flight_shares_a_failure() -> None:
         *(flights.run("k", fail) for _ in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_unit_quoting_a_secret_the_call_sent_does_not_hand_it_to_the_caller() -> None:
+    sent = {
+        "scope": "cards",
+        "verificationToken": "vt-0123456789abcdef",
+        "verificationCode": "000001",
+    }
+    unit_says = {
+        "errors": [
+            {
+                "status": "400",
+                "title": "Bad Request",
+                "detail": "verificationToken vt-0123456789abcdef with code 000001 is expired",
+            }
+        ]
+    }
+    error = _upstream_refusal(
+        "creating a customer token", 400, json.dumps(unit_says).encode(), sent
+    )
+    assert (error.status, error.code) == (502, "token_refused")
+    assert error.detail == (
+        "creating a customer token: Unit answered 400: verificationToken "
+        "[redacted:verificationToken] with code [redacted:verificationCode] is expired"
+    )
+
+
+@pytest.mark.parametrize(("sent", "kept"), [("7", {"Retry-After": "7"}), ("soon", {}), (None, {})])
+def test_unit_rate_limiting_a_token_call_passes_its_retry_after_on(
+    sent: str | None, kept: dict[str, str]
+) -> None:
+    unit_says = {"errors": [{"status": "429", "title": "Too Many Requests"}]}
+    error = _upstream_refusal(
+        "creating a customer token", 429, json.dumps(unit_says).encode(), {}, sent
+    )
+    assert (error.status, error.code, error.headers) == (429, "token_endpoint_rate_limited", kept)

@@ -316,6 +316,7 @@ class UnitClient:
             ) as response:
                 content = await response.read()
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError) as e:
             raise self._connection_error(
                 e, step, self.timeout, "token_endpoint", unreachable=503
@@ -327,19 +328,34 @@ class UnitClient:
                 raise TokenError(
                     502, "token_response_invalid", f"{step}: Unit's answer is not JSON"
                 ) from None
-        raise _upstream_refusal(step, status, content)
+        raise _upstream_refusal(step, status, content, attributes, retry_after)
 
 
-def _upstream_refusal(step: str, status: int, content: bytes) -> TokenError:
-    """Unit refused a token call. Its error titles and details carry no secrets; pass them on."""
+#: What a token call sends that is a secret: Unit's error text must not hand it back.
+_SECRET_ATTRIBUTES = ("verificationToken", "verificationCode", "jwtToken")
+
+
+def _upstream_refusal(
+    step: str, status: int, content: bytes, sent: dict[str, Any], retry_after: str | None = None
+) -> TokenError:
+    """Unit refused a token call: its error titles and details, for the caller, without any
+    secret the call sent (should Unit quote one). A 429 keeps Unit's ``Retry-After``."""
     errors = jsonapi.errors_of(content) or []
     reason = (
         "; ".join(str(e.get("detail") or e.get("title")) for e in errors if isinstance(e, dict))
         or f"HTTP {status}"
     )
+    for name in _SECRET_ATTRIBUTES:
+        value = sent.get(name)
+        if isinstance(value, str) and value:
+            reason = reason.replace(value, f"[redacted:{name}]")
     if status == 429:
+        wait = retry_after.strip() if retry_after else ""
         return TokenError(
-            429, "token_endpoint_rate_limited", f"{step}: Unit answered 429: {reason}"
+            429,
+            "token_endpoint_rate_limited",
+            f"{step}: Unit answered 429: {reason}",
+            headers={"Retry-After": wait} if wait.isdigit() else None,
         )
     if status >= 500:
         return TokenError(
