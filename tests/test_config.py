@@ -39,6 +39,10 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
         base(unit={"upstreams": [{"url": "http://api.s.unit.sh"}]}),
         "unit.upstreams.0.url: plain http is only allowed for a loopback upstream",
     ),
+    "user and password in the upstream URL": (
+        base(unit={"upstreams": [{"url": "https://svc:hunter2@api.s.unit.sh"}]}),
+        "unit.upstreams.0.url: must not carry a user or password: Unit takes the org token",
+    ),
     "plain http to loopback without opting in": (
         base(unit={"upstreams": [{"url": "http://127.0.0.1:8181"}]}),
         "unit.upstreams.0.url: plain http needs unit.allow_plain_http_loopback: true",

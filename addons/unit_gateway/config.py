@@ -123,7 +123,7 @@ class Upstream(_Model):
     """A Unit API host the gateway injects tokens for."""
 
     url: str
-    """Scheme, host and optional port of a Unit API, without a path, e.g.
+    """Scheme, host and optional port of a Unit API, without a path or credentials, e.g.
     `https://api.s.unit.sh`. Requests to exactly this scheme, host and port get tokens; any
     other host passes through untouched. Plain `http` only for a loopback host together with
     `unit.allow_plain_http_loopback: true`."""
@@ -140,6 +140,9 @@ class Upstream(_Model):
             raise ValueError("must be an http(s) URL such as https://api.s.unit.sh")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must be a scheme, host and optional port only, without a path")
+        if parts.username is not None or parts.password is not None:
+            # It would show wherever the upstream is named (logs, errors, metrics labels).
+            raise ValueError("must not carry a user or password: Unit takes the org token")
         return url.rstrip("/")
 
     def model_post_init(self, _context: Any) -> None:
