@@ -10,7 +10,8 @@ import asyncio
 import gzip
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.test import taddons, tflow
 
 from unit_gateway import config
+from unit_gateway.config import Upstream
 from unit_gateway.core import GatewayCore
 from unit_gateway.identity import Identity
 from unit_gateway.inject import FlowState, TokenInjector
@@ -43,6 +45,7 @@ from unit_gateway.redaction_rules import RedactionSettings
 from unit_gateway.testing import harness
 
 TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+CUSTOMER = Identity("customer", "10001")
 
 
 def unit_config(path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:
@@ -352,39 +355,12 @@ def test_repeated_headers_that_redact_alike_each_get_their_own_real_value() -> N
     assert redaction.real_request_header(flow, "X-Data") == "900-12-3456, 900-65-4321"
 
 
-async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeholder_caller(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # It might hold the real token, and a caller with a placeholder must never get one.
-    path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
-    _, core, redaction, tokens = gateway_addons()
-    with taddons.context(core, redaction, tokens) as tctx:
-        tctx.configure(core, unit_gateway_config=str(path))
-        await tctx.master.addons.trigger_event(RunningHook())
-        try:
-            assert core.config is not None
-            flow = tflow.tflow(resp=True)
-            tokens._flows[flow.id] = FlowState(
-                core.config.model.unit.upstreams[0],
-                placeholder_caller=True,
-                token_identity=Identity("customer", "10001"),
-            )
-            unreadable = json.dumps({"data": {"attributes": {"token": TOKEN}}}).encode()
-            flow.response = http.Response.make(201)
-            flow.response.headers["Content-Encoding"] = "x-unknown-coding"
-            flow.response.raw_content = unreadable
-            assert tokens.response(flow) is None
-            assert flow.response.status_code == 502
-            assert TOKEN.encode() not in (redaction.real_response_content(flow) or b"")
-            assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
-        finally:
-            await tctx.master.addons.trigger_event(DoneHook())
-
-
-@pytest.mark.parametrize("failure", ["expiresIn no number", "internal error"])
-async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
-) -> None:
+@asynccontextmanager
+async def placeholder_token_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, learnable_scopes: frozenset[str] | None
+) -> AsyncIterator[tuple[TokenInjector, FlowRedaction, http.HTTPFlow, Upstream]]:
+    """Running addons and a flow in which a caller with a customer placeholder asked Unit for
+    a token; the test sets Unit's answer."""
     path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
     _, core, redaction, tokens = gateway_addons()
     with taddons.context(core, redaction, tokens) as tctx:
@@ -393,36 +369,70 @@ async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails
         try:
             assert core.config is not None and tokens.service is not None
             upstream = core.config.model.unit.upstreams[0]
-            customer = Identity("customer", "10001")
             flow = tflow.tflow(resp=True)
             tokens._flows[flow.id] = FlowState(
                 upstream,
                 placeholder_caller=True,
-                token_identity=customer,
-                learnable_scopes=frozenset({"accounts"}),
+                token_identity=CUSTOMER,
+                learnable_scopes=learnable_scopes,
             )
-            expires_in: Any = "soon" if failure == "expiresIn no number" else 3600
-            answer = {"data": {"attributes": {"token": TOKEN, "expiresIn": expires_in}}}
-            flow.response = http.Response.make(201, json.dumps(answer).encode())
-            if failure == "internal error":
-
-                def broken(*args: Any) -> None:
-                    raise RuntimeError("a bug")
-
-                monkeypatch.setattr(tokens.service, "learn", broken)
-            assert tokens.response(flow) is None
-            real = redaction.real_response_content(flow) or b""
-            assert TOKEN.encode() not in real
-            if failure == "internal error":
-                assert flow.response.status_code == 502
-                assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
-            else:  # the caller gets its placeholder; only the caching is left out
-                assert flow.response.status_code == 201
-                attributes = json.loads(real)["data"]["attributes"]
-                assert attributes["token"] == customer.placeholder
-                assert tokens.service.cached(customer, frozenset({"accounts"}), upstream) is None
+            yield tokens, redaction, flow, upstream
         finally:
             await tctx.master.addons.trigger_event(DoneHook())
+
+
+async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeholder_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It might hold the real token, and a caller with a placeholder must never get one.
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as (
+        tokens,
+        redaction,
+        flow,
+        _,
+    ):
+        unreadable = json.dumps({"data": {"attributes": {"token": TOKEN}}}).encode()
+        flow.response = http.Response.make(201)
+        flow.response.headers["Content-Encoding"] = "x-unknown-coding"
+        flow.response.raw_content = unreadable
+        assert tokens.response(flow) is None
+        assert flow.response.status_code == 502
+        assert TOKEN.encode() not in (redaction.real_response_content(flow) or b"")
+        assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
+
+
+@pytest.mark.parametrize("failure", ["expiresIn no number", "internal error"])
+async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    scopes = frozenset({"accounts"})
+    async with placeholder_token_request(tmp_path, monkeypatch, scopes) as (
+        tokens,
+        redaction,
+        flow,
+        upstream,
+    ):
+        assert tokens.service is not None
+        expires_in: Any = "soon" if failure == "expiresIn no number" else 3600
+        answer = {"data": {"attributes": {"token": TOKEN, "expiresIn": expires_in}}}
+        flow.response = http.Response.make(201, json.dumps(answer).encode())
+        if failure == "internal error":
+
+            def broken(*args: Any) -> None:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(tokens.service, "learn", broken)
+        assert tokens.response(flow) is None
+        real = redaction.real_response_content(flow) or b""
+        assert TOKEN.encode() not in real
+        if failure == "internal error":
+            assert flow.response.status_code == 502
+            assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
+        else:  # the caller gets its placeholder; only the caching is left out
+            assert flow.response.status_code == 201
+            attributes = json.loads(real)["data"]["attributes"]
+            assert attributes["token"] == CUSTOMER.placeholder
+            assert tokens.service.cached(CUSTOMER, scopes, upstream) is None
 
 
 def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
