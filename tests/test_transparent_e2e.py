@@ -19,6 +19,10 @@ The ``rogue`` fixture adds a TLS server that is not Unit on a second address of 
 (``<rogue ip>/32`` on the veth, a route to it in the namespace), on the sandbox's port so the
 same REDIRECT rule covers it: a client that dials it while naming Unit in its Host header
 must not get a real token sent there.
+
+Services on the gateway host itself (``local_unit_ip``: the Unit host at an address on ``lo``)
+are sent to the gateway by docs/transparent-mode.md's OUTPUT rule, over IPv4 and IPv6, to
+its listeners on 127.0.0.1 and ::1.
 """
 
 from __future__ import annotations
@@ -485,10 +489,11 @@ def test_a_host_header_naming_unit_gets_no_token_sent_to_the_address_dialed(
 
 @dataclass
 class LocalUnit:
-    """A Unit host at an address of this host (a /32 on ``lo``) and the OUTPUT rules sending
-    other users' connections to it through the gateway."""
+    """A Unit host at an address of this host (a /32 or /128 on ``lo``) and the OUTPUT rules
+    sending other users' connections to it through the gateway."""
 
     ip: str
+    iptables: str = "iptables"
     rules: list[list[str]] = field(default_factory=list)
 
     def redirect_other_users(self, dport: int, to_port: int, gateway_uid: int) -> None:
@@ -498,34 +503,52 @@ class LocalUnit:
             "-m", "owner", "!", "--uid-owner", str(gateway_uid),
             "-j", "REDIRECT", "--to-ports", str(to_port),
         ]  # fmt: skip
-        _must("iptables", "-t", "nat", "-A", *rule)
+        _must(self.iptables, "-t", "nat", "-A", *rule)
         self.rules.append(rule)
 
     def remove_rules(self) -> None:
         while self.rules:
-            _run("iptables", "-t", "nat", "-D", *self.rules.pop())
+            _run(self.iptables, "-t", "nat", "-D", *self.rules.pop())
 
 
-@pytest.fixture
-def local_unit_ip() -> Iterator[LocalUnit]:
-    """A random address in 198.18.0.0/15 on ``lo``, so the OUTPUT rule matches nothing but
-    this test's connections; the address and every rule are removed afterwards."""
+def _local_unit_ip(version: int) -> Iterator[LocalUnit]:
+    """A random address of IP ``version`` on ``lo`` (in 198.18.0.0/15, or a random unique
+    local /64 for IPv6), so the OUTPUT rule matches nothing but this test's connections; the
+    address and every rule are removed afterwards."""
+    iptables = "iptables" if version == 4 else "ip6tables"
     if sys.platform != "linux":
         pytest.skip("transparent mode with iptables REDIRECT is Linux only")
     if os.geteuid() != 0:
         pytest.skip("needs root: adds an address and iptables rules, runs a client as nobody")
-    for tool in ("ip", "iptables", "setpriv", "curl"):
+    for tool in ("ip", iptables, "setpriv", "curl"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    benchmarking = ipaddress.ip_network("198.18.0.0/15")
-    ip = str(benchmarking.network_address + 1 + secrets.randbelow(benchmarking.num_addresses - 2))
-    _must("ip", "addr", "add", f"{ip}/32", "dev", "lo")
-    local = LocalUnit(ip)
+    if version == 4:
+        benchmarking = ipaddress.ip_network("198.18.0.0/15")
+        ip = str(
+            benchmarking.network_address + 1 + secrets.randbelow(benchmarking.num_addresses - 2)
+        )
+        address, flags = f"{ip}/32", ()
+    else:
+        ip = str(ipaddress.IPv6Address((0xFD << 120) | (secrets.randbits(56) << 64) | 1))
+        address, flags = f"{ip}/128", ("nodad",)
+    _must("ip", "addr", "add", address, "dev", "lo", *flags)
+    local = LocalUnit(ip, iptables)
     try:
         yield local
     finally:
         local.remove_rules()
-        _run("ip", "addr", "del", f"{ip}/32", "dev", "lo")
+        _run("ip", "addr", "del", address, "dev", "lo")
+
+
+@pytest.fixture
+def local_unit_ip() -> Iterator[LocalUnit]:
+    yield from _local_unit_ip(4)
+
+
+@pytest.fixture
+def local_unit_ip6() -> Iterator[LocalUnit]:
+    yield from _local_unit_ip(6)
 
 
 @pytest.fixture
@@ -534,6 +557,13 @@ def local_unit(
 ) -> Iterator[harness.Sandbox]:
     """The Unit host at the address on ``lo``."""
     yield from _unit_at(local_unit_ip.ip, run_dir, planted)
+
+
+@pytest.fixture
+def local_unit6(
+    local_unit_ip6: LocalUnit, run_dir: Path, planted: Planted
+) -> Iterator[harness.Sandbox]:
+    yield from _unit_at(local_unit_ip6.ip, run_dir, planted)
 
 
 def _curl_cards(
@@ -555,20 +585,31 @@ def _curl_cards(
     return int(status), json.loads(body)
 
 
+@pytest.mark.parametrize(
+    ("ip_fixture", "unit_fixture"),
+    [("local_unit_ip", "local_unit"), ("local_unit_ip6", "local_unit6")],
+    ids=["ipv4", "ipv6"],
+)
 def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gateway_itself(
-    local_unit_ip: LocalUnit,
-    local_unit: harness.Sandbox,
+    ip_fixture: str,
+    unit_fixture: str,
     gateway_factory: GatewayFactory,
     run_dir: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     # The gateway runs as root here, so the rule excludes uid 0 and the service is curl run
     # as nobody: a process on the same host that knows nothing about a proxy.
-    unit = local_unit
-    gateway = gateway_factory(unit, mode="transparent", name="transparent")
-    # Locally generated packets are redirected to 127.0.0.1: the gateway listens there.
-    assert gateway.proxy_url.startswith("http://127.0.0.1:")
+    local_unit_ip: LocalUnit = request.getfixturevalue(ip_fixture)
+    unit: harness.Sandbox = request.getfixturevalue(unit_fixture)
+    # Locally generated packets are redirected to the loopback address of their family: the
+    # gateway listens on 127.0.0.1 and ::1, with the two listeners docs/transparent-mode.md
+    # gives.
+    listen_port = harness.free_port()
+    ipv4, ipv6 = (f"transparent@{host}:{listen_port}" for host in ("127.0.0.1", "::1"))
+    gateway = gateway_factory(unit, extra_args=("--mode", ipv4, "--mode", ipv6), name="transparent")
+    gateway.process.wait_for(rf"proxy listening on \[::1\]:{listen_port} \(transparent\)")
     port = port_of(unit.url)
-    local_unit_ip.redirect_other_users(port, port_of(gateway.proxy_url), 0)
+    local_unit_ip.redirect_other_users(port, listen_port, 0)
 
     # nobody cannot enter pytest's private directories: the CA goes where it can read it.
     shared = Path(tempfile.mkdtemp(prefix="unit-gateway-ca-"))
@@ -588,8 +629,9 @@ def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gatewa
     # itself, the one on lo) and knew where it was going; its own connections to the same
     # address and port (forwarding, minting) were not sent back to it: one customer token,
     # one GET /cards, as with no redirect at all.
-    unit_url = re.escape(unit.url)
-    client = re.escape(local_unit_ip.ip)
+    # (mitmdump shows an IPv6 client in brackets, and the URL's IPv6 host without them.)
+    unit_url = rf"https://\[?{re.escape(local_unit_ip.ip)}\]?:{port}"
+    client = re.escape(url_host(local_unit_ip.ip))
     gateway.process.wait_for(rf"^{client}:\d+: GET {unit_url}/cards", timeout=5)
     stats = unit.stats()
     assert stats["tokens_created"]["customer"] == 1
