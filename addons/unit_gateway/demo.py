@@ -98,15 +98,13 @@ def start(run_dir: Path, org_token: str, *, web: bool) -> Environment:
     config_path = run_dir / "demo.yaml"
     config_path.write_text(yaml.safe_dump(demo_config(sandbox_port, metrics_port), sort_keys=False))
     flows_path = run_dir / "flows.mitm"
-    argv = harness.python_command(
-        "run", "--config", str(config_path), "--listen-host", "127.0.0.1", "--listen-port", "0"
-    )
-    if web:
-        argv.append("--web")
     # flow_detail=3: headers and bodies in the output, so one can see what redaction leaves.
-    argv += ["--", "--set", f"save_stream_file={flows_path}", "--set", "flow_detail=3"]
+    mitmproxy_args = ["--set", f"save_stream_file={flows_path}", "--set", "flow_detail=3"]
     if web:
-        argv += ["--set", f"web_port={harness.free_port()}", "--set", "web_open_browser=false"]
+        mitmproxy_args += [
+            "--set", f"web_port={harness.free_port()}", "--set", "web_open_browser=false",
+        ]  # fmt: skip
+    argv = harness.gateway_command(config_path, web=web, mitmproxy_args=mitmproxy_args)
     env = {ORG_TOKEN_ENV: org_token}
     process = harness.ManagedProcess("gateway", argv, run_dir, env=env).start()
     try:

@@ -253,6 +253,25 @@ class Gateway:
             return response.read().decode()
 
 
+def gateway_command(
+    config_path: Path,
+    *,
+    mode: str | None = None,
+    web: bool = False,
+    mitmproxy_args: Sequence[str] = (),
+) -> list[str]:
+    """``unit-gateway run`` on 127.0.0.1 and a free port the proxy picks (its log line
+    ``proxy listening on`` says which)."""
+    argv = python_command(
+        "run", "--config", str(config_path), "--listen-host", "127.0.0.1", "--listen-port", "0"
+    )
+    if mode:
+        argv += ["--mode", mode]
+    if web:
+        argv.append("--web")
+    return [*argv, "--", *mitmproxy_args]
+
+
 def start_gateway(
     run_dir: Path,
     config_path: Path,
@@ -267,16 +286,10 @@ def start_gateway(
     """Start ``unit-gateway run`` (mitmdump, or mitmweb with ``web``) on a free port."""
     confdir = run_dir / f"{name}-confdir"
     confdir.mkdir(parents=True, exist_ok=True)
-    argv = python_command(
-        "run", "--config", str(config_path), "--listen-host", "127.0.0.1", "--listen-port", "0"
-    )
-    if mode:
-        argv += ["--mode", mode]
-    if web:
-        argv.append("--web")
-    argv += ["--", "--set", f"confdir={confdir}", *extra_args]
+    mitmproxy_args = ["--set", f"confdir={confdir}", *extra_args]
     if upstream_ca is not None:
-        argv += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+        mitmproxy_args += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+    argv = gateway_command(config_path, mode=mode, web=web, mitmproxy_args=mitmproxy_args)
     env = {"UNIT_ORG_TOKEN": org_token} if org_token else {}
     process = ManagedProcess(name, argv, run_dir, env=env).start()
     host, port = process.wait_for(rf"unit-gateway: proxy listening on {_LISTEN_ADDRESS}").groups()
