@@ -4,6 +4,7 @@ test_transparent_e2e.py)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -171,3 +172,25 @@ async def test_a_client_sharing_a_local_port_with_a_connection_to_unit_is_let_in
     transparent = client(("127.0.0.1", 40010), going_to=("198.18.0.99", 443))
     await admitted(guard, transparent)
     assert transparent.error is None
+
+
+async def test_a_client_whose_peer_is_one_of_the_gateways_own_sockets_is_killed() -> None:
+    # The gateway's token calls connect through own_socket (aiohttp's socket_factory): the
+    # guard knows each such socket from the moment it connects, with no server hooks.
+    guard = RedirectLoopGuard(GatewayMetrics())
+    with socket.create_server(("127.0.0.1", 0)) as unit:
+        address = unit.getsockname()
+        info = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0]
+        own = loops.own_socket(info)
+        own.connect(address)
+        local = own.getsockname()
+        elsewhere = client(local, going_to=("127.0.0.1", address[1] + 1))
+        await admitted(guard, elsewhere)
+        assert elsewhere.error is None  # the same local end, another destination
+        looped = client(local, going_to=address)
+        await admitted(guard, looped)
+        assert looped.error and "redirect loop" in looped.error
+        own.close()
+        reused = client(local, going_to=address)
+        await admitted(guard, reused)
+        assert reused.error is None  # closed: its port may be any client's

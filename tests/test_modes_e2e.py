@@ -10,6 +10,7 @@ import re
 import pytest
 import requests
 from unit import Unit
+from unit.models import UnitError
 
 from conftest import GatewayFactory, clear_proxy_settings
 from unit_gateway.testing import harness
@@ -81,3 +82,32 @@ def test_regular_and_reverse_listeners_in_one_gateway(
     assert reverse.json() == regular.json()
     # One token serves both listeners: they share the gateway's cache.
     assert sandbox.stats()["tokens_created"]["customer"] == 1
+
+
+@pytest.mark.parametrize("mode", ["regular", "reverse"])
+def test_unit_down_is_an_error_the_sdk_can_read_in_each_mode(
+    mode: str,
+    gateway_factory: GatewayFactory,
+    tls_sandbox: harness.Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mitmproxy's default (eager) connection strategy connects to Unit before it reads the
+    request: with Unit down, the SDK's CONNECT failed (regular mode) or its connection was
+    dropped (reverse mode), and it had no answer to read. The gateway connects for the
+    request, which gets a JSON:API error that says why."""
+    clear_proxy_settings(monkeypatch)
+    if mode == "regular":
+        gateway = gateway_factory(tls_sandbox, name="regular")
+        monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+        unit = Unit(tls_sandbox.url, "unitgw:customer:10001")
+    else:
+        gateway = gateway_factory(tls_sandbox, mode=f"reverse:{tls_sandbox.url}", name="reverse")
+        unit = Unit(gateway.proxy_url, "unitgw:customer:10001")
+    assert unit.cards.list().data  # the token is minted and cached
+    assert tls_sandbox.process.stop() == 0  # Unit goes away
+    down = unit.cards.list()  # the SDK opens a new connection for each call
+    assert isinstance(down, UnitError), down
+    error = down.errors[0]
+    assert (error.status, error.code) == ("502", "upstream_unreachable"), error.detail
+    assert error.detail.startswith(tls_sandbox.url.removeprefix("https://") + " (Unit): ")

@@ -17,6 +17,10 @@ listener therefore waits (briefly, and only while server connections that starte
 shortly before it arrived are still opening) before it is let in. A connection to this host
 completes at once: one that has been opening for longer cannot be what came back. Other
 listeners get the check without the wait: no redirect rule feeds them.
+
+The gateway's own calls to Unit outside mitmproxy (token calls) make sockets through
+:func:`own_socket`, which keeps each with where it goes: such a socket has its local end from
+the moment it starts connecting, so a looped one is known at once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 from collections.abc import Awaitable, Hashable
 from time import monotonic  # its own name: tests move this clock, not asyncio's
 from typing import TYPE_CHECKING, Any
@@ -58,6 +63,35 @@ def is_local_address(ip: str) -> bool:
     except OSError:
         return False
     return True
+
+
+#: The gateway's own sockets opened outside mitmproxy -> the (host, port) each connects to.
+_OWN_SOCKETS: weakref.WeakKeyDictionary[socket.socket, tuple[Any, ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def own_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """A socket for one of the gateway's own connections (aiohttp's ``socket_factory``):
+    known to the guard, which closes it if a redirect sends it back to the gateway."""
+    family, type_, proto, _, address = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    _OWN_SOCKETS[sock] = (address[0], address[1])
+    return sock
+
+
+def _is_own_socket(local: tuple[Any, ...], remote: tuple[Any, ...]) -> bool:
+    """Whether one of :func:`own_socket`'s sockets connects from ``local`` to ``remote``."""
+    for sock, address in list(_OWN_SOCKETS.items()):
+        if address != remote or sock.fileno() == -1:
+            continue
+        try:
+            name = sock.getsockname()
+        except OSError:
+            continue
+        if (name[0], name[1]) == local:
+            return True
+    return False
 
 
 class RedirectLoopGuard:
@@ -145,7 +179,7 @@ class RedirectLoopGuard:
         self._check(client, key)
 
     def _check(self, client: connection.Client, key: tuple[tuple[Any, ...], ...]) -> None:
-        if key not in self._own:
+        if key not in self._own and not _is_own_socket(*key):
             return
         if self.metrics is not None:
             self.metrics.redirect_loops.inc()

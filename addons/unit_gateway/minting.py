@@ -25,6 +25,7 @@ from unit_gateway import jsonapi
 from unit_gateway.config import LoadedConfig, Secret, TokenKindSettings, Upstream
 from unit_gateway.identity import Identity
 from unit_gateway.limits import SlidingWindow, whole_seconds
+from unit_gateway.loops import own_socket
 from unit_gateway.token_cache import CachedToken, TokenCache, scopes_of, usable_lifetime
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ class UnitClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True, limit=64),
+                connector=aiohttp.TCPConnector(
+                    ssl=self.ssl_context or True, limit=64, socket_factory=own_socket
+                ),
                 trust_env=False,  # never through a proxy: certainly not through ourselves
                 auto_decompress=True,
             )

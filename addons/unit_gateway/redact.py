@@ -491,6 +491,12 @@ class FlowRedaction:
             )
         if updated & {"proxyauth", "mode"} and getattr(ctx.options, "proxyauth", None):
             _check_proxyauth_modes(ctx.options.mode)
+        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+            # mitmproxy's eager strategy connects to the server before the request is read:
+            # when Unit cannot be reached, the caller's CONNECT (regular mode) or TLS
+            # handshake (reverse, transparent) fails, with nothing an SDK can read. Lazy
+            # connects for the request, which then gets the JSON:API error saying why.
+            ctx.options.update(connection_strategy="lazy")
 
     def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = Redactor(config.model.redaction)
