@@ -5,6 +5,7 @@ of the gateway fixture."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -441,6 +442,11 @@ def test_token_endpoint_outage_and_timeout(
     stats = sandbox.stats()
     assert "GET /cards" not in stats["requests"], "nothing was forwarded without its token"
     assert stats["unauthenticated"] == {}
+    # What the TokenMintFailures alert sends the operator to: one log line per failed mint.
+    output = gateway.process.output()
+    failed = re.findall(r"unit-gateway: customer token call failed \((\w+)\): (.*)", output)
+    assert [code for code, _ in failed] == ["token_endpoint_failed", "token_endpoint_timeout"]
+    assert failed[0][1].startswith("creating a customer token for unitgw:customer:10001: ")
 
 
 def test_upstream_401_evicts_and_retries_once(

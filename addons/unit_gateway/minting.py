@@ -516,7 +516,11 @@ class TokenService:
         except VerificationRequired:
             self._on_event("challenge", {"kind": identity.kind, "outcome": "issued"})
             raise
-        except TokenError:
+        except TokenError as e:
+            # Once per mint, however many requests wait for it; each gets e as its answer.
+            logger.warning(
+                "unit-gateway: %s token call failed (%s): %s", identity.kind, e.code, e.detail
+            )
             seconds = f"{time.perf_counter() - started:.6f}"
             self._on_event(
                 "mint",
@@ -626,10 +630,12 @@ class TokenService:
                     key, lambda: self._mint(token.identity, token.scopes, upstream)
                 )
                 self._on_event("refresh", {"kind": token.identity.kind, "outcome": "ok"})
-            except TokenError as e:
-                # The current token stays in use until it expires; the next request tries again.
+            except TokenError:
+                # (_mint logged why.) The current token stays in use until it expires; the next
+                # request tries again.
                 logger.warning(
-                    "unit-gateway: refreshing a %s token failed: %s", token.identity.kind, e.detail
+                    "unit-gateway: refreshing a %s token failed; the current one stays in use",
+                    token.identity.kind,
                 )
                 self._on_event("refresh", {"kind": token.identity.kind, "outcome": "error"})
 
