@@ -302,9 +302,10 @@ class TokenSettings(_Model):
     """Seconds before its expiry a cached token counts as expired, so no request leaves with
     a token that expires on the way. Must be smaller than each kind's `expires_in`."""
     refresh_ahead_seconds: int = Field(default=300, ge=0, le=MAX_TOKEN_LIFETIME)
-    """Once a cached token has less than this many seconds left, a replacement is minted in
-    the background while requests keep using it (not for a token with a two-factor scope
-    under `two_factor: challenge`, which needs a person). 0: no early refresh."""
+    """Once a cached token has less than this many seconds left (and at least half of its
+    usable lifetime has passed), a replacement is minted in the background while requests
+    keep using it (not for a token with a two-factor scope under `two_factor: challenge`,
+    which needs a person). 0: no early refresh."""
     customer: TokenKindSettings = TokenKindSettings(default_scopes=["customers", "accounts"])
     """Customer tokens, minted for `Bearer unitgw:customer:<customerId>`."""
     cardholder: CardholderSettings = CardholderSettings(default_scopes=["cards"])
