@@ -181,7 +181,8 @@ async def test_a_client_whose_peer_is_one_of_the_gateways_own_sockets_is_killed(
     with socket.create_server(("127.0.0.1", 0)) as unit:
         address = unit.getsockname()
         info = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0]
-        own = loops.own_socket(info)
+        loops_seen: list[bool] = []
+        own = loops.own_socket(info, on_loop=lambda: loops_seen.append(True))
         own.connect(address)
         local = own.getsockname()
         elsewhere = client(local, going_to=("127.0.0.1", address[1] + 1))
@@ -190,6 +191,7 @@ async def test_a_client_whose_peer_is_one_of_the_gateways_own_sockets_is_killed(
         looped = client(local, going_to=address)
         await admitted(guard, looped)
         assert looped.error and "redirect loop" in looped.error
+        assert loops_seen == [True]  # the token client names the loop in its error
         own.close()
         reused = client(local, going_to=address)
         await admitted(guard, reused)

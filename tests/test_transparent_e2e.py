@@ -663,6 +663,8 @@ def test_a_redirect_that_sends_the_gateways_own_connections_back_is_a_clear_erro
     error = body["errors"][0]
     assert 500 <= status < 600, body
     assert error["status"] == str(status)
+    # The caller learns it is a loop, not a network fault (here the token call looped).
+    assert "a redirect rule sent the gateway's own connection back" in error["detail"], error
     gateway.process.wait_for(r"unit-gateway: redirect loop: the gateway's own connection to")
     # Nothing reached Unit: neither the request nor a token request. (The rule would send
     # this test's own request for the counts to the gateway too.)

@@ -29,7 +29,8 @@ import asyncio
 import logging
 import socket
 import weakref
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from time import monotonic  # its own name: tests move this clock, not asyncio's
 from typing import TYPE_CHECKING, Any
 
@@ -65,33 +66,42 @@ def is_local_address(ip: str) -> bool:
     return True
 
 
-#: The gateway's own sockets opened outside mitmproxy -> the (host, port) each connects to.
-_OWN_SOCKETS: weakref.WeakKeyDictionary[socket.socket, tuple[Any, ...]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True)
+class _OwnSocket:
+    #: (host, port) the socket connects to
+    remote: tuple[Any, ...]
+    #: called when a redirect sends this socket back to the gateway
+    on_loop: Callable[[], None] | None
 
 
-def own_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+#: The gateway's own sockets opened outside mitmproxy.
+_OWN_SOCKETS: weakref.WeakKeyDictionary[socket.socket, _OwnSocket] = weakref.WeakKeyDictionary()
+
+
+def own_socket(
+    addr_info: tuple[Any, ...], *, on_loop: Callable[[], None] | None = None
+) -> socket.socket:
     """A socket for one of the gateway's own connections (aiohttp's ``socket_factory``):
-    known to the guard, which closes it if a redirect sends it back to the gateway."""
+    known to the guard, which closes it (and calls ``on_loop``) if a redirect sends it back
+    to the gateway."""
     family, type_, proto, _, address = addr_info
     sock = socket.socket(family=family, type=type_, proto=proto)
-    _OWN_SOCKETS[sock] = (address[0], address[1])
+    _OWN_SOCKETS[sock] = _OwnSocket((address[0], address[1]), on_loop)
     return sock
 
 
-def _is_own_socket(local: tuple[Any, ...], remote: tuple[Any, ...]) -> bool:
-    """Whether one of :func:`own_socket`'s sockets connects from ``local`` to ``remote``."""
-    for sock, address in list(_OWN_SOCKETS.items()):
-        if address != remote or sock.fileno() == -1:
+def _own_socket(local: tuple[Any, ...], remote: tuple[Any, ...]) -> _OwnSocket | None:
+    """The :func:`own_socket` socket that connects from ``local`` to ``remote``, if any."""
+    for sock, own in list(_OWN_SOCKETS.items()):
+        if own.remote != remote or sock.fileno() == -1:
             continue
         try:
             name = sock.getsockname()
         except OSError:
             continue
         if (name[0], name[1]) == local:
-            return True
-    return False
+            return own
+    return None
 
 
 class RedirectLoopGuard:
@@ -179,8 +189,12 @@ class RedirectLoopGuard:
         self._check(client, key)
 
     def _check(self, client: connection.Client, key: tuple[tuple[Any, ...], ...]) -> None:
-        if key not in self._own and not _is_own_socket(*key):
-            return
+        if key not in self._own:
+            own = _own_socket(*key)
+            if own is None:
+                return
+            if own.on_loop is not None:
+                own.on_loop()
         if self.metrics is not None:
             self.metrics.redirect_loops.inc()
         client.error = "redirect loop: a connection of the gateway's own came back to it"

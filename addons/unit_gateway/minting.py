@@ -8,6 +8,7 @@ identity and scope set is in flight; every other request for it awaits that one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 SANDBOX_PASSCODE = "000001"
 CLOSE_TIMEOUT = 2.0
+#: How long after the redirect-loop guard closed a token call's connection a failure to
+#: connect is put down to the loop.
+LOOP_NAMED_SECONDS = 10.0
 _HOP_HEADERS = frozenset(
     {
         "host",
@@ -188,6 +192,8 @@ class UnitClient:
         self.forward_timeout = forward_timeout
         self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        #: time.monotonic() when the redirect-loop guard last closed one of its connections
+        self.looped_at: float | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -195,7 +201,9 @@ class UnitClient:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 connector=aiohttp.TCPConnector(
-                    ssl=self.ssl_context or True, limit=64, socket_factory=own_socket
+                    ssl=self.ssl_context or True,
+                    limit=64,
+                    socket_factory=functools.partial(own_socket, on_loop=self._looped),
                 ),
                 trust_env=False,  # never through a proxy: certainly not through ourselves
                 auto_decompress=True,
@@ -295,11 +303,16 @@ class UnitClient:
             return TokenError(
                 504, f"{code}_timeout", f"{step}: Unit did not answer in {timeout:g} s"
             )
-        return TokenError(
-            unreachable,
-            f"{code}_unreachable",
-            f"{step}: cannot reach {self.upstream.url}: {type(error).__name__}",
-        )
+        detail = f"{step}: cannot reach {self.upstream.url}: {type(error).__name__}"
+        if self.looped_at is not None and time.monotonic() - self.looped_at < LOOP_NAMED_SECONDS:
+            detail += (
+                " (a redirect rule sent the gateway's own connection back to the gateway; "
+                "see its log)"
+            )
+        return TokenError(unreachable, f"{code}_unreachable", detail)
+
+    def _looped(self) -> None:
+        self.looped_at = time.monotonic()
 
     async def _post(
         self, path: str, data_type: str, attributes: dict[str, Any], step: str
