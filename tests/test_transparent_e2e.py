@@ -13,7 +13,8 @@ Topology (created and removed by the ``client_net`` fixture)::
 
 The gateway's own connections (forwarding, token minting) start in the root namespace and pass
 OUTPUT, not PREROUTING, so they are not redirected back to it. The SDK test runs over IPv6 too
-(``client_net6``: a random fd00::/8 /64 on the veth pair, the same rule with ip6tables).
+(``client_net`` parametrized with 6: a random fd00::/8 /64 on the veth pair, the same rule with
+ip6tables).
 
 The ``rogue`` fixture adds a TLS server that is not Unit on a second address of the root side
 (``<rogue ip>/32`` on the veth, a route to it in the namespace), on the sandbox's port so the
@@ -165,13 +166,9 @@ def _client_net(version: int) -> Iterator[ClientNet]:
 
 
 @pytest.fixture
-def client_net() -> Iterator[ClientNet]:
-    yield from _client_net(4)
-
-
-@pytest.fixture
-def client_net6() -> Iterator[ClientNet]:
-    yield from _client_net(6)
+def client_net(request: pytest.FixtureRequest) -> Iterator[ClientNet]:
+    """IPv4, or the IP version a test gives it (``indirect`` parametrization)."""
+    yield from _client_net(getattr(request, "param", 4))
 
 
 def _unit_at(ip: str, run_dir: Path, planted: Planted) -> Iterator[harness.Sandbox]:
@@ -186,13 +183,6 @@ def unit_host(client_net: ClientNet, run_dir: Path, planted: Planted) -> Iterato
     """The Unit host the client calls: on the root side of the veth pair, where the gateway
     can connect to it as the original destination."""
     yield from _unit_at(client_net.host_ip, run_dir, planted)
-
-
-@pytest.fixture
-def unit_host6(
-    client_net6: ClientNet, run_dir: Path, planted: Planted
-) -> Iterator[harness.Sandbox]:
-    yield from _unit_at(client_net6.host_ip, run_dir, planted)
 
 
 def _transparent_gateway(
@@ -233,25 +223,18 @@ def _run_client(
     return json.loads(output.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    ("net_fixture", "unit_fixture"),
-    [("client_net", "unit_host"), ("client_net6", "unit_host6")],
-    ids=["ipv4", "ipv6"],
-)
+@pytest.mark.parametrize("client_net", [4, 6], ids=["ipv4", "ipv6"], indirect=True)
 def test_transparent_mode_with_the_python_sdk_in_a_namespace(
-    net_fixture: str,
-    unit_fixture: str,
+    client_net: ClientNet,
+    unit_host: harness.Sandbox,
     gateway_factory: GatewayFactory,
     run_dir: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
     # Over IPv6 as docs/transparent-mode.md says (ip6tables, the same rule): the original
     # destination comes from IPv6's own socket option, and the upstream is an IPv6 address in
     # brackets.
-    net: ClientNet = request.getfixturevalue(net_fixture)
-    unit_host: harness.Sandbox = request.getfixturevalue(unit_fixture)
-    gateway = _transparent_gateway(net, unit_host, gateway_factory)
-    customers = _run_client(net, gateway, unit_host, CLIENT, run_dir / "client.output")
+    gateway = _transparent_gateway(client_net, unit_host, gateway_factory)
+    customers = _run_client(client_net, gateway, unit_host, CLIENT, run_dir / "client.output")
     assert customers and set(customers) == {"10001"}
 
     stats = unit_host.stats()
@@ -260,8 +243,8 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     # The gateway got the client's own connection (from inside the namespace) and knew where
     # it was going: the original destination, taken from the redirected socket.
     # (mitmdump shows an IPv6 client in brackets, and the URL's IPv6 host without them.)
-    client = re.escape(url_host(net.ns_ip))
-    unit = rf"https://\[?{re.escape(net.host_ip)}\]?:{port_of(unit_host.url)}"
+    client = re.escape(url_host(client_net.ns_ip))
+    unit = rf"https://\[?{re.escape(client_net.host_ip)}\]?:{port_of(unit_host.url)}"
     gateway.process.wait_for(rf"^{client}:\d+: GET {unit}/cards", timeout=5)
 
 
@@ -540,13 +523,9 @@ def _local_unit_ip(version: int) -> Iterator[LocalUnit]:
 
 
 @pytest.fixture
-def local_unit_ip() -> Iterator[LocalUnit]:
-    yield from _local_unit_ip(4)
-
-
-@pytest.fixture
-def local_unit_ip6() -> Iterator[LocalUnit]:
-    yield from _local_unit_ip(6)
+def local_unit_ip(request: pytest.FixtureRequest) -> Iterator[LocalUnit]:
+    """IPv4, or the IP version a test gives it (``indirect`` parametrization)."""
+    yield from _local_unit_ip(getattr(request, "param", 4))
 
 
 @pytest.fixture
@@ -555,13 +534,6 @@ def local_unit(
 ) -> Iterator[harness.Sandbox]:
     """The Unit host at the address on ``lo``."""
     yield from _unit_at(local_unit_ip.ip, run_dir, planted)
-
-
-@pytest.fixture
-def local_unit6(
-    local_unit_ip6: LocalUnit, run_dir: Path, planted: Planted
-) -> Iterator[harness.Sandbox]:
-    yield from _unit_at(local_unit_ip6.ip, run_dir, planted)
 
 
 def _curl_cards(
@@ -583,22 +555,16 @@ def _curl_cards(
     return int(status), json.loads(body)
 
 
-@pytest.mark.parametrize(
-    ("ip_fixture", "unit_fixture"),
-    [("local_unit_ip", "local_unit"), ("local_unit_ip6", "local_unit6")],
-    ids=["ipv4", "ipv6"],
-)
+@pytest.mark.parametrize("local_unit_ip", [4, 6], ids=["ipv4", "ipv6"], indirect=True)
 def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gateway_itself(
-    ip_fixture: str,
-    unit_fixture: str,
+    local_unit_ip: LocalUnit,
+    local_unit: harness.Sandbox,
     gateway_factory: GatewayFactory,
     run_dir: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
     # The gateway runs as root here, so the rule excludes uid 0 and the service is curl run
     # as nobody: a process on the same host that knows nothing about a proxy.
-    local_unit_ip: LocalUnit = request.getfixturevalue(ip_fixture)
-    unit: harness.Sandbox = request.getfixturevalue(unit_fixture)
+    unit = local_unit
     # Locally generated packets are redirected to the loopback address of their family: the
     # gateway listens on 127.0.0.1 and ::1, with the two listeners docs/transparent-mode.md
     # gives.
