@@ -30,10 +30,9 @@ class AddonChain:
     def __init__(self, *addons: object) -> None:
         for addon in addons:
             if hasattr(addon, "addons"):
-                # Its children would never be called: nothing here walks into them.
+                # Its children would never be called: nothing here walks into them. (The chain
+                # keeps no ``addons`` either: mitmproxy would walk into it for every event.)
                 raise ValueError(f"{addon!r} has addons of its own; add them to the chain")
-        # Not ``addons``: mitmproxy would walk into an attribute of that name for every event.
-        self.members: tuple[object, ...] = addons
         for name in sorted(hooks.all_hooks):
             handlers = [
                 getattr(addon, name) for addon in addons if callable(getattr(addon, name, None))

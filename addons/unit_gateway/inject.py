@@ -199,6 +199,8 @@ class TokenInjector:
         state = FlowState(upstream, route_label(route))
         self._flows[flow.id] = state
         if route is not None and route.token_endpoint is not None:
+            # The token (or verification) is for this identity, whoever the caller speaks for.
+            state.token_identity = token_endpoint_identity(route)
             # Unit's documented timeout for its token endpoints, also for the callers' own calls
             self.redaction.set_response_timeout(flow, model.unit.token_timeout_seconds)
         if isinstance(credential, PlaceholderError):
@@ -207,8 +209,6 @@ class TokenInjector:
         if isinstance(credential, RealToken):
             # The caller's own credential goes through untouched; a token it creates with it
             # is learned for the identity it names.
-            if route is not None and route.token_endpoint is not None:
-                state.token_identity = token_endpoint_identity(route)
             return None
         if credential is None:
             if model.unit.missing_authorization == "reject":
@@ -239,10 +239,9 @@ class TokenInjector:
         extra = ""
         if has_header_field(request.data.headers.fields, _SCOPE_HEADER_NAME):
             extra = request.headers.pop(SCOPE_HEADER, "")
-        if route is not None and route.token_endpoint is not None:
+        if state.token_identity is not None:
             # Unit's token endpoints take the org token, whoever the caller speaks for.
             state.placeholder_caller = True
-            state.token_identity = token_endpoint_identity(route)
             self._authorize(flow, self._org_token())
             return None
         if identity == ORG:
@@ -460,8 +459,13 @@ class TokenInjector:
             return
         client = self.service.clients[state.upstream.url]
         try:
-            # The real request (token, headers, body) exists only in this copy.
-            response = await client.forward(self.redaction.real_request(flow))
+            # The real request (token, headers, body) exists only in this copy; Unit has the
+            # first try's deadline again.
+            secrets = self.redaction.secrets(flow)
+            assert secrets.response_timeout is not None  # a flow to Unit
+            response = await client.forward(
+                self.redaction.real_request(flow), secrets.response_timeout
+            )
         except TokenError as e:
             self.redaction.set_real_response(flow, token_error_response(e))
             self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})

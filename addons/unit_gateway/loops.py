@@ -71,16 +71,14 @@ class _OwnSocket:
     #: (host, port) the socket connects to
     remote: tuple[Any, ...]
     #: called when a redirect sends this socket back to the gateway
-    on_loop: Callable[[], None] | None
+    on_loop: Callable[[], None]
 
 
 #: The gateway's own sockets opened outside mitmproxy.
 _OWN_SOCKETS: weakref.WeakKeyDictionary[socket.socket, _OwnSocket] = weakref.WeakKeyDictionary()
 
 
-def own_socket(
-    addr_info: tuple[Any, ...], *, on_loop: Callable[[], None] | None = None
-) -> socket.socket:
+def own_socket(addr_info: tuple[Any, ...], *, on_loop: Callable[[], None]) -> socket.socket:
     """A socket for one of the gateway's own connections (aiohttp's ``socket_factory``):
     known to the guard, which closes it (and calls ``on_loop``) if a redirect sends it back
     to the gateway."""
@@ -193,8 +191,7 @@ class RedirectLoopGuard:
             own = _own_socket(*key)
             if own is None:
                 return
-            if own.on_loop is not None:
-                own.on_loop()
+            own.on_loop()
         if self.metrics is not None:
             self.metrics.redirect_loops.inc()
         client.error = "redirect loop: a connection of the gateway's own came back to it"

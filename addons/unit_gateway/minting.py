@@ -181,15 +181,12 @@ class UnitClient:
         org_token: Secret,
         *,
         timeout: float,
-        forward_timeout: float,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self.upstream = upstream
         self.org_token = org_token
         #: Of the token and verification calls (``unit.token_timeout_seconds``).
         self.timeout = timeout
-        #: Of a retried request (``unit.response_timeout_seconds``, like its first try).
-        self.forward_timeout = forward_timeout
         self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
         #: time.monotonic() when the redirect-loop guard last closed one of its connections
@@ -260,8 +257,9 @@ class UnitClient:
                 502, "token_response_invalid", f"{step}: Unit's answer had no verificationToken"
             ) from None
 
-    async def forward(self, request: http.Request) -> http.Response:
-        """Send a caller's request (with its new token) straight to this upstream."""
+    async def forward(self, request: http.Request, deadline_seconds: float) -> http.Response:
+        """Send a caller's request (with its new token) straight to this upstream, with
+        ``deadline_seconds`` for Unit's answer."""
         headers = [
             (k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _HOP_HEADERS
         ]
@@ -272,7 +270,7 @@ class UnitClient:
                 headers=headers,
                 data=request.raw_content or None,
                 auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=self.forward_timeout),
+                timeout=aiohttp.ClientTimeout(total=deadline_seconds),
             ) as upstream_response:
                 content = await upstream_response.read()
                 status = upstream_response.status
@@ -285,7 +283,7 @@ class UnitClient:
             raise self._connection_error(
                 e,
                 "retrying with a new token",
-                self.forward_timeout,
+                deadline_seconds,
                 "upstream",
                 unreachable=502,
             ) from None
@@ -439,7 +437,6 @@ class TokenService:
                 self.clients[url] = self._client(up, org_token)
             else:
                 self.clients[url].timeout = model.unit.token_timeout_seconds
-                self.clients[url].forward_timeout = model.unit.response_timeout_seconds
 
     def _client(self, upstream: Upstream, org_token: Secret) -> UnitClient:
         settings = self.config.model.unit
@@ -447,7 +444,6 @@ class TokenService:
             upstream,
             org_token,
             timeout=settings.token_timeout_seconds,
-            forward_timeout=settings.response_timeout_seconds,
             ssl_context=self.ssl_context,
         )
 

@@ -250,8 +250,10 @@ def _json_api_error(
     event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
     status = event.code.http_status_code()
     known = _ERROR_CODES.get(event.code)
+    note = ""
     if type(event) is UpstreamTimedOut:
         status, known = 504, ("upstream_timeout", "unit")
+        note = "; the request was sent, so Unit may have acted on it"
     if status is None or known is None:
         yield command
         return
@@ -259,9 +261,7 @@ def _json_api_error(
     message = redaction.redact_text(event.message)
     if whose == "unit":
         server = f"{flow.request.host}:{flow.request.port}" + (" (Unit)" if unit else "")
-        detail = f"{server}: {message}"
-        if code == "upstream_timeout":
-            detail += "; the request was sent, so Unit may have acted on it"
+        detail = f"{server}: {message}{note}"
     else:
         detail = f"the gateway could not take this request: {message}"
     response = jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
@@ -457,8 +457,6 @@ class FlowRedaction:
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
         self._redactions = Children(metrics.redactions) if metrics is not None else None
-        #: Unit's deadline for a forwarded request (``unit.response_timeout_seconds``).
-        self.response_timeout = 60.0
         self._sweeper: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -500,7 +498,6 @@ class FlowRedaction:
 
     def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = Redactor(config.model.redaction)
-        self.response_timeout = config.model.unit.response_timeout_seconds
         if self._redactions is not None:
             # Every rule's series exists from the start (at 0), so rates and alerts see the
             # first redaction rather than a series appearing out of nothing.
@@ -564,7 +561,7 @@ class FlowRedaction:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Credentials for this proxy are never shown and never sent on to Unit.
         fields = flow.request.data.headers.fields
-        if flow in _SECRETS and _header_text(fields, _PROXY_AUTH) is not None:
+        if flow in _SECRETS and has_header_field(fields, _PROXY_AUTH):
             flow.request.headers.pop("Proxy-Authorization", None)
         _after_proxyauth(flow)
 
@@ -687,10 +684,15 @@ class FlowRedaction:
 
     def protect_request(self, flow: http.HTTPFlow, upstream: Upstream | None) -> FlowSecrets:
         request = flow.request
+        timeout = None
+        if upstream is not None:
+            # Unit's deadline for a forwarded request (a configured upstream has a config).
+            assert self.core.config is not None
+            timeout = self.core.config.model.unit.response_timeout_seconds
         secrets = FlowSecrets(
             (request.scheme, request.host, request.port),
             upstream=upstream,
-            response_timeout=self.response_timeout if upstream is not None else None,
+            response_timeout=timeout,
         )
         _SECRETS[flow] = secrets
         # Proxy credentials stay for mitmproxy's proxyauth, a built-in addon whose
