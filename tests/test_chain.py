@@ -105,3 +105,44 @@ def test_a_member_with_addons_of_its_own_is_refused() -> None:
 
     with pytest.raises(ValueError, match="addons of its own"):
         AddonChain(Parent())
+
+
+class Failing(Recorder):
+    def requestheaders(self, flow: Any) -> None:
+        raise RuntimeError("a bug in a member")
+
+    async def response(self, flow: Any) -> None:
+        raise RuntimeError("a bug after a wait")
+
+
+async def test_a_failing_member_is_logged_and_the_next_ones_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # mitmproxy's rule for separate addons (safecall): the metrics must still see a flow
+    # whose token addon failed.
+    calls: list[str] = []
+    chain = AddonChain(Failing("a", calls), Counting("b", calls))
+    with taddons.context(chain) as tctx:
+        flow = tflow.tflow(resp=True)
+        await tctx.master.addons.handle_lifecycle(http_hooks.HttpRequestHeadersHook(flow))
+        await tctx.master.addons.handle_lifecycle(http_hooks.HttpResponseHook(flow))
+    assert calls == ["b.requestheaders", "b.response"]
+    assert "Addon error: a bug in a member" in caplog.text
+    assert "Addon error: a bug after a wait" in caplog.text
+
+
+def test_a_refused_option_still_stops_the_chain() -> None:
+    class Refusing:
+        def configure(self, updated: set[str]) -> None:
+            raise exceptions.OptionsError("refused")
+
+    calls: list[str] = []
+
+    class After:
+        def configure(self, updated: set[str]) -> None:
+            calls.append("after")
+
+    chain = AddonChain(Refusing(), After())
+    with pytest.raises(exceptions.OptionsError, match="refused"):
+        chain.configure(set())  # type: ignore[attr-defined]
+    assert calls == []
