@@ -119,11 +119,13 @@ def test_sigterm_exits_zero_and_frees_the_port(start_sandbox: SandboxFactory) ->
     assert port_is_free(port)
 
 
-def test_repeated_sigterm_while_a_request_finishes_exits_zero(
-    start_sandbox: SandboxFactory,
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_repeated_signal_while_a_request_finishes_exits_zero(
+    signum: signal.Signals, start_sandbox: SandboxFactory
 ) -> None:
-    """A stopping process (the harness repeats SIGTERM every 2 s) waits for a slow request;
-    no later SIGTERM may kill it, up to the very end of the loop."""
+    """A stopping process (the harness repeats SIGTERM every 2 s; a person presses Ctrl-C
+    again) waits for a slow request; no later signal may kill it, up to the very end of the
+    loop."""
     box = start_sandbox("--latency-ms", "1500")
     session = requests.Session()
     slow = threading.Thread(
@@ -132,7 +134,7 @@ def test_repeated_sigterm_while_a_request_finishes_exits_zero(
     slow.start()
     time.sleep(0.3)  # the request is in its handler
     while box.proc.poll() is None:
-        box.proc.send_signal(signal.SIGTERM)
+        box.proc.send_signal(signum)
         time.sleep(0.01)
     slow.join(10)
     assert box.stop() == 0, box.output()

@@ -247,11 +247,12 @@ async def _serve_until_signalled(settings: SandboxSettings) -> int:
         print(f"unit-gateway sandbox listening on {sandbox.url}", flush=True)
         await stopping.wait()
     finally:
-        # A repeated SIGTERM while requests finish (up to the shutdown timeout) would find no
-        # handler once asyncio.run closes the loop, and kill the process: it is ignored now.
+        # A repeated SIGTERM or Ctrl-C while requests finish (up to the shutdown timeout)
+        # would find the default handler once the loop's is gone, and kill the process (or
+        # raise KeyboardInterrupt in it): both are ignored now.
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signum, signal.SIG_IGN)
         await sandbox.stop()
     return 0
 
