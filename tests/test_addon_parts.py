@@ -459,3 +459,24 @@ def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
         ]
         assert flow.error is not None and flow not in _SECRETS
         tctx.master.addons.trigger(DoneHook())
+
+
+async def test_unit_refusing_a_challenge_code_never_shows_the_caller_the_verification_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller sent the challenge id; the gateway sent Unit the real verification token in
+    # its place. Should Unit's refusal quote it, the caller sees the challenge id instead.
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as (
+        tokens,
+        redaction,
+        flow,
+        _,
+    ):
+        state = tokens._flows[flow.id]
+        state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
+        refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
+        flow.response = http.Response.make(400, json.dumps(refusal).encode())
+        assert tokens.response(flow) is None
+        real = redaction.real_response_content(flow) or b""
+        assert b"vt-REAL-123" not in real and b"vt-REAL-123" not in flow.response.content
+        assert json.loads(real)["errors"][0]["detail"] == "bad code for unitgw-challenge-abc"

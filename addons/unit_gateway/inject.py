@@ -17,7 +17,7 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
@@ -66,8 +66,10 @@ class FlowState:
     placeholder_caller: bool = False
     token_identity: Identity | None = None
     retried: bool = False
-    #: The gateway's challenge a caller completes with this request.
+    #: The gateway's challenge a caller completes with this request, and the real
+    #: verification token sent to Unit in its place.
     challenge_id: str | None = None
+    verification_token: str | None = field(default=None, repr=False)
     #: The scopes a token request asked for, when the token may serve the identity's other
     #: requests; None when the request could not be read or restricts it to ``resources``.
     learnable_scopes: frozenset[str] | None = None
@@ -353,6 +355,7 @@ class TokenInjector:
                 )
                 return
             state.challenge_id = offered
+            state.verification_token = challenge.verification_token
             attributes["verificationToken"] = challenge.verification_token
             attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
             self.redaction.set_real_request_content(flow, json.dumps(body).encode())
@@ -396,8 +399,22 @@ class TokenInjector:
             outcome = "completed"
         else:
             outcome = "error" if status >= 500 else "refused"
+            self._hide_verification_token(flow, state)
         kind = state.token_identity.kind
         self.metrics.token_event("challenge", {"kind": kind, "outcome": outcome})
+
+    def _hide_verification_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Unit's refusal goes to a caller who knows the challenge id, never the verification
+        token the gateway sent in its place: should Unit quote it, the caller sees the id."""
+        assert state.challenge_id is not None and state.verification_token is not None
+        content = self.redaction.real_response_content(flow)
+        if content is None:
+            self._withhold_token_answer(flow, "could not read")
+            return
+        real = state.verification_token.encode()
+        if real in content:
+            hidden = content.replace(real, state.challenge_id.encode())
+            self.redaction.set_real_response_content(flow, hidden)
 
     def _learn(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Cache a token created through the gateway; a placeholder caller gets the
