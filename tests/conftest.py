@@ -33,6 +33,17 @@ class Planted:
         self.secrets[label] = value
         return value
 
+    def add_seed_pans(self) -> None:
+        """The seeded cards' numbers: the same in every sandbox."""
+        for card, pan in harness.seed_pans().items():
+            self.add(f"PAN of card {card}", pan)
+
+    def add_sandbox_inside(self, label: str) -> None:
+        """What a sandbox inside another process holds, whose org token the test cannot ask
+        for (made up in there): any Unit token at all, and the seeded card numbers."""
+        self.add(f"any Unit token ({label})", "v2.public.")
+        self.add_seed_pans()
+
     def add_issued(self, url: str, name: str = "sandbox", cert_path: Path | None = None) -> dict:
         """Every token and verification token a (running) sandbox issued; returns the list."""
         issued: dict = harness.sandbox_admin(url, "GET", "/__sandbox/issued", cert_path=cert_path)
@@ -68,8 +79,7 @@ def planted_sandbox(
     numbers and everything it issues are planted; stopped at the end (it must exit 0)."""
     box = harness.start_sandbox(run_dir, **start)
     planted.add(label, box.org_token)
-    for card, pan in harness.seed_pans().items():
-        planted.add(f"PAN of card {card}", pan)
+    planted.add_seed_pans()
     try:
         yield box
         # A test may have stopped its sandbox on purpose (an outage).
@@ -77,6 +87,13 @@ def planted_sandbox(
             planted.add_issued(box.url, box.process.name, box.cert_path)
     finally:
         assert box.process.stop() == 0, box.process.output()[-2000:]
+
+
+def take_down(box: harness.Sandbox, planted: Planted) -> None:
+    """Unit goes away (an outage): what it issued so far is planted first, since the sandbox
+    fixture can no longer ask it at teardown."""
+    planted.add_issued(box.url, box.process.name, box.cert_path)
+    assert box.process.stop() == 0
 
 
 def wait_until_unit_answered_all(sandbox: harness.Sandbox, timeout: float = 10.0) -> None:

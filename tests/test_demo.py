@@ -10,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import port_of
+from conftest import Planted, port_of
 from unit_gateway import demo
 from unit_gateway.testing import harness
 
 STEPS = 8
 
 
-def run_demo(run_dir: Path, *args: str, timeout: float = 60.0) -> tuple[int, str, float]:
+def run_demo(
+    run_dir: Path, planted: Planted, *args: str, timeout: float = 60.0
+) -> tuple[int, str, float]:
+    """Run the demo as a user does; its files (in ``run_dir``) and what it printed go
+    through the test's leak scan too, not only through the demo's own."""
+    planted.add_sandbox_inside("the demo's embedded sandbox")
     started = time.monotonic()
     result = subprocess.run(
         harness.python_command("demo", "--run-dir", str(run_dir / "demo"), *args),
@@ -26,7 +31,9 @@ def run_demo(run_dir: Path, *args: str, timeout: float = 60.0) -> tuple[int, str
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-    return result.returncode, result.stdout + result.stderr, time.monotonic() - started
+    output = result.stdout + result.stderr
+    planted.blobs.append(("the demo's output", output.encode()))
+    return result.returncode, output, time.monotonic() - started
 
 
 def summary_value(output: str, label: str) -> str:
@@ -35,8 +42,8 @@ def summary_value(output: str, label: str) -> str:
     return match.group(1)
 
 
-def test_the_story_runs_and_ends_with_a_summary(run_dir: Path) -> None:
-    code, output, seconds = run_demo(run_dir)
+def test_the_story_runs_and_ends_with_a_summary(run_dir: Path, planted: Planted) -> None:
+    code, output, seconds = run_demo(run_dir, planted)
     assert code == 0, output
     assert seconds < 60
     for number in range(1, STEPS + 1):
@@ -68,8 +75,8 @@ def test_the_story_runs_and_ends_with_a_summary(run_dir: Path) -> None:
     assert (run_dir / "demo" / "metrics.txt").read_text().count("unit_gateway_") > 20
 
 
-def test_a_failing_step_is_named_and_exits_non_zero(run_dir: Path) -> None:
-    code, output, _ = run_demo(run_dir, "--fault", "token_outage=true")
+def test_a_failing_step_is_named_and_exits_non_zero(run_dir: Path, planted: Planted) -> None:
+    code, output, _ = run_demo(run_dir, planted, "--fault", "token_outage=true")
     assert code == demo.EXIT_STEP_FAILED, output
     assert "[3/8] org issues a virtual debit card\n      ok:" in output, "org steps need no mint"
     assert "step 4 failed (customer reads accounts and cards" in output
@@ -96,15 +103,18 @@ def test_the_demo_scans_what_it_printed_with_its_files(
     capsys.readouterr()  # the line went to the test's captured stdout; nobody shows it
 
 
-def test_a_bad_fault_switch_is_refused_before_anything_starts(run_dir: Path) -> None:
-    code, output, _ = run_demo(run_dir, "--fault", "error_rate=2")
+def test_a_bad_fault_switch_is_refused_before_anything_starts(
+    run_dir: Path, planted: Planted
+) -> None:
+    code, output, _ = run_demo(run_dir, planted, "--fault", "error_rate=2")
     assert code == demo.EXIT_NOT_STARTED
     assert "--fault error_rate: must be between 0 and 1" in output
     assert "listening" not in output and "[1/8]" not in output
     assert not (run_dir / "demo").exists()
 
 
-def test_web_keeps_mitmweb_up_until_interrupted(run_dir: Path) -> None:
+def test_web_keeps_mitmweb_up_until_interrupted(run_dir: Path, planted: Planted) -> None:
+    planted.add_sandbox_inside("the demo's embedded sandbox")
     out = run_dir / "demo-web.out"
     with out.open("wb") as sink:
         process = subprocess.Popen(
@@ -126,9 +136,13 @@ def test_web_keeps_mitmweb_up_until_interrupted(run_dir: Path) -> None:
 
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(web_url.group(1), timeout=10) as page:
-            assert b"mitmproxy" in page.read()
+            shown = page.read()
+        assert b"mitmproxy" in shown
+        planted.blobs.append(("mitmweb page", shown))
         with opener.open(metrics_url.group(1), timeout=10) as metrics:
-            assert b"unit_gateway_requests_total" in metrics.read()
+            exported = metrics.read()
+        assert b"unit_gateway_requests_total" in exported
+        planted.blobs.append(("/metrics", exported))
         time.sleep(1)
         assert process.poll() is None, "still running until Ctrl-C"
         process.send_signal(signal.SIGINT)

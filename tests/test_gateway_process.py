@@ -115,3 +115,13 @@ def test_mitmweb_with_web_flag(
             ).status_code
             == 200
         )
+    # What mitmweb shows of that flow (the caller's own org token passed through) is scanned.
+    token = re.search(r"token=(\w+)", url)
+    assert token is not None, url
+    listing = urllib.request.Request(
+        f"http://127.0.0.1:{web_port}/flows", headers={"Authorization": f"Bearer {token[1]}"}
+    )
+    with opener.open(listing, timeout=10) as response:
+        flows = response.read()
+    assert b"/customers" in flows
+    planted.blobs.append(("mitmweb GET /flows", flows))

@@ -12,7 +12,7 @@ import requests
 from unit import Unit
 from unit.models import UnitError
 
-from conftest import GatewayFactory, clear_proxy_settings
+from conftest import GatewayFactory, Planted, clear_proxy_settings, take_down
 from unit_gateway.testing import harness
 
 
@@ -90,6 +90,7 @@ def test_unit_down_is_an_error_the_sdk_can_read_in_each_mode(
     gateway_factory: GatewayFactory,
     tls_sandbox: harness.Sandbox,
     monkeypatch: pytest.MonkeyPatch,
+    planted: Planted,
 ) -> None:
     """mitmproxy's default (eager) connection strategy connects to Unit before it reads the
     request: with Unit down, the SDK's CONNECT failed (regular mode) or its connection was
@@ -105,7 +106,7 @@ def test_unit_down_is_an_error_the_sdk_can_read_in_each_mode(
         gateway = gateway_factory(tls_sandbox, mode=f"reverse:{tls_sandbox.url}", name="reverse")
         unit = Unit(gateway.proxy_url, "unitgw:customer:10001")
     assert unit.cards.list().data  # the token is minted and cached
-    assert tls_sandbox.process.stop() == 0  # Unit goes away
+    take_down(tls_sandbox, planted)  # Unit goes away
     down = unit.cards.list()  # the SDK opens a new connection for each call
     assert isinstance(down, UnitError), down
     error = down.errors[0]

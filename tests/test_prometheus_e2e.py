@@ -518,12 +518,14 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
             prometheus.query(rule["expr"])  # parses and evaluates; may be empty
 
         missing_alerts = set(PROVOKED_ALERTS)
+        firing: list[dict[str, Any]] = []
         deadline = time.monotonic() + 25
         while (pending or missing_alerts) and time.monotonic() < deadline:
             for query, expr in list(pending.items()):
                 if has_data(evaluate(prometheus, query, expr, started)):
                     del pending[query]
-            active = {a["labels"]["alertname"] for a in prometheus.alerts()}
+            firing = prometheus.alerts()
+            active = {a["labels"]["alertname"] for a in firing}
             missing_alerts -= active
             if pending or missing_alerts:
                 time.sleep(1)
@@ -554,8 +556,10 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
         traffic.stop()
         status = prometheus.stop()
     assert status == 0, prometheus.process.output()[-2000:]
-    # What Prometheus stored goes through the leak scan too.
+    # What Prometheus stored, logged and alerted on goes through the leak scan too.
     planted.blobs.append(("prometheus series", json.dumps(label_sets).encode()))
+    planted.blobs.append(("prometheus log", prometheus.process.output().encode()))
+    planted.blobs.append(("prometheus alerts", json.dumps(firing).encode()))
 
     problems = []
     if routes == []:

@@ -24,6 +24,7 @@ from conftest import (
     jwt_settings,
     planted_sandbox,
     proxied_session,
+    take_down,
     wait_until_unit_answered_all,
 )
 from unit_gateway.testing import harness
@@ -524,12 +525,12 @@ def test_second_upstream_401_goes_back_to_the_caller(
 
 
 def test_unit_outage_is_a_json_api_error(
-    gateway_factory: GatewayFactory, sandbox: harness.Sandbox
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, planted: Planted
 ) -> None:
     gateway = gateway_factory(sandbox)
     with proxied_session(gateway) as session:
         assert get(session, sandbox, "/customers", "unitgw:org").status_code == 200
-        assert sandbox.process.stop() == 0  # Unit goes away
+        take_down(sandbox, planted)  # Unit goes away
         down = get(session, sandbox, "/customers", "unitgw:org")
         # Another host that is down gets the same kind of answer, not blamed on Unit.
         elsewhere = f"127.0.0.1:{harness.free_port()}"
