@@ -16,7 +16,12 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from unit import Unit
 
+from unit_gateway.core import GatewayCore
+from unit_gateway.inject import TokenInjector
+from unit_gateway.metrics import GatewayMetrics
+from unit_gateway.redact import FlowRedaction
 from unit_gateway.testing import harness
 from unit_gateway.testing.leakscan import assert_no_leaks
 
@@ -52,6 +57,37 @@ class Planted:
         for i, token in enumerate(issued["verificationTokens"]):
             self.add(f"{name}: verification token {i + 1}", token)
         return issued
+
+
+#: The org token of gateway addons driven without a proxy (in Unit's token shape).
+ADDONS_ORG_TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+
+
+def unit_config(path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:
+    """A gateway configuration for Unit's sandbox host, its org token in the environment."""
+    monkeypatch.setenv("UNIT_ORG_TOKEN", ADDONS_ORG_TOKEN)
+    return harness.write_gateway_config(
+        path, upstream_url="https://api.s.unit.sh", overrides=overrides
+    )
+
+
+def gateway_addons() -> tuple[GatewayMetrics, GatewayCore, FlowRedaction, TokenInjector]:
+    """The gateway's metrics, core, redaction and token addons, wired as addons/gateway.py
+    wires them."""
+    metrics = GatewayMetrics()
+    core = GatewayCore(metrics)
+    redaction = FlowRedaction(core, metrics)
+    return metrics, core, redaction, TokenInjector(core, metrics, redaction)
+
+
+def sdk(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, token: str, mp: pytest.MonkeyPatch
+) -> Unit:
+    """Unit's SDK as a service uses it: proxy and CA from the environment, a placeholder token."""
+    mp.setenv("HTTP_PROXY", gateway.proxy_url)
+    mp.setenv("HTTPS_PROXY", gateway.proxy_url)
+    mp.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+    return Unit(sandbox.url, token)
 
 
 @pytest.fixture

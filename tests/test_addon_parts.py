@@ -25,12 +25,13 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.test import taddons, tflow
 
+from conftest import ADDONS_ORG_TOKEN, gateway_addons, unit_config
 from unit_gateway import config
 from unit_gateway.config import Upstream
 from unit_gateway.core import GatewayCore
 from unit_gateway.identity import Identity
 from unit_gateway.inject import FlowState, TokenInjector
-from unit_gateway.metrics import GatewayMetrics, MetricsExporter
+from unit_gateway.metrics import MetricsExporter
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
     _SECRETS,
@@ -42,27 +43,9 @@ from unit_gateway.redact import (
 )
 from unit_gateway.redaction import Redactor
 from unit_gateway.redaction_rules import RedactionSettings
-from unit_gateway.testing import harness
 
-TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+TOKEN = ADDONS_ORG_TOKEN
 CUSTOMER = Identity("customer", "10001")
-
-
-def unit_config(path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:
-    """A gateway configuration for Unit's sandbox host, its org token in the environment."""
-    monkeypatch.setenv("UNIT_ORG_TOKEN", TOKEN)
-    return harness.write_gateway_config(
-        path, upstream_url="https://api.s.unit.sh", overrides=overrides
-    )
-
-
-def gateway_addons() -> tuple[GatewayMetrics, GatewayCore, FlowRedaction, TokenInjector]:
-    """The gateway's metrics, core, redaction and token addons, wired as addons/gateway.py
-    wires them."""
-    metrics = GatewayMetrics()
-    core = GatewayCore(metrics)
-    redaction = FlowRedaction(core, metrics)
-    return metrics, core, redaction, TokenInjector(core, metrics, redaction)
 
 
 def answer(

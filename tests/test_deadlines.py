@@ -12,7 +12,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow
 
-from test_addon_parts import gateway_addons, unit_config
+from conftest import gateway_addons, unit_config
 from unit_gateway.config import load
 from unit_gateway.deadlines import is_overdue, routable
 from unit_gateway.redact import _SECRETS

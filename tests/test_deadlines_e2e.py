@@ -18,9 +18,9 @@ from conftest import (
     GatewayFactory,
     clear_proxy_settings,
     proxied_session,
+    sdk,
     wait_until_unit_answered_all,
 )
-from test_tokens_e2e import sdk
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(90)

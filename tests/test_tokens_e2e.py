@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import pytest
 import requests
-from unit import Unit
 from unit.models.customerToken import CreateCustomerToken
 
 from conftest import (
@@ -24,6 +23,7 @@ from conftest import (
     jwt_settings,
     planted_sandbox,
     proxied_session,
+    sdk,
     take_down,
     wait_until_unit_answered_all,
 )
@@ -37,16 +37,6 @@ OTHER_CUSTOMER = "10002"
 def sdk_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     clear_proxy_settings(monkeypatch)  # sdk() sets the gateway's
     yield
-
-
-def sdk(
-    gateway: harness.Gateway, sandbox: harness.Sandbox, token: str, mp: pytest.MonkeyPatch
-) -> Unit:
-    """Unit's SDK as a service uses it: proxy and CA from the environment, a placeholder token."""
-    mp.setenv("HTTP_PROXY", gateway.proxy_url)
-    mp.setenv("HTTPS_PROXY", gateway.proxy_url)
-    mp.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
-    return Unit(sandbox.url, token)
 
 
 def get(
