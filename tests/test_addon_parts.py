@@ -32,6 +32,7 @@ from unit_gateway.core import GatewayCore
 from unit_gateway.identity import Identity
 from unit_gateway.inject import FlowState, TokenInjector
 from unit_gateway.metrics import MetricsExporter
+from unit_gateway.minting import TokenError
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
     _SECRETS,
@@ -463,3 +464,13 @@ async def test_unit_refusing_a_challenge_code_never_shows_the_caller_the_verific
         real = redaction.real_response_content(flow) or b""
         assert b"vt-REAL-123" not in real and b"vt-REAL-123" not in flow.response.content
         assert json.loads(real)["errors"][0]["detail"] == "bad code for unitgw-challenge-abc"
+
+
+def test_a_token_error_quoting_a_token_shows_only_its_fingerprint() -> None:
+    # Unit's error text goes into the caller's detail; a token in it goes no further.
+    _, _, _, tokens = gateway_addons()
+    error = TokenError(503, "token_endpoint_failed", f"creating a token: Unit said {TOKEN}")
+    response = tokens._token_error_response(error)
+    detail = response.json()["errors"][0]["detail"]
+    assert TOKEN not in detail
+    assert detail.startswith("creating a token: ") and "[token …" in detail

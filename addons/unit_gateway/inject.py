@@ -75,12 +75,6 @@ class FlowState:
     learnable_scopes: frozenset[str] | None = None
 
 
-def token_error_response(error: TokenError) -> http.Response:
-    return error_response(
-        error.status, error.code, error.detail, headers=error.headers, meta=error.meta
-    )
-
-
 def token_endpoint_identity(route: RouteMatch) -> Identity | None:
     """The identity a token endpoint creates a token (or verification) for."""
     if route.token_endpoint in ("customer", "customer-verification"):
@@ -295,11 +289,19 @@ class TokenInjector:
         try:
             token = await self.service.token_for(state.identity, state.needed, state.upstream)
         except TokenError as e:
-            flow.response = token_error_response(e)
+            flow.response = self._token_error_response(e)
             return False
         state.token = token
         self._authorize(flow, token.value)
         return True
+
+    def _token_error_response(self, error: TokenError) -> http.Response:
+        """The caller's JSON:API error for a failed token step. Its detail can quote Unit's
+        error text: it goes through the redaction rules like every text a peer sent."""
+        detail = self.redaction.redact_text(error.detail)
+        return error_response(
+            error.status, error.code, detail, headers=error.headers, meta=error.meta
+        )
 
     def _authorize(self, flow: http.HTTPFlow, token: str) -> None:
         """Unit gets this token; the flow keeps the placeholder."""
@@ -484,7 +486,7 @@ class TokenInjector:
                 self.redaction.real_request(flow), secrets.response_timeout
             )
         except TokenError as e:
-            self.redaction.set_real_response(flow, token_error_response(e))
+            self.redaction.set_real_response(flow, self._token_error_response(e))
             self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
             return
         self.redaction.set_real_response(flow, response)
