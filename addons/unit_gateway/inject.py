@@ -33,7 +33,7 @@ from unit_gateway.identity import (
 from unit_gateway.jsonapi import error_response
 from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.minting import CHALLENGE_PREFIX, TokenError, TokenService
-from unit_gateway.redact import FlowRedaction, has_header_field
+from unit_gateway.redact import FlowRedaction, authorization_name, has_header_field
 from unit_gateway.routes import (
     CARDHOLDER_SCOPES,
     OTHER_ROUTE,
@@ -216,7 +216,7 @@ class TokenInjector:
                 )
                 return None
             credential = ORG
-            flow.request.headers["Authorization"] = f"Bearer {ORG.placeholder}"
+            flow.request.headers[authorization_name(flow.request)] = f"Bearer {ORG.placeholder}"
         state.identity = credential
         return self._inject(flow, state, route)
 

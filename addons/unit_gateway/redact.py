@@ -401,9 +401,16 @@ def _upstream_fields(
     replace = _wire_length(request, secrets.request_body) or {}
     append = None
     if secrets.authorization is not None:
-        append = (b"Authorization", secrets.authorization.encode(*_ENCODING))
-        replace[b"authorization"] = append[1]
+        value = secrets.authorization.encode(*_ENCODING)
+        append = (authorization_name(request).encode(), value)
+        replace[b"authorization"] = value
     return _wire_fields(request.data.headers.fields, secrets.request_headers, replace, append)
+
+
+def authorization_name(request: http.Request) -> str:
+    """How an ``Authorization`` field the gateway adds is spelled: HTTP/2 and 3 allow only
+    lower-case names (mitmproxy would lowercase it, and log that it had to, every time)."""
+    return "authorization" if request.is_http2 or request.is_http3 else "Authorization"
 
 
 def has_header_field(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> bool:

@@ -315,7 +315,8 @@ def start_bare_mitmdump(
     env: dict[str, str] | None = None,
 ) -> Gateway:
     """mitmdump with no addons of ours (the baseline every benchmark compares against), or
-    with the scripts ``extra_args`` loads."""
+    with the scripts ``extra_args`` loads; in regular mode unless ``extra_args`` says
+    otherwise (``proxy_url`` is then the address it listens on)."""
     confdir = run_dir / f"{name}-confdir"
     confdir.mkdir(parents=True, exist_ok=True)
     tool = Path(sys.executable).parent / "mitmdump"
@@ -330,7 +331,8 @@ def start_bare_mitmdump(
         *extra_args,
     ]
     process = ManagedProcess(name, argv, run_dir, env=env or {}).start()
-    host, port = process.wait_for(rf"proxy listening at {_LISTEN_ADDRESS}").groups()
+    # "HTTP(S) proxy listening at …", "reverse proxy to … listening at …"
+    host, port = process.wait_for(rf"proxy (?:to \S+ )?listening at {_LISTEN_ADDRESS}").groups()
     return Gateway(
         process, f"http://{url_host(host)}:{port}", confdir / "mitmproxy-ca-cert.pem", confdir, None
     )

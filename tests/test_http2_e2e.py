@@ -1,0 +1,171 @@
+"""HTTP/2 end to end. Unit's SDKs speak HTTP/1.1, but curl and Go's net/http offer HTTP/2
+first, and the gateway mirrors what the caller offered when it connects to Unit: such a caller
+speaks HTTP/2 to the gateway, and the gateway to Unit. Unit here is the sandbox behind a real
+HTTP/2 server, mitmdump in reverse mode (with the lazy connection strategy it picks HTTP/2
+from the gateway's offer, where eager would mirror the sandbox's HTTP/1.1). The caller is
+httpx with HTTP/2. Every test ends with the leak scan over the run's outputs."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mitmproxy import http, io
+
+from conftest import GatewayFactory, Planted
+from unit_gateway.testing import harness
+
+pytestmark = pytest.mark.timeout(90)
+
+CUSTOMER = "10001"
+PLACEHOLDER = f"unitgw:customer:{CUSTOMER}"
+#: The seeded customer's SSN: the caller gets it, flows and logs never show it.
+SSN = "900121234"
+
+
+@pytest.fixture
+def http2_unit(run_dir: Path, tls_sandbox: harness.Sandbox) -> Iterator[harness.Sandbox]:
+    """Unit as an HTTP/2 server: the TLS sandbox behind mitmdump in reverse mode. Its stats
+    and controls are the sandbox's (reached directly)."""
+    front = harness.start_bare_mitmdump(
+        run_dir,
+        name="http2-unit",
+        extra_args=[
+            "--mode",
+            f"reverse:{tls_sandbox.url}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={tls_sandbox.cert_path}",
+            "--set",
+            "flow_detail=0",
+        ],
+    )
+    url = front.proxy_url.replace("http://", "https://")
+    yield harness.Sandbox(front.process, url, tls_sandbox.org_token, front.ca_path)
+    if front.process.proc is not None and front.process.proc.poll() is None:
+        assert front.process.stop() == 0
+
+
+class _HTTP2First(ssl.SSLContext):
+    """TLS that offers HTTP/2 first and HTTP/1.1 as the fallback, as curl and Go do (httpx
+    offers HTTP/1.1 first, and the gateway takes the caller's first choice)."""
+
+    def set_alpn_protocols(self, alpn_protocols: Iterable[str]) -> None:
+        super().set_alpn_protocols(sorted(alpn_protocols, key=lambda p: p != "h2"))
+
+
+def http2_client(gateway: harness.Gateway) -> httpx.Client:
+    """A caller that reaches Unit through the gateway (CONNECT), trusts its CA and offers
+    HTTP/2 first."""
+    tls = _HTTP2First(ssl.PROTOCOL_TLS_CLIENT)
+    tls.load_verify_locations(cafile=gateway.ca_path)
+    return httpx.Client(
+        http2=True, proxy=gateway.proxy_url, verify=tls, trust_env=False, timeout=30
+    )
+
+
+def saved_flows(path: Path) -> list[http.HTTPFlow]:
+    with path.open("rb") as f:
+        return [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
+
+
+def error_of(response: httpx.Response) -> tuple[int, str, str]:
+    assert response.headers["content-type"].startswith("application/vnd.api+json")
+    error = response.json()["errors"][0]
+    return response.status_code, error["code"], error["detail"]
+
+
+def test_placeholders_over_http2_on_both_sides(
+    gateway_factory: GatewayFactory,
+    http2_unit: harness.Sandbox,
+    tls_sandbox: harness.Sandbox,
+    run_dir: Path,
+    planted: Planted,
+) -> None:
+    planted.add("customer SSN", SSN)
+    flows = run_dir / "flows.out"
+    gateway = gateway_factory(
+        http2_unit,
+        overrides={"unit": {"missing_authorization": "org"}},
+        extra_args=("--set", f"save_stream_file={flows}", "--set", "flow_detail=4"),
+    )
+    with http2_client(gateway) as client:
+        customer = client.get(
+            f"{http2_unit.url}/customers/{CUSTOMER}",
+            headers={"Authorization": f"Bearer {PLACEHOLDER}"},
+        )
+        # No Authorization at all: this gateway sends such requests with the org token.
+        org = client.get(f"{http2_unit.url}/customers?page[limit]=5")
+    for response in (customer, org):
+        assert response.http_version == "HTTP/2"
+        assert response.status_code == 200, response.text
+        assert "v2.public." not in response.text, "the caller never gets a Unit token"
+    assert customer.json()["data"]["attributes"]["ssn"] == SSN, "the caller gets the real body"
+
+    stats = tls_sandbox.stats()
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["requests"]["GET /customers/{customerId}"] == 1
+    assert stats["requests"]["GET /customers"] == 1
+    assert stats["unauthenticated"] == {}
+    output = gateway.process.output()
+    # The org token's header was added in HTTP/2's spelling, not lowercased by mitmproxy.
+    assert "Lowercased" not in output
+
+    assert gateway.process.stop() == 0
+    saved = saved_flows(flows)
+    assert [(f.request.http_version, f.response and f.response.http_version) for f in saved] == [
+        ("HTTP/2.0", "HTTP/2.0"),
+        ("HTTP/2.0", "HTTP/2.0"),
+    ], "HTTP/2 from the caller to the gateway and from the gateway to Unit"
+    assert [f.request.headers["authorization"] for f in saved] == [
+        f"Bearer {PLACEHOLDER}",
+        "Bearer unitgw:org",
+    ], "the flows show placeholders"
+    stored = saved[0].response.get_content()  # type: ignore[union-attr]
+    assert stored is not None and SSN.encode() not in stored
+
+
+def test_unit_401_over_http2_is_retried_with_a_new_token(
+    gateway_factory: GatewayFactory,
+    http2_unit: harness.Sandbox,
+    tls_sandbox: harness.Sandbox,
+) -> None:
+    gateway = gateway_factory(http2_unit)
+    placeholder = {"Authorization": f"Bearer {PLACEHOLDER}"}
+    cards = f"{http2_unit.url}/cards"
+    with http2_client(gateway) as client:
+        assert client.get(cards, headers=placeholder).status_code == 200
+        # Unit's clock moves past the cached token's expiry: Unit answers 401 to it, and the
+        # gateway mints again and retries once.
+        tls_sandbox.admin("POST", "/__sandbox/clock", {"advance_seconds": 7200})
+        retried = client.get(cards, headers=placeholder)
+    assert retried.http_version == "HTTP/2"
+    assert retried.status_code == 200, retried.text
+    assert "v2.public." not in retried.text
+    stats = tls_sandbox.stats()
+    assert stats["tokens_created"]["customer"] == 2
+    assert stats["responses"]["401"] == 1
+    assert stats["requests"]["GET /cards"] == 3, "first, 401, retry"
+    assert stats["unauthenticated"] == {}
+
+
+def test_unit_outage_over_http2_is_a_json_api_error(
+    gateway_factory: GatewayFactory,
+    http2_unit: harness.Sandbox,
+    tls_sandbox: harness.Sandbox,
+) -> None:
+    gateway = gateway_factory(http2_unit)
+    placeholder = {"Authorization": "Bearer unitgw:org"}
+    with http2_client(gateway) as client:
+        assert client.get(f"{http2_unit.url}/cards", headers=placeholder).status_code == 200
+        assert http2_unit.process.stop() == 0  # Unit goes away
+        down = client.get(f"{http2_unit.url}/cards", headers=placeholder)
+    assert down.http_version == "HTTP/2"
+    status, code, detail = error_of(down)
+    assert (status, code) == (502, "upstream_unreachable")
+    assert f"{http2_unit.url.removeprefix('https://')} (Unit)" in detail
+    assert tls_sandbox.stats()["requests"]["GET /cards"] == 1
