@@ -33,12 +33,14 @@ def test_overdue_once_the_request_went_out_and_until_its_response_is_in() -> Non
     assert not is_overdue(flow, 930, 60, now=1000), "in: the addons have it (a retry)"
 
 
-def test_only_http1_flows_straight_to_the_server_can_be_reached() -> None:
+def test_only_http1_and_http2_flows_straight_to_the_server_can_be_reached() -> None:
     flow = tflow.tflow()
     assert not routable(flow), "its connection to the server is closed"
     flow.server_conn.state = ConnectionState.OPEN
     assert routable(flow)
     flow.server_conn.alpn = b"h2"
+    assert routable(flow)
+    flow.server_conn.alpn = b"h3"
     assert not routable(flow)
     flow.server_conn.alpn = b"http/1.1"
     flow.server_conn.state = ConnectionState.CLOSED  # mitmproxy sets via before it opens
@@ -69,13 +71,13 @@ def test_flows_to_unit_get_the_configured_deadline_and_others_none(
     assert redaction.secrets(to_unit).response_timeout == 5
 
 
-def test_an_overdue_http2_flow_is_logged_once_and_left_to_mitmproxy(
+def test_an_overdue_http3_flow_is_logged_once_and_left_to_mitmproxy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, core, redaction, _ = gateway_addons()
     with taddons.context(core, redaction):
         flow = tflow.tflow(resp=False)
-        flow.server_conn.alpn = b"h2"
+        flow.server_conn.alpn = b"h3"
         flow.server_conn.state = ConnectionState.OPEN
         secrets = redaction.secrets(flow)
         secrets.response_timeout, secrets.sent_at = 60, 100.0

@@ -8,6 +8,7 @@ httpx with HTTP/2. Every test ends with the leak scan over the run's outputs."""
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from mitmproxy import http, io
 
-from conftest import GatewayFactory, Planted
+from conftest import GatewayFactory, Planted, wait_until_unit_answered_all
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(90)
@@ -24,6 +25,8 @@ CUSTOMER = "10001"
 PLACEHOLDER = f"unitgw:customer:{CUSTOMER}"
 #: The seeded customer's SSN: the caller gets it, flows and logs never show it.
 SSN = "900121234"
+#: How much later than the deadline the caller may hear of it: the sweep runs every 0.5 s.
+SLACK_SECONDS = 1.5
 
 
 @pytest.fixture
@@ -150,6 +153,39 @@ def test_unit_401_over_http2_is_retried_with_a_new_token(
     assert stats["tokens_created"]["customer"] == 2
     assert stats["responses"]["401"] == 1
     assert stats["requests"]["GET /cards"] == 3, "first, 401, retry"
+    assert stats["unauthenticated"] == {}
+
+
+def test_unit_answering_late_over_http2_is_a_504_at_the_deadline(
+    gateway_factory: GatewayFactory,
+    http2_unit: harness.Sandbox,
+    tls_sandbox: harness.Sandbox,
+) -> None:
+    gateway = gateway_factory(http2_unit, overrides={"unit": {"response_timeout_seconds": 1}})
+    placeholder = {"Authorization": f"Bearer {PLACEHOLDER}"}
+    cards = f"{http2_unit.url}/cards"
+    with http2_client(gateway) as client:
+        assert client.get(cards, headers=placeholder).status_code == 200
+        tls_sandbox.faults(latency_ms=4000)  # Unit hangs longer than the deadline
+        started = time.monotonic()
+        late = client.get(cards, headers=placeholder)
+        waited = time.monotonic() - started
+        tls_sandbox.faults(latency_ms=0)
+        # HTTP/2 cancels only the overdue stream: the connection to Unit carries the next.
+        again = client.get(cards, headers=placeholder)
+    status, code, detail = error_of(late)
+    assert (status, code) == (504, "upstream_timeout")
+    assert "(Unit): no complete answer within 1 s" in detail
+    assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
+    assert again.status_code == 200, again.text
+    assert again.http_version == "HTTP/2"
+    output = gateway.process.output()
+    assert "no complete answer within 1 s; answered 504 upstream_timeout" in output
+    assert "mitmproxy's timeouts apply" not in output
+    wait_until_unit_answered_all(tls_sandbox)
+    stats = tls_sandbox.stats()
+    assert stats["requests"]["GET /cards"] == 3, "the late one reached Unit with its token"
+    assert stats["tokens_created"]["customer"] == 1
     assert stats["unauthenticated"] == {}
 
 

@@ -203,9 +203,10 @@ class UnitSettings(_Model):
     response_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     """How long the gateway waits for Unit's complete answer to a request it forwards,
     counted from when the request was sent (60 is Unit's longest documented endpoint timeout,
-    for ACH payments). The caller then gets 504 `upstream_timeout`, and the connection to Unit
-    is closed. Unit may still have acted on the request: retry writes with an idempotency key.
-    Requests over HTTP/2 to Unit are not timed by the gateway (Unit's SDKs use HTTP/1.1)."""
+    for ACH payments). The caller then gets 504 `upstream_timeout`, and the request to Unit is
+    cancelled (HTTP/1: the connection is closed; HTTP/2: the stream is reset). Unit may still
+    have acted on the request: retry writes with an idempotency key. Requests to Unit over
+    HTTP/3 or through an upstream proxy are not timed by the gateway."""
 
     @model_validator(mode="after")
     def _check_transport(self) -> UnitSettings:

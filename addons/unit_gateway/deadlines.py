@@ -15,8 +15,10 @@ patch point (:mod:`unit_gateway.redact`) cancels the request upstream (an HTTP/1
 closed) and the stream ends with :class:`UpstreamTimedOut`, which the caller gets as a JSON:API
 504 ``upstream_timeout`` and mitmweb shows as the flow's error.
 
-mitmproxy cannot route an injected event to an HTTP/2 or HTTP/3 stream to a server, nor
-through an upstream proxy: those requests keep mitmproxy's own timeouts (logged once each).
+The patch point also hands the event to the stream of its flow where mitmproxy's own routing
+cannot find it (an HTTP/2 connection to Unit carries many streams; only the overdue one is
+cancelled). Requests to Unit over HTTP/3 or through an upstream proxy are not routed: they keep
+mitmproxy's own timeouts (logged once each).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 #: How often the flows in flight are looked at: a deadline is kept to within this.
 SWEEP_SECONDS = 0.5
 #: Protocols to a server that mitmproxy can route an injected event for.
-_ROUTABLE_ALPN = (None, b"", b"http/1.1", b"http/1.0")
+_ROUTABLE_ALPN = (None, b"", b"http/1.1", b"http/1.0", b"h2")
 
 
 @dataclass

@@ -135,6 +135,13 @@ _original_handle_event: Callable[..., Generator[commands.Command, Any, None]] = 
 )
 httplayer.HttpStream._unit_gateway_original_handle_event = _original_handle_event  # type: ignore[attr-defined]
 
+_original_layer_event: Callable[..., Generator[commands.Command, Any, None]] = (
+    httplayer.HttpLayer.__dict__.get(
+        "_unit_gateway_original_handle_event", httplayer.HttpLayer._handle_event
+    )
+)
+httplayer.HttpLayer._unit_gateway_original_handle_event = _original_layer_event  # type: ignore[attr-defined]
+
 _HOOKS = (
     hooks.HttpRequestHeadersHook,
     hooks.HttpRequestHook,
@@ -194,6 +201,30 @@ def _handle_event(
             # (mitmweb keeps the flow itself).
             _SECRETS.pop(flow, None)
         yield command
+
+
+def _layer_handle_event(
+    self: httplayer.HttpLayer, event: events.Event
+) -> Generator[commands.Command, Any, None]:
+    """HttpLayer's own handling, except that a ResponseOverdue goes to the stream of its
+    flow. Not a generator itself: every other event costs one call, not a frame per command."""
+    if type(event) is ResponseOverdue:
+        return _route_overdue(self, event)
+    return _original_layer_event(self, event)
+
+
+def _route_overdue(
+    layer: httplayer.HttpLayer, event: ResponseOverdue
+) -> Generator[commands.Command, Any, None]:
+    """mitmproxy routes an injected event by the flow's server connection, which finds the
+    stream only on an HTTP/1 connection (an HTTP/2 one carries many streams, and the lookup
+    fails). The layer that holds the flow's stream hands the event to it; a layer that does
+    not (the one a CONNECT tunnel runs in) passes it on as mitmproxy does."""
+    for stream in layer.streams.values():
+        if stream.__dict__.get("flow") is event.flow:
+            yield from layer.event_to_child(stream, event)
+            return
+    yield from _original_layer_event(layer, event)
 
 
 _PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
@@ -472,6 +503,7 @@ class FlowRedaction:
         global _ACTIVE
         _ACTIVE = self
         httplayer.HttpStream.handle_event = _handle_event  # type: ignore[method-assign]
+        httplayer.HttpLayer._handle_event = _layer_handle_event  # type: ignore[method-assign]
         previous = logging.getLogRecordFactory()
         if isinstance(previous, _RedactingFactory):
             previous = previous.previous
@@ -523,6 +555,7 @@ class FlowRedaction:
         if _ACTIVE is self:
             _ACTIVE = None
             httplayer.HttpStream.handle_event = _original_handle_event  # type: ignore[method-assign]
+            httplayer.HttpLayer._handle_event = _original_layer_event  # type: ignore[method-assign]
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 
@@ -550,7 +583,7 @@ class FlowRedaction:
             )
             if not routable(flow):
                 logger.warning(
-                    "unit-gateway: %s; the gateway cannot time out a request over HTTP/2 or "
+                    "unit-gateway: %s; the gateway cannot time out a request over HTTP/3 or "
                     "through an upstream proxy: mitmproxy's timeouts apply",
                     late,
                 )
