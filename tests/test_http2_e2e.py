@@ -7,6 +7,7 @@ httpx with HTTP/2. Every test ends with the leak scan over the run's outputs."""
 
 from __future__ import annotations
 
+import secrets
 import ssl
 import time
 from collections.abc import Iterable, Iterator
@@ -44,7 +45,7 @@ def http2_unit(run_dir: Path, tls_sandbox: harness.Sandbox) -> Iterator[harness.
             "--set",
             f"ssl_verify_upstream_trusted_ca={tls_sandbox.cert_path}",
             "--set",
-            "flow_detail=0",
+            "flow_detail=0",  # Unit's side: it sees real tokens, and the run's scan reads it
         ],
     )
     url = front.proxy_url.replace("http://", "https://")
@@ -130,6 +131,90 @@ def test_placeholders_over_http2_on_both_sides(
     ], "the flows show placeholders"
     stored = saved[0].response.get_content()  # type: ignore[union-attr]
     assert stored is not None and SSN.encode() not in stored
+
+
+def test_a_challenge_and_secrets_in_bodies_over_http2(
+    gateway_factory: GatewayFactory,
+    http2_unit: harness.Sandbox,
+    tls_sandbox: harness.Sandbox,
+    run_dir: Path,
+    planted: Planted,
+) -> None:
+    """The paths that read and rewrite bodies: a challenge the caller completes with Unit's
+    create-token request (the gateway swaps in the real verification token and hands back the
+    placeholder), and an application whose SSN Unit must get while no output shows it."""
+    ssn = planted.add("application SSN", f"{secrets.randbelow(10**9):09d}")
+    gateway = gateway_factory(
+        http2_unit,
+        overrides={"tokens": {"customer": {"two_factor": "challenge"}}},
+        extra_args=(
+            "--set",
+            f"save_stream_file={run_dir / 'flows.out'}",
+            "--set",
+            f"hardump={run_dir / 'flows.har'}",
+            "--set",
+            "flow_detail=4",
+        ),
+    )
+    org = {"Authorization": "Bearer unitgw:org"}
+    customer = {"Authorization": f"Bearer {PLACEHOLDER}"}
+    with http2_client(gateway) as client:
+        card = client.get(
+            f"{http2_unit.url}/cards?filter[customerId]={CUSTOMER}", headers=org
+        ).json()["data"][0]["id"]
+        pan_url = f"{http2_unit.url}/cards/{card}/secure-data/pan"
+        asked = client.get(pan_url, headers=customer)
+        status, code, _ = error_of(asked)
+        assert (status, code) == (401, "verification_required")
+        challenge_id = asked.json()["errors"][0]["meta"]["challengeId"]
+        completed = client.post(
+            f"{http2_unit.url}/customers/{CUSTOMER}/token",
+            headers={**org, "Content-Type": "application/vnd.api+json"},
+            json={
+                "data": {
+                    "type": "customerToken",
+                    "attributes": {
+                        "scope": "customers accounts cards cards-sensitive",
+                        "verificationToken": challenge_id,
+                        "verificationCode": "000001",
+                    },
+                }
+            },
+        )
+        assert completed.status_code == 201, completed.text
+        assert completed.json()["data"]["attributes"]["token"] == PLACEHOLDER
+        pan = client.get(pan_url, headers=customer)
+        assert pan.status_code == 200, pan.text
+
+        application = {
+            "data": {
+                "type": "individualApplication",
+                "attributes": {
+                    "ssn": ssn,
+                    "fullName": {"first": "Peter", "last": "Parker"},
+                    "dateOfBirth": "1990-04-12",
+                    "address": {
+                        "street": "20 Ingram St",
+                        "city": "Forest Hills",
+                        "state": "NY",
+                        "postalCode": "11375",
+                        "country": "US",
+                    },
+                    "phone": {"countryCode": "1", "number": "5555555555"},
+                    "email": "peter@example.com",
+                },
+            }
+        }
+        created = client.post(f"{http2_unit.url}/applications", headers=org, json=application)
+    for response in (asked, completed, pan, created):
+        assert response.http_version == "HTTP/2"
+        assert "v2.public." not in response.text
+    assert created.status_code == 201, created.text
+    assert created.json()["data"]["attributes"]["ssn"] == ssn, "Unit got the real SSN"
+    stats = tls_sandbox.stats()
+    assert stats["verifications_created"]["customer"] == 1
+    assert stats["tokens_created"]["customer"] == 1
+    assert stats["unauthenticated"] == {}
 
 
 def test_unit_401_over_http2_is_retried_with_a_new_token(
