@@ -410,8 +410,11 @@ async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails
         real = redaction.real_response_content(flow) or b""
         assert TOKEN.encode() not in real
         if failure == "internal error":
-            assert flow.response.status_code == 502
-            assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
+            assert flow.response.status_code == 500
+            error = flow.response.json()["errors"][0]
+            assert error["code"] == "gateway_internal_error"
+            assert "taking up Unit's new token" in error["detail"]
+            assert "(RuntimeError); Unit's answer is not passed on" in error["detail"]
         else:  # the caller gets its placeholder; only the caching is left out
             assert flow.response.status_code == 201
             attributes = json.loads(real)["data"]["attributes"]

@@ -165,16 +165,8 @@ class TokenInjector:
 
     def _fail_closed(self, flow: http.HTTPFlow, step: str) -> None:
         # mitmproxy would log the exception and forward the request as it is: refuse instead.
-        # The caller learns the step and the kind of failure; the log has the traceback.
-        failure = sys.exc_info()[0]
-        kind = failure.__name__ if failure is not None else "error"
         logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
-        flow.response = error_response(
-            500,
-            "gateway_internal_error",
-            f"unit-gateway failed {step} for {flow.request.method} {flow.request.host} "
-            f"({kind}); the request was not forwarded; see the gateway log",
-        )
+        flow.response = _internal_error(flow, step, "the request was not forwarded")
 
     def _route_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert self.core.config is not None
@@ -383,9 +375,12 @@ class TokenInjector:
                 self._learn(flow, state)
             except Exception:
                 # mitmproxy would log it and pass Unit's answer on, token and all.
-                logger.exception("unit-gateway: internal error taking up a new token")
+                step = "taking up Unit's new token"
+                logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
                 if state.placeholder_caller:
-                    self._withhold_token_answer(flow, "failed to take up")
+                    self.redaction.set_real_response(
+                        flow, _internal_error(flow, step, "Unit's answer is not passed on")
+                    )
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
             return self._retry_with_new_token(flow, state)
         return None
@@ -411,7 +406,7 @@ class TokenInjector:
         assert state.challenge_id is not None and state.verification_token is not None
         content = self.redaction.real_response_content(flow)
         if content is None:
-            self._withhold_token_answer(flow, "could not read")
+            self._withhold_token_answer(flow)
             return
         real = state.verification_token.encode()
         if real in content:
@@ -429,7 +424,7 @@ class TokenInjector:
         if content is None and state.placeholder_caller:
             # Too large or in an encoding the gateway cannot read: it might hold a token,
             # which a caller with a placeholder must never get.
-            self._withhold_token_answer(flow, "could not read")
+            self._withhold_token_answer(flow)
             return
         try:
             body = json.loads(content or b"null")
@@ -453,14 +448,14 @@ class TokenInjector:
                 identity.kind,
             )
 
-    def _withhold_token_answer(self, flow: http.HTTPFlow, failure: str) -> None:
+    def _withhold_token_answer(self, flow: http.HTTPFlow) -> None:
         self.redaction.set_real_response(
             flow,
             error_response(
                 502,
                 "token_answer_unreadable",
-                f"the gateway {failure} Unit's answer to this token request, so it does not "
-                "pass it on",
+                "the gateway could not read Unit's answer to this token request, so it does "
+                "not pass it on",
             ),
         )
 
@@ -497,3 +492,16 @@ class TokenInjector:
         )
         if refused_again and state.token is not None:
             self.service.evict(state.token)  # refused twice: no use keeping it
+
+
+def _internal_error(flow: http.HTTPFlow, step: str, consequence: str) -> http.Response:
+    """The caller's answer to a bug in the gateway, while handling an exception: the step and
+    the kind of failure (the log has the traceback), and what became of the request."""
+    failure = sys.exc_info()[0]
+    kind = failure.__name__ if failure is not None else "error"
+    return error_response(
+        500,
+        "gateway_internal_error",
+        f"unit-gateway failed {step} for {flow.request.method} {flow.request.host} ({kind}); "
+        f"{consequence}; see the gateway log",
+    )
