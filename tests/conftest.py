@@ -132,17 +132,29 @@ def take_down(box: harness.Sandbox, planted: Planted) -> None:
     assert box.process.stop() == 0
 
 
+def wait_until(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.1
+) -> bool:
+    """Whether ``condition()`` turned true within ``timeout`` seconds (asked every
+    ``interval``, and once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
 def wait_until_unit_answered_all(sandbox: harness.Sandbox, timeout: float = 10.0) -> None:
     """Wait until the sandbox has answered every request it got. A request the gateway gave
     up on (a deadline) is still finished by Unit, maybe with a token: once it is, the sandbox
     fixture's teardown plants that token for the leak scan."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answered_all() -> bool:
         stats = sandbox.stats()
-        if sum(stats["responses"].values()) >= stats["total_requests"]:
-            return
-        assert time.monotonic() < deadline, f"Unit never finished: {stats}"
-        time.sleep(0.1)
+        return sum(stats["responses"].values()) >= stats["total_requests"]
+
+    assert wait_until(answered_all, timeout), f"Unit never finished: {sandbox.stats()}"
 
 
 @pytest.fixture

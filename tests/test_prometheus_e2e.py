@@ -30,7 +30,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import GatewayFactory, Planted, proxied_session
+from conftest import GatewayFactory, Planted, proxied_session, wait_until
 from unit_gateway.testing import harness
 from unit_gateway.testing import prometheus as prom
 
@@ -360,15 +360,6 @@ def reload_count(gateway: harness.Gateway, outcome: str) -> float:
     )
     match = pattern.search(gateway.metrics_text())
     return float(match.group(1)) if match else 0.0
-
-
-def wait_until(condition: Any, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())
 
 
 def drive_one_off_events(gateway: harness.Gateway, sandbox: harness.Sandbox, run_dir: Path) -> None:

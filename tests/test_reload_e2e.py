@@ -10,17 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import GatewayFactory, proxied_session
+from conftest import GatewayFactory, proxied_session, wait_until
 from unit_gateway.testing import harness
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def reloads(gateway: harness.Gateway, outcome: str) -> float:
