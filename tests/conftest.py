@@ -90,6 +90,28 @@ def sdk(
     return Unit(sandbox.url, token)
 
 
+def application(ssn: str | None, passport: str | None, birth: str) -> dict[str, Any]:
+    """Unit's create-application body for an individual with an SSN or a passport."""
+    attributes: dict[str, Any] = {
+        "fullName": {"first": "Peter", "last": "Parker"},
+        "dateOfBirth": birth,
+        "address": {
+            "street": "20 Ingram St",
+            "city": "Forest Hills",
+            "state": "NY",
+            "postalCode": "11375",
+            "country": "US",
+        },
+        "phone": {"countryCode": "1", "number": "5555555555"},
+        "email": "peter@example.com",
+    }
+    if ssn is not None:
+        attributes["ssn"] = ssn
+    if passport is not None:
+        attributes |= {"passport": passport, "nationality": "CA"}
+    return {"data": {"type": "individualApplication", "attributes": attributes}}
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     path = tmp_path / "run"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from mitmproxy import http, io
 
-from conftest import GatewayFactory, Planted, wait_until_unit_answered_all
+from conftest import GatewayFactory, Planted, application, wait_until_unit_answered_all
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(90)
@@ -186,26 +186,11 @@ def test_a_challenge_and_secrets_in_bodies_over_http2(
         pan = client.get(pan_url, headers=customer)
         assert pan.status_code == 200, pan.text
 
-        application = {
-            "data": {
-                "type": "individualApplication",
-                "attributes": {
-                    "ssn": ssn,
-                    "fullName": {"first": "Peter", "last": "Parker"},
-                    "dateOfBirth": "1990-04-12",
-                    "address": {
-                        "street": "20 Ingram St",
-                        "city": "Forest Hills",
-                        "state": "NY",
-                        "postalCode": "11375",
-                        "country": "US",
-                    },
-                    "phone": {"countryCode": "1", "number": "5555555555"},
-                    "email": "peter@example.com",
-                },
-            }
-        }
-        created = client.post(f"{http2_unit.url}/applications", headers=org, json=application)
+        created = client.post(
+            f"{http2_unit.url}/applications",
+            headers=org,
+            json=application(ssn, None, "1990-04-12"),
+        )
     for response in (asked, completed, pan, created):
         assert response.http_version == "HTTP/2"
         assert "v2.public." not in response.text

@@ -33,7 +33,14 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from unit import Unit
 
-from conftest import GatewayFactory, Planted, jwt_settings, planted_sandbox, proxied_session
+from conftest import (
+    GatewayFactory,
+    Planted,
+    application,
+    jwt_settings,
+    planted_sandbox,
+    proxied_session,
+)
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
@@ -60,27 +67,6 @@ def direct(sandbox: harness.Sandbox, method: str, path: str, **kwargs: Any) -> r
             timeout=60,
             **kwargs,
         )
-
-
-def application(ssn: str | None, passport: str | None, birth: str) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "fullName": {"first": "Peter", "last": "Parker"},
-        "dateOfBirth": birth,
-        "address": {
-            "street": "20 Ingram St",
-            "city": "Forest Hills",
-            "state": "NY",
-            "postalCode": "11375",
-            "country": "US",
-        },
-        "phone": {"countryCode": "1", "number": "5555555555"},
-        "email": "peter@example.com",
-    }
-    if ssn is not None:
-        attributes["ssn"] = ssn
-    if passport is not None:
-        attributes |= {"passport": passport, "nationality": "CA"}
-    return {"data": {"type": "individualApplication", "attributes": attributes}}
 
 
 def run_traffic(
