@@ -12,6 +12,7 @@ import json
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -339,10 +340,18 @@ def test_repeated_headers_that_redact_alike_each_get_their_own_real_value() -> N
     assert redaction.real_request_header(flow, "X-Data") == "900-12-3456, 900-65-4321"
 
 
+@dataclass
+class TokenRequest:
+    tokens: TokenInjector
+    redaction: FlowRedaction
+    flow: http.HTTPFlow
+    upstream: Upstream
+
+
 @asynccontextmanager
 async def placeholder_token_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, learnable_scopes: frozenset[str] | None
-) -> AsyncIterator[tuple[TokenInjector, FlowRedaction, http.HTTPFlow, Upstream]]:
+) -> AsyncIterator[TokenRequest]:
     """Running addons and a flow in which a caller with a customer placeholder asked Unit for
     a token; the test sets Unit's answer."""
     path = unit_config(tmp_path / "gateway.yaml", monkeypatch)
@@ -360,7 +369,7 @@ async def placeholder_token_request(
                 token_identity=CUSTOMER,
                 learnable_scopes=learnable_scopes,
             )
-            yield tokens, redaction, flow, upstream
+            yield TokenRequest(tokens, redaction, flow, upstream)
         finally:
             await tctx.master.addons.trigger_event(DoneHook())
 
@@ -369,20 +378,15 @@ async def test_a_token_answer_the_gateway_cannot_read_is_not_passed_to_a_placeho
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # It might hold the real token, and a caller with a placeholder must never get one.
-    async with placeholder_token_request(tmp_path, monkeypatch, None) as (
-        tokens,
-        redaction,
-        flow,
-        _,
-    ):
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
         unreadable = json.dumps({"data": {"attributes": {"token": TOKEN}}}).encode()
-        flow.response = http.Response.make(201)
-        flow.response.headers["Content-Encoding"] = "x-unknown-coding"
-        flow.response.raw_content = unreadable
-        assert tokens.response(flow) is None
-        assert flow.response.status_code == 502
-        assert TOKEN.encode() not in (redaction.real_response_content(flow) or b"")
-        assert flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
+        request.flow.response = http.Response.make(201)
+        request.flow.response.headers["Content-Encoding"] = "x-unknown-coding"
+        request.flow.response.raw_content = unreadable
+        assert request.tokens.response(request.flow) is None
+        assert request.flow.response.status_code == 502
+        assert TOKEN.encode() not in (request.redaction.real_response_content(request.flow) or b"")
+        assert request.flow.response.json()["errors"][0]["code"] == "token_answer_unreadable"
 
 
 @pytest.mark.parametrize("failure", ["expiresIn no number", "internal error"])
@@ -390,36 +394,31 @@ async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     scopes = frozenset({"accounts"})
-    async with placeholder_token_request(tmp_path, monkeypatch, scopes) as (
-        tokens,
-        redaction,
-        flow,
-        upstream,
-    ):
-        assert tokens.service is not None
+    async with placeholder_token_request(tmp_path, monkeypatch, scopes) as request:
+        assert request.tokens.service is not None
         expires_in: Any = "soon" if failure == "expiresIn no number" else 3600
         answer = {"data": {"attributes": {"token": TOKEN, "expiresIn": expires_in}}}
-        flow.response = http.Response.make(201, json.dumps(answer).encode())
+        request.flow.response = http.Response.make(201, json.dumps(answer).encode())
         if failure == "internal error":
 
             def broken(*args: Any) -> None:
                 raise RuntimeError("a bug")
 
-            monkeypatch.setattr(tokens.service, "learn", broken)
-        assert tokens.response(flow) is None
-        real = redaction.real_response_content(flow) or b""
+            monkeypatch.setattr(request.tokens.service, "learn", broken)
+        assert request.tokens.response(request.flow) is None
+        real = request.redaction.real_response_content(request.flow) or b""
         assert TOKEN.encode() not in real
         if failure == "internal error":
-            assert flow.response.status_code == 500
-            error = flow.response.json()["errors"][0]
+            assert request.flow.response.status_code == 500
+            error = request.flow.response.json()["errors"][0]
             assert error["code"] == "gateway_internal_error"
             assert "taking up Unit's new token" in error["detail"]
             assert "(RuntimeError); Unit's answer is not passed on" in error["detail"]
         else:  # the caller gets its placeholder; only the caching is left out
-            assert flow.response.status_code == 201
+            assert request.flow.response.status_code == 201
             attributes = json.loads(real)["data"]["attributes"]
             assert attributes["token"] == CUSTOMER.placeholder
-            assert tokens.service.cached(CUSTOMER, scopes, upstream) is None
+            assert request.tokens.service.cached(CUSTOMER, scopes, request.upstream) is None
 
 
 def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
@@ -453,19 +452,14 @@ async def test_unit_refusing_a_challenge_code_never_shows_the_caller_the_verific
 ) -> None:
     # The caller sent the challenge id; the gateway sent Unit the real verification token in
     # its place. Should Unit's refusal quote it, the caller sees the challenge id instead.
-    async with placeholder_token_request(tmp_path, monkeypatch, None) as (
-        tokens,
-        redaction,
-        flow,
-        _,
-    ):
-        state = tokens._flows[flow.id]
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
+        state = request.tokens._flows[request.flow.id]
         state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
         refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
-        flow.response = http.Response.make(400, json.dumps(refusal).encode())
-        assert tokens.response(flow) is None
-        real = redaction.real_response_content(flow) or b""
-        assert b"vt-REAL-123" not in real and b"vt-REAL-123" not in flow.response.content
+        request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
+        assert request.tokens.response(request.flow) is None
+        real = request.redaction.real_response_content(request.flow) or b""
+        assert b"vt-REAL-123" not in real and b"vt-REAL-123" not in request.flow.response.content
         assert json.loads(real)["errors"][0]["detail"] == "bad code for unitgw-challenge-abc"
 
 

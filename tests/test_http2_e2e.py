@@ -24,6 +24,8 @@ pytestmark = pytest.mark.timeout(90)
 
 CUSTOMER = "10001"
 PLACEHOLDER = f"unitgw:customer:{CUSTOMER}"
+AS_CUSTOMER = {"Authorization": f"Bearer {PLACEHOLDER}"}
+AS_ORG = {"Authorization": "Bearer unitgw:org"}
 #: The seeded customer's SSN: the caller gets it, flows and logs never show it.
 SSN = "900121234"
 #: How much later than the deadline the caller may hear of it: the sweep runs every 0.5 s.
@@ -100,7 +102,7 @@ def test_placeholders_over_http2_on_both_sides(
     with http2_client(gateway) as client:
         customer = client.get(
             f"{http2_unit.url}/customers/{CUSTOMER}",
-            headers={"Authorization": f"Bearer {PLACEHOLDER}"},
+            headers=AS_CUSTOMER,
         )
         # No Authorization at all: this gateway sends such requests with the org token.
         org = client.get(f"{http2_unit.url}/customers?page[limit]=5")
@@ -156,20 +158,18 @@ def test_a_challenge_and_secrets_in_bodies_over_http2(
             "flow_detail=4",
         ),
     )
-    org = {"Authorization": "Bearer unitgw:org"}
-    customer = {"Authorization": f"Bearer {PLACEHOLDER}"}
     with http2_client(gateway) as client:
         card = client.get(
-            f"{http2_unit.url}/cards?filter[customerId]={CUSTOMER}", headers=org
+            f"{http2_unit.url}/cards?filter[customerId]={CUSTOMER}", headers=AS_ORG
         ).json()["data"][0]["id"]
         pan_url = f"{http2_unit.url}/cards/{card}/secure-data/pan"
-        asked = client.get(pan_url, headers=customer)
+        asked = client.get(pan_url, headers=AS_CUSTOMER)
         status, code, _ = error_of(asked)
         assert (status, code) == (401, "verification_required")
         challenge_id = asked.json()["errors"][0]["meta"]["challengeId"]
         completed = client.post(
             f"{http2_unit.url}/customers/{CUSTOMER}/token",
-            headers={**org, "Content-Type": "application/vnd.api+json"},
+            headers={**AS_ORG, "Content-Type": "application/vnd.api+json"},
             json={
                 "data": {
                     "type": "customerToken",
@@ -183,12 +183,12 @@ def test_a_challenge_and_secrets_in_bodies_over_http2(
         )
         assert completed.status_code == 201, completed.text
         assert completed.json()["data"]["attributes"]["token"] == PLACEHOLDER
-        pan = client.get(pan_url, headers=customer)
+        pan = client.get(pan_url, headers=AS_CUSTOMER)
         assert pan.status_code == 200, pan.text
 
         created = client.post(
             f"{http2_unit.url}/applications",
-            headers=org,
+            headers=AS_ORG,
             json=application(ssn, None, "1990-04-12"),
         )
     for response in (asked, completed, pan, created):
@@ -208,14 +208,13 @@ def test_unit_401_over_http2_is_retried_with_a_new_token(
     tls_sandbox: harness.Sandbox,
 ) -> None:
     gateway = gateway_factory(http2_unit)
-    placeholder = {"Authorization": f"Bearer {PLACEHOLDER}"}
     cards = f"{http2_unit.url}/cards"
     with http2_client(gateway) as client:
-        assert client.get(cards, headers=placeholder).status_code == 200
+        assert client.get(cards, headers=AS_CUSTOMER).status_code == 200
         # Unit's clock moves past the cached token's expiry: Unit answers 401 to it, and the
         # gateway mints again and retries once.
         tls_sandbox.admin("POST", "/__sandbox/clock", {"advance_seconds": 7200})
-        retried = client.get(cards, headers=placeholder)
+        retried = client.get(cards, headers=AS_CUSTOMER)
     assert retried.http_version == "HTTP/2"
     assert retried.status_code == 200, retried.text
     assert "v2.public." not in retried.text
@@ -232,17 +231,16 @@ def test_unit_answering_late_over_http2_is_a_504_at_the_deadline(
     tls_sandbox: harness.Sandbox,
 ) -> None:
     gateway = gateway_factory(http2_unit, overrides={"unit": {"response_timeout_seconds": 1}})
-    placeholder = {"Authorization": f"Bearer {PLACEHOLDER}"}
     cards = f"{http2_unit.url}/cards"
     with http2_client(gateway) as client:
-        assert client.get(cards, headers=placeholder).status_code == 200
+        assert client.get(cards, headers=AS_CUSTOMER).status_code == 200
         tls_sandbox.faults(latency_ms=4000)  # Unit hangs longer than the deadline
         started = time.monotonic()
-        late = client.get(cards, headers=placeholder)
+        late = client.get(cards, headers=AS_CUSTOMER)
         waited = time.monotonic() - started
         tls_sandbox.faults(latency_ms=0)
         # HTTP/2 cancels only the overdue stream: the connection to Unit carries the next.
-        again = client.get(cards, headers=placeholder)
+        again = client.get(cards, headers=AS_CUSTOMER)
     status, code, detail = error_of(late)
     assert (status, code) == (504, "upstream_timeout")
     assert "(Unit): no complete answer within 1 s" in detail
@@ -265,11 +263,10 @@ def test_unit_outage_over_http2_is_a_json_api_error(
     tls_sandbox: harness.Sandbox,
 ) -> None:
     gateway = gateway_factory(http2_unit)
-    placeholder = {"Authorization": "Bearer unitgw:org"}
     with http2_client(gateway) as client:
-        assert client.get(f"{http2_unit.url}/cards", headers=placeholder).status_code == 200
+        assert client.get(f"{http2_unit.url}/cards", headers=AS_ORG).status_code == 200
         assert http2_unit.process.stop() == 0  # Unit goes away
-        down = client.get(f"{http2_unit.url}/cards", headers=placeholder)
+        down = client.get(f"{http2_unit.url}/cards", headers=AS_ORG)
     assert down.http_version == "HTTP/2"
     status, code, detail = error_of(down)
     assert (status, code) == (502, "upstream_unreachable")
