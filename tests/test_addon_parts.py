@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,7 +34,7 @@ from unit_gateway.core import GatewayCore
 from unit_gateway.identity import Identity
 from unit_gateway.inject import FlowState, TokenInjector
 from unit_gateway.metrics import MetricsExporter
-from unit_gateway.minting import TokenError
+from unit_gateway.minting import Challenge, TokenError
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
     _SECRETS,
@@ -45,6 +46,7 @@ from unit_gateway.redact import (
 )
 from unit_gateway.redaction import Redactor
 from unit_gateway.redaction_rules import RedactionSettings
+from unit_gateway.token_cache import CachedToken
 
 TOKEN = ADDONS_ORG_TOKEN
 CUSTOMER = Identity("customer", "10001")
@@ -461,6 +463,83 @@ async def test_unit_refusing_a_challenge_code_never_shows_the_caller_the_verific
         real = request.redaction.real_response_content(request.flow) or b""
         assert b"vt-REAL-123" not in real and b"vt-REAL-123" not in request.flow.response.content
         assert json.loads(real)["errors"][0]["detail"] == "bad code for unitgw-challenge-abc"
+
+
+async def test_a_bug_while_ending_a_challenge_answers_500_and_never_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chain would log the failure and pass Unit's refusal on, with the real verification
+    # token it quotes.
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
+        state = request.tokens._flows[request.flow.id]
+        state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(request.tokens, "_hide_verification_token", broken)
+        refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
+        request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
+        assert request.tokens.response(request.flow) is None
+        real = request.redaction.real_response_content(request.flow) or b""
+        assert b"vt-REAL-123" not in real
+        assert request.flow.response.status_code == 500
+        error = json.loads(real)["errors"][0]
+        assert error["code"] == "gateway_internal_error"
+        assert "failed ending the challenge" in error["detail"]
+
+
+async def test_a_bug_while_reading_a_token_request_refuses_it_and_keeps_no_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Completing a challenge, the gateway writes the real verification token into the request
+    # and then redacts it: should that fail, the request goes nowhere and the flow keeps none.
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
+        assert request.tokens.service is not None
+        challenge_id = "unitgw-challenge-abc"
+        request.tokens.service.challenges[challenge_id] = Challenge(
+            CUSTOMER, frozenset({"cards-sensitive"}), "vt-REAL-123", time.monotonic()
+        )
+        attributes = {"verificationToken": challenge_id, "verificationCode": "000001"}
+        flow = request.flow
+        flow.response = None
+        flow.request.content = json.dumps({"data": {"attributes": attributes}}).encode()
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(request.redaction, "redact_body", broken)
+        request.tokens.request(flow)
+        assert flow.response is not None and flow.response.status_code == 500
+        error = json.loads(flow.response.content or b"")["errors"][0]
+        assert error["code"] == "gateway_internal_error"
+        assert "failed reading the token request" in error["detail"]
+        assert "not forwarded" in error["detail"]
+        assert not flow.request.content
+
+
+async def test_a_bug_while_retrying_answers_500_not_units_401(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
+        state = request.tokens._flows[request.flow.id]
+        state.token_identity = None  # an ordinary request to Unit, with an injected token
+        now = time.monotonic()
+        state.token = CachedToken(CUSTOMER, frozenset({"cards"}), now + 600, now + 300, value=TOKEN)
+
+        async def broken(*args: Any) -> None:
+            raise KeyError("the upstream went away in a reload")
+
+        monkeypatch.setattr(request.tokens, "_retry", broken)
+        request.flow.response = http.Response.make(401, b'{"errors": []}')
+        retrying = request.tokens.response(request.flow)
+        assert retrying is not None
+        await retrying
+        assert request.flow.response.status_code == 500
+        error = request.flow.response.json()["errors"][0]
+        assert error["code"] == "gateway_internal_error"
+        assert "failed retrying with a new token" in error["detail"]
+        assert "(KeyError); Unit's first answer (401) is not passed on" in error["detail"]
 
 
 def test_a_token_error_quoting_a_token_shows_only_its_fingerprint() -> None:

@@ -167,6 +167,7 @@ class TokenInjector:
         # mitmproxy would log the exception and forward the request as it is: refuse instead.
         logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
         flow.response = _internal_error(flow, step, "the request was not forwarded")
+        flow.metadata[LOCAL_RESPONSE_KEY] = True
 
     def _route_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert self.core.config is not None
@@ -311,6 +312,17 @@ class TokenInjector:
         if self.service is None:
             return
         try:
+            self._take_token_request(flow, state)
+        except Exception:
+            # Half-way through, the flow may hold a real verification token: it keeps no body.
+            flow.request.content = None
+            self._fail_closed(flow, "reading the token request")
+
+    def _take_token_request(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """A create-token request: a challenge being completed gets the real verification
+        token; what the new token may be cached for is noted."""
+        assert self.service is not None and state.token_identity is not None
+        try:
             body = json.loads(self.redaction.real_request_content(flow) or b"null")
             attributes = body["data"]["attributes"]
         except (ValueError, KeyError, TypeError):
@@ -368,16 +380,18 @@ class TokenInjector:
         state = self._flows.get(flow.id)
         if state is None or flow.response is None or self.service is None:
             return None
-        if state.challenge_id is not None:
-            self._end_challenge(flow, state)
         if state.token_identity is not None:
+            step = "ending the challenge"
             try:
+                if state.challenge_id is not None:
+                    self._end_challenge(flow, state)
+                step = "taking up Unit's new token"
                 self._learn(flow, state)
             except Exception:
-                # mitmproxy would log it and pass Unit's answer on, token and all.
-                step = "taking up Unit's new token"
+                # mitmproxy would log it and pass Unit's answer on: a token, or a verification
+                # token the caller never sent.
                 logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
-                if state.placeholder_caller:
+                if state.placeholder_caller or state.challenge_id is not None:
                     self.redaction.set_real_response(
                         flow, _internal_error(flow, step, "Unit's answer is not passed on")
                     )
@@ -462,6 +476,19 @@ class TokenInjector:
     async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Unit rejected an injected token: evict it, get another, and send the request once
         more. A second 401 goes back to the caller."""
+        assert state.token is not None
+        kind = state.token.identity.kind
+        try:
+            await self._retry(flow, state)
+        except Exception:
+            step = "retrying with a new token"
+            logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
+            self.redaction.set_real_response(
+                flow, _internal_error(flow, step, "Unit's first answer (401) is not passed on")
+            )
+            self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
+
+    async def _retry(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.service is not None and state.token is not None
         self.service.evict(state.token)
         state.retried = True
