@@ -192,7 +192,16 @@ def test_unit_quoting_a_secret_the_call_sent_does_not_hand_it_to_the_caller() ->
     )
 
 
-@pytest.mark.parametrize(("sent", "kept"), [("7", {"Retry-After": "7"}), ("soon", {}), (None, {})])
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("7", {"Retry-After": "7"}),
+        # An HTTP date (here one already past) is passed on as seconds from now.
+        ("Wed, 21 Oct 2015 07:28:00 GMT", {"Retry-After": "0"}),
+        ("soon", {}),
+        (None, {}),
+    ],
+)
 def test_unit_rate_limiting_a_token_call_passes_its_retry_after_on(
     sent: str | None, kept: dict[str, str]
 ) -> None:

@@ -1,12 +1,15 @@
 """Sliding-window limits: Unit's per-IP request limit and per-customer verification limit, as
-the local sandbox enforces them and as the gateway keeps within them."""
+the local sandbox enforces them and as the gateway keeps within them; and the waits they
+announce (``Retry-After``)."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +55,15 @@ class SlidingWindow:
 def whole_seconds(seconds: float) -> int:
     """Seconds for a header: rounded up, never 0 while something is still waiting."""
     return max(math.ceil(seconds), 1) if seconds > 0 else 0
+
+
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))

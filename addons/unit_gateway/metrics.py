@@ -15,7 +15,6 @@ import re
 import threading
 import time
 from collections import deque
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -34,6 +33,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__, identity
 from unit_gateway.access_log import AccessLog, log_path
+from unit_gateway.limits import retry_after_seconds
 from unit_gateway.routes import HTTP_METHODS
 
 if TYPE_CHECKING:
@@ -343,18 +343,6 @@ class RecentRequests:
 _REPORTED_LIMIT_HEADERS = frozenset({b"x-ratelimit-limit", b"x-ratelimit-remaining", b"ratelimit"})
 _RATE_LIMIT_HEADERS = _REPORTED_LIMIT_HEADERS | {b"retry-after"}
 _RATELIMIT_FIELD = re.compile(r"(limit|remaining)\s*=\s*(\d+)", re.IGNORECASE)
-
-
-def retry_after_seconds(value: str, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: a number, or an HTTP date."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 def reported_limits(headers: http.Headers) -> tuple[float | None, float | None]:

@@ -25,7 +25,7 @@ from mitmproxy import http
 from unit_gateway import jsonapi
 from unit_gateway.config import LoadedConfig, Secret, TokenKindSettings, Upstream
 from unit_gateway.identity import Identity
-from unit_gateway.limits import SlidingWindow, whole_seconds
+from unit_gateway.limits import SlidingWindow, retry_after_seconds, whole_seconds
 from unit_gateway.loops import own_socket
 from unit_gateway.token_cache import CachedToken, TokenCache, scopes_of, usable_lifetime
 
@@ -364,12 +364,12 @@ def _upstream_refusal(
         if isinstance(value, str) and value:
             reason = reason.replace(value, f"[redacted:{name}]")
     if status == 429:
-        wait = retry_after.strip() if retry_after else ""
+        wait = retry_after_seconds(retry_after) if retry_after else None
         return TokenError(
             429,
             "token_endpoint_rate_limited",
             f"{step}: Unit answered 429: {reason}",
-            headers={"Retry-After": wait} if wait.isdigit() else None,
+            headers={"Retry-After": str(whole_seconds(wait))} if wait is not None else None,
         )
     if status >= 500:
         return TokenError(
