@@ -188,7 +188,8 @@ class RedirectLoopGuard:
 
     def _check(self, client: connection.Client, key: tuple[tuple[Any, ...], ...]) -> None:
         if key not in self._own:
-            own = _own_socket(*key)
+            # A token-client socket that came back comes from this host: others need no walk.
+            own = _own_socket(*key) if _OWN_SOCKETS and self._from_this_host(key[0][0]) else None
             if own is None:
                 return
             own.on_loop()

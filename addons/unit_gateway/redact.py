@@ -163,7 +163,9 @@ def _handle_event(
     if "_handle_event" in self.__dict__ and flow is not None and flow not in _SECRETS:
         # An open tunnel (HttpStream has switched itself to passthrough) of a flow with no
         # real values: all it yields is its inner streams' commands, which those streams'
-        # own calls here have handled. Half of all calls per request are these.
+        # own calls here have handled. Half of all calls per request are these. (A CONNECT
+        # flow is never protected, see before_hook: so a ResponseOverdue for a flow inside
+        # the tunnel passes here to the inner stream.)
         yield from _original_handle_event(self, event)
         return
     if type(event) is ResponseOverdue:
@@ -438,10 +440,14 @@ def _upstream_fields(
     return _wire_fields(request.data.headers.fields, secrets.request_headers, replace, append)
 
 
+#: Protocols whose header names must be lower case.
+_LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")
+
+
 def authorization_name(request: http.Request) -> str:
     """How an ``Authorization`` field the gateway adds is spelled: HTTP/2 and 3 allow only
     lower-case names (mitmproxy would lowercase it, and log that it had to, every time)."""
-    return "authorization" if request.is_http2 or request.is_http3 else "Authorization"
+    return "authorization" if request.data.http_version in _LOWER_CASE_NAMES else "Authorization"
 
 
 def has_header_field(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> bool:
@@ -451,8 +457,8 @@ def has_header_field(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) ->
 
 
 def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str | None:
-    """What ``headers.get(name)`` returns (values of repeated fields joined by ", "), in one
-    pass over the raw fields."""
+    """What ``headers.get(name)`` returns (values of repeated fields joined by ", "); an
+    absent field (the common case) costs one pass over the raw fields, in C."""
     if not has_header_field(fields, lowered):
         return None
     values = [value for name, value in fields if name.lower() == lowered]
