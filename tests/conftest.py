@@ -4,6 +4,7 @@ it, a client that goes through the gateway, and a leak scan over every output of
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -16,6 +17,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from mitmproxy import http, io
 from unit import Unit
 
 from unit_gateway.core import GatewayCore
@@ -83,7 +85,9 @@ def gateway_addons() -> tuple[GatewayMetrics, GatewayCore, FlowRedaction, TokenI
 def sdk(
     gateway: harness.Gateway, sandbox: harness.Sandbox, token: str, mp: pytest.MonkeyPatch
 ) -> Unit:
-    """Unit's SDK as a service uses it: proxy and CA from the environment, a placeholder token."""
+    """Unit's SDK as a service uses it: proxy and CA from the environment (and no other proxy
+    setting of the machine's), a placeholder token."""
+    clear_proxy_settings(mp)
     mp.setenv("HTTP_PROXY", gateway.proxy_url)
     mp.setenv("HTTPS_PROXY", gateway.proxy_url)
     mp.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
@@ -165,6 +169,26 @@ def wait_until(
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+#: How much later than a deadline the caller may hear of it: the sweep runs every 0.5 s.
+DEADLINE_SLACK_SECONDS = 1.5
+
+
+def saved_flows(path: Path) -> list[http.HTTPFlow]:
+    """The HTTP flows of a ``save_stream_file``."""
+    with path.open("rb") as f:
+        return [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
+
+
+def config_reloads(gateway: harness.Gateway, outcome: str) -> float:
+    """``unit_gateway_config_reloads_total`` for ``outcome`` (0 before the first)."""
+    match = re.search(
+        r'^unit_gateway_config_reloads_total\{[^}]*outcome="' + outcome + r'"[^}]*\} (\S+)$',
+        gateway.metrics_text(),
+        re.MULTILINE,
+    )
+    return float(match.group(1)) if match else 0.0
 
 
 def wait_until_unit_answered_all(sandbox: harness.Sandbox, timeout: float = 10.0) -> None:
@@ -305,6 +329,11 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
     yield start
 
     for gateway in started:
+        proc = gateway.process.proc
+        if gateway.metrics_url and proc is not None and proc.poll() is None:
+            # What /metrics served: one last scrape holds every label set it ever had.
+            served = gateway.metrics_text().encode()
+            planted.blobs.append((f"{gateway.process.name} /metrics", served))
         status = gateway.process.stop()
         assert status == 0, gateway.process.output()[-2000:]
         for port in ports_of(gateway):

@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from mitmproxy import io
 from unit import Unit
 from unit.models import UnitError, UnitResponse
 
 from conftest import (
+    DEADLINE_SLACK_SECONDS,
     GatewayFactory,
     clear_proxy_settings,
     proxied_session,
+    saved_flows,
     sdk,
     wait_until_unit_answered_all,
 )
@@ -27,13 +28,6 @@ pytestmark = pytest.mark.timeout(90)
 
 CUSTOMER = "10001"
 PLACEHOLDER = f"unitgw:customer:{CUSTOMER}"
-#: How much later than the deadline the caller may hear of it: the sweep runs every 0.5 s.
-SLACK_SECONDS = 1.5
-
-
-def saved_flows(path: Path) -> list[object]:
-    with path.open("rb") as f:
-        return list(io.FlowReader(f).stream())
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
@@ -69,7 +63,7 @@ def test_unit_answering_late_is_a_504_at_the_deadline(
     assert (error.status, error.code) == ("504", "upstream_timeout")
     assert "(Unit): no complete answer within 1 s" in error.detail
     assert "may have acted on it" in error.detail
-    assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
+    assert 1.0 <= waited < 1.0 + DEADLINE_SLACK_SECONDS, waited
     # The connection Unit hung on is closed: its late answer is not read as the next one's.
     again = unit.cards.list()
     assert isinstance(again, UnitResponse), again
@@ -114,7 +108,7 @@ def test_token_endpoints_get_unit_token_timeout(
     assert answer.status_code == 504, answer.text
     assert answer.headers["Content-Type"] == "application/vnd.api+json"
     assert answer.json()["errors"][0]["code"] == "upstream_timeout"
-    assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
+    assert 1.0 <= waited < 1.0 + DEADLINE_SLACK_SECONDS, waited
     assert b"v2.public." not in answer.content
     wait_until_unit_answered_all(sandbox)
     assert sandbox.stats()["requests"]["POST /customers/{customerId}/token"] == 1

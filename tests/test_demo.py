@@ -91,10 +91,11 @@ def test_a_failing_step_is_named_and_exits_non_zero(run_dir: Path, planted: Plan
 
 
 def test_the_demo_scans_what_it_printed_with_its_files(
-    run_dir: Path, capsys: pytest.CaptureFixture[str]
+    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its printed output is no file, and the gateway excerpt it prints comes from a log: the
     demo's own leak scan (its last step and its exit status) covers what it printed too."""
+    monkeypatch.setattr(demo, "_printed", [])  # the module's record: not for other tests
     secret = "9" + "31337" * 3
     demo.print_line(f"a line that shows {secret}")
     (run_dir / "clean.log").write_text("nothing here\n")

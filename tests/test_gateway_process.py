@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import GatewayFactory, Planted, ports_of, proxied_session
+from conftest import GatewayFactory, Planted, ports_of, proxied_session, sdk
 from unit_gateway.testing import harness
 
 
@@ -53,15 +53,9 @@ def test_unit_python_sdk_through_the_gateway(
     sandbox: harness.Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from unit import Unit
 
     # The SDK uses module-level requests: proxy and CA come from the environment, as in a service.
-    monkeypatch.setenv("HTTP_PROXY", gateway.proxy_url)
-    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    unit = Unit(sandbox.url, sandbox.org_token)
+    unit = sdk(gateway, sandbox, sandbox.org_token, monkeypatch)
     cards = unit.cards.list()
     assert cards.data, cards
     card = unit.cards.get(cards.data[0].id)

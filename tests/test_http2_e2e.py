@@ -15,9 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mitmproxy import http, io
 
-from conftest import GatewayFactory, Planted, application, wait_until_unit_answered_all
+from conftest import (
+    DEADLINE_SLACK_SECONDS,
+    GatewayFactory,
+    Planted,
+    application,
+    saved_flows,
+    wait_until_unit_answered_all,
+)
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(90)
@@ -28,8 +34,6 @@ AS_CUSTOMER = {"Authorization": f"Bearer {PLACEHOLDER}"}
 AS_ORG = {"Authorization": "Bearer unitgw:org"}
 #: The seeded customer's SSN: the caller gets it, flows and logs never show it.
 SSN = "900121234"
-#: How much later than the deadline the caller may hear of it: the sweep runs every 0.5 s.
-SLACK_SECONDS = 1.5
 
 
 @pytest.fixture
@@ -72,11 +76,6 @@ def http2_client(gateway: harness.Gateway) -> httpx.Client:
     return httpx.Client(
         http2=True, proxy=gateway.proxy_url, verify=tls, trust_env=False, timeout=30
     )
-
-
-def saved_flows(path: Path) -> list[http.HTTPFlow]:
-    with path.open("rb") as f:
-        return [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
 
 
 def error_of(response: httpx.Response) -> tuple[int, str, str]:
@@ -244,7 +243,7 @@ def test_unit_answering_late_over_http2_is_a_504_at_the_deadline(
     status, code, detail = error_of(late)
     assert (status, code) == (504, "upstream_timeout")
     assert "(Unit): no complete answer within 1 s" in detail
-    assert 1.0 <= waited < 1.0 + SLACK_SECONDS, waited
+    assert 1.0 <= waited < 1.0 + DEADLINE_SLACK_SECONDS, waited
     assert again.status_code == 200, again.text
     assert again.http_version == "HTTP/2"
     output = gateway.process.output()

@@ -12,7 +12,7 @@ import requests
 from unit import Unit
 from unit.models import UnitError
 
-from conftest import GatewayFactory, Planted, clear_proxy_settings, take_down
+from conftest import GatewayFactory, Planted, clear_proxy_settings, sdk, take_down
 from unit_gateway.testing import harness
 
 
@@ -22,11 +22,8 @@ def test_regular_mode_with_the_python_sdk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gateway = gateway_factory(tls_sandbox, name="regular")
-    clear_proxy_settings(monkeypatch)
     # What a service sets: the proxy and the gateway's CA; the SDK keeps Unit's URL.
-    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
-    unit = Unit(tls_sandbox.url, "unitgw:customer:10001")
+    unit = sdk(gateway, tls_sandbox, "unitgw:customer:10001", monkeypatch)
     cards = unit.cards.list()
     assert cards.data and all(c.relationships["customer"].id == "10001" for c in cards.data)
     stats = tls_sandbox.stats()
@@ -99,9 +96,7 @@ def test_unit_down_is_an_error_the_sdk_can_read_in_each_mode(
     clear_proxy_settings(monkeypatch)
     if mode == "regular":
         gateway = gateway_factory(tls_sandbox, name="regular")
-        monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
-        unit = Unit(tls_sandbox.url, "unitgw:customer:10001")
+        unit = sdk(gateway, tls_sandbox, "unitgw:customer:10001", monkeypatch)
     else:
         gateway = gateway_factory(tls_sandbox, mode=f"reverse:{tls_sandbox.url}", name="reverse")
         unit = Unit(gateway.proxy_url, "unitgw:customer:10001")

@@ -30,7 +30,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import GatewayFactory, Planted, proxied_session, wait_until
+from conftest import GatewayFactory, Planted, config_reloads, proxied_session, wait_until
 from unit_gateway.testing import harness
 from unit_gateway.testing import prometheus as prom
 
@@ -353,15 +353,6 @@ def error_code(response: requests.Response) -> str | None:
         return None
 
 
-def reload_count(gateway: harness.Gateway, outcome: str) -> float:
-    pattern = re.compile(
-        r'^unit_gateway_config_reloads_total\{[^}]*outcome="' + outcome + r'"[^}]*\} (\S+)$',
-        re.MULTILINE,
-    )
-    match = pattern.search(gateway.metrics_text())
-    return float(match.group(1)) if match else 0.0
-
-
 def drive_one_off_events(gateway: harness.Gateway, sandbox: harness.Sandbox, run_dir: Path) -> None:
     """The events steady traffic does not make, each checked to have happened."""
     url = sandbox.url
@@ -437,14 +428,14 @@ def drive_one_off_events(gateway: harness.Gateway, sandbox: harness.Sandbox, run
     # A configuration change that does not validate (kept out), then one that does.
     config_path = run_dir / "gateway.yaml"
     assert config_path.exists()
-    before = reload_count(gateway, "error")
+    before = config_reloads(gateway, "error")
     harness.write_gateway_config(
         config_path,
         upstream_url=sandbox.url,
         overrides={**GATEWAY_OVERRIDES, "tokens": {**GATEWAY_OVERRIDES["tokens"], "cache_size": 0}},
     )
     # Soft wait: if the gateway never counts it, the reload panels report it below.
-    wait_until(lambda: reload_count(gateway, "error") > before, timeout=8)
+    wait_until(lambda: config_reloads(gateway, "error") > before, timeout=8)
     harness.write_gateway_config(
         config_path,
         upstream_url=sandbox.url,
@@ -546,10 +537,11 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
     finally:
         traffic.stop()
         status = prometheus.stop()
+        # Its log is outside run_dir: scanned whatever happened above.
+        planted.blobs.append(("prometheus log", prometheus.process.output().encode()))
     assert status == 0, prometheus.process.output()[-2000:]
-    # What Prometheus stored, logged and alerted on goes through the leak scan too.
+    # What Prometheus stored and alerted on goes through the leak scan too.
     planted.blobs.append(("prometheus series", json.dumps(label_sets).encode()))
-    planted.blobs.append(("prometheus log", prometheus.process.output().encode()))
     planted.blobs.append(("prometheus alerts", json.dumps(firing).encode()))
 
     problems = []

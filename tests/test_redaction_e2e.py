@@ -40,6 +40,7 @@ from conftest import (
     jwt_settings,
     planted_sandbox,
     proxied_session,
+    sdk,
 )
 from unit_gateway.testing import harness
 
@@ -77,14 +78,8 @@ def run_traffic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every kind of secret through the gateway; checks that callers get the real values."""
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", gateway.proxy_url)
-    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
-
     # Unit's SDK with placeholders: accounts (account and routing numbers) and cards.
-    org = Unit(sandbox.url, "unitgw:org")
+    org = sdk(gateway, sandbox, "unitgw:org", monkeypatch)
     accounts = org.accounts.list().data
     assert accounts
     real_accounts = direct(sandbox, "GET", "/accounts").json()["data"]

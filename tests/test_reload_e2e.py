@@ -10,17 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import GatewayFactory, proxied_session, wait_until
+from conftest import GatewayFactory, config_reloads, proxied_session, wait_until
 from unit_gateway.testing import harness
-
-
-def reloads(gateway: harness.Gateway, outcome: str) -> float:
-    match = re.search(
-        rf'^unit_gateway_config_reloads_total{{outcome="{outcome}"}} (\S+)$',
-        gateway.metrics_text(),
-        re.MULTILINE,
-    )
-    return float(match.group(1)) if match else 0.0
 
 
 def rewrite(path: Path, change: Callable[[dict], None]) -> None:
@@ -48,7 +39,7 @@ def test_scope_default_changes_live(
             config,
             lambda d: d["tokens"]["customer"].update(default_scopes=["cards", "accounts"]),
         )
-        assert wait_until(lambda: reloads(gateway, "ok") == 1)
+        assert wait_until(lambda: config_reloads(gateway, "ok") == 1)
         assert "unit-gateway: configuration" in gateway.process.output()
         # Another customer: the new defaults mint one token that serves both routes.
         other = {"Authorization": "Bearer unitgw:customer:10003"}
@@ -66,7 +57,7 @@ def test_broken_file_keeps_the_running_configuration(
     with proxied_session(gateway) as session:
         assert session.get(sandbox.url + "/cards", headers=headers).status_code == 200
         rewrite(config, lambda d: d.setdefault("tokens", {}).update(cache_size=0))
-        assert wait_until(lambda: reloads(gateway, "error") == 1)
+        assert wait_until(lambda: config_reloads(gateway, "error") == 1)
         output = gateway.process.output()
         assert "tokens.cache_size: must be >= 1" in output
         assert "the running configuration stays in force" in output
@@ -74,7 +65,7 @@ def test_broken_file_keeps_the_running_configuration(
         assert session.get(sandbox.url + "/accounts", headers=headers).status_code == 200
         # Fixing the file applies it.
         rewrite(config, lambda d: d["tokens"].update(cache_size=100))
-        assert wait_until(lambda: reloads(gateway, "ok") == 1)
+        assert wait_until(lambda: config_reloads(gateway, "ok") == 1)
     assert gateway.process.proc is not None and gateway.process.proc.poll() is None
 
 
@@ -93,7 +84,7 @@ def test_redaction_rule_changes_live(
         assert shown.search(gateway.process.output()).group(1) == last4  # type: ignore[union-attr]
 
         rewrite(config, lambda d: d.setdefault("redaction", {}).update(fields=["last4Digits"]))
-        assert wait_until(lambda: reloads(gateway, "ok") == 1)
+        assert wait_until(lambda: config_reloads(gateway, "ok") == 1)
         before = gateway.process.output()
         again = session.get(sandbox.url + "/cards/30001", headers=headers)
         # The caller still gets the real value; what a person sees no longer shows it.

@@ -25,6 +25,7 @@ from conftest import (
     proxied_session,
     sdk,
     take_down,
+    wait_until,
     wait_until_unit_answered_all,
 )
 from unit_gateway.testing import harness
@@ -159,9 +160,7 @@ def test_refresh_ahead_in_background(
         started = time.monotonic()
         assert get(session, sandbox, "/cards", placeholder).status_code == 200
         assert time.monotonic() - started < 1.0
-        deadline = time.monotonic() + 5
-        while created(sandbox)[0] < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: created(sandbox)[0] >= 2, 5, interval=0.05)
         assert created(sandbox)[0] == 2, "a replacement was minted in the background"
         assert get(session, sandbox, "/cards", placeholder).status_code == 200
         assert created(sandbox)[0] == 2, "the refreshed token is used"
