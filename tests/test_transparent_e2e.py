@@ -238,7 +238,7 @@ def test_transparent_mode_with_the_python_sdk_in_a_namespace(
     assert customers and set(customers) == {"10001"}
 
     stats = unit_host.stats()
-    assert stats["tokens_created"]["customer"] == 1
+    assert stats["tokens_created"] == {"customer": 1, "cardholder": 0}, "one token, no other"
     assert stats["requests"]["GET /cards"] == 1
     # The gateway got the client's own connection (from inside the namespace) and knew where
     # it was going: the original destination, taken from the redirected socket.
@@ -462,7 +462,7 @@ def test_a_host_header_naming_unit_gets_no_token_sent_to_the_address_dialed(
     assert customers and set(customers) == {"10001"}
     stats = unit_host.stats()
     assert stats["requests"]["GET /cards"] == 1
-    assert stats["tokens_created"]["customer"] == 1
+    assert stats["tokens_created"] == {"customer": 1, "cardholder": 0}, "one token, no other"
 
 
 # --- services on the gateway host itself: OUTPUT, excluding the gateway's own user -----------
@@ -598,7 +598,7 @@ def test_services_on_the_gateway_host_are_redirected_in_output_except_the_gatewa
     client = re.escape(url_host(local_unit_ip.ip))
     gateway.process.wait_for(rf"^{client}:\d+: GET {unit_url}/cards", timeout=5)
     stats = unit.stats()
-    assert stats["tokens_created"]["customer"] == 1
+    assert stats["tokens_created"] == {"customer": 1, "cardholder": 0}, "one token, no other"
     assert stats["requests"]["GET /cards"] == 1
 
     # The gateway's own user is excluded: root's request goes straight to Unit, which refuses
