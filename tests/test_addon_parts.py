@@ -52,6 +52,11 @@ TOKEN = ADDONS_ORG_TOKEN
 CUSTOMER = Identity("customer", "10001")
 
 
+def a_bug(*args: Any) -> None:
+    """Stands in for gateway code that fails."""
+    raise RuntimeError("a bug")
+
+
 def answer(
     code: httplayer.ErrorCode, message: str, *, unit: bool = True
 ) -> list[httplayer.SendHttp]:
@@ -402,11 +407,7 @@ async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails
         answer = {"data": {"attributes": {"token": TOKEN, "expiresIn": expires_in}}}
         request.flow.response = http.Response.make(201, json.dumps(answer).encode())
         if failure == "internal error":
-
-            def broken(*args: Any) -> None:
-                raise RuntimeError("a bug")
-
-            monkeypatch.setattr(request.tokens.service, "learn", broken)
+            monkeypatch.setattr(request.tokens.service, "learn", a_bug)
         assert request.tokens.response(request.flow) is None
         real = request.redaction.real_response_content(request.flow) or b""
         assert TOKEN.encode() not in real
@@ -474,10 +475,7 @@ async def test_a_bug_while_ending_a_challenge_answers_500_and_never_the_refusal(
         state = request.tokens._flows[request.flow.id]
         state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
 
-        def broken(*args: Any) -> None:
-            raise RuntimeError("a bug")
-
-        monkeypatch.setattr(request.tokens, "_hide_verification_token", broken)
+        monkeypatch.setattr(request.tokens, "_hide_verification_token", a_bug)
         refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
         request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
         assert request.tokens.response(request.flow) is None
@@ -505,10 +503,7 @@ async def test_a_bug_while_reading_a_token_request_refuses_it_and_keeps_no_body(
         flow.response = None
         flow.request.content = json.dumps({"data": {"attributes": attributes}}).encode()
 
-        def broken(*args: Any) -> None:
-            raise RuntimeError("a bug")
-
-        monkeypatch.setattr(request.redaction, "redact_body", broken)
+        monkeypatch.setattr(request.redaction, "redact_body", a_bug)
         request.tokens.request(flow)
         assert flow.response is not None and flow.response.status_code == 500
         error = json.loads(flow.response.content or b"")["errors"][0]
@@ -530,7 +525,7 @@ async def test_a_bug_while_retrying_answers_500_not_units_401(
         async def broken(*args: Any) -> None:
             raise KeyError("the upstream went away in a reload")
 
-        monkeypatch.setattr(request.tokens, "_retry", broken)
+        monkeypatch.setattr(request.tokens, "_retry", a_bug)
         request.flow.response = http.Response.make(401, b'{"errors": []}')
         retrying = request.tokens.response(request.flow)
         assert retrying is not None
