@@ -525,7 +525,7 @@ async def test_a_bug_while_retrying_answers_500_not_units_401(
         async def broken(*args: Any) -> None:
             raise KeyError("the upstream went away in a reload")
 
-        monkeypatch.setattr(request.tokens, "_retry", a_bug)
+        monkeypatch.setattr(request.tokens, "_retry", broken)
         request.flow.response = http.Response.make(401, b'{"errors": []}')
         retrying = request.tokens.response(request.flow)
         assert retrying is not None
