@@ -450,16 +450,22 @@ def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
         tctx.master.addons.trigger(DoneHook())
 
 
+def unit_refuses_a_challenge_code_quoting_the_verification_token(request: TokenRequest) -> None:
+    """The flow completes challenge ``unitgw-challenge-abc`` (the gateway sent Unit the real
+    verification token ``vt-REAL-123`` in its place), and Unit's refusal quotes that token."""
+    state = request.tokens._flows[request.flow.id]
+    state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
+    refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
+    request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
+
+
 async def test_unit_refusing_a_challenge_code_never_shows_the_caller_the_verification_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The caller sent the challenge id; the gateway sent Unit the real verification token in
     # its place. Should Unit's refusal quote it, the caller sees the challenge id instead.
     async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
-        state = request.tokens._flows[request.flow.id]
-        state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
-        refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
-        request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
+        unit_refuses_a_challenge_code_quoting_the_verification_token(request)
         assert request.tokens.response(request.flow) is None
         real = request.redaction.real_response_content(request.flow) or b""
         assert b"vt-REAL-123" not in real and b"vt-REAL-123" not in request.flow.response.content
@@ -472,12 +478,8 @@ async def test_a_bug_while_ending_a_challenge_answers_500_and_never_the_refusal(
     # The chain would log the failure and pass Unit's refusal on, with the real verification
     # token it quotes.
     async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
-        state = request.tokens._flows[request.flow.id]
-        state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
-
         monkeypatch.setattr(request.tokens, "_hide_verification_token", a_bug)
-        refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
-        request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
+        unit_refuses_a_challenge_code_quoting_the_verification_token(request)
         assert request.tokens.response(request.flow) is None
         real = request.redaction.real_response_content(request.flow) or b""
         assert b"vt-REAL-123" not in real
