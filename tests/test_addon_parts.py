@@ -1,8 +1,9 @@
 """Parts of the gateway's addons driven without a proxy: the JSON:API answer that replaces
 mitmproxy's HTML error page on a flow to Unit (the outage case end to end is in
-test_tokens_e2e.py), header redaction with fields kept for mitmproxy's proxyauth, the
-token addon's refusal when it fails internally, a configuration set as an option, and which
-listeners proxyauth may guard."""
+test_tokens_e2e.py) and before any flow exists (end to end in test_malformed_e2e.py),
+header redaction with fields kept for mitmproxy's proxyauth, the token addon's refusal when
+it fails internally, a configuration set as an option, and which listeners proxyauth may
+guard."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from mitmproxy.hooks import DoneHook, RunningHook
 from mitmproxy.proxy import events
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as httplayer
+from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons, tflow
 
 from conftest import ADDONS_ORG_TOKEN, gateway_addons, unit_config
@@ -131,6 +133,24 @@ def test_failures_mitmproxy_answers_without_a_response_pass_unchanged(
     commands = answer(code, "killed")
     assert len(commands) == 1
     assert type(commands[0].event) is httplayer.ResponseProtocolError
+
+
+def test_a_request_no_flow_holds_gets_a_redacted_json_api_error_while_the_addon_runs() -> None:
+    # mitmproxy answers a request line or header that does not parse before any flow exists,
+    # with an HTML page that quotes the bytes.
+    redaction = FlowRedaction(GatewayCore())
+    with taddons.context(redaction):
+        page = _http1.make_error_response(400, f"Invalid header line: b'Bearer {TOKEN}'")
+        redaction.done()
+    head, body = page.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Content-Type: application/vnd.api+json" in head and b"Connection: close" in head
+    error = json.loads(body)["errors"][0]
+    assert (error["status"], error["code"]) == ("400", "invalid_request")
+    assert error["detail"].startswith("the gateway could not take this request: Invalid header")
+    assert TOKEN not in body.decode()
+    # Once the addon is done, the page is mitmproxy's own again.
+    assert b"Content-Type: text/html" in _http1.make_error_response(400, "a reason")
 
 
 def test_kept_proxy_credentials_are_neither_redacted_nor_counted() -> None:

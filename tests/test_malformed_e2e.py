@@ -1,0 +1,136 @@
+"""Requests the gateway cannot take, through a real gateway process: each gets a JSON:API
+error that names what is wrong, and no secret the caller sent comes back in it. Most of
+these fail before mitmproxy holds a flow for them, where mitmproxy's own answer is an HTML
+page (HTTP/1) or a GOAWAY's debug text (HTTP/2) quoting the caller's bytes. The sandbox sees
+none of them. Every test ends with the leak scan over the run's outputs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from conftest import Planted
+from unit_gateway.testing import harness
+
+pytestmark = pytest.mark.timeout(60)
+
+#: A real token in the caller's request (the caller's own, which the gateway passes on).
+TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIiLCJ1c2VySWQiOiIxMDAwMSJ9" + "Ab3_x" * 12
+
+
+def gateway_address(gateway: harness.Gateway) -> tuple[str, int]:
+    host, port = gateway.proxy_url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def answer_to(gateway: harness.Gateway, raw: bytes) -> bytes:
+    """Everything the gateway sends back on one connection before it closes it."""
+    received = b""
+    with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
+        conn.sendall(raw)
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+def json_api_error(answer: bytes) -> tuple[int, dict]:
+    head, body = answer.split(b"\r\n\r\n", 1)
+    status_line, *fields = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, value in (f.split(": ", 1) for f in fields)}
+    assert headers["content-type"] == "application/vnd.api+json", answer
+    assert headers["connection"] == "close"
+    (error,) = json.loads(body)["errors"]
+    return int(status_line.split()[1]), error
+
+
+def test_an_http1_request_that_does_not_parse_gets_a_json_api_error_without_its_secrets(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    planted.add("caller's token", TOKEN)
+    url = sandbox.url
+    host = url.removeprefix("http://")
+    cases = {
+        # before mitmproxy holds a flow
+        "Bad HTTP request line": f"GET {url}/cards?t={TOKEN} HTTP/1.1 x\r\nHost: {host}\r\n\r\n",
+        "Invalid header line": f"GET {url}/cards HTTP/1.1\r\nHost: {host}\r\n{TOKEN}\r\n\r\n",
+        "invalid content-length header": (
+            f"GET {url}/cards HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {TOKEN}\r\n\r\n"
+        ),
+        # the flow exists (its headers parse), mitmproxy refuses them
+        "invalid header name": (
+            f"GET {url}/cards HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nX Data: {TOKEN}\r\n\r\n"
+        ),
+        "both transfer-encoding and content-length": (
+            f"POST {url}/applications HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: 5\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+    }
+    for reason, raw in cases.items():
+        answer = answer_to(gateway, raw.encode())
+        status, error = json_api_error(answer)
+        assert (status, error["code"]) == (400, "invalid_request"), reason
+        assert error["detail"].startswith("the gateway could not take this request: "), reason
+        assert reason in error["detail"]
+        assert TOKEN.encode() not in answer, f"{reason}: the answer quotes the token"
+        if reason.startswith(("Bad", "Invalid")):
+            assert "[token " in error["detail"], "the quoted bytes are there, redacted"
+    assert sandbox.stats()["requests"] == {}, "none of them reached Unit"
+
+
+def test_an_http2_protocol_error_goaway_does_not_quote_the_callers_token(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    # hyper-h2 refuses a header value with surrounding whitespace and quotes the value; that
+    # text is the GOAWAY's debug data, which the caller's HTTP/2 client may print.
+    planted.add("caller's token", TOKEN)
+    host = sandbox.url.removeprefix("http://")
+    with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
+        conn.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
+        tls = ssl.create_default_context(cafile=str(gateway.ca_path))
+        tls.set_alpn_protocols(["h2"])
+        with tls.wrap_socket(conn, server_hostname=host.split(":")[0]) as tunnel:
+            assert tunnel.selected_alpn_protocol() == "h2"
+            caller = h2.connection.H2Connection(
+                h2.config.H2Configuration(
+                    client_side=True,
+                    validate_outbound_headers=False,
+                    normalize_outbound_headers=False,  # would strip the whitespace
+                )
+            )
+            caller.initiate_connection()
+            caller.send_headers(
+                1,
+                [
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", host),
+                    (":path", "/cards"),
+                    ("authorization", f" Bearer {TOKEN} "),
+                ],
+                end_stream=True,
+            )
+            tunnel.sendall(caller.data_to_send())
+            received = b""
+            ends: list[h2.events.ConnectionTerminated] = []
+            # (mitmproxy sends a GOAWAY without debug data first, then the one with it)
+            while not any(e.additional_data for e in ends):
+                chunk = tunnel.recv(65536)
+                assert chunk, "closed without the GOAWAY that says why"
+                received += chunk
+                events = caller.receive_data(chunk)
+                ends += [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    debug = b"".join(e.additional_data or b"" for e in ends).decode()
+    assert "HTTP/2 protocol error: Received header value surrounded by whitespace" in debug
+    assert "[token " in debug, "the quoted value is there, redacted"
+    assert TOKEN.encode() not in received
+    assert sandbox.stats()["requests"] == {}
