@@ -1,8 +1,9 @@
 """Requests the gateway cannot take, through a real gateway process: each gets a JSON:API
 error that names what is wrong, and no secret the caller sent comes back in it. Most of
 these fail before mitmproxy holds a flow for them, where mitmproxy's own answer is an HTML
-page (HTTP/1) or a GOAWAY's debug text (HTTP/2) quoting the caller's bytes. The sandbox sees
-none of them. Every test ends with the leak scan over the run's outputs."""
+page (HTTP/1), no answer (a broken chunk), unbounded buffering (a head that never ends) or
+a GOAWAY's debug text (HTTP/2) quoting the caller's bytes (see unit_gateway.early_errors).
+The sandbox sees none of them. Every test ends with the leak scan over the run's outputs."""
 
 from __future__ import annotations
 
@@ -73,6 +74,12 @@ def test_an_http1_request_that_does_not_parse_gets_a_json_api_error_without_its_
             f"Authorization: Bearer {TOKEN}\r\nContent-Length: 5\r\n"
             "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
         ),
+        # the body's framing is broken (mitmproxy closes without an answer)
+        "illegal chunk header": (
+            f"POST {url}/applications HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            f"zz{TOKEN}\r\n"
+        ),
     }
     for reason, raw in cases.items():
         answer = answer_to(gateway, raw.encode())
@@ -81,9 +88,65 @@ def test_an_http1_request_that_does_not_parse_gets_a_json_api_error_without_its_
         assert error["detail"].startswith("the gateway could not take this request: "), reason
         assert reason in error["detail"]
         assert TOKEN.encode() not in answer, f"{reason}: the answer quotes the token"
-        if reason.startswith(("Bad", "Invalid")):
+        if reason.startswith(("Bad", "Invalid", "illegal")):
             assert "[token " in error["detail"], "the quoted bytes are there, redacted"
     assert sandbox.stats()["requests"] == {}, "none of them reached Unit"
+
+
+def test_a_request_head_over_64_kib_is_refused_with_431_and_one_under_it_goes_through(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    planted.add("caller's token", TOKEN)
+    url = sandbox.url
+    host = url.removeprefix("http://")
+    start = f"GET {url}/cards?page[limit]=1 HTTP/1.1\r\nHost: {host}\r\n".encode()
+    org = b"Authorization: Bearer unitgw:org\r\n"
+
+    # mitmproxy buffers a head until it ends: this one never does, and is sent on and on.
+    with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
+        conn.sendall(start + f"X-Data: {TOKEN}".encode())
+        try:
+            for _ in range(64):  # 4 MiB
+                conn.sendall(b"a" * 65536)
+        except OSError:
+            pass  # the gateway closed the connection while the caller still sent
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass  # closed with unread bytes: the answer came before the reset
+    status, error = json_api_error(answer)
+    assert (status, error["code"]) == (431, "request_too_large")
+    assert error["detail"] == (
+        "the gateway could not take this request: its request line and headers are over 65536 bytes"
+    )
+
+    # Just under the limit, in one piece or in many, the request is Unit's business.
+    padding = b"".join(b"X-Padding-%d: %s\r\n" % (n, b"p" * 6000) for n in range(10))
+    for pieces in (1, 16):
+        raw = start + org + padding + b"Connection: close\r\n\r\n"
+        with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
+            size = -(-len(raw) // pieces)
+            for at in range(0, len(raw), size):
+                conn.sendall(raw[at : at + size])
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    # A small head followed at once by a large body is not a large head.
+    body = b'{"data": {"type": "note", "attributes": {"x": "' + b"b" * 300_000 + b'"}}}'
+    raw = (
+        f"POST {url}/applications HTTP/1.1\r\nHost: {host}\r\n".encode()
+        + org
+        + f"Content-Type: application/vnd.api+json\r\nContent-Length: {len(body)}\r\n".encode()
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+    status, error = json_api_error(answer_to(gateway, raw))
+    # Unit read the whole body, and refused it for what it says
+    assert (status, error["source"]) == (400, {"pointer": "/data/type"}), error
+    assert sandbox.stats()["requests"] == {"GET /cards": 2, "POST /applications": 1}
 
 
 def test_an_http2_protocol_error_goaway_does_not_quote_the_callers_token(

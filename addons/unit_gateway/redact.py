@@ -31,11 +31,9 @@ event ``ResponseOverdue`` (injected)       Unit missed the flow's deadline: the 
                                            (see ``unit_gateway.deadlines``)
 =========================================  ================================================
 
-Before a flow exists, mitmproxy answers the caller with its own bytes in two places: the
-HTTP/1 error page for a request line or header that does not parse
-(``_http1.make_error_response``: made a redacted JSON:API error) and the debug text of an
-HTTP/2 GOAWAY (``Http2Connection.protocol_error``: redacted). Both are swapped while the
-addon runs.
+What the caller gets when mitmproxy refuses a request before a flow holds it (an HTTP/1
+request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.early_errors``,
+installed while this addon runs.
 
 Log records are redacted by a LogRecord factory. ``modify_body`` (it edits the redacted copy),
 ``proxy_debug`` (logs raw wire data) and
@@ -60,13 +58,11 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
-from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, mode_specs
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
-from mitmproxy.proxy.layers.http import _http1, _http2
 
-from unit_gateway import jsonapi
+from unit_gateway import early_errors, jsonapi
 from unit_gateway.deadlines import (
     SWEEP_SECONDS,
     ResponseOverdue,
@@ -235,47 +231,6 @@ def _route_overdue(
             yield from layer.event_to_child(stream, event)
             return
     yield from _original_layer_event(layer, event)
-
-
-_original_error_page: Callable[[int, str], bytes] = _http1.__dict__.get(
-    "_unit_gateway_original_make_error_response", _http1.make_error_response
-)
-_http1._unit_gateway_original_make_error_response = _original_error_page  # type: ignore[attr-defined]
-
-_original_protocol_error: Callable[..., Generator[commands.Command, Any, None]] = (
-    _http2.Http2Connection.__dict__.get(
-        "_unit_gateway_original_protocol_error", _http2.Http2Connection.protocol_error
-    )
-)
-_http2.Http2Connection._unit_gateway_original_protocol_error = _original_protocol_error  # type: ignore[attr-defined]
-
-
-def _error_page(status_code: int, message: str = "") -> bytes:
-    """mitmproxy's HTTP/1 answer to a request it could not take before any flow holds it
-    (its request line or a header does not parse): an HTML page quoting the caller's bytes,
-    where a token may sit. Here the JSON:API error every answer of the gateway is, redacted."""
-    active = _ACTIVE
-    if active is None:
-        return _original_error_page(status_code, message)
-    message = active.redact_text(message)
-    if status_code < 500:
-        code = "request_too_large" if status_code == 413 else "invalid_request"
-        detail = f"the gateway could not take this request: {message}"
-    else:  # only for a flow the gateway does not hold (see _json_api_error for the others)
-        code, detail = "upstream_failed", message
-    response = jsonapi.error_response(status_code, code, detail, headers={"Connection": "close"})
-    return http1.assemble_response(response)
-
-
-def _protocol_error(
-    self: _http2.Http2Connection, message: str, *args: Any, **kwargs: Any
-) -> Generator[commands.Command, Any, None]:
-    """HTTP/2's end of a connection that broke the protocol: hyper-h2's message (it quotes
-    header values) goes into the GOAWAY the peer gets, so it is redacted first."""
-    active = _ACTIVE
-    if active is not None:
-        message = active.redact_text(message)
-    return _original_protocol_error(self, message, *args, **kwargs)
 
 
 _PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
@@ -559,8 +514,7 @@ class FlowRedaction:
         _ACTIVE = self
         httplayer.HttpStream.handle_event = _handle_event  # type: ignore[method-assign]
         httplayer.HttpLayer._handle_event = _layer_handle_event  # type: ignore[method-assign]
-        _http1.make_error_response = _error_page
-        _http2.Http2Connection.protocol_error = _protocol_error  # type: ignore[method-assign]
+        early_errors.install(self.redact_text)
         previous = logging.getLogRecordFactory()
         if isinstance(previous, _RedactingFactory):
             previous = previous.previous
@@ -613,8 +567,7 @@ class FlowRedaction:
             _ACTIVE = None
             httplayer.HttpStream.handle_event = _original_handle_event  # type: ignore[method-assign]
             httplayer.HttpLayer._handle_event = _original_layer_event  # type: ignore[method-assign]
-            _http1.make_error_response = _original_error_page
-            _http2.Http2Connection.protocol_error = _original_protocol_error  # type: ignore[method-assign]
+            early_errors.uninstall()
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 

@@ -1,0 +1,151 @@
+"""What a caller gets when mitmproxy cannot take its request: a JSON:API error, redacted.
+
+mitmproxy refuses some requests before (or without) a flow that the redaction addon could
+guard, and answers them in ways that quote the caller's bytes, where a token may sit:
+
+==============================================  ===========================================
+HTTP/1 request line or header that does not     an HTML page quoting the bytes: made the
+parse (``_http1.make_error_response``)          gateway's JSON:API ``400 invalid_request``
+HTTP/1 request body whose framing is broken     no answer at all, the connection just
+(a bad chunk header: ``Http1Server.read_body``)  closes: now ``400 invalid_request`` first
+HTTP/1 request head that never ends             buffered without bound (mitmproxy's "FIXME:
+(``Http1Server.read_headers``)                  protect against header size DoS"): refused
+                                                past ``MAX_REQUEST_HEAD_BYTES`` with ``431``
+HTTP/2 protocol error                           hyper-h2's message (it quotes header values)
+(``Http2Connection.protocol_error``)            as a GOAWAY's debug text: redacted
+==============================================  ===========================================
+
+The redaction addon installs these while it runs (``install``/``uninstall``); each stands
+aside again when it is done. (HTTP/2 already refuses a header list over 64 KiB, hyper-h2's
+default, which ``MAX_REQUEST_HEAD_BYTES`` matches.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator
+from typing import Any
+
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers.http import ReceiveHttp, RequestProtocolError, _http1, _http2
+from mitmproxy.utils import human
+
+from unit_gateway import jsonapi
+
+#: The most bytes of a request line and headers the gateway reads; a head whose end is not
+#: within them is refused (HTTP/2's limit on a header list is the same).
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+#: Where an HTTP/1 head ends (h11's ReceiveBuffer ends it at the same blank line).
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+Commands = Generator[commands.Command, Any, None]
+
+
+def _original(owner: Any, name: str) -> Any:
+    """``owner.name`` as mitmproxy defines it, also when this module is loaded again (a
+    script reload) while its replacement is installed."""
+    kept = f"_unit_gateway_original_{name}"
+    original = owner.__dict__.get(kept, getattr(owner, name))
+    setattr(owner, kept, original)
+    return original
+
+
+_original_error_page: Callable[[int, str], bytes] = _original(_http1, "make_error_response")
+_original_read_headers: Callable[..., Commands] = _original(_http1.Http1Server, "read_headers")
+_original_read_body: Callable[..., Commands] = _original(_http1.Http1Server, "read_body")
+_original_protocol_error: Callable[..., Commands] = _original(
+    _http2.Http2Connection, "protocol_error"
+)
+
+#: Redacts the text of an error; None while no gateway runs (mitmproxy's own answers then).
+_redact: Callable[[str], str] | None = None
+
+
+def install(redact_text: Callable[[str], str]) -> None:
+    global _redact
+    _redact = redact_text
+    _http1.make_error_response = error_page
+    _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
+    _http1.Http1Server.read_body = _read_body  # type: ignore[method-assign]
+    _http2.Http2Connection.protocol_error = _protocol_error  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    global _redact
+    _redact = None
+    _http1.make_error_response = _original_error_page
+    _http1.Http1Server.read_headers = _original_read_headers  # type: ignore[method-assign]
+    _http1.Http1Server.read_body = _original_read_body  # type: ignore[method-assign]
+    _http2.Http2Connection.protocol_error = _original_protocol_error  # type: ignore[method-assign]
+
+
+def error_page(status_code: int, message: str = "") -> bytes:
+    """The HTTP/1 answer to a request mitmproxy could not take: the JSON:API error every
+    answer of the gateway is, its message redacted (mitmproxy's is an HTML page quoting the
+    caller's bytes)."""
+    redact = _redact
+    if redact is None:
+        return _original_error_page(status_code, message)
+    message = redact(message)
+    if status_code < 500:
+        code = "request_too_large" if status_code in (413, 431) else "invalid_request"
+        detail = f"the gateway could not take this request: {message}"
+    else:  # only for a flow the gateway does not hold (redact._json_api_error has the others)
+        code, detail = "upstream_failed", message
+    response = jsonapi.error_response(status_code, code, detail, headers={"Connection": "close"})
+    return http1.assemble_response(response)
+
+
+def _read_headers(self: _http1.Http1Server, event: events.Event) -> Commands:
+    """mitmproxy's reading of a request head, except that it stops at MAX_REQUEST_HEAD_BYTES
+    without the head's end (mitmproxy would buffer until memory runs out)."""
+    if (
+        type(event) is events.DataReceived
+        and len(self.buf) > MAX_REQUEST_HEAD_BYTES
+        and _redact is not None
+        and _HEAD_END.search(bytes(self.buf), 0, MAX_REQUEST_HEAD_BYTES) is None
+    ):
+        message = f"its request line and headers are over {MAX_REQUEST_HEAD_BYTES} bytes"
+        yield commands.Log(f"{human.format_address(self.conn.peername)}: {message}: refused")
+        yield commands.SendData(self.conn, error_page(431, message))
+        yield commands.CloseConnection(self.conn)
+        self.buf = type(self.buf)()  # its bytes are not needed any more
+        self.state = self.done
+        return
+    yield from _original_read_headers(self, event)
+
+
+def _read_body(self: _http1.Http1Server, event: events.Event) -> Commands:
+    """mitmproxy's reading of a request body, except that a body whose HTTP/1 framing is
+    broken gets a 400 saying so before the connection closes (mitmproxy just closes it)."""
+    read = _original_read_body(self, event)
+    for command in read:
+        if type(command) is commands.CloseConnection and command.connection is self.conn:
+            # read_body closes only on a protocol error, and says which in the next command
+            failure = next(read, None)
+            if (
+                _redact is not None
+                and self.response is None
+                and self.conn.state & ConnectionState.CAN_WRITE
+                and isinstance(failure, ReceiveHttp)
+                and isinstance(failure.event, RequestProtocolError)
+            ):
+                yield commands.SendData(self.conn, error_page(400, failure.event.message))
+            yield command
+            if failure is not None:
+                yield failure
+            continue
+        yield command
+
+
+def _protocol_error(
+    self: _http2.Http2Connection, message: str, *args: Any, **kwargs: Any
+) -> Commands:
+    """HTTP/2's end of a connection that broke the protocol: hyper-h2's message (it quotes
+    header values) goes into the GOAWAY the peer gets, so it is redacted first."""
+    redact = _redact
+    if redact is not None:
+        message = redact(message)
+    return _original_protocol_error(self, message, *args, **kwargs)
