@@ -470,6 +470,28 @@ def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
         tctx.master.addons.trigger(DoneHook())
 
 
+def test_a_connect_flow_refused_by_mitmproxy_gets_json_api_too() -> None:
+    """A CONNECT flow holds no secrets, but mitmproxy's answer to one it refuses is its HTML
+    page all the same (over HTTP/2 and /3 it would quote the message unredacted)."""
+    _, core, redaction, _ = gateway_addons()
+    with taddons.context(Proxyserver(), core, redaction) as tctx:
+        context = Context(tflow.tclient_conn(), tctx.options)
+        context.server = Server(address=("api.s.unit.sh", 443))
+        httplayer.HttpLayer(context, httplayer.HTTPMode.transparent)
+        stream = httplayer.HttpStream(context.fork(), 1)
+        list(stream.handle_event(events.Start()))
+        connect = tflow.treq(method=b"CONNECT", path=b"api.s.unit.sh:443")
+        (hook,) = stream.handle_event(httplayer.RequestHeaders(1, connect, True))
+        assert stream.flow not in _SECRETS
+        (error_hook,) = stream.handle_event(events.HookCompleted(hook))
+        sent = list(stream.handle_event(events.HookCompleted(error_hook)))
+        status, body = document(sent[:3])
+        error = body["errors"][0]
+        assert (status, error["code"]) == (400, "invalid_request")
+        assert "CONNECT request even though it is not running in regular" in error["detail"]
+        tctx.master.addons.trigger(DoneHook())
+
+
 def unit_refuses_a_challenge_code_quoting_the_verification_token(request: TokenRequest) -> None:
     """The flow completes challenge ``unitgw-challenge-abc`` (the gateway sent Unit the real
     verification token ``vt-REAL-123`` in its place), and Unit's refusal quotes that token."""

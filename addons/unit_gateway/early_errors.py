@@ -13,6 +13,8 @@ HTTP/1 request head that never ends             buffered without bound (mitmprox
                                                 past ``MAX_REQUEST_HEAD_BYTES`` with ``431``
 HTTP/2 protocol error                           hyper-h2's message (it quotes header values)
 (``Http2Connection.protocol_error``)            as a GOAWAY's debug text: redacted
+HTTP/3 request headers that do not parse        the message (it quotes pseudo-headers) as
+(``LayeredH3Connection.close_connection``)      QUIC's close reason: redacted
 ==============================================  ===========================================
 
 The redaction addon installs these while it runs (``install``/``uninstall``); each stands
@@ -29,7 +31,13 @@ from typing import Any
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers.http import ReceiveHttp, RequestProtocolError, _http1, _http2
+from mitmproxy.proxy.layers.http import (
+    ReceiveHttp,
+    RequestProtocolError,
+    _http1,
+    _http2,
+    _http_h3,
+)
 from mitmproxy.utils import human
 
 from unit_gateway import jsonapi
@@ -37,8 +45,10 @@ from unit_gateway import jsonapi
 #: The most bytes of a request line and headers the gateway reads; a head whose end is not
 #: within them is refused (HTTP/2's limit on a header list is the same).
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
-#: Where an HTTP/1 head ends (h11's ReceiveBuffer ends it at the same blank line).
-_HEAD_END = re.compile(rb"\n\r?\n")
+#: Where an HTTP/1 head ends: the blank line after its last line (h11's ReceiveBuffer ends
+#: it at the same blank line). Blank lines before a request are not its end: h11 drops one
+#: per read, and a client sending nothing else must not be read without bound.
+_HEAD_END = re.compile(rb"[^\r\n]\r?\n\r?\n")
 
 Commands = Generator[commands.Command, Any, None]
 
@@ -47,9 +57,12 @@ def _original(owner: Any, name: str) -> Any:
     """``owner.name`` as mitmproxy defines it, also when this module is loaded again (a
     script reload) while its replacement is installed."""
     kept = f"_unit_gateway_original_{name}"
-    original = owner.__dict__.get(kept, getattr(owner, name))
-    setattr(owner, kept, original)
-    return original
+    if kept not in owner.__dict__:
+        # None: inherited (Http1Server's read_body is Http1Connection's), and uninstall
+        # then removes the replacement rather than setting anything
+        setattr(owner, kept, owner.__dict__.get(name))
+    original = getattr(owner, kept)
+    return original if original is not None else getattr(super(owner, owner), name)
 
 
 _original_error_page: Callable[[int, str], bytes] = _original(_http1, "make_error_response")
@@ -57,6 +70,9 @@ _original_read_headers: Callable[..., Commands] = _original(_http1.Http1Server, 
 _original_read_body: Callable[..., Commands] = _original(_http1.Http1Server, "read_body")
 _original_protocol_error: Callable[..., Commands] = _original(
     _http2.Http2Connection, "protocol_error"
+)
+_original_h3_close: Callable[..., None] = _original(
+    _http_h3.LayeredH3Connection, "close_connection"
 )
 
 #: Redacts the text of an error; None while no gateway runs (mitmproxy's own answers then).
@@ -66,19 +82,30 @@ _redact: Callable[[str], str] | None = None
 def install(redact_text: Callable[[str], str]) -> None:
     global _redact
     _redact = redact_text
-    _http1.make_error_response = error_page
-    _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
-    _http1.Http1Server.read_body = _read_body  # type: ignore[method-assign]
-    _http2.Http2Connection.protocol_error = _protocol_error  # type: ignore[method-assign]
+    for owner, name, replacement in _replacements():
+        setattr(owner, name, replacement)
 
 
 def uninstall() -> None:
+    """mitmproxy's own behaviour again, exactly as it was before install."""
     global _redact
     _redact = None
-    _http1.make_error_response = _original_error_page
-    _http1.Http1Server.read_headers = _original_read_headers  # type: ignore[method-assign]
-    _http1.Http1Server.read_body = _original_read_body  # type: ignore[method-assign]
-    _http2.Http2Connection.protocol_error = _original_protocol_error  # type: ignore[method-assign]
+    for owner, name, _ in _replacements():
+        original = getattr(owner, f"_unit_gateway_original_{name}")
+        if original is not None:
+            setattr(owner, name, original)
+        elif name in owner.__dict__:
+            delattr(owner, name)
+
+
+def _replacements() -> tuple[tuple[Any, str, Any], ...]:
+    return (
+        (_http1, "make_error_response", error_page),
+        (_http1.Http1Server, "read_headers", _read_headers),
+        (_http1.Http1Server, "read_body", _read_body),
+        (_http2.Http2Connection, "protocol_error", _protocol_error),
+        (_http_h3.LayeredH3Connection, "close_connection", _h3_close),
+    )
 
 
 def error_page(status_code: int, message: str = "") -> bytes:
@@ -105,7 +132,8 @@ def _read_headers(self: _http1.Http1Server, event: events.Event) -> Commands:
         type(event) is events.DataReceived
         and len(self.buf) > MAX_REQUEST_HEAD_BYTES
         and _redact is not None
-        and _HEAD_END.search(bytes(self.buf), 0, MAX_REQUEST_HEAD_BYTES) is None
+        # (h11's buffer: a copy of its first bytes only, not of a pipelined body after them)
+        and _HEAD_END.search(self.buf._data[:MAX_REQUEST_HEAD_BYTES]) is None
     ):
         message = f"its request line and headers are over {MAX_REQUEST_HEAD_BYTES} bytes"
         yield commands.Log(f"{human.format_address(self.conn.peername)}: {message}: refused")
@@ -118,8 +146,10 @@ def _read_headers(self: _http1.Http1Server, event: events.Event) -> Commands:
 
 
 def _read_body(self: _http1.Http1Server, event: events.Event) -> Commands:
-    """mitmproxy's reading of a request body, except that a body whose HTTP/1 framing is
-    broken gets a 400 saying so before the connection closes (mitmproxy just closes it)."""
+    """mitmproxy's reading of a request body, except that a body that cannot be read (its
+    HTTP/1 framing is broken, or the caller stopped sending it) gets a 400 saying so before
+    the connection closes (mitmproxy just closes it)."""
+    stream = self.stream_id
     read = _original_read_body(self, event)
     for command in read:
         if type(command) is commands.CloseConnection and command.connection is self.conn:
@@ -127,10 +157,14 @@ def _read_body(self: _http1.Http1Server, event: events.Event) -> Commands:
             failure = next(read, None)
             if (
                 _redact is not None
-                and self.response is None
-                and self.conn.state & ConnectionState.CAN_WRITE
                 and isinstance(failure, ReceiveHttp)
                 and isinstance(failure.event, RequestProtocolError)
+                # this call's own request: the end of one body can read the next request's
+                # body (pipelined) in a nested call, which answered it already
+                and failure.event.stream_id == stream
+                # no answer begun (a 100 Continue is not one)
+                and (self.response is None or self.response.status_code < 200)
+                and self.conn.state & ConnectionState.CAN_WRITE
             ):
                 yield commands.SendData(self.conn, error_page(400, failure.event.message))
             yield command
@@ -149,3 +183,17 @@ def _protocol_error(
     if redact is not None:
         message = redact(message)
     return _original_protocol_error(self, message, *args, **kwargs)
+
+
+def _h3_close(
+    self: _http_h3.LayeredH3Connection,
+    error_code: int = 0,
+    frame_type: int | None = None,
+    reason_phrase: str = "",
+) -> None:
+    """HTTP/3's end of a connection whose request headers do not parse: the message (it
+    quotes pseudo-header values) is QUIC's close reason the peer gets, so it is redacted."""
+    redact = _redact
+    if redact is not None and reason_phrase:
+        reason_phrase = redact(reason_phrase)
+    _original_h3_close(self, error_code, frame_type, reason_phrase)

@@ -185,17 +185,18 @@ def _handle_event(
             flow = self.__dict__.get("flow")
         if kind is httplayer.SendHttp:
             secrets = _SECRETS.get(flow) if flow is not None else None
+            if type(command.event) in _PROTOCOL_ERRORS and flow is not None:  # type: ignore[attr-defined]
+                # mitmproxy's own error page is HTML and quotes peer bytes unredacted; also
+                # for a flow with no secrets (a CONNECT), which HTTP/2 and /3 answer so too.
+                _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
+                yield from _json_api_error(
+                    command,  # type: ignore[arg-type]
+                    flow,
+                    active,
+                    unit=secrets is not None and secrets.upstream is not None,
+                )
+                continue
             if secrets is not None:
-                if type(command.event) in _PROTOCOL_ERRORS:  # type: ignore[attr-defined]
-                    _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
-                    # mitmproxy's own error page is HTML and quotes peer bytes unredacted.
-                    yield from _json_api_error(
-                        command,  # type: ignore[arg-type]
-                        flow,
-                        active,
-                        unit=secrets.upstream is not None,
-                    )
-                    continue
                 command = active.egress(self, secrets, command)  # type: ignore[arg-type]
         elif kind in _HOOKS:
             # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
