@@ -12,8 +12,8 @@ import gzip
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -444,9 +444,10 @@ async def test_a_placeholder_caller_never_gets_the_token_when_taking_it_up_fails
             assert request.tokens.service.cached(CUSTOMER, scopes, request.upstream) is None
 
 
-def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
-    """The side table lets a flow's real values go when its stream ends, not only after a
-    response: mitmweb keeps a failed flow, and the real values must not stay with it."""
+@contextmanager
+def transparent_stream() -> Iterator[httplayer.HttpStream]:
+    """mitmproxy's stream of one request in transparent mode to Unit, with the gateway's
+    addons loaded (done at the end, which takes the patch point out again)."""
     _, core, redaction, _ = gateway_addons()
     with taddons.context(Proxyserver(), core, redaction) as tctx:
         context = Context(tflow.tclient_conn(), tctx.options)
@@ -454,6 +455,14 @@ def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
         httplayer.HttpLayer(context, httplayer.HTTPMode.transparent)
         stream = httplayer.HttpStream(context.fork(), 1)
         list(stream.handle_event(events.Start()))
+        yield stream
+        tctx.master.addons.trigger(DoneHook())
+
+
+def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
+    """The side table lets a flow's real values go when its stream ends, not only after a
+    response: mitmweb keeps a failed flow, and the real values must not stay with it."""
+    with transparent_stream() as stream:
         (hook,) = stream.handle_event(httplayer.RequestHeaders(1, tflow.treq(), False))
         flow = stream.flow
         assert flow in _SECRETS
@@ -467,19 +476,12 @@ def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
             httplayer.DropStream(1)
         ]
         assert flow.error is not None and flow not in _SECRETS
-        tctx.master.addons.trigger(DoneHook())
 
 
 def test_a_connect_flow_refused_by_mitmproxy_gets_json_api_too() -> None:
     """A CONNECT flow holds no secrets, but mitmproxy's answer to one it refuses is its HTML
     page all the same (over HTTP/2 and /3 it would quote the message unredacted)."""
-    _, core, redaction, _ = gateway_addons()
-    with taddons.context(Proxyserver(), core, redaction) as tctx:
-        context = Context(tflow.tclient_conn(), tctx.options)
-        context.server = Server(address=("api.s.unit.sh", 443))
-        httplayer.HttpLayer(context, httplayer.HTTPMode.transparent)
-        stream = httplayer.HttpStream(context.fork(), 1)
-        list(stream.handle_event(events.Start()))
+    with transparent_stream() as stream:
         connect = tflow.treq(method=b"CONNECT", path=b"api.s.unit.sh:443")
         (hook,) = stream.handle_event(httplayer.RequestHeaders(1, connect, True))
         assert stream.flow not in _SECRETS
@@ -489,7 +491,6 @@ def test_a_connect_flow_refused_by_mitmproxy_gets_json_api_too() -> None:
         error = body["errors"][0]
         assert (status, error["code"]) == (400, "invalid_request")
         assert "CONNECT request even though it is not running in regular" in error["detail"]
-        tctx.master.addons.trigger(DoneHook())
 
 
 def unit_refuses_a_challenge_code_quoting_the_verification_token(request: TokenRequest) -> None:
