@@ -478,6 +478,17 @@ def test_a_flow_cut_off_before_its_response_leaves_no_real_values() -> None:
         assert flow.error is not None and flow not in _SECRETS
 
 
+def test_done_leaves_the_patch_point_as_mitmproxy_has_it() -> None:
+    stream_event = httplayer.HttpStream.handle_event
+    layer_event = httplayer.HttpLayer._handle_event
+    with transparent_stream():
+        assert httplayer.HttpStream.handle_event is not stream_event
+        assert httplayer.HttpLayer._handle_event is not layer_event
+    assert httplayer.HttpStream.handle_event is stream_event
+    assert httplayer.HttpLayer._handle_event is layer_event
+    assert "handle_event" not in httplayer.HttpStream.__dict__, "inherited, as in mitmproxy"
+
+
 def test_a_connect_flow_refused_by_mitmproxy_gets_json_api_too() -> None:
     """A CONNECT flow holds no secrets, but mitmproxy's answer to one it refuses is its HTML
     page all the same (over HTTP/2 and /3 it would quote the message unredacted)."""

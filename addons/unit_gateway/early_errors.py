@@ -40,7 +40,7 @@ from mitmproxy.proxy.layers.http import (
 )
 from mitmproxy.utils import human
 
-from unit_gateway import jsonapi
+from unit_gateway import jsonapi, patches
 
 #: The most bytes of a request line and headers the gateway reads; a head whose end is not
 #: within them is refused (HTTP/2's limit on a header list is the same).
@@ -53,25 +53,15 @@ _HEAD_END = re.compile(rb"[^\r\n]\r?\n\r?\n")
 Commands = Generator[commands.Command, Any, None]
 
 
-def _original(owner: Any, name: str) -> Any:
-    """``owner.name`` as mitmproxy defines it, also when this module is loaded again (a
-    script reload) while its replacement is installed."""
-    kept = f"_unit_gateway_original_{name}"
-    if kept not in owner.__dict__:
-        # None: inherited (Http1Server's read_body is Http1Connection's), and uninstall
-        # then removes the replacement rather than setting anything
-        setattr(owner, kept, owner.__dict__.get(name))
-    original = getattr(owner, kept)
-    return original if original is not None else getattr(super(owner, owner), name)
-
-
-_original_error_page: Callable[[int, str], bytes] = _original(_http1, "make_error_response")
-_original_read_headers: Callable[..., Commands] = _original(_http1.Http1Server, "read_headers")
-_original_read_body: Callable[..., Commands] = _original(_http1.Http1Server, "read_body")
-_original_protocol_error: Callable[..., Commands] = _original(
+_original_error_page: Callable[[int, str], bytes] = patches.original(_http1, "make_error_response")
+_original_read_headers: Callable[..., Commands] = patches.original(
+    _http1.Http1Server, "read_headers"
+)
+_original_read_body: Callable[..., Commands] = patches.original(_http1.Http1Server, "read_body")
+_original_protocol_error: Callable[..., Commands] = patches.original(
     _http2.Http2Connection, "protocol_error"
 )
-_original_h3_close: Callable[..., None] = _original(
+_original_h3_close: Callable[..., None] = patches.original(
     _http_h3.LayeredH3Connection, "close_connection"
 )
 
@@ -82,30 +72,14 @@ _redact: Callable[[str], str] | None = None
 def install(redact_text: Callable[[str], str]) -> None:
     global _redact
     _redact = redact_text
-    for owner, name, replacement in _replacements():
-        setattr(owner, name, replacement)
+    patches.install(_PATCHES)
 
 
 def uninstall() -> None:
     """mitmproxy's own behaviour again, exactly as it was before install."""
     global _redact
     _redact = None
-    for owner, name, _ in _replacements():
-        original = getattr(owner, f"_unit_gateway_original_{name}")
-        if original is not None:
-            setattr(owner, name, original)
-        elif name in owner.__dict__:
-            delattr(owner, name)
-
-
-def _replacements() -> tuple[tuple[Any, str, Any], ...]:
-    return (
-        (_http1, "make_error_response", error_page),
-        (_http1.Http1Server, "read_headers", _read_headers),
-        (_http1.Http1Server, "read_body", _read_body),
-        (_http2.Http2Connection, "protocol_error", _protocol_error),
-        (_http_h3.LayeredH3Connection, "close_connection", _h3_close),
-    )
+    patches.uninstall(_PATCHES)
 
 
 def error_page(status_code: int, message: str = "") -> bytes:
@@ -197,3 +171,13 @@ def _h3_close(
     if redact is not None and reason_phrase:
         reason_phrase = redact(reason_phrase)
     _original_h3_close(self, error_code, frame_type, reason_phrase)
+
+
+#: What install replaces in mitmproxy.
+_PATCHES: tuple[patches.Patch, ...] = (
+    (_http1, "make_error_response", error_page),
+    (_http1.Http1Server, "read_headers", _read_headers),
+    (_http1.Http1Server, "read_body", _read_body),
+    (_http2.Http2Connection, "protocol_error", _protocol_error),
+    (_http_h3.LayeredH3Connection, "close_connection", _h3_close),
+)

@@ -62,7 +62,7 @@ from mitmproxy.proxy import commands, events, mode_specs
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _hooks as hooks
 
-from unit_gateway import early_errors, jsonapi
+from unit_gateway import early_errors, jsonapi, patches
 from unit_gateway.deadlines import (
     SWEEP_SECONDS,
     ResponseOverdue,
@@ -132,19 +132,12 @@ _SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, FlowSecrets] = weakref.WeakKe
 #: The running addon; the patched HttpStream does nothing extra while it is None.
 _ACTIVE: FlowRedaction | None = None
 
-_original_handle_event: Callable[..., Generator[commands.Command, Any, None]] = (
-    httplayer.HttpStream.__dict__.get(
-        "_unit_gateway_original_handle_event", httplayer.HttpStream.handle_event
-    )
+_original_handle_event: Callable[..., Generator[commands.Command, Any, None]] = patches.original(
+    httplayer.HttpStream, "handle_event"
 )
-httplayer.HttpStream._unit_gateway_original_handle_event = _original_handle_event  # type: ignore[attr-defined]
-
-_original_layer_event: Callable[..., Generator[commands.Command, Any, None]] = (
-    httplayer.HttpLayer.__dict__.get(
-        "_unit_gateway_original_handle_event", httplayer.HttpLayer._handle_event
-    )
+_original_layer_event: Callable[..., Generator[commands.Command, Any, None]] = patches.original(
+    httplayer.HttpLayer, "_handle_event"
 )
-httplayer.HttpLayer._unit_gateway_original_handle_event = _original_layer_event  # type: ignore[attr-defined]
 
 _HOOKS = (
     hooks.HttpRequestHeadersHook,
@@ -233,6 +226,12 @@ def _route_overdue(
             return
     yield from _original_layer_event(layer, event)
 
+
+#: What this addon replaces in mitmproxy while it runs.
+_PATCH_POINT: tuple[patches.Patch, ...] = (
+    (httplayer.HttpStream, "handle_event", _handle_event),
+    (httplayer.HttpLayer, "_handle_event", _layer_handle_event),
+)
 
 _PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
 #: The server states of a stream that waits for its response.
@@ -513,8 +512,7 @@ class FlowRedaction:
     def load(self, loader: Any) -> None:
         global _ACTIVE
         _ACTIVE = self
-        httplayer.HttpStream.handle_event = _handle_event  # type: ignore[method-assign]
-        httplayer.HttpLayer._handle_event = _layer_handle_event  # type: ignore[method-assign]
+        patches.install(_PATCH_POINT)
         early_errors.install(self.redact_text)
         previous = logging.getLogRecordFactory()
         if isinstance(previous, _RedactingFactory):
@@ -566,8 +564,7 @@ class FlowRedaction:
             self._sweeper = None
         if _ACTIVE is self:
             _ACTIVE = None
-            httplayer.HttpStream.handle_event = _original_handle_event  # type: ignore[method-assign]
-            httplayer.HttpLayer._handle_event = _original_layer_event  # type: ignore[method-assign]
+            patches.uninstall(_PATCH_POINT)
             early_errors.uninstall()
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
