@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mitmproxy import http, io
 from unit import Unit
 
+from unit_gateway import jsonapi
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics
@@ -340,10 +342,34 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
             assert harness.port_is_free(port), f"port {port} still bound after stop"
 
 
+def error_of(response: requests.Response | httpx.Response, status: int) -> dict[str, Any]:
+    """The single JSON:API error of a response that must have ``status``."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith(jsonapi.MEDIA_TYPE)
+    errors = jsonapi.errors_of(response.content)
+    assert errors is not None and len(errors) == 1, response.text
+    assert errors[0]["status"] == str(status)
+    return errors[0]
+
+
+def unit_stats(sandbox: harness.Sandbox, *, customer_tokens: int) -> dict[str, Any]:
+    """The sandbox's counts, once they show ``customer_tokens`` customer tokens created and
+    every request to Unit carrying a valid token."""
+    stats = sandbox.stats()
+    assert stats["tokens_created"]["customer"] == customer_tokens
+    assert stats["unauthenticated"] == {}
+    return stats
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """(host, port) to connect to for ``url`` (an IPv6 host without its brackets)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None, url
+    return parts.hostname, parts.port
+
+
 def port_of(url: str) -> int:
-    port = urlsplit(url).port
-    assert port is not None, url
-    return port
+    return address_of(url)[1]
 
 
 def ports_of(gateway: harness.Gateway) -> list[int]:

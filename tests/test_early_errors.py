@@ -159,8 +159,6 @@ def test_a_broken_chunk_in_a_pipelined_request_read_by_the_first_gets_one_answer
 
 
 def test_uninstall_restores_mitmproxy_exactly() -> None:
-    early_errors.install(str)
-    early_errors.uninstall()
     owners = {
         "make_error_response": _http1,
         "read_headers": _http1.Http1Server,
@@ -168,6 +166,10 @@ def test_uninstall_restores_mitmproxy_exactly() -> None:
         "protocol_error": _http2.Http2Connection,
         "close_connection": _http_h3.LayeredH3Connection,
     }
+    early_errors.install(str)
+    for name, owner in owners.items():
+        assert getattr(owner, name) is not MITMPROXY[name], f"{name} not replaced"
+    early_errors.uninstall()
     for name, owner in owners.items():
         assert getattr(owner, name) is MITMPROXY[name], name
     assert "read_body" not in _http1.Http1Server.__dict__, "inherited, as in mitmproxy"

@@ -7,6 +7,7 @@ httpx with HTTP/2. Every test ends with the leak scan over the run's outputs."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import ssl
 import time
@@ -21,7 +22,9 @@ from conftest import (
     GatewayFactory,
     Planted,
     application,
+    error_of,
     saved_flows,
+    unit_stats,
     wait_until_unit_answered_all,
 )
 from unit_gateway.testing import harness
@@ -78,12 +81,6 @@ def http2_client(gateway: harness.Gateway) -> httpx.Client:
     )
 
 
-def error_of(response: httpx.Response) -> tuple[int, str, str]:
-    assert response.headers["content-type"].startswith("application/vnd.api+json")
-    error = response.json()["errors"][0]
-    return response.status_code, error["code"], error["detail"]
-
-
 def test_placeholders_over_http2_on_both_sides(
     gateway_factory: GatewayFactory,
     http2_unit: harness.Sandbox,
@@ -111,11 +108,9 @@ def test_placeholders_over_http2_on_both_sides(
         assert "v2.public." not in response.text, "the caller never gets a Unit token"
     assert customer.json()["data"]["attributes"]["ssn"] == SSN, "the caller gets the real body"
 
-    stats = tls_sandbox.stats()
-    assert stats["tokens_created"]["customer"] == 1
+    stats = unit_stats(tls_sandbox, customer_tokens=1)
     assert stats["requests"]["GET /customers/{customerId}"] == 1
     assert stats["requests"]["GET /customers"] == 1
-    assert stats["unauthenticated"] == {}
     output = gateway.process.output()
     # The org token's header was added in HTTP/2's spelling, not lowercased by mitmproxy.
     assert "Lowercased" not in output
@@ -163,9 +158,9 @@ def test_a_challenge_and_secrets_in_bodies_over_http2(
         ).json()["data"][0]["id"]
         pan_url = f"{http2_unit.url}/cards/{card}/secure-data/pan"
         asked = client.get(pan_url, headers=AS_CUSTOMER)
-        status, code, _ = error_of(asked)
-        assert (status, code) == (401, "verification_required")
-        challenge_id = asked.json()["errors"][0]["meta"]["challengeId"]
+        challenge = error_of(asked, 401)
+        assert challenge["code"] == "verification_required"
+        challenge_id = challenge["meta"]["challengeId"]
         completed = client.post(
             f"{http2_unit.url}/customers/{CUSTOMER}/token",
             headers={**AS_ORG, "Content-Type": "application/vnd.api+json"},
@@ -195,10 +190,15 @@ def test_a_challenge_and_secrets_in_bodies_over_http2(
         assert "v2.public." not in response.text
     assert created.status_code == 201, created.text
     assert created.json()["data"]["attributes"]["ssn"] == ssn, "Unit got the real SSN"
-    stats = tls_sandbox.stats()
+    planted.blobs.append(("the challenge and its completion", asked.content + completed.content))
+    stats = unit_stats(tls_sandbox, customer_tokens=1)
     assert stats["verifications_created"]["customer"] == 1
-    assert stats["tokens_created"]["customer"] == 1
-    assert stats["unauthenticated"] == {}
+    # What the scan reads holds every flow: the card lookup, the challenge, its completion,
+    # the PAN and the application (stopped here, so /metrics is handed to it first).
+    planted.blobs.append(("gateway /metrics", gateway.metrics_text().encode()))
+    assert gateway.process.stop() == 0
+    assert len(saved_flows(run_dir / "flows.out")) == 5
+    assert len(json.loads((run_dir / "flows.har").read_text())["log"]["entries"]) == 5
 
 
 def test_unit_401_over_http2_is_retried_with_a_new_token(
@@ -217,17 +217,16 @@ def test_unit_401_over_http2_is_retried_with_a_new_token(
     assert retried.http_version == "HTTP/2"
     assert retried.status_code == 200, retried.text
     assert "v2.public." not in retried.text
-    stats = tls_sandbox.stats()
-    assert stats["tokens_created"]["customer"] == 2
+    stats = unit_stats(tls_sandbox, customer_tokens=2)
     assert stats["responses"]["401"] == 1
     assert stats["requests"]["GET /cards"] == 3, "first, 401, retry"
-    assert stats["unauthenticated"] == {}
 
 
 def test_unit_answering_late_over_http2_is_a_504_at_the_deadline(
     gateway_factory: GatewayFactory,
     http2_unit: harness.Sandbox,
     tls_sandbox: harness.Sandbox,
+    planted: Planted,
 ) -> None:
     gateway = gateway_factory(http2_unit, overrides={"unit": {"response_timeout_seconds": 1}})
     cards = f"{http2_unit.url}/cards"
@@ -240,9 +239,10 @@ def test_unit_answering_late_over_http2_is_a_504_at_the_deadline(
         tls_sandbox.faults(latency_ms=0)
         # HTTP/2 cancels only the overdue stream: the connection to Unit carries the next.
         again = client.get(cards, headers=AS_CUSTOMER)
-    status, code, detail = error_of(late)
-    assert (status, code) == (504, "upstream_timeout")
-    assert "(Unit): no complete answer within 1 s" in detail
+    planted.blobs.append(("the late answer", late.content))
+    error = error_of(late, 504)
+    assert error["code"] == "upstream_timeout"
+    assert "(Unit): no complete answer within 1 s" in error["detail"]
     assert 1.0 <= waited < 1.0 + DEADLINE_SLACK_SECONDS, waited
     assert again.status_code == 200, again.text
     assert again.http_version == "HTTP/2"
@@ -250,16 +250,15 @@ def test_unit_answering_late_over_http2_is_a_504_at_the_deadline(
     assert "no complete answer within 1 s; answered 504 upstream_timeout" in output
     assert "mitmproxy's timeouts apply" not in output
     wait_until_unit_answered_all(tls_sandbox)
-    stats = tls_sandbox.stats()
+    stats = unit_stats(tls_sandbox, customer_tokens=1)
     assert stats["requests"]["GET /cards"] == 3, "the late one reached Unit with its token"
-    assert stats["tokens_created"]["customer"] == 1
-    assert stats["unauthenticated"] == {}
 
 
 def test_unit_outage_over_http2_is_a_json_api_error(
     gateway_factory: GatewayFactory,
     http2_unit: harness.Sandbox,
     tls_sandbox: harness.Sandbox,
+    planted: Planted,
 ) -> None:
     gateway = gateway_factory(http2_unit)
     with http2_client(gateway) as client:
@@ -267,7 +266,8 @@ def test_unit_outage_over_http2_is_a_json_api_error(
         assert http2_unit.process.stop() == 0  # Unit goes away
         down = client.get(f"{http2_unit.url}/cards", headers=AS_ORG)
     assert down.http_version == "HTTP/2"
-    status, code, detail = error_of(down)
-    assert (status, code) == (502, "upstream_unreachable")
-    assert f"{http2_unit.url.removeprefix('https://')} (Unit)" in detail
+    planted.blobs.append(("the outage answer", down.content))
+    error = error_of(down, 502)
+    assert error["code"] == "upstream_unreachable"
+    assert f"{http2_unit.url.removeprefix('https://')} (Unit)" in error["detail"]
     assert tls_sandbox.stats()["requests"]["GET /cards"] == 1

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
+from urllib.parse import urlsplit
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 
-from conftest import Planted
+from conftest import Planted, address_of
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,18 +28,31 @@ pytestmark = pytest.mark.timeout(60)
 TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIiLCJ1c2VySWQiOiIxMDAwMSJ9" + "Ab3_x" * 12
 
 
-def gateway_address(gateway: harness.Gateway) -> tuple[str, int]:
-    host, port = gateway.proxy_url.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
+@pytest.fixture(autouse=True)
+def caller_token(planted: Planted) -> str:
+    """The caller's token, planted: the answers and every output are scanned for it."""
+    return planted.add("caller's token", TOKEN)
 
 
-def answer_to(gateway: harness.Gateway, raw: bytes) -> bytes:
-    """Everything the gateway sends back on one connection before it closes it."""
+def answer_to(gateway: harness.Gateway, *pieces: bytes, planted: Planted) -> bytes:
+    """Everything the gateway sends back on one connection before it closes it, after the
+    caller sent ``pieces`` one by one (handed to the leak scan)."""
     received = b""
-    with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
-        conn.sendall(raw)
-        while chunk := conn.recv(65536):
-            received += chunk
+    with socket.create_connection(address_of(gateway.proxy_url), timeout=10) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for piece in pieces:
+                conn.sendall(piece)
+                if len(pieces) > 1:
+                    time.sleep(0.005)  # each its own read at the gateway
+        except OSError:
+            pass  # the gateway closed the connection while the caller still sent
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass  # closed with unread bytes: the answer came before the reset
+    planted.blobs.append(("an answer to the caller", received))
     return received
 
 
@@ -54,9 +69,8 @@ def json_api_error(answer: bytes) -> tuple[int, dict]:
 def test_an_http1_request_that_does_not_parse_gets_a_json_api_error_without_its_secrets(
     gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
 ) -> None:
-    planted.add("caller's token", TOKEN)
     url = sandbox.url
-    host = url.removeprefix("http://")
+    host = urlsplit(url).netloc
     cases = {
         # before mitmproxy holds a flow
         "Bad HTTP request line": f"GET {url}/cards?t={TOKEN} HTTP/1.1 x\r\nHost: {host}\r\n\r\n",
@@ -82,14 +96,21 @@ def test_an_http1_request_that_does_not_parse_gets_a_json_api_error_without_its_
             f"zz{TOKEN}\r\n"
         ),
     }
+    #: the reasons whose message quotes the caller's bytes (the token among them)
+    quoting = {
+        "Bad HTTP request line",
+        "Invalid header line",
+        "invalid content-length header",
+        "illegal chunk header",
+    }
     for reason, raw in cases.items():
-        answer = answer_to(gateway, raw.encode())
+        answer = answer_to(gateway, raw.encode(), planted=planted)
         status, error = json_api_error(answer)
         assert (status, error["code"]) == (400, "invalid_request"), reason
         assert error["detail"].startswith("the gateway could not take this request: "), reason
         assert reason in error["detail"]
         assert TOKEN.encode() not in answer, f"{reason}: the answer quotes the token"
-        if reason.startswith(("Bad", "Invalid", "illegal")):
+        if reason in quoting:
             assert "[token " in error["detail"], "the quoted bytes are there, redacted"
     assert sandbox.stats()["requests"] == {}, "none of them reached Unit"
 
@@ -97,26 +118,13 @@ def test_an_http1_request_that_does_not_parse_gets_a_json_api_error_without_its_
 def test_a_request_head_over_64_kib_is_refused_with_431_and_one_under_it_goes_through(
     gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
 ) -> None:
-    planted.add("caller's token", TOKEN)
     url = sandbox.url
-    host = url.removeprefix("http://")
-    start = f"GET {url}/cards?page[limit]=1 HTTP/1.1\r\nHost: {host}\r\n".encode()
+    start = f"GET {url}/cards?page[limit]=1 HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n".encode()
     org = b"Authorization: Bearer unitgw:org\r\n"
 
     # mitmproxy buffers a head until it ends: this one never does, and is sent on and on.
-    with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
-        conn.sendall(start + f"X-Data: {TOKEN}".encode())
-        try:
-            for _ in range(64):  # 4 MiB
-                conn.sendall(b"a" * 65536)
-        except OSError:
-            pass  # the gateway closed the connection while the caller still sent
-        answer = b""
-        try:
-            while chunk := conn.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass  # closed with unread bytes: the answer came before the reset
+    never_ends = [start + f"X-Data: {TOKEN}".encode()] + [b"a" * 65536] * 64  # 4 MiB
+    answer = answer_to(gateway, *never_ends, planted=planted)
     status, error = json_api_error(answer)
     assert (status, error["code"]) == (431, "request_too_large")
     assert error["detail"] == (
@@ -125,15 +133,12 @@ def test_a_request_head_over_64_kib_is_refused_with_431_and_one_under_it_goes_th
 
     # Just under the limit, in one piece or in many, the request is Unit's business.
     padding = b"".join(b"X-Padding-%d: %s\r\n" % (n, b"p" * 6000) for n in range(10))
+    raw = start + org + padding + b"Connection: close\r\n\r\n"
     for pieces in (1, 16):
-        raw = start + org + padding + b"Connection: close\r\n\r\n"
-        with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
-            size = -(-len(raw) // pieces)
-            for at in range(0, len(raw), size):
-                conn.sendall(raw[at : at + size])
-            answer = b""
-            while chunk := conn.recv(65536):
-                answer += chunk
+        size = -(-len(raw) // pieces)
+        answer = answer_to(
+            gateway, *(raw[at : at + size] for at in range(0, len(raw), size)), planted=planted
+        )
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     assert sandbox.stats()["requests"] == {"GET /cards": 2}
 
@@ -143,9 +148,8 @@ def test_an_http2_protocol_error_goaway_does_not_quote_the_callers_token(
 ) -> None:
     # hyper-h2 refuses a header value with surrounding whitespace and quotes the value; that
     # text is the GOAWAY's debug data, which the caller's HTTP/2 client may print.
-    planted.add("caller's token", TOKEN)
-    host = sandbox.url.removeprefix("http://")
-    with socket.create_connection(gateway_address(gateway), timeout=10) as conn:
+    host = urlsplit(sandbox.url).netloc
+    with socket.create_connection(address_of(gateway.proxy_url), timeout=10) as conn:
         conn.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
         tls = ssl.create_default_context(cafile=str(gateway.ca_path))
@@ -181,6 +185,7 @@ def test_an_http2_protocol_error_goaway_does_not_quote_the_callers_token(
                 received += chunk
                 events = caller.receive_data(chunk)
                 ends += [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    planted.blobs.append(("the GOAWAYs to the caller", received))
     debug = b"".join(e.additional_data or b"" for e in ends).decode()
     assert "HTTP/2 protocol error: Received header value surrounded by whitespace" in debug
     assert "[token " in debug, "the quoted value is there, redacted"

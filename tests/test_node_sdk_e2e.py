@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GatewayFactory, Planted
+from conftest import GatewayFactory, Planted, unit_stats
 from unit_gateway.testing import harness
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -52,6 +52,4 @@ def test_node_sdk_through_the_gateway(
     assert seen["customers"] > 1
     assert seen["refused"] == {"status": "401", "code": "invalid_placeholder"}
     assert "v2.public." not in result.stdout + result.stderr
-    stats = tls_sandbox.stats()
-    assert stats["tokens_created"]["customer"] == 1
-    assert stats["unauthenticated"] == {}
+    unit_stats(tls_sandbox, customer_tokens=1)

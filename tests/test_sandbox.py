@@ -19,7 +19,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import port_of
+from conftest import error_of, port_of
 from unit_gateway import jsonapi, paseto
 from unit_gateway.sandbox import server
 from unit_gateway.sandbox.data import luhn_valid
@@ -31,16 +31,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["sandbox_fixtures"]
 
 TWO_FACTOR = "cards cards-write cards-sensitive"
-
-
-def error_of(response: requests.Response, status: int) -> dict[str, Any]:
-    """The single JSON:API error of a response that must have ``status``."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith(jsonapi.MEDIA_TYPE)
-    errors = jsonapi.errors_of(response.content)
-    assert errors is not None and len(errors) == 1, response.text
-    assert errors[0]["status"] == str(status)
-    return errors[0]
 
 
 def port_is_free(port: int) -> bool:
