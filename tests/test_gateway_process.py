@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -119,3 +121,41 @@ def test_mitmweb_with_web_flag(
         flows = response.read()
     assert b"/customers" in flows
     planted.blobs.append(("mitmweb GET /flows", flows))
+
+
+#: An operator's own mitmproxy script: it tags each response with its version and with the
+#: Authorization it saw (the flow holds the placeholder, never the token the gateway sent).
+TEAM_SCRIPT = """
+def response(flow):
+    flow.response.headers["x-team-script"] = "{version}"
+    flow.response.headers["x-team-script-saw"] = flow.request.headers.get("authorization", "")
+"""
+
+
+def test_an_operators_own_script_runs_next_to_the_gateway_and_reloads(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
+    """mitmproxy's hooks come from the gateway's hook table (unit_gateway.dispatch): a script
+    loaded with the gateway gets its hooks, and mitmproxy's reload of it on a change is seen."""
+    script = run_dir / "team_script.py"
+    script.write_text(TEAM_SCRIPT.format(version="first"))
+    gateway = gateway_factory(sandbox, name="script-gateway", extra_args=("-s", str(script)))
+    headers = {"Authorization": "Bearer unitgw:org"}
+    with proxied_session(gateway) as session:
+        first = session.get(f"{sandbox.url}/cards", headers=headers)
+        assert first.status_code == 200, first.text
+        assert first.headers["x-team-script"] == "first"
+        assert first.headers["x-team-script-saw"] == "Bearer unitgw:org"
+        script.write_text(TEAM_SCRIPT.format(version="second"))
+        later = time.time() + 5
+        os.utime(script, (later, later))  # newer than mitmproxy's last look, whatever the clock
+        deadline = time.monotonic() + 15
+        while True:
+            response = session.get(f"{sandbox.url}/cards", headers=headers)
+            assert response.status_code == 200, response.text
+            if response.headers["x-team-script"] == "second" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert response.headers["x-team-script"] == "second", gateway.process.output()
+    assert response.headers["x-team-script-saw"] == "Bearer unitgw:org"
+    assert sandbox.stats()["unauthenticated"] == {}
