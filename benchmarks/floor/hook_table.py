@@ -1,0 +1,11 @@
+"""mitmdump script: the gateway's hook table and nothing else (a benchmark floor).
+
+The gateway dispatches mitmproxy's hooks from a table instead of walking the addon tree for
+every event (``unit_gateway.dispatch``). proxy_overhead.py loads this script first in every
+floor, so each floor's cost over this one is the part of the gateway's own work it runs, and
+bare mitmdump against this one is what the table saves.
+"""
+
+from unit_gateway.dispatch import HookTable
+
+addons = [HookTable()]
