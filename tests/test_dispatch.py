@@ -124,7 +124,7 @@ def table() -> Iterator[None]:
         dispatch.uninstall()
 
 
-async def run_flow(manager: AddonManager) -> None:
+async def one_flow(manager: AddonManager, calls: Calls) -> None:
     flow = tflow.tflow(resp=True, err=True)
     for hook in (
         http_hooks.HttpRequestHeadersHook(flow),
@@ -175,10 +175,6 @@ async def both_ways(
         dispatch.uninstall()
     assert tabled == walked
     return tabled
-
-
-async def one_flow(manager: AddonManager, calls: Calls) -> None:
-    await run_flow(manager)
 
 
 async def test_the_table_makes_the_calls_mitmproxy_makes(caplog: pytest.LogCaptureFixture) -> None:

@@ -149,27 +149,36 @@ async def _walk(manager: AddonManager, event: hooks.Hook, chain: Sequence[Any]) 
             return
 
 
-def _forgetting(name: str, *, always: bool) -> Callable[..., Any]:
-    """``AddonManager.name`` as mitmproxy has it, then the table dropped: always, or after a
-    setup event (mitmproxy triggers every log record and flow edit through ``trigger``, so
-    dropping it for each would rebuild the table all the time)."""
+#: What changes the tree, and what dispatches an event (its last argument) another way.
+_CHANGING = ("register", "add", "remove", "clear")
+_DISPATCHING = ("trigger", "invoke_addon_sync", "invoke_addon")
+
+
+def _forgetting(name: str) -> Callable[..., Any]:
+    """``AddonManager.name`` as mitmproxy has it, then the table dropped: always after a
+    change to the tree, after a dispatch only for a setup event (mitmproxy triggers every log
+    record and flow edit through ``trigger``: dropping it for each would rebuild it always)."""
     kept = patches.original(AddonManager, name)
+    always = name in _CHANGING
+    replacement: Callable[..., Any]
+    if inspect.iscoroutinefunction(kept):
 
-    def call(self: AddonManager, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return kept(self, *args, **kwargs)
-        finally:
-            if always or args[-1].name in SETUP_EVENTS:
-                forget(self)
+        async def replacement(self: AddonManager, addon: Any, event: hooks.Hook) -> None:
+            try:
+                await kept(self, addon, event)
+            finally:
+                if event.name in SETUP_EVENTS:
+                    forget(self)
 
-    async def call_async(self: AddonManager, addon: Any, event: hooks.Hook) -> None:
-        try:
-            await kept(self, addon, event)
-        finally:
-            if event.name in SETUP_EVENTS:
-                forget(self)
+    else:
 
-    replacement = call_async if inspect.iscoroutinefunction(kept) else call
+        def replacement(self: AddonManager, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return kept(self, *args, **kwargs)
+            finally:
+                if always or args[-1].name in SETUP_EVENTS:
+                    forget(self)
+
     replacement.__name__ = replacement.__qualname__ = name
     return replacement
 
@@ -177,14 +186,9 @@ def _forgetting(name: str, *, always: bool) -> Callable[..., Any]:
 def _patches() -> Sequence[patches.Patch]:
     return (
         (AddonManager, "trigger_event", _trigger_event),
-        *((AddonManager, name, _forgetting(name, always=True)) for name in _CHANGING),
-        *((AddonManager, name, _forgetting(name, always=False)) for name in _DISPATCHING),
+        *((AddonManager, name, _forgetting(name)) for name in _CHANGING + _DISPATCHING),
     )
 
-
-#: What changes the tree, and what dispatches an event (the last argument) another way.
-_CHANGING = ("register", "add", "remove", "clear")
-_DISPATCHING = ("trigger", "invoke_addon_sync", "invoke_addon")
 
 _users = 0  # how many HookTables asked for it; it stays until the last one is done
 _epoch = 0  # one per install: a table from an earlier one is not used
