@@ -156,6 +156,8 @@ def test_an_operators_own_script_runs_next_to_the_gateway_and_reloads(
             if response.headers["x-team-script"] == "second" or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+    for answer in (first, response):
+        planted.blobs.append(("an answer the team script tagged", repr(answer.headers).encode()))
     assert response.headers["x-team-script"] == "second", gateway.process.output()
     assert response.headers["x-team-script-saw"] == "Bearer unitgw:org"
     assert sandbox.stats()["unauthenticated"] == {}
