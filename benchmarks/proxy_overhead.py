@@ -13,7 +13,7 @@ On a shared machine that is the fairer comparison: req/s moves with whatever els
 per request much less. Bare CPU / gateway CPU is the throughput ratio a CPU-bound proxy would
 reach with the machine to itself.
 
-The gateway dispatches mitmproxy's hooks from a table (``unit_gateway.dispatch``), which
+The gateway dispatches mitmproxy's hooks from a table (``unit_gateway.mitm.hook_table``), which
 saves mitmproxy work that bare mitmdump does. ``mitmdump + hook table`` (``floor/hook_table.py``)
 runs that table alone, and is the base of three floors that split the gateway's own cost:
 the gateway's patch point (``floor/patch_point.py``), the patch point plus the redaction of

@@ -25,6 +25,7 @@ from unit_gateway import jsonapi
 from unit_gateway.core import GatewayCore
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics
+from unit_gateway.mitm import gate
 from unit_gateway.redact import FlowRedaction
 from unit_gateway.testing import harness
 from unit_gateway.testing.leakscan import assert_no_leaks
@@ -65,6 +66,13 @@ class Planted:
 
 #: The org token of gateway addons driven without a proxy (in Unit's token shape).
 ADDONS_ORG_TOKEN = "v2.public.eyJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+
+
+@pytest.fixture(autouse=True)
+def mitmproxy_checked() -> None:
+    """Addons driven in this process (no gate addon ahead of them) may replace mitmproxy's
+    internals when the gate would let a gateway start on this mitmproxy."""
+    assert gate.approve_if_supported(), gate.problems()
 
 
 def unit_config(path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:

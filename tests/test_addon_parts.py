@@ -37,13 +37,13 @@ from unit_gateway.identity import Identity
 from unit_gateway.inject import FlowState, TokenInjector
 from unit_gateway.metrics import MetricsExporter
 from unit_gateway.minting import Challenge, TokenError
+from unit_gateway.mitm.patch_point import _json_api_error
 from unit_gateway.redact import (
     _PROXY_CREDENTIALS,
     _SECRETS,
     FlowRedaction,
     HeaderSubstitutions,
     _check_proxyauth_modes,
-    _json_api_error,
     _wire_fields,
 )
 from unit_gateway.redaction import Redactor

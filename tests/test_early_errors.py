@@ -1,4 +1,4 @@
-"""unit_gateway.early_errors driven without a proxy: mitmproxy's HTTP/1 server connection fed
+"""unit_gateway.mitm.early_errors driven without a proxy: mitmproxy's HTTP/1 server connection fed
 bytes directly, for the cases a real caller can hardly time (end to end in
 test_malformed_e2e.py)."""
 
@@ -27,9 +27,9 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow
 
 from conftest import ADDONS_ORG_TOKEN
-from unit_gateway import early_errors
 from unit_gateway.core import GatewayCore
-from unit_gateway.early_errors import MAX_REQUEST_HEAD_BYTES
+from unit_gateway.mitm import early_errors
+from unit_gateway.mitm.early_errors import MAX_REQUEST_HEAD_BYTES
 from unit_gateway.redact import FlowRedaction
 
 TOKEN = ADDONS_ORG_TOKEN

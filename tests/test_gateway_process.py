@@ -135,7 +135,7 @@ def response(flow):
 def test_an_operators_own_script_runs_next_to_the_gateway_and_reloads(
     gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
 ) -> None:
-    """mitmproxy's hooks come from the gateway's hook table (unit_gateway.dispatch): a script
+    """mitmproxy's hooks come from the gateway's hook table (unit_gateway.mitm.hook_table): a script
     loaded with the gateway gets its hooks, and mitmproxy's reload of it on a change is seen."""
     script = run_dir / "team_script.py"
     script.write_text(TEAM_SCRIPT.format(version="first"))

@@ -2,7 +2,7 @@
 error that names what is wrong, and no secret the caller sent comes back in it. Most of
 these fail before mitmproxy holds a flow for them, where mitmproxy's own answer is an HTML
 page (HTTP/1), no answer (a broken chunk), unbounded buffering (a head that never ends) or
-a GOAWAY's debug text (HTTP/2) quoting the caller's bytes (see unit_gateway.early_errors).
+a GOAWAY's debug text (HTTP/2) quoting the caller's bytes (see unit_gateway.mitm.early_errors).
 (test_early_errors.py drives the cases a caller can hardly time.) The sandbox sees none
 of them. Every test ends with the leak scan over the run's outputs."""
 

@@ -16,8 +16,8 @@ DEFAULT_CONFIG = Path("config/local.yaml")
 
 
 def gateway_script() -> Path:
-    """``addons/gateway.py``, which sits beside the package."""
-    return Path(unit_gateway.__file__).resolve().parent.parent / "gateway.py"
+    """The mitmproxy script shipped in the package."""
+    return Path(unit_gateway.__file__).resolve().parent / "script.py"
 
 
 def mitmproxy_tool(name: str) -> str:

@@ -11,9 +11,9 @@ Nothing runs per request beyond noting when it was sent. A sweep every
 :data:`SWEEP_SECONDS` looks at the flows in flight; each overdue one gets a
 :class:`ResponseOverdue` event through mitmproxy's ``inject_event``, which routes it to the
 flow's HTTP stream: the one way an addon reaches a stream that waits for its server. There the
-patch point (:mod:`unit_gateway.redact`) cancels the request upstream (an HTTP/1 connection is
-closed) and the stream ends with :class:`UpstreamTimedOut`, which the caller gets as a JSON:API
-504 ``upstream_timeout`` and mitmweb shows as the flow's error.
+patch point (:mod:`unit_gateway.mitm.patch_point`) cancels the request upstream (an HTTP/1
+connection is closed) and the stream ends with :class:`UpstreamTimedOut`, which the caller gets
+as a JSON:API 504 ``upstream_timeout`` and mitmweb shows as the flow's error.
 
 The patch point also hands the event to the stream of its flow where mitmproxy's own routing
 cannot find it (an HTTP/2 connection to Unit carries many streams; only the overdue one is

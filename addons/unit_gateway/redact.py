@@ -32,7 +32,7 @@ event ``ResponseOverdue`` (injected)       Unit missed the flow's deadline: the 
 =========================================  ================================================
 
 What the caller gets when mitmproxy refuses a request before a flow holds it (an HTTP/1
-request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.early_errors``,
+request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.mitm.early_errors``,
 installed while this addon runs.
 
 Log records are redacted by a LogRecord factory. ``modify_body`` (it edits the redacted copy),
@@ -51,27 +51,26 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
-from mitmproxy.proxy import commands, events, mode_specs
+from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layers import http as httplayer
-from mitmproxy.proxy.layers.http import _hooks as hooks
 
-from unit_gateway import early_errors, jsonapi, patches
+from unit_gateway import jsonapi
 from unit_gateway.deadlines import (
     SWEEP_SECONDS,
     ResponseOverdue,
-    UpstreamTimedOut,
     is_overdue,
     routable,
     timeout_message,
 )
 from unit_gateway.metrics import Children
+from unit_gateway.mitm import early_errors, patch_point
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
 
 if TYPE_CHECKING:
@@ -129,183 +128,6 @@ _PROXY_AUTH = b"proxy-authorization"
 _PROXY_CREDENTIALS = frozenset({_PROXY_AUTH})
 
 _SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, FlowSecrets] = weakref.WeakKeyDictionary()
-#: The running addon; the patched HttpStream does nothing extra while it is None.
-_ACTIVE: FlowRedaction | None = None
-
-_original_handle_event: Callable[..., Generator[commands.Command, Any, None]] = patches.original(
-    httplayer.HttpStream, "handle_event"
-)
-_original_layer_event: Callable[..., Generator[commands.Command, Any, None]] = patches.original(
-    httplayer.HttpLayer, "_handle_event"
-)
-
-_HOOKS = (
-    hooks.HttpRequestHeadersHook,
-    hooks.HttpRequestHook,
-    hooks.HttpResponseHook,
-    hooks.HttpErrorHook,
-)
-
-
-def _handle_event(
-    self: httplayer.HttpStream, event: events.Event
-) -> Generator[commands.Command, Any, None]:
-    active = _ACTIVE
-    if active is None:
-        yield from _original_handle_event(self, event)
-        return
-    # HttpStream sets self.flow once, on its first event (None before: no weak reference to
-    # None); it is read again only while still None.
-    flow = self.__dict__.get("flow")
-    if "_handle_event" in self.__dict__ and flow is not None and flow not in _SECRETS:
-        # An open tunnel (HttpStream has switched itself to passthrough) of a flow with no
-        # real values: all it yields is its inner streams' commands, which those streams'
-        # own calls here have handled. Half of all calls per request are these. (A CONNECT
-        # flow is never protected, see before_hook: so a ResponseOverdue for a flow inside
-        # the tunnel passes here to the inner stream.)
-        yield from _original_handle_event(self, event)
-        return
-    if type(event) is ResponseOverdue:
-        yield from _answer_overdue(self, event)
-        return
-    if flow is not None and type(event) is httplayer.ResponseHeaders:
-        secrets = _SECRETS.get(flow)
-        if secrets is not None:  # before HttpStream stores it as flow.response
-            active.redact_headers(event.response.headers, secrets.response_headers)
-    for command in _original_handle_event(self, event):
-        kind = type(command)
-        if flow is None:
-            flow = self.__dict__.get("flow")
-        if kind is httplayer.SendHttp:
-            secrets = _SECRETS.get(flow) if flow is not None else None
-            if type(command.event) in _PROTOCOL_ERRORS and flow is not None:  # type: ignore[attr-defined]
-                # mitmproxy's own error page is HTML and quotes peer bytes unredacted; also
-                # for a flow with no secrets (a CONNECT), which HTTP/2 and /3 answer so too.
-                _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
-                yield from _json_api_error(
-                    command,  # type: ignore[arg-type]
-                    flow,
-                    active,
-                    unit=secrets is not None and secrets.upstream is not None,
-                )
-                continue
-            if secrets is not None:
-                command = active.egress(self, secrets, command)  # type: ignore[arg-type]
-        elif kind in _HOOKS:
-            # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
-            hooked = command.flow  # type: ignore[attr-defined]
-            if hooked is flow:
-                active.before_hook(kind, hooked)
-        elif kind is httplayer.DropStream and flow is not None:
-            # The flow has ended, also when it failed before its response: its real values go
-            # (mitmweb keeps the flow itself).
-            _SECRETS.pop(flow, None)
-        yield command
-
-
-def _layer_handle_event(
-    self: httplayer.HttpLayer, event: events.Event
-) -> Generator[commands.Command, Any, None]:
-    """HttpLayer's own handling, except that a ResponseOverdue goes to the stream of its
-    flow. Not a generator itself: every other event costs one call, not a frame per command."""
-    if type(event) is ResponseOverdue:
-        return _route_overdue(self, event)
-    return _original_layer_event(self, event)
-
-
-def _route_overdue(
-    layer: httplayer.HttpLayer, event: ResponseOverdue
-) -> Generator[commands.Command, Any, None]:
-    """mitmproxy routes an injected event by the flow's server connection, which finds the
-    stream only on an HTTP/1 connection (an HTTP/2 one carries many streams, and the lookup
-    fails). The layer that holds the flow's stream hands the event to it; a layer that does
-    not (the one a CONNECT tunnel runs in) passes it on as mitmproxy does."""
-    for stream in layer.streams.values():
-        if stream.__dict__.get("flow") is event.flow:
-            yield from layer.event_to_child(stream, event)
-            return
-    yield from _original_layer_event(layer, event)
-
-
-#: What this addon replaces in mitmproxy while it runs.
-_PATCH_POINT: tuple[patches.Patch, ...] = (
-    (httplayer.HttpStream, "handle_event", _handle_event),
-    (httplayer.HttpLayer, "_handle_event", _layer_handle_event),
-)
-
-_PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
-#: The server states of a stream that waits for its response.
-_WAITING = ("state_wait_for_response_headers", "state_consume_response_body")
-
-
-def _answer_overdue(
-    stream: httplayer.HttpStream, event: ResponseOverdue
-) -> Generator[commands.Command, Any, None]:
-    """Unit did not answer ``event.flow`` in time: cancel the request upstream (HTTP/1 closes
-    the connection, so no late answer is read as the next one's) and end the stream with
-    UpstreamTimedOut, which the caller gets as a 504."""
-    if event.flow is not stream.__dict__.get("flow"):
-        # This stream has moved on to the next request: that flow has ended. (A tunnel the
-        # flow is inside has passed the event on in _handle_event.)
-        return
-    waiting = getattr(stream.server_state, "__name__", None) in _WAITING
-    if not waiting or stream.client_state == stream.state_errored:
-        return
-    message = timeout_message(event.message)
-    yield httplayer.SendHttp(
-        httplayer.RequestProtocolError(stream.stream_id, message, httplayer.ErrorCode.CANCEL),
-        stream.context.server,
-    )
-    timed_out = UpstreamTimedOut(
-        stream.stream_id, message, httplayer.ErrorCode.GENERIC_SERVER_ERROR
-    )
-    yield from _handle_event(stream, timed_out)
-
-
-#: mitmproxy's error codes that answer the client (the others close the stream: a killed
-#: flow, HTTP/2 resets) -> the JSON:API code and whose failure it is.
-_ERROR_CODES: dict[httplayer.ErrorCode, tuple[str, str]] = {
-    httplayer.ErrorCode.CONNECT_FAILED: ("upstream_unreachable", "unit"),
-    httplayer.ErrorCode.GENERIC_SERVER_ERROR: ("upstream_failed", "unit"),
-    httplayer.ErrorCode.RESPONSE_VALIDATION_FAILED: ("upstream_failed", "unit"),
-    httplayer.ErrorCode.RESPONSE_TOO_LARGE: ("upstream_failed", "unit"),
-    httplayer.ErrorCode.GENERIC_CLIENT_ERROR: ("invalid_request", "caller"),
-    httplayer.ErrorCode.REQUEST_VALIDATION_FAILED: ("invalid_request", "caller"),
-    httplayer.ErrorCode.DESTINATION_UNKNOWN: ("invalid_request", "caller"),
-    httplayer.ErrorCode.REQUEST_TOO_LARGE: ("request_too_large", "caller"),
-}
-
-
-def _json_api_error(
-    command: httplayer.SendHttp, flow: http.HTTPFlow, redaction: FlowRedaction, *, unit: bool
-) -> Generator[commands.Command, Any, None]:
-    """The caller's answer when the server (Unit, if ``unit``) could not be reached or
-    answered garbage, or the request itself could not be taken, in the form every Unit
-    client parses. The message names the failure (address, reason); it can quote the peer's
-    bytes, so it is redacted. Codes mitmproxy answers without a response (a killed flow)
-    pass as they are."""
-    event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
-    status = event.code.http_status_code()
-    known = _ERROR_CODES.get(event.code)
-    note = ""
-    if type(event) is UpstreamTimedOut:
-        status, known = 504, ("upstream_timeout", "unit")
-        note = "; the request was sent, so Unit may have acted on it"
-    if status is None or known is None:
-        yield command
-        return
-    code, whose = known
-    message = redaction.redact_text(event.message)
-    if whose == "unit":
-        server = f"{flow.request.host}:{flow.request.port}" + (" (Unit)" if unit else "")
-        detail = f"{server}: {message}{note}"
-    else:
-        detail = f"the gateway could not take this request: {message}"
-    response = jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
-    stream, client = event.stream_id, command.connection
-    yield httplayer.SendHttp(httplayer.ResponseHeaders(stream, response, False), client)
-    yield httplayer.SendHttp(httplayer.ResponseData(stream, response.raw_content or b""), client)
-    yield httplayer.SendHttp(httplayer.ResponseEndOfMessage(stream), client)
 
 
 def _make_headers(fields: tuple[tuple[bytes, bytes], ...]) -> http.Headers:
@@ -510,9 +332,7 @@ class FlowRedaction:
     # --- lifecycle -------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        global _ACTIVE
-        _ACTIVE = self
-        patches.install(_PATCH_POINT)
+        patch_point.install(self, _SECRETS)
         early_errors.install(self.redact_text)
         previous = logging.getLogRecordFactory()
         if isinstance(previous, _RedactingFactory):
@@ -558,13 +378,10 @@ class FlowRedaction:
             self._sweeper = asyncio.ensure_future(self._sweep())
 
     def done(self) -> None:
-        global _ACTIVE
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if _ACTIVE is self:
-            _ACTIVE = None
-            patches.uninstall(_PATCH_POINT)
+        if patch_point.uninstall(self):
             early_errors.uninstall()
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
@@ -699,7 +516,7 @@ class FlowRedaction:
 
     def before_hook(self, kind: type, flow: http.HTTPFlow) -> None:
         """HttpStream has just stored part of the flow; no addon has seen it yet."""
-        if kind is hooks.HttpRequestHeadersHook:
+        if kind is httplayer.HttpRequestHeadersHook:
             # (also yielded a second time on some error paths: protect a flow once)
             if flow not in _SECRETS and flow.request.method != "CONNECT":
                 # Every flow is redacted, whatever its host: a service's other egress can carry
@@ -707,14 +524,14 @@ class FlowRedaction:
                 upstream = self._configured_upstream(flow.request) or self.retarget(flow)
                 self.protect_request(flow, upstream)
             return
-        if kind is hooks.HttpErrorHook:
+        if kind is httplayer.HttpErrorHook:
             if flow.error is not None:
                 flow.error.msg = self.redact_text(flow.error.msg)
             return
         secrets = _SECRETS.get(flow)
         if secrets is None:
             return
-        if kind is hooks.HttpRequestHook:
+        if kind is httplayer.HttpRequestHook:
             secrets.request_body = self.redact_body(flow.request, flow.request.path)
         elif flow.response is not None:
             secrets.response_body = self.redact_body(flow.response, flow.request.path)

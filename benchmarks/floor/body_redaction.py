@@ -10,7 +10,6 @@ from typing import Any
 
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as httplayer
-from mitmproxy.proxy.layers.http import _hooks as hooks
 
 from unit_gateway.redaction import Redactor
 
@@ -22,7 +21,9 @@ def _handle_event(
     self: httplayer.HttpStream, event: events.Event
 ) -> Generator[commands.Command, Any, None]:
     for command in _original(self, event):
-        if type(command) is hooks.HttpResponseHook and command.flow is self.__dict__.get("flow"):
+        if type(command) is httplayer.HttpResponseHook and command.flow is self.__dict__.get(
+            "flow"
+        ):
             response = command.flow.response
             if response is not None and response.raw_content:
                 _redactor.redact_body(

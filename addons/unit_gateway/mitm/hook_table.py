@@ -38,7 +38,7 @@ from typing import Any
 from mitmproxy import exceptions, hooks
 from mitmproxy.addonmanager import AddonManager, safecall, traverse
 
-from . import patches
+from unit_gateway.mitm import gate, patches
 
 #: The events in which an addon may set itself up differently: mitmproxy's walk runs them.
 SETUP_EVENTS = frozenset({"load", "configure", "running", "done"})
@@ -195,13 +195,17 @@ _epoch = 0  # one per install: a table from an earlier one is not used
 _INSTALLED: list[patches.Patch] = []
 
 
-def install() -> None:
+def install() -> bool:
+    """Dispatch from the table, if the gate let the gateway start (then True)."""
     global _users, _epoch
+    if not gate.approved():
+        return False
     _users += 1
     if not _INSTALLED:
         _epoch += 1
         _INSTALLED.extend(_patches())
         patches.install(_INSTALLED)
+    return True
 
 
 def installed() -> bool:
@@ -220,8 +224,13 @@ class HookTable:
     """Installs the table dispatch while the gateway runs. Its own addon, ahead of the
     gateway's chain: ``done`` must run synchronously when mitmproxy removes the script."""
 
+    def __init__(self) -> None:
+        self._installed = False
+
     def load(self, loader: Any) -> None:
-        install()
+        self._installed = install()
 
     def done(self) -> None:
-        uninstall()
+        if self._installed:
+            self._installed = False
+            uninstall()

@@ -1,11 +1,13 @@
 """The one way the gateway replaces parts of mitmproxy while it runs, and puts mitmproxy back
-exactly as it was when it is done (see ``unit_gateway.redact`` and
-``unit_gateway.early_errors`` for what is replaced, and why)."""
+exactly as it was when it is done (``patch_point``, ``early_errors`` and ``hook_table`` say
+what they replace, and why). Nothing is replaced before the gate has let the gateway start."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+from unit_gateway.mitm import gate
 
 #: (the module or class, the name in it, what stands there while the gateway runs)
 Patch = tuple[Any, str, Any]
@@ -27,7 +29,20 @@ def original(owner: Any, name: str) -> Any:
     return found if found is not None else getattr(super(owner, owner), name)
 
 
+class NotApproved(RuntimeError):
+    """Something tried to replace part of mitmproxy before the gate let the gateway start."""
+
+
+def unpatched(owner: Any, name: str) -> Any:
+    """``owner.name`` as mitmproxy defines it, whether or not it is replaced right now."""
+    if _kept(name) in getattr(owner, "__dict__", {}):
+        return original(owner, name)
+    return getattr(owner, name)
+
+
 def install(patches: Iterable[Patch]) -> None:
+    if not gate.approved():
+        raise NotApproved("unit-gateway: mitmproxy was not checked (unit_gateway.mitm.gate)")
     for owner, name, replacement in patches:
         original(owner, name)  # kept before it is replaced
         setattr(owner, name, replacement)

@@ -40,7 +40,8 @@ from mitmproxy.proxy.layers.http import (
 )
 from mitmproxy.utils import human
 
-from unit_gateway import jsonapi, patches
+from unit_gateway import jsonapi
+from unit_gateway.mitm import gate, patches
 
 #: The most bytes of a request line and headers the gateway reads; a head whose end is not
 #: within them is refused (HTTP/2's limit on a header list is the same).
@@ -69,10 +70,14 @@ _original_h3_close: Callable[..., None] = patches.original(
 _redact: Callable[[str], str] | None = None
 
 
-def install(redact_text: Callable[[str], str]) -> None:
+def install(redact_text: Callable[[str], str]) -> bool:
+    """The gateway's answers, if the gate let it start (then True)."""
     global _redact
-    _redact = redact_text
+    if not gate.approved():
+        return False
     patches.install(_PATCHES)
+    _redact = redact_text
+    return True
 
 
 def uninstall() -> None:

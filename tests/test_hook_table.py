@@ -1,4 +1,4 @@
-"""Hooks dispatched from a table (unit_gateway.dispatch), driven through mitmproxy's own
+"""Hooks dispatched from a table (unit_gateway.mitm.hook_table), driven through mitmproxy's own
 AddonManager: the same calls in the same order as mitmproxy's walk of the addon tree, with the
 same rules for failures, and a tree that changes is seen at the next event."""
 
@@ -18,8 +18,8 @@ from mitmproxy.addons import script
 from mitmproxy.proxy.layers.http import _hooks as http_hooks
 from mitmproxy.test import taddons, tflow
 
-from unit_gateway import dispatch
 from unit_gateway.chain import AddonChain
+from unit_gateway.mitm import hook_table
 
 Calls = list[str]
 
@@ -117,11 +117,11 @@ def tree(calls: Calls) -> list[Any]:
 
 @pytest.fixture
 def table() -> Iterator[None]:
-    dispatch.install()
+    hook_table.install()
     try:
         yield
     finally:
-        dispatch.uninstall()
+        hook_table.uninstall()
 
 
 async def one_flow(manager: AddonManager, calls: Calls) -> None:
@@ -145,19 +145,19 @@ async def calls_and_log(
     calls: Calls = []
     caplog.clear()
     looked_up: list[str] = []
-    real = dispatch.hook_table
+    real = hook_table.hook_table
 
     def spy(manager: AddonManager, name: str) -> Any:
         looked_up.append(name)
         return real(manager, name)
 
-    dispatch.hook_table = spy  # type: ignore[assignment]
+    hook_table.hook_table = spy  # type: ignore[assignment]
     try:
         with caplog.at_level(logging.ERROR), taddons.context(*addons(calls)) as tctx:
             await scenario(tctx.master.addons, calls)
     finally:
-        dispatch.hook_table = real  # type: ignore[assignment]
-    assert bool(looked_up) == dispatch.installed()  # the table ran the scenario, or did not
+        hook_table.hook_table = real  # type: ignore[assignment]
+    assert bool(looked_up) == hook_table.installed()  # the table ran the scenario, or did not
     return calls, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -166,13 +166,13 @@ async def both_ways(
 ) -> tuple[Calls, list[str]]:
     """The calls and logged errors of ``scenario`` under mitmproxy's walk and under the table,
     which must be the same."""
-    assert not dispatch.installed()
+    assert not hook_table.installed()
     walked = await calls_and_log(caplog, addons, scenario)
-    dispatch.install()
+    hook_table.install()
     try:
         tabled = await calls_and_log(caplog, addons, scenario)
     finally:
-        dispatch.uninstall()
+        hook_table.uninstall()
     assert tabled == walked
     return tabled
 
@@ -293,29 +293,29 @@ async def test_log_records_and_flow_edits_keep_the_table(table: None) -> None:
     with taddons.context(Node("a", [])) as tctx:
         manager = tctx.master.addons
         await manager.trigger_event(http_hooks.HttpRequestHeadersHook(tflow.tflow()))
-        built = manager.__dict__[dispatch._TABLE]
+        built = manager.__dict__[hook_table._TABLE]
         manager.trigger(hooks.UpdateHook([tflow.tflow()]))
         logging.getLogger("test").info("a record mitmproxy passes to its add_log hook")
         await asyncio.sleep(0)
         await manager.trigger_event(http_hooks.HttpRequestHeadersHook(tflow.tflow()))
-        assert manager.__dict__[dispatch._TABLE] is built
+        assert manager.__dict__[hook_table._TABLE] is built
         manager.trigger(hooks.ConfigureHook(set()))
-        assert dispatch._TABLE not in manager.__dict__
+        assert hook_table._TABLE not in manager.__dict__
 
 
 async def test_a_table_from_an_earlier_install_is_not_used() -> None:
     calls: Calls = []
-    dispatch.install()
+    hook_table.install()
     try:
         with taddons.context(Node("first", calls)) as tctx:
             manager = tctx.master.addons
             await manager.trigger_event(http_hooks.HttpRequestHeadersHook(tflow.tflow()))
-            dispatch.uninstall()
+            hook_table.uninstall()
             manager.add(Node("added while none was installed", calls))
-            dispatch.install()
+            hook_table.install()
             await manager.trigger_event(http_hooks.HttpRequestHeadersHook(tflow.tflow()))
     finally:
-        dispatch.uninstall()
+        hook_table.uninstall()
     assert calls == [
         "first.requestheaders",
         "first.requestheaders",
@@ -324,15 +324,15 @@ async def test_a_table_from_an_earlier_install_is_not_used() -> None:
 
 
 def test_it_stays_until_the_last_user_is_done() -> None:
-    first, second = dispatch.HookTable(), dispatch.HookTable()
+    first, second = hook_table.HookTable(), hook_table.HookTable()
     first.load(None)
     second.load(None)
     try:
         first.done()
-        assert dispatch.installed()
+        assert hook_table.installed()
     finally:
         second.done()
-    assert not dispatch.installed()
+    assert not hook_table.installed()
 
 
 async def test_an_addon_added_or_removed_is_seen_at_the_next_event(table: None) -> None:
@@ -443,28 +443,28 @@ class AsyncDone:
 @pytest.mark.parametrize("ending", ["removed", "shut down"])
 async def test_the_gateway_installs_it_while_it_runs(ending: str) -> None:
     originals = mitmproxy_own()
-    hook_table = dispatch.HookTable()
+    table = hook_table.HookTable()
     try:
-        # Laid out as addons/gateway.py lays it out.
-        with taddons.context(hook_table, AddonChain(AsyncDone(), Node("member", []))) as tctx:
-            assert dispatch.installed()
+        # Laid out as unit_gateway.addon lays it out.
+        with taddons.context(table, AddonChain(AsyncDone(), Node("member", []))) as tctx:
+            assert hook_table.installed()
             assert AddonManager.trigger_event is not originals["trigger_event"]
             if ending == "removed":
-                tctx.master.addons.remove(hook_table)
+                tctx.master.addons.remove(table)
             else:
                 await tctx.master.addons.trigger_event(hooks.DoneHook())
-        assert not dispatch.installed()
+        assert not hook_table.installed()
         assert mitmproxy_own() == originals
     finally:
-        while dispatch.installed():
-            dispatch.uninstall()
+        while hook_table.installed():
+            hook_table.uninstall()
 
 
 def test_uninstall_puts_mitmproxy_back_exactly() -> None:
     originals = mitmproxy_own()
-    dispatch.install()
+    hook_table.install()
     replaced = {name for name, value in mitmproxy_own().items() if originals[name] is not value}
-    dispatch.uninstall()
+    hook_table.uninstall()
     assert replaced == {
         "trigger_event",
         "register",

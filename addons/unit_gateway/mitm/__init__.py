@@ -1,0 +1,4 @@
+"""Every use of mitmproxy's internals: the check that the running mitmproxy has what the
+gateway relies on (``gate``), how replacements are installed and removed (``patches``), and
+the replacements themselves (``patch_point``, ``early_errors``, ``hook_table``). No other
+module of the gateway imports a private mitmproxy name or replaces anything in mitmproxy."""
