@@ -69,6 +69,7 @@ from unit_gateway.deadlines import (
     routable,
     timeout_message,
 )
+from unit_gateway.flow_walk import FlowVault
 from unit_gateway.metrics import Children
 from unit_gateway.mitm import early_errors, patch_point
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
@@ -296,6 +297,11 @@ def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str
 _UNREDACTED_LOGGERS = frozenset({"mitmproxy.tools.web.master"})
 
 
+def _owned(holder: Any, name: str) -> bool:
+    """An HTTP message's body: the redaction addon keeps it as a redacted copy of its own."""
+    return name == "content" and isinstance(holder, http.MessageData)
+
+
 class _RedactingFactory:
     """LogRecord factory: log lines can quote raw wire bytes (mitmproxy's own errors)."""
 
@@ -328,6 +334,8 @@ class FlowRedaction:
         self._factory: _RedactingFactory | None = None
         self._redactions = Children(metrics.redactions) if metrics is not None else None
         self._sweeper: asyncio.Task[None] | None = None
+        #: Every other value of every flow (see unit_gateway.flow_walk).
+        self.vault = FlowVault(self._shown_leaf, self._shown_fields, http.Headers, _owned)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -443,6 +451,42 @@ class FlowRedaction:
         for rule, n in counts.items():
             if n:
                 self._redactions(rule).inc(n)
+
+    # --- every value of a flow (see unit_gateway.flow_walk) -----------------------------
+
+    def conceal(self, flow: Any) -> None:
+        """Nothing ``flow`` holds is real any more (the patch point calls this when a layer
+        is done with an event, ``reveal`` when it starts the next)."""
+        self.vault.conceal(flow)
+
+    def reveal(self, flow: Any) -> None:
+        self.vault.reveal(flow)
+
+    def _shown_leaf(self, value: str | bytes) -> str | bytes:
+        if isinstance(value, str):
+            return self.redact_text(value)
+        text = value.decode(*_ENCODING)
+        shown = self.redact_text(text)
+        return value if shown == text else shown.encode(*_ENCODING)
+
+    def _shown_fields(
+        self, fields: tuple[tuple[bytes, bytes], ...]
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        if self.redactor.header_fields_are_clean(fields):
+            return fields
+        # Proxy credentials stay for mitmproxy's proxyauth, which reads them in a hook; this
+        # addon takes them out once it has (see _after_proxyauth).
+        checked = [f for f in fields if f[0].lower() not in _PROXY_CREDENTIALS]
+        counts: Counter[str] = Counter()
+        pairs = [(n.decode(*_ENCODING), v.decode(*_ENCODING)) for n, v in checked]
+        shown = iter(self.redactor.redact_headers(pairs, counts=counts))
+        self.count(counts)
+        return tuple(
+            f
+            if f[0].lower() in _PROXY_CREDENTIALS
+            else tuple(x.encode(*_ENCODING) for x in next(shown))
+            for f in fields
+        )
 
     def redact_text(self, text: str) -> str:
         counts: Counter[str] = Counter()

@@ -678,7 +678,8 @@ class Redactor:
         becomes a fingerprint; anything else is fingerprinted whole."""
         pair = pair.strip()
         name, eq, value = pair.partition("=")
-        if not eq or not _COOKIE_NAME.fullmatch(name):
+        if not eq or not _COOKIE_NAME.fullmatch(name) or not self._detectors.finds_nothing_in(name):
+            # no name, or one that is itself a secret: the pair is fingerprinted whole
             return pair if _FINGERPRINT.fullmatch(pair) else self.fingerprint(pair)
         if not value or _FINGERPRINT.fullmatch(value):
             return pair

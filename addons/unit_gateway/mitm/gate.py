@@ -69,7 +69,7 @@ NEEDS: tuple[Need, ...] = (
         ),
     ),
     Need(_HTTP, "HttpStream.handle_event", _EVENT),
-    Need(_HTTP, "HttpLayer", attributes=("streams",)),
+    Need(_HTTP, "HttpLayer", attributes=("streams", "connections", "context")),
     Need(_HTTP, "HttpLayer._handle_event", _EVENT),
     Need(_HTTP, "HttpLayer.event_to_child", "(self, child, event)"),
     Need(_HTTP, "SendHttp", attributes=("event", "connection")),
@@ -84,6 +84,24 @@ NEEDS: tuple[Need, ...] = (
     Need(_HTTP, "RequestProtocolError", attributes=("stream_id", "message", "code")),
     Need(_HTTP, "ResponseProtocolError", attributes=("stream_id", "message", "code")),
     Need(_HTTP, "ErrorCode.http_status_code", "(self)"),
+    *(
+        Need(f"mitmproxy.proxy.layers.{module}", f"{name}.handle_event", _EVENT)
+        for module, name in (
+            ("websocket", "WebsocketLayer"),
+            ("tcp", "TCPLayer"),
+            ("udp", "UDPLayer"),
+            ("dns", "DNSLayer"),
+        )
+    ),
+    Need("mitmproxy.proxy.layers.dns", "DNSLayer", attributes=("flows",)),
+    *(
+        Need(f"mitmproxy.proxy.layers.{module}", name, attributes=("flow",))
+        for module, name in (
+            ("websocket", "WebsocketLayer"),
+            ("tcp", "TCPLayer"),
+            ("udp", "UDPLayer"),
+        )
+    ),
     Need(_HTTP, "HttpRequestHeadersHook"),
     Need(_HTTP, "HttpRequestHook"),
     Need(_HTTP, "HttpResponseHook"),

@@ -5,17 +5,21 @@ a :class:`~unit_gateway.deadlines.ResponseOverdue` to the stream of its flow."""
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 from mitmproxy import http
-from mitmproxy.proxy import commands, events
+from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import dns, tcp, udp, websocket
 from mitmproxy.proxy.layers import http as httplayer
+from mitmproxy.utils import human
 
 from unit_gateway import jsonapi
 from unit_gateway.deadlines import ResponseOverdue, UpstreamTimedOut, timeout_message
-from unit_gateway.mitm import gate, patches
+from unit_gateway.mitm import early_errors, gate, patches
 
 Commands = Generator[commands.Command, Any, None]
 
@@ -39,6 +43,10 @@ class StreamGuard(Protocol):
     def egress(
         self, stream: httplayer.HttpStream, secrets: Any, command: httplayer.SendHttp
     ) -> httplayer.SendHttp: ...
+
+    def conceal(self, flow: Any) -> None: ...
+
+    def reveal(self, flow: Any) -> None: ...
 
 
 #: The running guard and its per-flow store; the patched stream does nothing extra while None.
@@ -103,47 +111,116 @@ def _handle_event(self: httplayer.HttpStream, event: events.Event) -> Commands:
     if type(event) is ResponseOverdue:
         yield from _answer_overdue(self, event)
         return
-    if flow is not None and type(event) is httplayer.ResponseHeaders:
-        secrets = _SECRETS.get(flow)
-        if secrets is not None:  # before HttpStream stores it as flow.response
-            active.redact_headers(event.response.headers, secrets.response_headers)
-    for command in _original_handle_event(self, event):
-        kind = type(command)
-        if flow is None:
-            flow = self.__dict__.get("flow")
-        if kind is httplayer.SendHttp:
-            secrets = _SECRETS.get(flow) if flow is not None else None
-            if type(command.event) in _PROTOCOL_ERRORS and flow is not None:  # type: ignore[attr-defined]
-                # mitmproxy's own error page is HTML and quotes peer bytes unredacted; also
-                # for a flow with no secrets (a CONNECT), which HTTP/2 and /3 answer so too.
-                _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
-                yield from _json_api_error(
-                    command,  # type: ignore[arg-type]
-                    flow,
-                    active,
-                    unit=secrets is not None and secrets.upstream is not None,
-                )
+    if flow is not None:
+        # The real values of what the last event left redacted, for the stream to send.
+        active.reveal(flow)
+        if type(event) is httplayer.ResponseHeaders:
+            secrets = _SECRETS.get(flow)
+            if secrets is not None:  # before HttpStream stores it as flow.response
+                active.redact_headers(event.response.headers, secrets.response_headers)
+    try:
+        for command in _original_handle_event(self, event):
+            kind = type(command)
+            if flow is None:
+                flow = self.__dict__.get("flow")
+            if kind is httplayer.SendHttp:
+                secrets = _SECRETS.get(flow) if flow is not None else None
+                if type(command.event) in _PROTOCOL_ERRORS and flow is not None:  # type: ignore[attr-defined]
+                    # mitmproxy's own error page is HTML and quotes peer bytes unredacted; also
+                    # for a flow with no secrets (a CONNECT), which HTTP/2 and /3 answer so too.
+                    _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
+                    yield from _json_api_error(
+                        command,  # type: ignore[arg-type]
+                        flow,
+                        active,
+                        unit=secrets is not None and secrets.upstream is not None,
+                    )
+                    continue
+                if secrets is not None:
+                    command = active.egress(self, secrets, command)  # type: ignore[arg-type]
+            elif kind in _HOOKS:
+                # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
+                hooked = command.flow  # type: ignore[attr-defined]
+                if hooked is flow:
+                    active.before_hook(kind, hooked)
+            elif kind is httplayer.DropStream and flow is not None:
+                # The flow has ended, also when it failed before its response: its real values go
+                # (mitmweb keeps the flow itself).
+                _SECRETS.pop(flow, None)
+            if flow is None:
+                yield command
                 continue
-            if secrets is not None:
-                command = active.egress(self, secrets, command)  # type: ignore[arg-type]
-        elif kind in _HOOKS:
-            # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
-            hooked = command.flow  # type: ignore[attr-defined]
-            if hooked is flow:
-                active.before_hook(kind, hooked)
-        elif kind is httplayer.DropStream and flow is not None:
-            # The flow has ended, also when it failed before its response: its real values go
-            # (mitmweb keeps the flow itself).
-            _SECRETS.pop(flow, None)
-        yield command
+            if isinstance(command, commands.StartHook):
+                active.conceal(flow)
+            yield command
+            # What ran meanwhile (a hook, this stream again for a reply) may have concealed it
+            active.reveal(flow)
+
+    finally:
+        # Whatever this event stored in the flow is redacted before anything else runs.
+        if (flow := self.__dict__.get("flow")) is not None:
+            active.conceal(flow)
 
 
 def _layer_handle_event(self: httplayer.HttpLayer, event: events.Event) -> Commands:
     """HttpLayer's own handling, except that a ResponseOverdue goes to the stream of its
-    flow. Not a generator itself: every other event costs one call, not a frame per command."""
+    flow, and that whatever mitmproxy or the gateway raises while handling a connection's
+    HTTP gets the caller an answer (see ``_answer_failure``)."""
+    if _BROKEN in self.__dict__:
+        return _nothing()  # answered and closed: what is still in flight is dropped
     if type(event) is ResponseOverdue:
         return _route_overdue(self, event)
-    return _original_layer_event(self, event)
+    return _failures_answered(self, _original_layer_event(self, event))
+
+
+def _nothing() -> Commands:
+    yield from ()
+
+
+#: Set on an HttpLayer that failed: its connection has been answered and closed.
+_BROKEN = "_unit_gateway_broken"
+
+
+def _failures_answered(layer: httplayer.HttpLayer, handled: Commands) -> Commands:
+    try:
+        yield from handled
+    except Exception as e:
+        if _GUARD is None:
+            raise
+        yield from _answer_failure(layer, e)
+
+
+def _answer_failure(layer: httplayer.HttpLayer, error: Exception) -> Commands:
+    """mitmproxy would log "mitmproxy has crashed!" (at start-up that ends the process) and
+    leave the caller without an answer. The caller gets a JSON:API error, unless a response
+    has begun, and the connection closes; the log says what failed, redacted."""
+    assert _GUARD is not None
+    layer.__dict__[_BROKEN] = True
+    client = layer.context.client
+    message = _GUARD.redact_text(f"{type(error).__name__}: {error}")
+    connected = layer.context.server.timestamp_start is not None
+    status = 502 if connected else 400
+    answered = any(
+        stream.__dict__.get("flow") is not None and stream.flow.response is not None
+        for stream in layer.streams.values()
+    )
+    http1 = (
+        client.alpn in (None, b"", b"http/1.1", b"http/1.0") and client.transport_protocol == "tcp"
+    )
+    if http1 and not answered and client.state & ConnectionState.CAN_WRITE:
+        yield commands.SendData(client, early_errors.error_page(status, message))
+        outcome = f"answered {status} and closed the connection"
+    else:
+        outcome = "closed the connection"
+    yield commands.Log(
+        f"unit-gateway: {human.format_address(client.peername)}: the request could not be "
+        f"handled ({message}); {outcome}",
+        logging.WARNING,
+    )
+    yield commands.CloseConnection(client)
+    for connection in list(layer.connections):
+        if connection is not client and connection.state is not ConnectionState.CLOSED:
+            yield commands.CloseConnection(connection)
 
 
 def _route_overdue(layer: httplayer.HttpLayer, event: ResponseOverdue) -> Commands:
@@ -158,10 +235,61 @@ def _route_overdue(layer: httplayer.HttpLayer, event: ResponseOverdue) -> Comman
     yield from _original_layer_event(layer, event)
 
 
+#: The layers of the other flows mitmproxy keeps: WebSocket messages, TCP and UDP streams,
+#: DNS. They hold their flows in ``flow`` (``flows`` for DNS).
+FLOW_LAYERS: tuple[type[layer.Layer], ...] = (
+    websocket.WebsocketLayer,
+    tcp.TCPLayer,
+    udp.UDPLayer,
+    dns.DNSLayer,
+)
+
+
+def _flows_of(held: layer.Layer) -> list[Any]:
+    state = held.__dict__
+    if (flow := state.get("flow")) is not None:
+        return [flow]
+    return list(state.get("flows", {}).values())
+
+
+def _flow_layer_handler(original: Callable[..., Commands]) -> Callable[..., Commands]:
+    """``original`` with the layer's flows real while it handles an event (it sends what
+    they hold), and redacted before it hands on a hook and once it is done: a hook may run
+    as soon as it is handed on (mitmproxy starts hooks as eager tasks), and hooks, mitmweb and
+    files read the flow afterwards."""
+
+    def handle_event(self: layer.Layer, event: events.Event) -> Commands:
+        active = _GUARD
+        if active is None:
+            yield from original(self, event)
+            return
+        for flow in _flows_of(self):
+            active.reveal(flow)
+        try:
+            for command in original(self, event):
+                hook = isinstance(command, commands.StartHook)
+                if hook:
+                    for flow in _flows_of(self):
+                        active.conceal(flow)
+                yield command
+                if hook:
+                    for flow in _flows_of(self):
+                        active.reveal(flow)
+        finally:
+            for flow in _flows_of(self):
+                active.conceal(flow)
+
+    return handle_event
+
+
 #: What the patch point replaces in mitmproxy.
 _PATCH_POINT: tuple[patches.Patch, ...] = (
     (httplayer.HttpStream, "handle_event", _handle_event),
     (httplayer.HttpLayer, "_handle_event", _layer_handle_event),
+    *(
+        (kind, "handle_event", _flow_layer_handler(patches.original(kind, "handle_event")))
+        for kind in FLOW_LAYERS
+    ),
 )
 
 

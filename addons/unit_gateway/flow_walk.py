@@ -1,0 +1,211 @@
+"""Every value a flow holds, found by walking the flow's own objects rather than a list of
+fields: what mitmproxy keeps of a flow is what its outputs show, so a field a later mitmproxy
+adds is walked too.
+
+:class:`FlowVault` redacts each string a flow holds in place and keeps the real one beside it
+(``conceal``), and puts the real ones back (``reveal``) for mitmproxy's layer to send while it
+handles an event: outside that synchronous step the flow holds only redacted values.
+
+Left out: the flow's connections (addresses, SNI, TLS facts that mitmproxy itself reads while
+the flow is shown), and the bodies of HTTP messages (the redaction addon owns those).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Attributes that are not walked: network facts mitmproxy's own addons read from the
+#: connection objects (shared by every flow of a connection), the id mitmweb indexes flows
+#: by (mitmproxy makes it), and runtime machinery.
+SKIPPED = frozenset({"client_conn", "server_conn", "id", "live", "_resume_event", "reply"})
+
+#: A string or bytes value -> the value a person may see.
+RedactLeaf = Callable[[str | bytes], str | bytes]
+#: Raw header fields -> the fields a person may see.
+RedactFields = Callable[[tuple[tuple[bytes, bytes], ...]], tuple[tuple[bytes, bytes], ...]]
+#: (object, attribute) -> True when another part of the gateway owns that value.
+Owned = Callable[[Any, str], bool]
+
+
+@dataclass(slots=True)
+class Edit:
+    """``holder[key]`` or ``holder.key`` holds ``shown`` in place of ``real``."""
+
+    holder: Any
+    key: Any
+    real: Any
+    shown: Any
+
+
+def _get(holder: Any, key: Any) -> Any:
+    return holder[key] if isinstance(holder, list | dict) else getattr(holder, key, None)
+
+
+def _set(holder: Any, key: Any, value: Any) -> None:
+    if isinstance(holder, list | dict):
+        holder[key] = value
+    else:
+        object.__setattr__(holder, key, value)  # frozen dataclasses too: they hold text
+
+
+@dataclass
+class _FlowRecord:
+    edits: list[Edit] = field(default_factory=list)
+    #: id -> value of the strings, bytes and header tuples found clean (holding them keeps
+    #: their ids unique): a value seen before is not read again.
+    clean: dict[int, Any] = field(default_factory=dict)
+
+
+#: Values that hold no text, passed over first (most of a flow's fields).
+_SCALARS = frozenset({int, float, bool, type(None)})
+#: type -> whether its objects are walked (mitmproxy's own classes), looked up once per type.
+_WALKED: dict[type, bool] = {}
+
+
+def _is_walked_object(value: Any) -> bool:
+    kind = type(value)
+    walked = _WALKED.get(kind)
+    if walked is None:
+        walked = _WALKED[kind] = kind.__module__.startswith("mitmproxy.") and (
+            hasattr(value, "__dict__") or dataclasses.is_dataclass(value)
+        )
+    return walked
+
+
+def _attributes(value: Any) -> list[tuple[str, Any]]:
+    if hasattr(value, "__dict__"):
+        return list(vars(value).items())
+    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+
+
+class FlowVault:
+    """The real values of what :meth:`conceal` redacted in each flow."""
+
+    def __init__(
+        self,
+        redact_leaf: RedactLeaf,
+        redact_fields: RedactFields,
+        headers_type: type,
+        owned: Owned = lambda holder, key: False,
+    ) -> None:
+        self.redact_leaf = redact_leaf
+        self.redact_fields = redact_fields
+        self.headers_type = headers_type
+        self.owned = owned
+        self._records: weakref.WeakKeyDictionary[Any, _FlowRecord] = weakref.WeakKeyDictionary()
+
+    def conceal(self, flow: Any) -> int:
+        """Redact every value ``flow`` holds; return how many were changed now."""
+        record = self._records.get(flow)
+        if record is None:
+            record = self._records[flow] = _FlowRecord()
+        before = len(record.edits)
+        _Walk(self, record).visit_object(flow)
+        return len(record.edits) - before
+
+    def reveal(self, flow: Any) -> None:
+        """The real values back where they were, unless something else has been set there
+        since (an addon's edit wins, as it would without the gateway)."""
+        record = self._records.get(flow)
+        if record is None or not record.edits:
+            return
+        for edit in record.edits:
+            if _get(edit.holder, edit.key) is edit.shown:
+                _set(edit.holder, edit.key, edit.real)
+        record.edits.clear()
+
+    def forget(self, flow: Any) -> None:
+        self._records.pop(flow, None)
+
+
+class _Walk:
+    def __init__(self, vault: FlowVault, record: _FlowRecord) -> None:
+        self.vault = vault
+        self.record = record
+        self.seen: set[int] = set()
+
+    def _changed(self, holder: Any, key: Any, real: Any, shown: Any) -> None:
+        _set(holder, key, shown)
+        self.record.edits.append(Edit(holder, key, real, shown))
+        self.record.clean[id(shown)] = shown
+
+    def visit_object(self, value: Any) -> None:
+        if id(value) in self.seen:
+            return
+        self.seen.add(id(value))
+        owned = self.vault.owned
+        for name, item in _attributes(value):
+            kind = type(item)
+            if kind in _SCALARS or name in SKIPPED:
+                continue
+            if (kind is str or kind is bytes) and owned(value, name):
+                continue
+            self.visit(value, name, item)
+
+    def visit(self, holder: Any, key: Any, value: Any) -> None:
+        kind = type(value)
+        if kind in _SCALARS:
+            return
+        clean = self.record.clean
+        if kind is str or kind is bytes:
+            if clean.get(id(value)) is value:
+                return
+            shown = self.vault.redact_leaf(value)
+            if shown == value:
+                clean[id(value)] = value
+            else:
+                self._changed(holder, key, value, shown)
+        elif kind is self.vault.headers_type:
+            fields = value.fields
+            if clean.get(id(fields)) is fields:
+                return
+            shown_fields = self.vault.redact_fields(fields)
+            if shown_fields == fields:
+                clean[id(fields)] = fields
+            else:
+                self._changed(value, "fields", fields, shown_fields)
+        elif kind is list:
+            for index, item in enumerate(value):
+                self.visit(value, index, item)
+        elif kind is dict:
+            self._visit_dict(holder, key, value)
+        elif kind is tuple or isinstance(value, tuple):
+            self._visit_tuple(holder, key, value)
+        elif _is_walked_object(value):
+            self.visit_object(value)
+
+    def _visit_dict(self, holder: Any, key: Any, value: dict[Any, Any]) -> None:
+        for name in list(value):
+            if isinstance(name, str | bytes) and self.vault.redact_leaf(name) != name:
+                # a secret as a key: the dict is shown without its keys
+                shown = {f"[key {i}]": item for i, item in enumerate(value.values())}
+                self._changed(holder, key, value, shown)
+                for inner, item in list(shown.items()):
+                    self.visit(shown, inner, item)
+                return
+        for name, item in list(value.items()):
+            self.visit(value, name, item)
+
+    def _visit_tuple(self, holder: Any, key: Any, value: tuple[Any, ...]) -> None:
+        clean = self.record.clean
+        if clean.get(id(value)) is value:
+            return
+        items = list(value)
+        before = len(self.record.edits)
+        for index, item in enumerate(items):
+            self.visit(items, index, item)
+        edits = self.record.edits
+        inner = [i for i in range(before, len(edits)) if edits[i].holder is items]
+        if not inner:
+            if len(edits) == before:
+                clean[id(value)] = value
+            return
+        # A tuple cannot be edited in place: its items' edits become one edit of the tuple.
+        for i in reversed(inner):
+            del edits[i]
+        shown = tuple(items) if type(value) is tuple else type(value)(*items)
+        self._changed(holder, key, value, shown)
