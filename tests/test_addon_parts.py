@@ -23,7 +23,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.connection import Server
 from mitmproxy.hooks import DoneHook, RunningHook
-from mitmproxy.proxy import events
+from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.proxy.layers.http import _http1
@@ -59,20 +59,14 @@ def a_bug(*args: Any) -> None:
     raise RuntimeError("a bug")
 
 
-def answer(
-    code: httplayer.ErrorCode, message: str, *, unit: bool = True
-) -> list[httplayer.SendHttp]:
-    flow = tflow.tflow()
-    command = httplayer.SendHttp(
-        httplayer.ResponseProtocolError(1, message, code), flow.client_conn
-    )
-    return list(_json_api_error(command, flow, FlowRedaction(GatewayCore()), unit=unit))  # type: ignore[arg-type]
+def answer(code: httplayer.ErrorCode, message: str, *, unit: bool = True) -> http.Response | None:
+    event = httplayer.ResponseProtocolError(1, message, code)
+    return _json_api_error(event, tflow.tflow(), FlowRedaction(GatewayCore()), unit=unit)
 
 
-def document(commands: list[httplayer.SendHttp]) -> tuple[int, dict]:
-    headers, data, end = (c.event for c in commands)
-    assert isinstance(end, httplayer.ResponseEndOfMessage)
-    return headers.response.status_code, json.loads(data.data)  # type: ignore[attr-defined]
+def document(response: http.Response | None) -> tuple[int, dict]:
+    assert response is not None
+    return response.status_code, json.loads(response.content or b"")
 
 
 def test_bytes_of_the_peer_quoted_in_the_message_are_redacted() -> None:
@@ -130,9 +124,7 @@ def test_another_hosts_failure_is_json_api_too_and_not_blamed_on_unit() -> None:
 def test_failures_mitmproxy_answers_without_a_response_pass_unchanged(
     code: httplayer.ErrorCode,
 ) -> None:
-    commands = answer(code, "killed")
-    assert len(commands) == 1
-    assert type(commands[0].event) is httplayer.ResponseProtocolError
+    assert answer(code, "killed") is None
 
 
 def test_a_request_no_flow_holds_gets_a_redacted_json_api_error_while_the_addon_runs() -> None:
@@ -497,8 +489,12 @@ def test_a_connect_flow_refused_by_mitmproxy_gets_json_api_too() -> None:
         (hook,) = stream.handle_event(httplayer.RequestHeaders(1, connect, True))
         assert stream.flow not in _SECRETS
         (error_hook,) = stream.handle_event(events.HookCompleted(hook))
-        sent = list(stream.handle_event(events.HookCompleted(error_hook)))
-        status, body = document(sent[:3])
+        written, close, *_ = stream.handle_event(events.HookCompleted(error_hook))
+        # HTTP/1: written where mitmproxy writes its page, the connection closed after it
+        assert isinstance(written, commands.SendData)
+        assert isinstance(close, commands.CloseConnection)
+        head, content = written.data.split(b"\r\n\r\n", 1)
+        status, body = int(head.split()[1]), json.loads(content)
         error = body["errors"][0]
         assert (status, error["code"]) == (400, "invalid_request")
         assert "CONNECT request even though it is not running in regular" in error["detail"]

@@ -323,6 +323,35 @@ async def test_a_table_from_an_earlier_install_is_not_used() -> None:
     ]
 
 
+@pytest.mark.parametrize("dispatch", ["mitmproxy's walk", "the table"])
+async def test_an_event_that_is_not_a_hook_is_logged_as_mitmproxy_logs_it(
+    dispatch: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mitmproxy takes any object as an event (its own test triggers ``"nonexistent"``): each
+    addon's turn fails on it, is logged, and the call returns; called for one addon, it
+    raises to the caller. The table does the same, and never raises anything else."""
+    with_table = dispatch == "the table"
+    if with_table:
+        hook_table.install()
+    try:
+        addons = (Node("a", []), Node("b", []))
+        with caplog.at_level(logging.ERROR), taddons.context(*addons, loadcore=False) as tctx:
+            manager = tctx.master.addons
+            manager.trigger("nonexistent")  # type: ignore[arg-type]
+            await manager.trigger_event("nonexistent")  # type: ignore[arg-type]
+            with pytest.raises(AssertionError):
+                manager.invoke_addon_sync(manager.chain[0], "nonexistent")  # type: ignore[arg-type]
+            with pytest.raises(AssertionError):
+                await manager.invoke_addon(manager.chain[0], "nonexistent")  # type: ignore[arg-type]
+            assert hook_table.installed() is with_table
+    finally:
+        if with_table:
+            hook_table.uninstall()
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info[0] if r.exc_info else None for r in logged] == [AssertionError] * 4
+    assert {r.getMessage() for r in logged} == {"Addon error: "}
+
+
 def test_it_stays_until_the_last_user_is_done() -> None:
     first, second = hook_table.HookTable(), hook_table.HookTable()
     first.load(None)

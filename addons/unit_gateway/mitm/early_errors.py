@@ -98,7 +98,7 @@ def error_page(status_code: int, message: str = "") -> bytes:
     if status_code < 500:
         code = "request_too_large" if status_code in (413, 431) else "invalid_request"
         detail = f"the gateway could not take this request: {message}"
-    else:  # only for a flow the gateway does not hold (redact._json_api_error has the others)
+    else:  # only for a flow the patch point does not hold (patch_point._json_api_error)
         code, detail = "upstream_failed", message
     response = jsonapi.error_response(status_code, code, detail, headers={"Connection": "close"})
     return http1.assemble_response(response)

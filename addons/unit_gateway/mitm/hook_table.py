@@ -18,6 +18,7 @@ What the table leaves to mitmproxy's own walk:
 - the events in which addons set themselves up (``load``, ``configure``, ``running``,
   ``done``): they are rare, and an addon may add hooks or addons in them;
 - an addon whose hooks cannot be looked up without an error (mitmproxy logs it per event);
+- an event that is not a hook at all (mitmproxy logs that for each addon, and returns);
 - the rest of an event after the tree changed while it ran (an addon added or removed, a
   script reloaded while an earlier hook awaited), so the rest sees the tree as it now is.
 
@@ -99,7 +100,16 @@ def forget(manager: AddonManager) -> None:
     manager.__dict__[_CHANGES] = manager.__dict__.get(_CHANGES, 0) + 1
 
 
+def _is_setup(event: object) -> bool:
+    """A setup event. mitmproxy takes any object as an event and logs, for each addon, that it
+    is not a hook: such an object is not one either, and must not raise here."""
+    return isinstance(event, hooks.Hook) and event.name in SETUP_EVENTS
+
+
 async def _trigger_event(self: AddonManager, event: hooks.Hook) -> None:
+    if not isinstance(event, hooks.Hook):
+        await _walk(self, event, self.chain)  # mitmproxy logs it for each addon
+        return
     if event.name in SETUP_EVENTS:
         forget(self)
         try:
@@ -167,7 +177,7 @@ def _forgetting(name: str) -> Callable[..., Any]:
             try:
                 await kept(self, addon, event)
             finally:
-                if event.name in SETUP_EVENTS:
+                if _is_setup(event):
                     forget(self)
 
     else:
@@ -176,7 +186,8 @@ def _forgetting(name: str) -> Callable[..., Any]:
             try:
                 return kept(self, *args, **kwargs)
             finally:
-                if always or args[-1].name in SETUP_EVENTS:
+                # (the event: the last parameter of trigger and invoke_addon_sync)
+                if always or _is_setup(kwargs.get("event", args[-1] if args else None)):
                     forget(self)
 
     replacement.__name__ = replacement.__qualname__ = name

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import dns, tcp, udp, websocket
 from mitmproxy.proxy.layers import http as httplayer
@@ -62,6 +63,8 @@ _HOOKS = (
 _PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
 #: The server states of a stream that waits for its response.
 _WAITING = ("state_wait_for_response_headers", "state_consume_response_body")
+#: Set on a stream (its instance attribute) once a final response head went to its client.
+_RESPONDED = "_unit_gateway_responded"
 
 
 def install(guard: StreamGuard, store: weakref.WeakKeyDictionary[http.HTTPFlow, Any]) -> bool:
@@ -125,17 +128,21 @@ def _handle_event(self: httplayer.HttpStream, event: events.Event) -> Commands:
                 flow = self.__dict__.get("flow")
             if kind is httplayer.SendHttp:
                 secrets = _SECRETS.get(flow) if flow is not None else None
-                if type(command.event) in _PROTOCOL_ERRORS and flow is not None:  # type: ignore[attr-defined]
+                sent = command.event  # type: ignore[attr-defined]
+                if type(sent) in _PROTOCOL_ERRORS and flow is not None:
                     # mitmproxy's own error page is HTML and quotes peer bytes unredacted; also
                     # for a flow with no secrets (a CONNECT), which HTTP/2 and /3 answer so too.
                     _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
-                    yield from _json_api_error(
+                    yield from _answer_error(
+                        self,
                         command,  # type: ignore[arg-type]
                         flow,
                         active,
                         unit=secrets is not None and secrets.upstream is not None,
                     )
                     continue
+                if type(sent) is httplayer.ResponseHeaders and _final(sent.response.status_code):
+                    self.__dict__[_RESPONDED] = True
                 if secrets is not None:
                     command = active.egress(self, secrets, command)  # type: ignore[arg-type]
             elif kind in _HOOKS:
@@ -329,15 +336,59 @@ _ERROR_CODES: dict[httplayer.ErrorCode, tuple[str, str]] = {
 }
 
 
-def _json_api_error(
-    command: httplayer.SendHttp, flow: http.HTTPFlow, redaction: StreamGuard, *, unit: bool
+def _final(status_code: int) -> bool:
+    """A final response: not an interim one (100 Continue, 102, 103), after which the stream
+    still answers. 101 is final: the connection is another protocol's from then on."""
+    return status_code >= 200 or status_code == 101
+
+
+def _answer_error(
+    stream: httplayer.HttpStream,
+    command: httplayer.SendHttp,
+    flow: http.HTTPFlow,
+    redaction: StreamGuard,
+    *,
+    unit: bool,
 ) -> Commands:
+    """The caller's answer to a protocol error: the JSON:API document where mitmproxy sends
+    its HTML page. mitmproxy answers only while no response has begun on the stream and the
+    caller can still be written to; otherwise it just ends the stream (HTTP/1 closes the
+    connection, HTTP/2 and HTTP/3 reset the stream), and so does the gateway. (After an
+    interim response, a 100 Continue, it answers: the final response is still to come.)"""
+    event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
+    client = command.connection
+    response = None
+    if not stream.__dict__.get(_RESPONDED) and client.state & ConnectionState.CAN_WRITE:
+        response = _json_api_error(event, flow, redaction, unit=unit)
+    if response is None:
+        yield command  # mitmproxy's own ending
+        return
+    stream.__dict__[_RESPONDED] = True
+    if not (flow.request.is_http2 or flow.request.is_http3):
+        # As mitmproxy's HTTP/1 server writes its page: the connection closes right after it,
+        # also while the request body is still arriving (ending a response would close it
+        # only once the whole request has been read).
+        yield commands.SendData(client, http1.assemble_response(response))
+        yield commands.CloseConnection(client)
+        return
+    stream_id = event.stream_id
+    yield httplayer.SendHttp(httplayer.ResponseHeaders(stream_id, response, False), client)
+    yield httplayer.SendHttp(httplayer.ResponseData(stream_id, response.raw_content or b""), client)
+    yield httplayer.SendHttp(httplayer.ResponseEndOfMessage(stream_id), client)
+
+
+def _json_api_error(
+    event: httplayer.ResponseProtocolError,
+    flow: http.HTTPFlow,
+    redaction: StreamGuard,
+    *,
+    unit: bool,
+) -> http.Response | None:
     """The caller's answer when the server (Unit, if ``unit``) could not be reached or
     answered garbage, or the request itself could not be taken, in the form every Unit
     client parses. The message names the failure (address, reason); it can quote the peer's
-    bytes, so it is redacted. Codes mitmproxy answers without a response (a killed flow)
-    pass as they are."""
-    event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
+    bytes, so it is redacted. None for the codes mitmproxy answers without a response (a
+    killed flow)."""
     status = event.code.http_status_code()
     known = _ERROR_CODES.get(event.code)
     note = ""
@@ -345,8 +396,7 @@ def _json_api_error(
         status, known = 504, ("upstream_timeout", "unit")
         note = "; the request was sent, so Unit may have acted on it"
     if status is None or known is None:
-        yield command
-        return
+        return None
     code, whose = known
     message = redaction.redact_text(event.message)
     if whose == "unit":
@@ -354,8 +404,4 @@ def _json_api_error(
         detail = f"{server}: {message}{note}"
     else:
         detail = f"the gateway could not take this request: {message}"
-    response = jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
-    stream, client = event.stream_id, command.connection
-    yield httplayer.SendHttp(httplayer.ResponseHeaders(stream, response, False), client)
-    yield httplayer.SendHttp(httplayer.ResponseData(stream, response.raw_content or b""), client)
-    yield httplayer.SendHttp(httplayer.ResponseEndOfMessage(stream), client)
+    return jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
