@@ -177,6 +177,10 @@ def _layer_handle_event(self: httplayer.HttpLayer, event: events.Event) -> Comma
         return _nothing()  # answered and closed: what is still in flight is dropped
     if type(event) is ResponseOverdue:
         return _route_overdue(self, event)
+    if isinstance(event, events.Start):
+        # Setting the layer up, before any request: mitmproxy's own (client playback, for
+        # one, relies on carrying on past a failure here).
+        return _original_layer_event(self, event)
     return _failures_answered(self, _original_layer_event(self, event))
 
 
