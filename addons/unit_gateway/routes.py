@@ -777,7 +777,7 @@ class RouteTable:
 
     def scopes_needed(self, method: str, path: str) -> frozenset[str]:
         """The scopes a token needs for this request: empty for unknown paths and for routes
-        Unit publishes no scope for."""
+        Unit publishes no scope for. Raises :class:`UnreadableTarget` as ``match`` does."""
         match = self.match(method, path)
         if match is None or match.scope is None:
             return frozenset()
