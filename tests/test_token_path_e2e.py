@@ -381,6 +381,11 @@ def fake_unit(tokens: dict[str, str]) -> Iterator[FakeUnit]:
             headers=("Link: <https://x.test/?t=" + customer.replace(".", "%2E") + ">",)
         ),
         "/header-name": http_answer(headers=(f"X-{customer}: 1",)),
+        # mitmproxy relays what follows a 101 as raw bytes.
+        "/switch": (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-unit\r\nConnection: Upgrade\r\n\r\n"
+            + customer.encode()
+        ),
     }
     fake = FakeUnit(answers, org)
     yield fake
@@ -456,7 +461,12 @@ def test_an_answer_that_cannot_be_checked_or_rewritten_is_withheld(
         assert answer.status == 502, (path, answer)
         assert answer.error_code() == "unit_answer_withheld"
         assert reason in answer.json()["errors"][0]["detail"], path
-    assert fake_unit.seen == list(reasons), "each was Unit's answer, not a refusal"
+    # After a 101 mitmproxy pipes Unit's bytes: nothing can answer in its place.
+    switched = exchange(
+        gateway, request_bytes(fake_unit.url, "/switch", method="GET"), planted, "GET /switch"
+    )
+    assert switched == b"", "the connection is closed without an answer"
+    assert fake_unit.seen == [*reasons, "/switch"], "each was Unit's answer, not a refusal"
 
 
 # --- (c) placeholders in any spelling -------------------------------------------------------

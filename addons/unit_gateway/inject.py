@@ -440,6 +440,19 @@ class TokenInjector:
         withheld (``unit_gateway.token_guard``)."""
         if state.identity is None or flow.response is None:
             return  # the caller's own credential, or nothing Unit answered
+        if flow.response.status_code == 101:
+            # mitmproxy already pipes what Unit sends after a 101 (rawtcp): no answer can
+            # take its place, so the caller's connection is closed. Unit had no Upgrade to
+            # answer (a placeholder caller's is refused).
+            logger.warning(
+                "unit-gateway: Unit switched protocols (101) on %s %s for %s; the caller's "
+                "connection is closed",
+                flow.request.method,
+                state.route,
+                state.identity.placeholder,
+            )
+            flow.kill()
+            return
         try:
             assert self.core.config is not None
             verdict = check_response(
