@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -305,6 +305,15 @@ def env_without_proxies(**extra: str) -> dict[str, str]:
 GatewayFactory = Callable[..., harness.Gateway]
 
 
+class UnitUpstream(Protocol):
+    """What a gateway needs of the Unit it stands in front of: a sandbox, or a test's own
+    server that answers as no sandbox would."""
+
+    url: str
+    org_token: str
+    cert_path: Path | None
+
+
 @pytest.fixture
 def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]:
     """Start gateways in front of a sandbox; on teardown stop each (it must exit 0 and free
@@ -312,7 +321,7 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
     started: list[harness.Gateway] = []
 
     def start(
-        upstream: harness.Sandbox,
+        upstream: UnitUpstream,
         *,
         overrides: dict[str, Any] | None = None,
         mode: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import socket
@@ -23,6 +24,7 @@ from conftest import error_of, port_of
 from unit_gateway import jsonapi, paseto
 from unit_gateway.sandbox import server
 from unit_gateway.sandbox.data import luhn_valid
+from unit_gateway.sandbox.routes import lenient_path
 
 if TYPE_CHECKING:
     from sandbox_fixtures import SandboxFactory, SandboxProcess
@@ -550,6 +552,7 @@ def test_faults_set_at_start(start_sandbox: SandboxFactory) -> None:
         "reject_user_tokens": False,
         "rate_limit_per_minute": 2,
         "rate_limit_headers": True,
+        "lenient_paths": False,
     }
 
 
@@ -572,6 +575,48 @@ def test_faults_switched_at_run_time(box: SandboxProcess) -> None:
         response = box.http.post(box.url + "/__sandbox/faults", json=bad, timeout=10)
         assert error_of(response, 400)["code"] == "invalid_fault"
     assert box.faults()["error_rate"] == 0  # a refused update changes nothing
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/cards/30001", "/cards/30001"),
+        ("/cards/30001#x/../y", "/cards/30001"),
+        ("/cards/30001?next=/../x", "/cards/30001"),
+        ("/cards%2F30001", "/cards/30001"),
+        ("/cards%252F30001", "/cards/30001"),  # decoded twice
+        ("/cards\\30001", "/cards/30001"),
+        ("/cards/30001;jsessionid=1", "/cards/30001"),
+        ("/cards/30001.", "/cards/30001"),
+        ("/cards/30001%00/x", "/cards/30001"),
+        ("/x/../cards/./30001", "/cards/30001"),
+        ("/cards/30001/%2e%2E/30001", "/cards/30001"),
+        ("//cards///30001/", "/cards/30001"),
+        ("/../../cards/30001", "/cards/30001"),
+    ],
+)
+def test_lenient_path_takes_every_liberty(target: str, path: str) -> None:
+    assert lenient_path(target) == path
+
+
+def test_lenient_paths_switch(box: SandboxProcess) -> None:
+    def status(target: str) -> int:
+        # http.client sends the target as given; requests would tidy it first.
+        host, port = box.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", target, headers={"Authorization": f"Bearer {box.org_token}"})
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        return answer.status
+
+    target = "/x/../CARDS/30001;v=1"
+    assert status(target) == 404
+    assert box.faults(lenient_paths=True)["lenient_paths"] is True
+    assert status(target) == 200
+    assert box.stats()["requests"]["GET /cards/{cardId}"] == 1
+    box.faults(lenient_paths=False)
+    assert status(target) == 404
 
 
 def test_clock_controls(box: SandboxProcess) -> None:

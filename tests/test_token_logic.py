@@ -10,7 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from unit_gateway import paseto
-from unit_gateway.identity import ORG, Identity, PlaceholderError, RealToken, parse_authorization
+from unit_gateway.identity import (
+    ORG,
+    AmbiguousAuthorization,
+    Identity,
+    PlaceholderError,
+    RealToken,
+    check_authorization_fields,
+    parse_authorization,
+)
 from unit_gateway.minting import SingleFlight, VerificationLimiter, _upstream_refusal
 from unit_gateway.token_cache import TokenCache, scopes_of, usable_lifetime
 
@@ -29,6 +37,11 @@ class FakeClock:
         ("Bearer unitgw:org", ORG),
         ("bearer unitgw:customer:10001", Identity("customer", "10001")),
         ("Bearer  unitgw:cardholder:30001 ", Identity("cardholder", "30001")),
+        # Optional white space is spaces or tabs, anywhere a server allows it.
+        ("Bearer\tunitgw:org", ORG),
+        ("\t BEARER \t unitgw:customer:10001\t", Identity("customer", "10001")),
+        ("bEaReR unitgw:org", ORG),
+        ("Bearer\tv2.public.abc", RealToken("v2.public.abc")),
         ("Bearer v2.public.abc", RealToken("v2.public.abc")),
         ("Basic dXNlcjpwYXNz", RealToken("Basic dXNlcjpwYXNz")),
         (None, None),
@@ -48,11 +61,52 @@ def test_parse_authorization(header: str | None, expected: object) -> None:
         "Bearer unitgw:org:1",
         "Bearer unitgw:admin:1",
         "Bearer unitgw:cardholder:" + "9" * 65,
+        # Any spelling of a placeholder is one: never a "real token" sent to any host.
+        "Bearer UNITGW:ORG",
+        "Bearer Unitgw:org",
+        "Bearer unitgw:ORG",
+        "Bearer x, Bearer unitgw:org",
+        "Bearer unitgw:org, Bearer x",
+        "Bearer unitgw:org x",
+        "Basic unitgw:org",
+        "unitgw:org",
+        "Token token=unitgw:org",
+        "Bearer\u00a0unitgw:org",
     ],
 )
 def test_malformed_placeholders(header: str) -> None:
     with pytest.raises(PlaceholderError):
         parse_authorization(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer\r\n unitgw:org", "Bearer unitgw:org\r\n", "Bearer\x00unitgw:org", "Bearer x\x7f"],
+)
+def test_folded_or_control_characters_are_ambiguous(header: str) -> None:
+    with pytest.raises(AmbiguousAuthorization):
+        parse_authorization(header)
+
+
+@pytest.mark.parametrize(
+    ("names", "ambiguous"),
+    [
+        ([b"Host", b"Authorization"], False),
+        ([b"Host"], False),
+        ([b"authorization", b"Proxy-Authorization", b"X-Authorization-Id"], False),
+        ([b"Authorization", b"authorization"], True),
+        ([b"AUTHORIZATION", b"Host", b"Authorization"], True),
+        ([b"Authorization "], True),
+        ([b"Authorization\t"], True),
+        ([b"Host", b" authorization"], True),
+    ],
+)
+def test_authorization_fields(names: list[bytes], ambiguous: bool) -> None:
+    if ambiguous:
+        with pytest.raises(AmbiguousAuthorization):
+            check_authorization_fields(names)
+    else:
+        check_authorization_fields(names)
 
 
 def test_placeholder_round_trip() -> None:

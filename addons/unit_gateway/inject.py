@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
@@ -25,9 +26,11 @@ from mitmproxy import ctx, http
 from unit_gateway.config import LoadedConfig, Upstream
 from unit_gateway.identity import (
     ORG,
+    AmbiguousAuthorization,
     Identity,
     PlaceholderError,
     RealToken,
+    check_authorization_fields,
     parse_authorization,
 )
 from unit_gateway.jsonapi import error_response
@@ -39,9 +42,11 @@ from unit_gateway.routes import (
     OTHER_ROUTE,
     RouteMatch,
     RouteTable,
+    UnreadableTarget,
     route_label,
 )
 from unit_gateway.token_cache import CachedToken
+from unit_gateway.token_guard import check_response
 
 if TYPE_CHECKING:
     from unit_gateway.core import GatewayCore
@@ -50,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 SCOPE_HEADER = "X-Unit-Gateway-Scope"
 _SCOPE_HEADER_NAME = SCOPE_HEADER.lower().encode()
+_UPGRADE = b"upgrade"
+_FIELD_NAME = itemgetter(0)
 
 
 @dataclass
@@ -174,8 +181,18 @@ class TokenInjector:
         request = flow.request
         model = self.core.config.model
         upstream = self.redaction.upstream_of(flow)
-        credential = self._credential(flow)
-        if upstream is None:
+        state = None
+        if upstream is not None:
+            # From here on the flow counts as Unit's, refused or not.
+            state = self._flows[flow.id] = FlowState(upstream)
+        try:
+            check_authorization_fields(map(_FIELD_NAME, request.data.headers.fields))
+            credential = self._credential(flow)
+        except AmbiguousAuthorization as e:
+            # Whatever the host: a placeholder may hide in the reading not taken.
+            flow.response = error_response(400, "ambiguous_authorization", str(e))
+            return None
+        if state is None:
             if isinstance(credential, Identity | PlaceholderError):
                 flow.response = error_response(
                     403,
@@ -184,9 +201,15 @@ class TokenInjector:
                     "Unit upstream; unitgw placeholders are only sent to Unit",
                 )
             return None
-        route = self.routes.match(request.method, request.path)
-        state = FlowState(upstream, route_label(route))
-        self._flows[flow.id] = state
+        try:
+            # The path as Unit gets it: the flow may hold it redacted.
+            route = self.routes.match(request.method, self.redaction.real_request_path(flow))
+        except UnreadableTarget as e:
+            flow.response = error_response(
+                400, "invalid_request", f"the gateway could not take this request: {e}"
+            )
+            return None
+        state.route = route_label(route)
         if route is not None and route.token_endpoint is not None:
             # The token (or verification) is for this identity, whoever the caller speaks for.
             state.token_identity = token_endpoint_identity(route)
@@ -210,10 +233,21 @@ class TokenInjector:
                 return None
             credential = ORG
             flow.request.headers[authorization_name(flow.request)] = f"Bearer {ORG.placeholder}"
+        if has_header_field(request.data.headers.fields, _UPGRADE):
+            # After a switch (WebSocket, raw TCP) Unit's bytes are no longer answers that
+            # the token check sees; Unit has no such endpoint.
+            flow.response = error_response(
+                400,
+                "upgrade_refused",
+                "a request with a unitgw placeholder cannot switch protocols (Upgrade): what "
+                "Unit sent after the switch could not be checked for tokens",
+            )
+            return None
         state.identity = credential
         return self._inject(flow, state, route)
 
     def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
+        """Raises AmbiguousAuthorization (a 400 whatever the host)."""
         try:
             return parse_authorization(self.redaction.real_request_header(flow, "Authorization"))
         except PlaceholderError as e:
@@ -397,7 +431,69 @@ class TokenInjector:
                     )
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
             return self._retry_with_new_token(flow, state)
+        self._guard(flow, state)
         return None
+
+    def _guard(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The last word on any answer to a placeholder caller, whatever the route: a Unit
+        token in it becomes its placeholder, and an answer that cannot be checked is
+        withheld (``unit_gateway.token_guard``)."""
+        if state.identity is None or flow.response is None:
+            return  # the caller's own credential, or nothing Unit answered
+        if flow.response.status_code == 101:
+            # mitmproxy already pipes what Unit sends after a 101 (rawtcp): no answer can
+            # take its place, so the caller's connection is closed. Unit had no Upgrade to
+            # answer (a placeholder caller's is refused).
+            logger.warning(
+                "unit-gateway: Unit switched protocols (101) on %s %s for %s; the caller's "
+                "connection is closed",
+                flow.request.method,
+                state.route,
+                state.identity.placeholder,
+            )
+            flow.kill()
+            return
+        try:
+            assert self.core.config is not None
+            verdict = check_response(
+                self.redaction.real_response(flow),
+                self.core.config.model.redaction.max_body_bytes,
+            )
+        except Exception:
+            step = "checking Unit's answer for tokens"
+            logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
+            self.redaction.set_real_response(
+                flow, _internal_error(flow, step, "Unit's answer is not passed on")
+            )
+            return
+        where = f"{flow.request.method} {state.route}"
+        if verdict.withheld is not None:
+            logger.warning(
+                "unit-gateway: Unit's answer to %s for %s is withheld: %s",
+                where,
+                state.identity.placeholder,
+                verdict.withheld,
+            )
+            self.redaction.set_real_response(
+                flow,
+                error_response(
+                    502,
+                    "unit_answer_withheld",
+                    f"Unit's answer is not passed on to a caller that used a placeholder: "
+                    f"{verdict.withheld}",
+                ),
+            )
+        elif verdict.replacement is not None:
+            # The route table did not see this one coming: say so, it is a gap to close.
+            logger.warning(
+                "unit-gateway: Unit's answer to %s for %s held %d Unit token(s); the caller "
+                "got %s in their place",
+                where,
+                state.identity.placeholder,
+                len(verdict.placeholders),
+                ", ".join(sorted(set(verdict.placeholders))),
+            )
+            self.redaction.set_real_response(flow, verdict.replacement)
 
     def _end_challenge(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Unit accepted the code: the challenge is used. Refused (a mistyped code, say): it
@@ -487,6 +583,7 @@ class TokenInjector:
                 flow, _internal_error(flow, step, "Unit's first answer (401) is not passed on")
             )
             self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
+        self._guard(flow, state)  # the answer the caller gets now is the retry's
 
     async def _retry(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.service is not None and state.token is not None

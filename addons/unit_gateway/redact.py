@@ -706,6 +706,14 @@ class FlowRedaction:
         found = _SECRETS.get(flow)
         return found.authorization if found is not None else None
 
+    def real_request_path(self, flow: http.HTTPFlow) -> str:
+        """The request target as Unit gets it (the flow may hold it redacted)."""
+        found = _SECRETS.get(flow)
+        if found is not None and found.request_path is not None:
+            if flow.request.path == found.request_path[0]:
+                return found.request_path[1]
+        return flow.request.path
+
     def real_request_header(self, flow: http.HTTPFlow, name: str) -> str | None:
         """What ``headers.get(name)`` of the request as Unit gets it returns."""
         lowered = name.lower().encode()
@@ -777,6 +785,23 @@ class FlowRedaction:
         if found.request_path is not None and request.path == found.request_path[0]:
             real.path = found.request_path[1]
         real.raw_content = self._real_raw(request, found.request_body)
+        return real
+
+    def real_response(self, flow: http.HTTPFlow) -> http.Response:
+        """The response as the caller gets it (real header values and body), to read; change
+        it with ``set_real_response``. The flow's own when nothing of it was redacted."""
+        response = flow.response
+        assert response is not None
+        found = _SECRETS.get(flow)
+        if found is None or not (found.response_headers or found.response_body):
+            return response
+        fields = _wire_fields(
+            response.data.headers.fields,
+            found.response_headers,
+            _wire_length(response, found.response_body),
+        )
+        real = _wire_copy(response, fields)
+        real.data.content = self._real_raw(response, found.response_body)
         return real
 
     def set_real_response(self, flow: http.HTTPFlow, response: http.Response) -> None:

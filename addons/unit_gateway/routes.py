@@ -13,7 +13,14 @@ configuration may add routes or override either through :class:`RouteSettings`.
 Matching walks a tree of path segments built once per table: a dict lookup per segment, literal
 children before the parameter child (``/payments/bulk`` beats ``/payments/{paymentId}``), with
 backtracking so ``/check-payments/1/back/pdf`` still reaches ``/{side}/{type}`` after the
-literal ``back`` leads nowhere. No regular expression runs per request.
+literal ``back`` leads nowhere.
+
+The path matched is the one Unit's server will read (:func:`read_target`). HTTP servers
+disagree on parts of a request target: whether a fragment belongs to it, whether ``%2F`` is a
+``/``, whether ``..`` is resolved, ``//`` merged, ``;params`` stripped, case ignored. A
+target whose route would depend on that choice is refused (:class:`UnreadableTarget`) rather
+than guessed, so the gateway and Unit never disagree on which route, and which token endpoint,
+a request names.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
-from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -56,10 +62,8 @@ _LITERAL_FORBIDDEN = re.compile(r"[{}?#%\s]")
 # A route's shape: its segments with every parameter written "{}". Two spellings of a route
 # (`/accounts/{id}`, `/accounts/{accountId}`) have the same shape.
 _PARAM = "{}"
-# Segments that servers and proxies may collapse (RFC 3986 dot segments): Unit could route
-# `/cards/../payments` somewhere else than the template we matched, so they never fill a
-# parameter.
-_DOT_SEGMENTS = frozenset({"", ".", ".."})
+# An empty segment (from `//`) never fills a parameter: no Unit id is empty.
+_EMPTY = ""
 
 Shape = tuple[str, ...]
 
@@ -119,6 +123,104 @@ def _method_kind(method: str) -> Literal["read", "write"] | None:
     if method in WRITE_METHODS:
         return "write"
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a request target as Unit's server will
+
+
+class UnreadableTarget(ValueError):
+    """A request target that HTTP servers read in more than one way: the gateway refuses it
+    (400) before anything is sent. The message says what is wrong without quoting the target,
+    which may carry ids or secrets."""
+
+
+# Letters, digits, "-._~" (RFC 3986 unreserved): an escape of one of them means the character
+# itself to every server that decodes, so it is decoded before matching.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# What a path may hold: RFC 3986 pchar and "/", less ";" (Java servers strip `;params` from a
+# segment, so `/token;x` is `/token` to them). Everything else (space, controls, backslash,
+# non-ASCII, quotes, brackets...) is read differently by some server, or by none.
+_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/%]*")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
+_ENCODED_NAMES = {
+    "/": "an encoded / (%2F): servers differ on whether it separates segments",
+    "\\": "an encoded backslash (%5C): some servers read it as /",
+    "%": "an encoded % (%25): a server that decodes twice reads another path",
+    "?": "an encoded ? (%3F)",
+    "#": "an encoded # (%23)",
+    ";": "an encoded ; (%3B)",
+}
+
+
+def _describe(char: str) -> str:
+    if char == "\\":
+        return "a backslash: some servers read it as /"
+    if char == ";":
+        return "a ; (some servers strip ;parameters from a path segment)"
+    if char == " " or char == "\t":
+        return "white space"
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return "a control character"
+    if ord(char) > 0x7F:
+        return "a character that is not ASCII"
+    return f"the character {char!r}, which RFC 3986 does not allow in a path"
+
+
+def _decode_escape(escape: re.Match[str]) -> str:
+    digits = escape.group(1)
+    if digits is None:
+        raise UnreadableTarget("its path has a % that is not followed by two hex digits")
+    char = chr(int(digits, 16))
+    if char in _UNRESERVED:
+        return char
+    named = _ENCODED_NAMES.get(char)
+    if named is None:
+        named = f"an encoded character (%{digits.upper()}) that is not a letter, digit or -._~"
+    raise UnreadableTarget(f"its path has {named}")
+
+
+def read_target(target: str) -> tuple[str, ...]:
+    """The path segments of a request target as Unit's server reads them (query string and
+    one trailing slash left out, escapes of letters, digits and ``-._~`` decoded); an empty
+    segment stands for ``//``. Raises :class:`UnreadableTarget` for anything servers read in
+    different ways: a fragment, a dot segment (``.``, ``..``, escaped or not), an escape of
+    any other character (``%2F``...), ``;``, a backslash, white space, controls, non-ASCII,
+    a leading ``//``, a segment ending in ``.``. Clients send none of these to Unit: refusing
+    them costs a caller nothing.
+    """
+    if "#" in target:
+        # RFC 9112 allows no fragment in a request target; servers drop it or keep it.
+        raise UnreadableTarget(
+            "it has a fragment (#): servers differ on whether it is part of the path"
+        )
+    path = target.partition("?")[0]
+    if not path.startswith("/"):
+        raise UnreadableTarget("its path does not start with /")
+    if path.startswith("//"):
+        # `//a/customers/1/token` is host `a` and path `/customers/1/token` to a server that
+        # resolves the target as a URL reference (Node's `new URL(target, base)`).
+        raise UnreadableTarget("its path starts with //, which some servers read as a host name")
+    if _PATH.fullmatch(path) is None:
+        bad = next(c for c in path if _PATH.fullmatch(c) is None)
+        raise UnreadableTarget(f"its path has {_describe(bad)}")
+    if "%" in path:
+        path = _ESCAPE.sub(_decode_escape, path)
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    segments = tuple(path[1:].split("/")) if len(path) > 1 else ()
+    if "." in path:  # rare in Unit's paths: the common case skips the walk
+        for segment in segments:
+            if segment in (".", ".."):
+                # Most servers resolve dot segments (RFC 3986 5.2.4), some do not (aiohttp).
+                raise UnreadableTarget(
+                    "its path has a dot segment (. or ..): servers differ on resolving it"
+                )
+            if segment.endswith("."):
+                raise UnreadableTarget(
+                    "its path has a segment ending in . (Windows servers drop the dot)"
+                )
+    return segments
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,7 +627,24 @@ class _Node:
     leaf: _Leaf | None = None
 
 
-def _walk(node: _Node, segments: list[str], index: int, values: list[str]) -> _Leaf | None:
+#: The leaf of a path that names more than one route (never the route a match found).
+_AMBIGUOUS = _Leaf(Route("/", frozenset(), None, None), (), {})
+
+
+def _insert(root: _Node, shape: Shape, leaf: _Leaf) -> None:
+    """Put ``leaf`` at ``shape``'s node."""
+    node = root
+    for segment in shape:
+        if segment == _PARAM:
+            if node.param is None:
+                node.param = _Node()
+            node = node.param
+        else:
+            node = node.literals.setdefault(segment, _Node())
+    node.leaf = leaf
+
+
+def _walk(node: _Node, segments: tuple[str, ...], index: int, values: list[str]) -> _Leaf | None:
     """Depth-first, literal before parameter; parameter values are pushed onto ``values``."""
     if index == len(segments):
         return node.leaf
@@ -536,7 +655,7 @@ def _walk(node: _Node, segments: list[str], index: int, values: list[str]) -> _L
         if found is not None:
             return found
     child = node.param
-    if child is not None and segment not in _DOT_SEGMENTS:
+    if child is not None and segment != _EMPTY:
         values.append(segment)
         found = _walk(child, segments, index + 1, values)
         if found is not None:
@@ -552,22 +671,29 @@ class RouteTable:
         self.two_factor_scopes: frozenset[str] = frozenset(two_factor_scopes)
         self._routes: dict[Shape, Route] = {}
         self._root = _Node()
+        # The same routes with lower-case literals: which route a path names on a server
+        # that ignores case (many do), to refuse a path whose route depends on it.
+        self._folded_root = _Node()
+        folded_shapes: dict[Shape, int] = {}
         for route in routes:
             shape, names = _parse_template(route.template)
             if shape in self._routes:
                 raise ValueError(f"{route.template} and {self._routes[shape].template} clash")
             self._routes[shape] = route
-            node = self._root
-            for segment in shape:
-                if segment == _PARAM:
-                    if node.param is None:
-                        node.param = _Node()
-                    node = node.param
-                else:
-                    node = node.literals.setdefault(segment, _Node())
             # Facts for every method, precomputed: match() only looks them up.
             facts = {method: self._facts(route, method) for method in HTTP_METHODS}
-            node.leaf = _Leaf(route, names, facts)
+            leaf = _Leaf(route, names, facts)
+            _insert(self._root, shape, leaf)
+            folded = tuple(s.lower() for s in shape)
+            _insert(self._folded_root, folded, leaf)
+            folded_shapes[folded] = folded_shapes.get(folded, 0) + 1
+        for folded, count in folded_shapes.items():
+            if count > 1:
+                # Routes that differ only in case: a server that ignores case reads either,
+                # so no path to them agrees with it.
+                _insert(self._folded_root, folded, _AMBIGUOUS)
+        # A route spelled with capitals differs from what a lower-case path reads as.
+        self._upper_literals = any(s != s.lower() for shape in self._routes for s in shape)
 
     @classmethod
     def default(cls) -> RouteTable:
@@ -598,24 +724,35 @@ class RouteTable:
             cardholder=route.cardholder_eligible(method),
         )
 
-    def match(self, method: str, path: str) -> RouteMatch | None:
-        """The route of ``method path`` (query string and one trailing slash ignored), or None.
+    def match(self, method: str, target: str) -> RouteMatch | None:
+        """The route of ``method target`` as Unit's server reads the target
+        (:func:`read_target`), or None for a path Unit does not have.
 
-        Segments are split before percent-decoding, so an id containing ``%2F`` stays one
-        segment; literal segments are compared decoded, as Unit's server would see them.
+        Raises :class:`UnreadableTarget` for a target servers read in different ways, and for
+        one whose route depends on choices servers make differently: merging ``//`` into
+        ``/``, or ignoring case. Such a path either names no route however it is read, or is
+        refused.
         """
-        query = path.find("?")
-        if query >= 0:
-            path = path[:query]
-        if not path.startswith("/"):
-            return None
-        if path.endswith("/"):
-            path = path[:-1]
-        segments = path[1:].split("/")
-        if "%" in path:
-            segments = [unquote(s) if "%" in s else s for s in segments]
+        segments = read_target(target)
         values: list[str] = []
-        leaf = _walk(self._root, segments, 0, values)
+        leaf = _walk(self._root, segments, 0, values) if _EMPTY not in segments else None
+        found = leaf.route if leaf is not None else None
+        if _EMPTY in segments:
+            merged = tuple(s for s in segments if s)
+            if self._route_of(self._root, merged) is not found:
+                raise UnreadableTarget(
+                    "its path has an empty segment (//): servers differ on merging it, and "
+                    "merged it names a Unit route"
+                )
+            segments = merged
+        folded = tuple(s.lower() for s in segments)
+        if (folded != segments or self._upper_literals) and self._route_of(
+            self._folded_root, folded
+        ) is not found:
+            raise UnreadableTarget(
+                "its path names a different Unit route when upper and lower case are not "
+                "told apart, as some servers do: write it as Unit's routes are spelled"
+            )
         if leaf is None:
             return None
         facts = leaf.facts.get(method)
@@ -633,9 +770,14 @@ class RouteTable:
             values[0] if facts.cardholder else None,
         )
 
+    @staticmethod
+    def _route_of(root: _Node, segments: tuple[str, ...]) -> Route | None:
+        leaf = _walk(root, segments, 0, [])
+        return leaf.route if leaf is not None else None
+
     def scopes_needed(self, method: str, path: str) -> frozenset[str]:
         """The scopes a token needs for this request: empty for unknown paths and for routes
-        Unit publishes no scope for."""
+        Unit publishes no scope for. Raises :class:`UnreadableTarget` as ``match`` does."""
         match = self.match(method, path)
         if match is None or match.scope is None:
             return frozenset()

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..limits import Decision, whole_seconds
 from . import control, resource_api, token_api
 from .context import Call, SandboxState
-from .routes import Match, Route, Router
+from .routes import Match, Route, Router, lenient_path
 from .wire import ApiError, error_response, parse_json_body, read_body
 
 logger = logging.getLogger("unit_gateway.sandbox")
@@ -130,7 +130,10 @@ class SandboxApp:
         state = self.state
         stats = state.stats
         method = request.method
-        match = self.router.match(path)
+        if state.faults.lenient_paths:
+            match = self.router.match(lenient_path(request.raw_path), fold_case=True)
+        else:
+            match = self.router.match(path)
         route = match.methods.get(method) if match is not None else None
         if route is not None:
             key = route.key

@@ -27,6 +27,9 @@ class Faults:
     rate_limit_per_minute: int = 1000
     # Unit documents no rate-limit headers; the gateway must work with and without them.
     rate_limit_headers: bool = False
+    # Read request paths as the most lenient HTTP server would (see routes.lenient_path):
+    # Unit does not document how its servers read a path, so tests assume the worst.
+    lenient_paths: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +64,7 @@ def _check(name: str, value: Any) -> Any:
         if not 0 <= number <= 1:
             raise FaultError(name, "must be between 0 and 1")
         return number
-    if name in ("token_outage", "rate_limit_headers", "reject_user_tokens"):
+    if name in ("token_outage", "rate_limit_headers", "reject_user_tokens", "lenient_paths"):
         if not isinstance(value, bool):
             raise FaultError(name, "expected true or false")
         return value

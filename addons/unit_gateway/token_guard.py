@@ -1,0 +1,204 @@
+"""No real Unit token reaches a caller that used a placeholder, whatever route it took.
+
+The token addon hands a placeholder caller the placeholder in place of the token Unit created
+when it recognises a token endpoint. A path it did not recognise, a Unit endpoint nobody knew
+returns a token, or Unit quoting one must not hand out a credential all the same, so every
+answer from a Unit upstream to a placeholder caller passes :func:`check_response`:
+
+- a Unit token (``v2.public.`` and base64url) in the body, a header value, the reason phrase or
+  a trailer is replaced by the placeholder of the identity its claims name (``unitgw:org``,
+  ``unitgw:customer:<id>``, ``unitgw:cardholder:<cardId>``), or by :data:`WITHHELD` when they
+  name none;
+- the answer is withheld (the caller gets a 502) when it cannot be checked (a body whose
+  ``Content-Encoding`` the gateway cannot undo, or that decodes past the limit) or holds a
+  token in a form the gateway does not rewrite: JSON ``\\u`` escapes, percent-encoding,
+  UTF-16/32, a declared charset that does not spell ASCII as ASCII, a header name.
+
+An ordinary answer costs one substring search for the token prefix in its body (after
+undoing its ``Content-Encoding``), and a few more for the byte that starts an escape (``\\``,
+``%``, NUL), each in C; nothing is parsed unless one of them is found.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+from mitmproxy import http
+
+from unit_gateway import paseto
+from unit_gateway.identity import ID_PATTERN, ORG, Identity
+from unit_gateway.redaction import UndecodableBody, decode_content
+
+#: The prefix of every Unit token (PASETO v2.public).
+MARK = paseto.PREFIX.encode("ascii")
+_TEXT_MARK = paseto.PREFIX
+# The bare prefix too: nothing spelled like a token is left for a caller to wonder about.
+_TOKEN = re.compile(rb"v2\.public\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
+_ID = re.compile(ID_PATTERN)
+_JSON_ESCAPE = re.compile(rb"\\u([0-9A-Fa-f]{4})")
+_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+#: What stands in for a token whose claims name no identity the gateway has a placeholder for.
+WITHHELD = "unitgw:token-withheld"
+_WIDE = tuple(_TEXT_MARK.encode(c) for c in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"))
+
+
+def placeholder_for(token: bytes) -> str:
+    """The placeholder of the identity a Unit token's claims name (read, not verified: the
+    placeholder is no credential, so a wrong claim costs nothing)."""
+    claims = paseto.claims_of(token.decode("ascii"))
+    if claims is None:
+        return WITHHELD
+    role = claims.get("role")
+    if role == "org":
+        return ORG.placeholder
+    for kind, key in (("customer", "customerId"), ("cardholder", "cardId")):
+        subject = claims.get(key)
+        if role == kind and isinstance(subject, str) and _ID.fullmatch(subject):
+            return Identity(kind, subject).placeholder
+    return WITHHELD
+
+
+def replace_tokens(data: bytes, used: list[str]) -> bytes:
+    """``data`` with every Unit token replaced by its placeholder; each placeholder put in
+    is appended to ``used``."""
+
+    def placeholder(token: re.Match[bytes]) -> bytes:
+        used.append(placeholder_for(token.group()))
+        return used[-1].encode("ascii")
+
+    return _TOKEN.sub(placeholder, data)
+
+
+@functools.lru_cache(maxsize=64)
+def _charset_spells_ascii(charset: str) -> bool | None:
+    """Whether the token prefix has the same bytes in ``charset`` (UTF-8, Latin-1...);
+    None for a charset Python does not know."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return None
+    try:
+        return _TEXT_MARK.encode(name) == MARK
+    except (UnicodeError, LookupError, TypeError):
+        return False  # a codec that is not a text encoding (base64...): read it to be sure
+
+
+def hidden_token(data: bytes, content_type: str | None = None) -> str | None:
+    """How ``data`` spells a Unit token that is not in it as plain bytes, or None. Called on
+    data without the plain prefix; each reading costs only when its escape byte is there
+    (one memchr each, otherwise)."""
+    if b"\\" in data and MARK in _JSON_ESCAPE.sub(_unescape, data):
+        return "in JSON \\u escapes"
+    if b"%" in data and MARK in unquote_to_bytes(data):
+        return "percent-encoded"
+    if b"\x00" in data and any(wide in data for wide in _WIDE):
+        return "in UTF-16 or UTF-32"
+    if content_type and "charset" in content_type.lower():
+        found = _CHARSET.search(content_type)
+        charset = found.group(1) if found else ""
+        spells_ascii = _charset_spells_ascii(charset)
+        if spells_ascii is None:
+            return "in a charset the gateway does not know (it cannot check the body)"
+        if not spells_ascii:
+            try:
+                text = codecs.decode(data, charset, "replace")
+            except Exception:  # a codec that cannot read these bytes at all
+                return "in a charset the gateway cannot read (it cannot check the body)"
+            if isinstance(text, str) and _TEXT_MARK in text:
+                return "in the charset its Content-Type declares"
+            if not isinstance(text, str):
+                return "in a charset the gateway cannot read (it cannot check the body)"
+    return None
+
+
+def _unescape(escape: re.Match[bytes]) -> bytes:
+    return chr(int(escape.group(1), 16)).encode("utf-8", "surrogatepass")
+
+
+@dataclass
+class Verdict:
+    """What the caller may get of an answer."""
+
+    #: The answer with every token replaced; None when there was none (the answer goes as is).
+    replacement: http.Response | None = None
+    #: The placeholders put in place of tokens.
+    placeholders: list[str] = field(default_factory=list)
+    #: Why the answer must not reach the caller at all; None when it may.
+    withheld: str | None = None
+
+
+def _head_of(response: http.Response) -> bytes:
+    """Everything of an answer but its body that a caller reads, as one blob to search."""
+    fields = response.data.headers.fields
+    if response.trailers is not None:
+        fields += response.trailers.fields
+    return b"\n".join([response.data.reason, *(part for pair in fields for part in pair)])
+
+
+def check_response(response: http.Response, limit: int) -> Verdict:
+    """Check an answer as the caller would get it (real headers and body): see the module.
+    ``limit`` bounds the bytes a compressed body may decode to."""
+    head = _head_of(response)
+    in_head = MARK in head
+    body = b""
+    raw = response.raw_content
+    fields = response.data.headers.fields
+    if raw:
+        coding = (_field(fields, b"content-encoding") or "").strip().lower()
+        if coding and coding != "identity":
+            try:
+                body = decode_content(raw, coding, limit)
+            except UndecodableBody:
+                # (Unit's Content-Encoding is not quoted: any header value can hold a token.)
+                return Verdict(
+                    withheld="its body could not be checked: the gateway cannot undo its "
+                    f"Content-Encoding within {limit} bytes"
+                )
+        else:
+            body = raw
+    in_body = MARK in body
+    verdict = Verdict()
+    used = verdict.placeholders
+    if in_head:
+        trailers = response.trailers.fields if response.trailers is not None else ()
+        if any(MARK in name for name, _ in fields + trailers):
+            return Verdict(withheld="a header name holds a Unit token")
+        head = replace_tokens(head, used)
+    if in_body:
+        body = replace_tokens(body, used)
+    # Plain tokens are gone from head and body now: any token left is spelled otherwise.
+    how = hidden_token(head)
+    if how is not None:
+        return Verdict(withheld=f"its head holds a Unit token {how}")
+    if body:
+        how = hidden_token(body, _field(fields, b"content-type"))
+        if how is not None:
+            return Verdict(withheld=f"its body holds a Unit token {how}")
+    if not in_head and not in_body:
+        return verdict
+    replaced = response.copy()
+    replaced.data.reason = replace_tokens(replaced.data.reason, [])
+    replaced.headers.fields = _replaced_values(replaced.headers.fields)
+    if replaced.trailers is not None:
+        replaced.trailers.fields = _replaced_values(replaced.trailers.fields)
+    if in_body:
+        # Sent decoded: the caller takes an identity body whatever it asked for, and no
+        # encoder has to agree with the decoder.
+        replaced.headers.pop("content-encoding", None)
+        replaced.set_content(body)
+    verdict.replacement = replaced
+    return verdict
+
+
+def _field(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str | None:
+    """What ``headers.get(name)`` returns, without building mitmproxy's Headers view."""
+    values = [value for name, value in fields if name.lower() == lowered]
+    return b", ".join(values).decode("latin-1") if values else None
+
+
+def _replaced_values(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((name, replace_tokens(value, [])) for name, value in fields)
