@@ -35,8 +35,9 @@ What the caller gets when mitmproxy refuses a request before a flow holds it (an
 request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.mitm.early_errors``,
 installed while this addon runs.
 
-Log records are redacted by a LogRecord factory. ``modify_body`` (it edits the redacted copy),
-``proxy_debug`` (logs raw wire data) and
+Log records are redacted whole, tracebacks included, by a LogRecord factory.
+
+``modify_body`` (it edits the redacted copy), ``proxy_debug`` (logs raw wire data) and
 ``stream_large_bodies`` (streamed bodies bypass the hooks, and a streamed 401 cannot be
 retried) are refused at start-up.
 
@@ -296,8 +297,14 @@ def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str
 _UNREDACTED_LOGGERS = frozenset({"mitmproxy.tools.web.master"})
 
 
+#: Formats a record's traceback as logging's own formatters (and mitmproxy's) do.
+_TRACEBACKS = logging.Formatter()
+
+
 class _RedactingFactory:
-    """LogRecord factory: log lines can quote raw wire bytes (mitmproxy's own errors)."""
+    """LogRecord factory: a record is redacted whole before any handler sees it. Log lines
+    can quote raw wire bytes (mitmproxy's own errors), and so can a traceback attached to a
+    record (an exception's message, an operator's script that failed on a value)."""
 
     def __init__(self, previous: Callable[..., logging.LogRecord], redaction: FlowRedaction):
         self.previous = previous
@@ -307,13 +314,25 @@ class _RedactingFactory:
         record = self.previous(*args, **kwargs)
         if record.name in _UNREDACTED_LOGGERS:
             return record
+        redact = self.redaction.redact_text
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string: logging reports it itself
-            return record
-        redacted = self.redaction.redact_text(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
+        except Exception:
+            # A broken format string: logging's own report of it would print the arguments
+            # as they are. They are shown (redacted) after the message instead.
+            message = f"{record.msg} (unformatted arguments: {record.args!r})"
+        if record.exc_info:
+            # Handlers format exc_info themselves (mitmproxy's ignore exc_text): the text
+            # goes into the message, where it stands in every formatter's output anyway, and
+            # the exception (whose frames and arguments hold the raw values) goes.
+            message = f"{message}\n{_TRACEBACKS.formatException(record.exc_info)}"
+            record.exc_info = None
+        # The message is final: handlers that read msg and args see the redacted text only.
+        record.msg, record.args = redact(message), ()
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return record
 
 

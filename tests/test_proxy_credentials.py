@@ -1,0 +1,86 @@
+"""Log records redacted whole, part by part (end to end in test_proxy_credentials_e2e.py)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+
+import pytest
+from mitmproxy.log import MitmFormatter
+from mitmproxy.test import taddons
+
+from conftest import ADDONS_ORG_TOKEN
+from unit_gateway.core import GatewayCore
+from unit_gateway.redact import FlowRedaction
+
+TOKEN = ADDONS_ORG_TOKEN
+
+
+@pytest.fixture
+def redaction() -> Iterator[FlowRedaction]:
+    """The redaction addon loaded (its log record factory installed), done at the end."""
+    addon = FlowRedaction(GatewayCore())
+    with taddons.context(addon):
+        yield addon
+        addon.done()  # (taddons does not call it)
+
+
+def rendered(record: logging.LogRecord) -> list[str]:
+    """What a handler prints of ``record``: with logging's formatter (traceback and stack
+    included) and with mitmproxy's (console, event log)."""
+    plain = logging.Formatter("%(levelname)s %(message)s")
+    return [plain.format(record), MitmFormatter(colorize=False).format(record)]
+
+
+def quota(token: str) -> None:
+    raise KeyError(token)
+
+
+def test_a_record_with_a_traceback_is_redacted_whole(redaction: FlowRedaction) -> None:
+    logger = logging.getLogger("team")
+    records: list[logging.LogRecord] = []
+    logger.handle = records.append  # type: ignore[method-assign]
+    try:
+        try:
+            quota(TOKEN)
+        except KeyError as e:
+            raise RuntimeError(f"lookup failed for {TOKEN}") from e
+    except RuntimeError:
+        logger.error("quota for %s", TOKEN, exc_info=True, stack_info=True)
+    (record,) = records
+    # The traceback went into the message (mitmproxy's formatter reads only exc_info, never
+    # exc_text); nothing of the exception is left on the record.
+    assert record.exc_info is None and record.args == ()
+    for text in rendered(record):
+        assert TOKEN not in text
+        assert "quota for [token …" in text
+        assert "Traceback (most recent call last)" in text and "in quota" in text
+        assert "KeyError: '[token …" in text and "RuntimeError: lookup failed for [token …" in text
+    assert record.stack_info is not None and "Stack (most recent call last)" in record.stack_info
+    assert "test_a_record_with_a_traceback_is_redacted_whole" in record.stack_info
+
+
+def test_a_stack_and_a_formatted_traceback_are_redacted(redaction: FlowRedaction) -> None:
+    # What a handler upstream of mitmproxy's may hand over: text already formatted.
+    record = logging.getLogRecordFactory()(
+        "team", logging.WARNING, __file__, 1, "checked", (), None, None, f"  use({TOKEN!r})"
+    )
+    assert record.stack_info == "  use('[token …" + record.stack_info.split("[token …")[1]
+    assert TOKEN not in "".join(rendered(record))
+
+
+def test_a_broken_format_string_does_not_print_its_arguments(
+    redaction: FlowRedaction, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # logging's report of a format error prints the arguments as they are (to stderr).
+    handler = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger("team.broken")
+    logger.addHandler(handler)
+    try:
+        logger.error("%d tokens", TOKEN)
+    finally:
+        logger.removeHandler(handler)
+    printed = capsys.readouterr().err
+    assert TOKEN not in printed
+    assert "%d tokens (unformatted arguments: ('[token …" in printed

@@ -1,0 +1,111 @@
+"""Credentials around the proxy, end to end: a log record's traceback (an operator's script
+that raises) is redacted with its message, on the console and in mitmweb's event log."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import requests
+
+from conftest import (
+    GatewayFactory,
+    Planted,
+)
+from unit_gateway.testing import harness
+
+PLACEHOLDER = {"Authorization": "Bearer unitgw:customer:10001"}
+
+
+def session_through(gateway: harness.Gateway, credentials: str | None = None) -> requests.Session:
+    proxy = gateway.proxy_url
+    if credentials is not None:
+        proxy = proxy.replace("http://", f"http://{credentials}@")
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"http": proxy, "https": proxy}
+    session.verify = str(gateway.ca_path)
+    return session
+
+
+def web_session(bearer: str) -> requests.Session:
+    """mitmweb's REST API, with tornado's double-submit XSRF token for writes."""
+    session = requests.Session()
+    session.trust_env = False
+    xsrf = secrets.token_hex(16)
+    session.headers.update(
+        {
+            "Authorization": f"Bearer {bearer}",
+            "X-XSRFToken": xsrf,
+            "Cookie": f"_mitmproxy_xsrf={xsrf}",
+        }
+    )
+    return session
+
+
+def web_gateway(
+    gateway_factory: GatewayFactory, upstream: harness.Sandbox, name: str, *args: str
+) -> tuple[harness.Gateway, str]:
+    """A gateway running mitmweb, and its API's base URL."""
+    web_port = harness.free_port()
+    gateway = gateway_factory(
+        upstream,
+        name=name,
+        web=True,
+        extra_args=("--set", f"web_port={web_port}", "--set", "web_open_browser=false", *args),
+    )
+    gateway.process.wait_for(r"Web server listening at ")
+    return gateway, f"http://127.0.0.1:{web_port}"
+
+
+#: An operator's own script that fails on a credential of its own (a Unit token it keeps in a
+#: file): mitmproxy logs the failure with its traceback, whose last lines quote the token.
+FAILING_SCRIPT = """
+import logging
+from pathlib import Path
+
+TOKEN = Path(__file__).with_name("team-token").read_text().strip()
+QUOTAS = {}
+logger = logging.getLogger("team")
+
+
+def quota(token):
+    return QUOTAS[token]
+
+
+def request(flow):
+    try:
+        quota(TOKEN)
+    except KeyError:
+        logger.warning("no quota for this team", exc_info=True)
+        raise RuntimeError(f"team quota lookup failed for {TOKEN}")
+"""
+
+
+def test_a_traceback_in_the_log_is_redacted(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, tmp_path: Path, planted: Planted
+) -> None:
+    token = planted.add("the team script's Unit token", harness.make_org_token())
+    team = tmp_path / "team"  # the operator's files: not an output of the gateway's
+    team.mkdir()
+    (team / "team-token").write_text(token)
+    script = team / "team_script.py"
+    script.write_text(FAILING_SCRIPT)
+    gateway, base = web_gateway(gateway_factory, sandbox, "traceback", "-s", str(script))
+    bearer = gateway.process.wait_for(r"Web server listening at \S+token=(\w+)").group(1)
+    with session_through(gateway) as client:
+        # The script's failure is logged; the request still goes through.
+        assert client.get(sandbox.url + "/cards", headers=PLACEHOLDER).status_code == 200
+    with web_session(bearer) as web:
+        events = web.get(f"{base}/events", timeout=10)
+    assert events.status_code == 200
+    planted.blobs.append(("mitmweb GET /events", events.content))
+    logged = "\n".join(event["message"] for event in events.json())
+    # The tracebacks are there (console and event log), with the token redacted in them.
+    for shown in (logged, gateway.process.output()):
+        assert "Traceback (most recent call last)" in shown, shown[-3000:]
+        assert (
+            "KeyError: '[token" in shown
+            and "RuntimeError: team quota lookup failed for [token" in shown
+        )
+        assert "no quota for this team" in shown
