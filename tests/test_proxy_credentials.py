@@ -1,4 +1,5 @@
-"""Log records redacted whole, part by part (end to end in test_proxy_credentials_e2e.py)."""
+"""Credentials around the proxy, part by part (end to end in test_proxy_credentials_e2e.py):
+log records redacted whole, CONNECT flows redacted."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from mitmproxy.log import MitmFormatter
-from mitmproxy.test import taddons
+from mitmproxy.test import taddons, tflow
 
 from conftest import ADDONS_ORG_TOKEN
 from unit_gateway.core import GatewayCore
@@ -84,3 +85,15 @@ def test_a_broken_format_string_does_not_print_its_arguments(
     printed = capsys.readouterr().err
     assert TOKEN not in printed
     assert "%d tokens (unformatted arguments: ('[token …" in printed
+
+
+def test_a_connect_request_is_redacted_like_any_request(redaction: FlowRedaction) -> None:
+    flow = tflow.tflow()
+    flow.request = tflow.treq(method=b"CONNECT", host="api.s.unit.sh", port=443, path=b"")
+    flow.request.headers["Proxy-Authorization"] = "Basic c3ZjOndyb25n"
+    flow.request.headers["X-Team-Token"] = TOKEN
+    redaction.http_connect(flow)
+    assert flow.request.headers["Proxy-Authorization"].startswith("Basic [token …")
+    assert flow.request.headers["X-Team-Token"].startswith("[token …")
+    # The tunnel still goes where the client asked.
+    assert (flow.request.host, flow.request.port) == ("api.s.unit.sh", 443)

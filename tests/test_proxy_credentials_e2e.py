@@ -1,9 +1,15 @@
-"""Credentials around the proxy, end to end: a log record's traceback (an operator's script
-that raises) is redacted with its message, on the console and in mitmweb's event log."""
+"""Credentials around the proxy, end to end: none of them appears in anything mitmproxy keeps
+or shows.
+
+- a CONNECT request is redacted like any other (a refused one is printed at ``flow_detail>=1``);
+- a log record's traceback (an operator's script that raises) is redacted with its message.
+"""
 
 from __future__ import annotations
 
+import base64
 import secrets
+import socket
 from pathlib import Path
 
 import requests
@@ -11,10 +17,15 @@ import requests
 from conftest import (
     GatewayFactory,
     Planted,
+    address_of,
 )
 from unit_gateway.testing import harness
 
 PLACEHOLDER = {"Authorization": "Bearer unitgw:customer:10001"}
+
+
+def secret(planted: Planted, label: str, prefix: str) -> str:
+    return planted.add(label, f"{prefix}-{secrets.token_hex(12)}")
 
 
 def session_through(gateway: harness.Gateway, credentials: str | None = None) -> requests.Session:
@@ -56,6 +67,69 @@ def web_gateway(
     )
     gateway.process.wait_for(r"Web server listening at ")
     return gateway, f"http://127.0.0.1:{web_port}"
+
+
+def connect(gateway: harness.Gateway, target: str, headers: dict[str, str]) -> tuple[bytes, bytes]:
+    """A raw CONNECT to ``target`` through the gateway: (status line, whole answer head and
+    body as read until the gateway stops sending or closes)."""
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection(address_of(gateway.proxy_url), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        received = b""
+        sock.settimeout(2)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if b"\r\n\r\n" in received and received.startswith(b"HTTP/1.1 200"):
+                    break  # the tunnel is open: nothing more comes until we send
+        except TimeoutError:
+            pass
+    return received.split(b"\r\n", 1)[0], received
+
+
+def basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_connect_requests_are_redacted_refused_or_not(
+    gateway_factory: GatewayFactory, tls_sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
+    password = secret(planted, "proxy password", "pw")
+    # Credentials a client sends that are not this proxy's (a typo, another proxy's): still
+    # a secret of someone's.
+    wrong = secret(planted, "a wrong proxy password", "wrong")
+    token = planted.add("a Unit token on a CONNECT", harness.make_org_token())
+    flows, har = run_dir / "connect.flows", run_dir / "connect.har"
+    gateway = gateway_factory(
+        tls_sandbox,
+        name="connect",
+        extra_args=(
+            "--set", f"proxyauth=svc:{password}",
+            "--set", "flow_detail=4",
+            "--set", f"save_stream_file={flows}",
+            "--set", f"hardump={har}",
+        ),
+    )  # fmt: skip
+    target = tls_sandbox.url.removeprefix("https://")
+    extra = {"X-Team-Token": token, "User-Agent": f"team-client {token}"}
+    refused, answer = connect(
+        gateway, target, {"Proxy-Authorization": basic(f"svc:{wrong}"), **extra}
+    )
+    assert refused == b"HTTP/1.1 407 Proxy Authentication Required", answer
+    assert b"proxy_authentication_required" in answer
+    opened, answer = connect(
+        gateway, target, {"Proxy-Authorization": basic(f"svc:{password}"), **extra}
+    )
+    assert opened.startswith(b"HTTP/1.1 200"), answer
+    # The tunnel works with the right credentials.
+    with session_through(gateway, f"svc:{password}") as client:
+        assert client.get(tls_sandbox.url + "/cards", headers=PLACEHOLDER).status_code == 200
+    assert gateway.process.stop() == 0
+    shown = gateway.process.output()
+    # The refused CONNECT is printed (flow_detail=4), its headers redacted.
+    assert f"CONNECT {target}" in shown and "X-Team-Token: [token" in shown, shown[-3000:]
+    assert "Proxy-Authorization: Basic [token" in shown, shown[-3000:]
 
 
 #: An operator's own script that fails on a credential of its own (a Unit token it keeps in a

@@ -35,7 +35,8 @@ What the caller gets when mitmproxy refuses a request before a flow holds it (an
 request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.mitm.early_errors``,
 installed while this addon runs.
 
-Log records are redacted whole, tracebacks included, by a LogRecord factory.
+A CONNECT request is redacted in ``http_connect``. Log records are redacted whole,
+tracebacks included, by a LogRecord factory.
 
 ``modify_body`` (it edits the redacted copy), ``proxy_debug`` (logs raw wire data) and
 ``stream_large_bodies`` (streamed bodies bypass the hooks, and a streamed 401 cannot be
@@ -453,6 +454,11 @@ class FlowRedaction:
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         _after_proxyauth(flow)
+        # A CONNECT is answered here and never forwarded (to an upstream proxy mitmproxy
+        # sends a CONNECT of its own): its headers are redacted in place like any request's,
+        # Proxy-Authorization too, now that proxyauth (a built-in addon, so it ran first) has
+        # read it. The target stays: the tunnel goes where it says.
+        self.redact_headers(flow.request.headers, {})
 
     # --- redaction primitives --------------------------------------------------------------
 
