@@ -1,19 +1,28 @@
 """Credentials around the proxy, part by part (end to end in test_proxy_credentials_e2e.py):
-log records redacted whole, CONNECT flows redacted."""
+log records redacted whole, the gateway's late look at headers placed after mitmproxy's own
+addons, CONNECT flows redacted."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from mitmproxy import options
+from mitmproxy.addons import dumper, eventstore, intercept, view
+from mitmproxy.addons.update_alt_svc import UpdateAltSvc
+from mitmproxy.hooks import DoneHook
 from mitmproxy.log import MitmFormatter
 from mitmproxy.test import taddons, tflow
+from mitmproxy.tools.dump import DumpMaster
+from mitmproxy.tools.web.master import WebMaster
 
 from conftest import ADDONS_ORG_TOKEN
 from unit_gateway.core import GatewayCore
-from unit_gateway.redact import FlowRedaction
+from unit_gateway.mitm import addon_order
+from unit_gateway.redact import FlowRedaction, LateHeaders
 
 TOKEN = ADDONS_ORG_TOKEN
 
@@ -85,6 +94,53 @@ def test_a_broken_format_string_does_not_print_its_arguments(
     printed = capsys.readouterr().err
     assert TOKEN not in printed
     assert "%d tokens (unformatted arguments: ('[token …" in printed
+
+
+@pytest.mark.parametrize(
+    ("master", "outputs"),
+    [
+        (DumpMaster, (dumper.Dumper,)),
+        (WebMaster, (intercept.Intercept, view.View, eventstore.EventStore)),
+    ],
+)
+async def test_the_late_look_runs_after_mitmproxys_addons_and_before_the_outputs(
+    master: Any, outputs: tuple[type, ...]
+) -> None:
+    tool = master(options.Options(), with_termlog=False)
+    late = LateHeaders(FlowRedaction(GatewayCore()))
+    try:
+        assert addon_order.add_after_defaults(tool.addons, late)
+        kinds = [type(addon) for addon in tool.addons.chain]
+        place = kinds.index(LateHeaders)
+        assert kinds[place - 1] is UpdateAltSvc, "the last of mitmproxy's default addons"
+        assert all(kinds.index(output) > place for output in outputs)
+        assert tool.addons.get("unit_gateway_late_headers") is late
+        addon_order.remove(tool.addons, late)
+        assert LateHeaders not in [type(addon) for addon in tool.addons.chain]
+    finally:
+        await tool.addons.trigger_event(DoneHook())  # EventStore's log handler goes
+
+
+def test_headers_set_after_the_redaction_are_shown_redacted_and_sent_real(
+    redaction: FlowRedaction,
+) -> None:
+    flow = tflow.tflow()
+    redaction.protect_request(flow, None)
+    # What upstream_auth and modify_headers do after the gateway's own hooks.
+    flow.request.headers["Proxy-Authorization"] = "Basic dXA6cGFzc3dvcmQ="
+    flow.request.headers["X-Team-Token"] = TOKEN
+    LateHeaders(redaction).requestheaders(flow)
+    shown = flow.request.headers
+    assert shown["Proxy-Authorization"].startswith("Basic [token …")
+    assert shown["X-Team-Token"].startswith("[token …")
+    sent = redaction.real_request(flow).headers
+    assert sent["Proxy-Authorization"] == "Basic dXA6cGFzc3dvcmQ="
+    assert sent["X-Team-Token"] == TOKEN
+
+    flow.response = tflow.tresp()
+    flow.response.headers["Set-Cookie"] = f"team={TOKEN}"
+    LateHeaders(redaction).responseheaders(flow)
+    assert TOKEN not in flow.response.headers["Set-Cookie"]
 
 
 def test_a_connect_request_is_redacted_like_any_request(redaction: FlowRedaction) -> None:

@@ -1,7 +1,10 @@
 """Credentials around the proxy, end to end: none of them appears in anything mitmproxy keeps
-or shows.
+or shows, while every one of them still works.
 
 - a CONNECT request is redacted like any other (a refused one is printed at ``flow_detail>=1``);
+- headers mitmproxy's own addons add after the gateway's redaction (``upstream_auth``'s
+  ``Proxy-Authorization`` in upstream mode, ``modify_headers``) are redacted before any output
+  sees them, and still reach the wire;
 - a log record's traceback (an operator's script that raises) is redacted with its message.
 """
 
@@ -18,6 +21,8 @@ from conftest import (
     GatewayFactory,
     Planted,
     address_of,
+    saved_flows,
+    unit_stats,
 )
 from unit_gateway.testing import harness
 
@@ -130,6 +135,55 @@ def test_connect_requests_are_redacted_refused_or_not(
     # The refused CONNECT is printed (flow_detail=4), its headers redacted.
     assert f"CONNECT {target}" in shown and "X-Team-Token: [token" in shown, shown[-3000:]
     assert "Proxy-Authorization: Basic [token" in shown, shown[-3000:]
+
+
+def test_upstream_mode_keeps_upstream_credentials_out_of_every_output(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    run_dir: Path,
+    tmp_path: Path,
+    planted: Planted,
+) -> None:
+    """mitmproxy's upstream_auth adds the upstream proxy's Proxy-Authorization to each plain
+    HTTP request after the gateway's redaction: the upstream proxy gets it, no output shows it."""
+    password = secret(planted, "upstream proxy password", "up")
+    team_token = planted.add("a Unit token modify_headers adds", harness.make_org_token())
+    # Someone else's proxy: its own output is not the gateway's (and not scanned).
+    upstream_proxy = harness.start_bare_mitmdump(
+        tmp_path / "upstream-proxy",
+        extra_args=("--set", f"proxyauth=up:{password}", "--set", "flow_detail=0"),
+        name="upstream-proxy",
+    )
+    try:
+        flows, har = run_dir / "upstream.flows", run_dir / "upstream.har"
+        gateway = gateway_factory(
+            sandbox,
+            name="upstream-mode",
+            mode=f"upstream:{upstream_proxy.proxy_url}",
+            extra_args=(
+                "--set", f"upstream_auth=up:{password}",
+                "--set", f"modify_headers=/~q/X-Team-Token/{team_token}",
+                "--set", "flow_detail=4",
+                "--set", f"save_stream_file={flows}",
+                "--set", f"hardump={har}",
+            ),
+        )  # fmt: skip
+        with session_through(gateway) as client:
+            for _ in range(2):
+                answer = client.get(sandbox.url + "/cards", headers=PLACEHOLDER)
+                # Through the upstream proxy, which accepted the credentials.
+                assert answer.status_code == 200, answer.text
+        assert gateway.process.stop() == 0
+    finally:
+        assert upstream_proxy.process.stop() == 0
+    assert unit_stats(sandbox, customer_tokens=1)["requests"]["GET /cards"] == 2
+    saved = saved_flows(flows)
+    assert len(saved) == 2
+    for flow in saved:
+        fields = {name.lower(): value for name, value in flow.request.headers.items()}
+        assert fields["proxy-authorization"].startswith("Basic [token"), fields
+        assert fields["x-team-token"].startswith("[token"), fields
+    assert "Proxy-Authorization: Basic [token" in gateway.process.output()
 
 
 #: An operator's own script that fails on a credential of its own (a Unit token it keeps in a

@@ -35,8 +35,10 @@ What the caller gets when mitmproxy refuses a request before a flow holds it (an
 request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.mitm.early_errors``,
 installed while this addon runs.
 
-A CONNECT request is redacted in ``http_connect``. Log records are redacted whole,
-tracebacks included, by a LogRecord factory.
+Header values that mitmproxy's own addons set after the gateway's hooks (``upstream_auth``,
+``modify_headers``) are redacted by :class:`LateHeaders`, which runs after those addons and
+before the tool's outputs; a CONNECT request is redacted in ``http_connect``. Log records are
+redacted whole, tracebacks included, by a LogRecord factory.
 
 ``modify_body`` (it edits the redacted copy), ``proxy_debug`` (logs raw wire data) and
 ``stream_large_bodies`` (streamed bodies bypass the hooks, and a streamed 401 cannot be
@@ -72,7 +74,7 @@ from unit_gateway.deadlines import (
     timeout_message,
 )
 from unit_gateway.metrics import Children
-from unit_gateway.mitm import early_errors, patch_point
+from unit_gateway.mitm import addon_order, early_errors, patch_point
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
 
 if TYPE_CHECKING:
@@ -337,6 +339,68 @@ class _RedactingFactory:
         return record
 
 
+class LateHeaders:
+    """Header values that mitmproxy's own addons set after the gateway's redaction
+    (``upstream_auth``'s ``Proxy-Authorization`` for an upstream proxy, ``modify_headers``,
+    ``stickyauth``, ``stickycookie``) are redacted before any output sees them, and kept for
+    the wire like any other. It runs after mitmproxy's default addons and before the tool's
+    outputs (:mod:`unit_gateway.mitm.addon_order` puts it there), for every event that can
+    change a flow's headers."""
+
+    name = "unit_gateway_late_headers"  # its name in mitmproxy's addon lookup
+
+    def __init__(self, redaction: FlowRedaction) -> None:
+        self.redaction = redaction
+        #: flow -> [request, response] header fields as last seen redacted. Every change to
+        #: a message's headers makes a new fields tuple, so a look at headers nobody changed
+        #: since (most looks) is one identity test, not a redaction pass (~8 µs each).
+        self._seen: weakref.WeakKeyDictionary[http.HTTPFlow, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def seen(self, flow: http.HTTPFlow, message: http.Message) -> None:
+        """``message`` of ``flow`` is redacted as it is now (the gateway's own hooks say so)."""
+        index = 0 if message is flow.request else 1
+        self._seen.setdefault(flow, [None, None])[index] = message.data.headers.fields
+
+    def _look(self, flow: http.HTTPFlow, message: http.Message, index: int) -> None:
+        seen = self._seen.get(flow)
+        headers = message.data.headers
+        if seen is not None and seen[index] is headers.fields:
+            return
+        secrets = _SECRETS.get(flow)
+        if secrets is None:
+            substitutions: HeaderSubstitutions = {}  # the flow has ended: nothing goes out
+        elif index == 0:
+            substitutions = secrets.request_headers
+        else:
+            substitutions = secrets.response_headers
+        self.redaction.redact_headers(headers, substitutions)
+        if seen is None:
+            seen = self._seen[flow] = [None, None]
+        seen[index] = headers.fields
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._look(flow, flow.request, 0)
+
+    request = requestheaders
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        seen = self._seen.get(flow)
+        if (
+            seen is not None
+            and seen[0] is flow.request.data.headers.fields
+            and (response is None or seen[1] is response.data.headers.fields)
+        ):
+            return  # the usual case, in one look up
+        self._look(flow, flow.request, 0)
+        if response is not None:
+            self._look(flow, response, 1)
+
+    response = error = responseheaders
+
+
 class FlowRedaction:
     """The addon. Load it first: its ``requestheaders`` view must exist before any other
     addon sees a flow (it is set up by the HTTP layer, before any hook runs)."""
@@ -346,6 +410,8 @@ class FlowRedaction:
         self.metrics = metrics
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
+        self._late_headers = LateHeaders(self)
+        self._addons: Any = None  # mitmproxy's AddonManager, while LateHeaders is in it
         self._redactions = Children(metrics.redactions) if metrics is not None else None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -354,6 +420,8 @@ class FlowRedaction:
     def load(self, loader: Any) -> None:
         patch_point.install(self, _SECRETS)
         early_errors.install(self.redact_text)
+        if addon_order.add_after_defaults(loader.master.addons, self._late_headers):
+            self._addons = loader.master.addons
         previous = logging.getLogRecordFactory()
         if isinstance(previous, _RedactingFactory):
             previous = previous.previous
@@ -403,6 +471,9 @@ class FlowRedaction:
             self._sweeper = None
         if patch_point.uninstall(self):
             early_errors.uninstall()
+        if self._addons is not None:
+            addon_order.remove(self._addons, self._late_headers)
+            self._addons = None
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 
@@ -451,6 +522,11 @@ class FlowRedaction:
         if flow in _SECRETS and has_header_field(fields, _PROXY_AUTH):
             flow.request.headers.pop("Proxy-Authorization", None)
         _after_proxyauth(flow)
+        self._late_headers.seen(flow, flow.request)  # all redacted now
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:  # redacted as the HTTP layer stored it
+            self._late_headers.seen(flow, flow.response)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         _after_proxyauth(flow)
