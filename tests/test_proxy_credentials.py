@@ -1,16 +1,16 @@
 """Credentials around the proxy, part by part (end to end in test_proxy_credentials_e2e.py):
-log records redacted whole, the gateway's late look at headers placed after mitmproxy's own
-addons, CONNECT flows redacted."""
+log records redacted whole, secret options masked in what mitmproxy's UIs show, the gateway's
+late look at headers placed after mitmproxy's own addons, CONNECT flows redacted."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from mitmproxy import options
+from mitmproxy import options, optmanager
 from mitmproxy.addons import dumper, eventstore, intercept, view
 from mitmproxy.addons.update_alt_svc import UpdateAltSvc
 from mitmproxy.hooks import DoneHook
@@ -21,7 +21,7 @@ from mitmproxy.tools.web.master import WebMaster
 
 from conftest import ADDONS_ORG_TOKEN
 from unit_gateway.core import GatewayCore
-from unit_gateway.mitm import addon_order
+from unit_gateway.mitm import addon_order, option_masks
 from unit_gateway.redact import FlowRedaction, LateHeaders
 
 TOKEN = ADDONS_ORG_TOKEN
@@ -94,6 +94,44 @@ def test_a_broken_format_string_does_not_print_its_arguments(
     printed = capsys.readouterr().err
     assert TOKEN not in printed
     assert "%d tokens (unformatted arguments: ('[token …" in printed
+
+
+@pytest.fixture
+def masks() -> Iterator[None]:
+    assert option_masks.install(FlowRedaction(GatewayCore()).redact_text)
+    yield
+    option_masks.uninstall()
+
+
+def options_with(**values: Any) -> options.Options:
+    opts = options.Options()
+    opts.add_option("unit_gateway_api_token", str, "", "a gateway option named as a secret")
+    opts.add_option("team_rules", Sequence[str], [], "an option named as nothing secret")
+    opts.update(**values)
+    return opts
+
+
+def test_options_named_as_secrets_are_masked_whole(masks: None) -> None:
+    opts = options_with(unit_gateway_api_token="s3cr3t-value", listen_host="0.0.0.0", key_size=4096)
+    dumped = optmanager.dump_dicts(opts)
+    assert dumped["unit_gateway_api_token"]["value"] == option_masks.MASK
+    assert dumped["unit_gateway_api_token"]["default"] == ""  # nothing to hide
+    # Text options named as nothing secret, and numbers and switches, are shown.
+    assert dumped["listen_host"]["value"] == "0.0.0.0"
+    assert dumped["key_size"]["value"] == 4096
+    # Once the gateway is done, mitmproxy shows options as it does.
+    option_masks.uninstall()
+    assert optmanager.dump_dicts(opts)["unit_gateway_api_token"]["value"] == "s3cr3t-value"
+
+
+def test_what_the_redaction_finds_in_any_option_is_masked(masks: None) -> None:
+    opts = options_with(team_rules=["plain", f"/~q/X-Token/{TOKEN}"])
+    (shown,) = optmanager.dump_dicts(opts, ["team_rules"]).values()
+    plain, rule = shown["value"]
+    assert plain == "plain"
+    assert rule.startswith("/~q/X-Token/[token …") and TOKEN not in rule
+    # The option itself keeps the real value: mitmproxy uses it.
+    assert opts.team_rules[1].endswith(TOKEN)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,9 @@
 """Credentials around the proxy, end to end: none of them appears in anything mitmproxy keeps
 or shows, while every one of them still works.
 
+- mitmweb's options (``GET /options``, the ``options/update`` message of ``/updates``) show
+  secret options masked: ``proxyauth``, ``upstream_auth``, ``web_password``,
+  ``cert_passphrase``, and any value a detector flags (a Unit token in ``modify_headers``);
 - a CONNECT request is redacted like any other (a refused one is printed at ``flow_detail>=1``);
 - headers mitmproxy's own addons add after the gateway's redaction (``upstream_auth``'s
   ``Proxy-Authorization`` in upstream mode, ``modify_headers``) are redacted before any output
@@ -10,11 +13,17 @@ or shows, while every one of them still works.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import requests
 
 from conftest import (
@@ -27,6 +36,7 @@ from conftest import (
 from unit_gateway.testing import harness
 
 PLACEHOLDER = {"Authorization": "Bearer unitgw:customer:10001"}
+MASK = "[redacted]"
 
 
 def secret(planted: Planted, label: str, prefix: str) -> str:
@@ -59,6 +69,39 @@ def web_session(bearer: str) -> requests.Session:
     return session
 
 
+@contextmanager
+def updates_of(base: str, bearer: str) -> Iterator[list[bytes]]:
+    """Every message mitmweb's ``/updates`` websocket sends while the block runs."""
+    received: list[bytes] = []
+    connected, stop = threading.Event(), threading.Event()
+
+    async def record() -> None:
+        headers = {"Authorization": f"Bearer {bearer}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.ws_connect(f"{base}/updates") as ws:
+                connected.set()
+                while not stop.is_set():
+                    try:
+                        message = await ws.receive(timeout=0.2)
+                    except TimeoutError:
+                        continue
+                    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        data = message.data
+                        received.append(data.encode() if isinstance(data, str) else data)
+                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+
+    recorder = threading.Thread(target=lambda: asyncio.run(record()), daemon=True)
+    recorder.start()
+    assert connected.wait(10), "websocket /updates did not connect"
+    try:
+        yield received
+    finally:
+        time.sleep(0.5)  # the last messages
+        stop.set()
+        recorder.join(10)
+
+
 def web_gateway(
     gateway_factory: GatewayFactory, upstream: harness.Sandbox, name: str, *args: str
 ) -> tuple[harness.Gateway, str]:
@@ -72,6 +115,60 @@ def web_gateway(
     )
     gateway.process.wait_for(r"Web server listening at ")
     return gateway, f"http://127.0.0.1:{web_port}"
+
+
+def test_mitmweb_shows_secret_options_masked(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    proxy_password = secret(planted, "proxyauth password", "pa")
+    upstream_password = secret(planted, "upstream_auth password", "ua")
+    web_password = secret(planted, "web_password", "wp")
+    passphrase = secret(planted, "cert_passphrase", "cp")
+    later_password = secret(planted, "proxyauth set through mitmweb", "pb")
+    # A value no option name marks as secret, but a detector does (a Unit token), which
+    # modify_headers also adds to every request after the gateway's redaction.
+    team_token = planted.add("a Unit token in modify_headers", harness.make_org_token())
+    gateway, base = web_gateway(
+        gateway_factory,
+        sandbox,
+        "web-options",
+        "--set", f"web_password={web_password}",
+        "--set", f"proxyauth=svc:{proxy_password}",
+        "--set", f"upstream_auth=up:{upstream_password}",
+        "--set", f"cert_passphrase={passphrase}",
+        "--set", f"modify_headers=/~q/X-Team-Token/{team_token}",
+    )  # fmt: skip
+    with web_session(web_password) as web, updates_of(base, web_password) as updates:
+        with session_through(gateway, f"svc:{proxy_password}") as client:
+            assert client.get(sandbox.url + "/cards", headers=PLACEHOLDER).status_code == 200
+        changed = web.put(f"{base}/options", json={"proxyauth": f"svc:{later_password}"})
+        assert changed.status_code == 200, changed.text
+        with session_through(gateway, f"svc:{later_password}") as client:
+            # The option really changed: the new password is the one that works.
+            assert client.get(sandbox.url + "/cards", headers=PLACEHOLDER).status_code == 200
+        answers = {path: web.get(base + path, timeout=10) for path in WEB_PATHS}
+    for path, answer in answers.items():
+        assert answer.status_code == 200, (path, answer.text)
+        planted.blobs.append((f"mitmweb GET {path}", answer.content))
+    planted.blobs.append(("mitmweb /updates websocket", b"\n".join(updates)))
+
+    options = answers["/options"].json()
+    for name in ("proxyauth", "upstream_auth", "web_password", "cert_passphrase"):
+        assert options[name]["value"] == MASK, (name, options[name])
+    (rule,) = options["modify_headers"]["value"]
+    assert rule.startswith("/~q/X-Team-Token/") and team_token not in rule
+    # Options that are not secret are shown as they are.
+    assert options["web_port"]["value"] == int(base.rsplit(":", 1)[1])
+    assert options["scripts"]["value"] and options["confdir"]["value"] == str(gateway.confdir)
+    assert any(b'"options/update"' in u and b'"proxyauth"' in u for u in updates), updates
+    assert b"/cards" in answers["/flows/dump"].content
+    # Both requests reached Unit; the flows hold modify_headers' header (redacted: leak scan).
+    assert unit_stats(sandbox, customer_tokens=1)["requests"]["GET /cards"] == 2
+    assert b"X-Team-Token" in answers["/flows/dump"].content
+
+
+#: What mitmweb serves that can hold an option, a flow or a log line.
+WEB_PATHS = ("/options", "/state", "/events", "/flows", "/flows/dump", "/commands")
 
 
 def connect(gateway: harness.Gateway, target: str, headers: dict[str, str]) -> tuple[bytes, bytes]:

@@ -74,7 +74,7 @@ from unit_gateway.deadlines import (
     timeout_message,
 )
 from unit_gateway.metrics import Children
-from unit_gateway.mitm import addon_order, early_errors, patch_point
+from unit_gateway.mitm import addon_order, early_errors, option_masks, patch_point
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
 
 if TYPE_CHECKING:
@@ -420,6 +420,7 @@ class FlowRedaction:
     def load(self, loader: Any) -> None:
         patch_point.install(self, _SECRETS)
         early_errors.install(self.redact_text)
+        option_masks.install(self.redact_text)
         if addon_order.add_after_defaults(loader.master.addons, self._late_headers):
             self._addons = loader.master.addons
         previous = logging.getLogRecordFactory()
@@ -471,6 +472,7 @@ class FlowRedaction:
             self._sweeper = None
         if patch_point.uninstall(self):
             early_errors.uninstall()
+            option_masks.uninstall()
         if self._addons is not None:
             addon_order.remove(self._addons, self._late_headers)
             self._addons = None
