@@ -20,6 +20,7 @@ from mitmproxy.tools.dump import DumpMaster
 from mitmproxy.tools.web.master import WebMaster
 
 from conftest import ADDONS_ORG_TOKEN
+from unit_gateway import cli
 from unit_gateway.core import GatewayCore
 from unit_gateway.mitm import addon_order, option_masks
 from unit_gateway.redact import FlowRedaction, LateHeaders
@@ -191,3 +192,19 @@ def test_a_connect_request_is_redacted_like_any_request(redaction: FlowRedaction
     assert flow.request.headers["X-Team-Token"].startswith("[token …")
     # The tunnel still goes where the client asked.
     assert (flow.request.host, flow.request.port) == ("api.s.unit.sh", 443)
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"),
+    [
+        ("upstream:http://svc:pw@proxy.internal:3128", True),
+        ("upstream:http://svc:pw@proxy.internal:3128@8080", True),
+        ("upstream:http://proxy.internal:3128", False),
+        # An @ that starts the listen address is no credential.
+        ("reverse:https://api.s.unit.sh@8081", False),
+        ("reverse:http://127.0.0.1:5000@127.0.0.1:8081", False),
+        ("regular@8080", False),
+    ],
+)
+def test_credentials_in_a_mode_url_are_told_from_a_listen_address(mode: str, refused: bool) -> None:
+    assert cli.quotes_credentials(mode) is refused

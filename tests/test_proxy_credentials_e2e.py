@@ -8,7 +8,8 @@ or shows, while every one of them still works.
 - headers mitmproxy's own addons add after the gateway's redaction (``upstream_auth``'s
   ``Proxy-Authorization`` in upstream mode, ``modify_headers``) are redacted before any output
   sees them, and still reach the wire;
-- a log record's traceback (an operator's script that raises) is redacted with its message.
+- a log record's traceback (an operator's script that raises) is redacted with its message;
+- credentials in a mode URL (which mitmproxy refuses, quoting them) are refused unprinted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 import requests
 
 from conftest import (
@@ -334,3 +336,27 @@ def test_a_traceback_in_the_log_is_redacted(
             and "RuntimeError: team quota lookup failed for [token" in shown
         )
         assert "no quota for this team" in shown
+
+
+@pytest.mark.parametrize("given_to", ["unit-gateway", "mitmproxy"])
+def test_credentials_in_a_mode_url_are_refused_without_being_printed(
+    given_to: str, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
+    """mitmproxy takes no credentials in a mode URL and refuses it quoting them: the gateway
+    refuses it first, saying where they go."""
+    password = secret(planted, "a password in a mode URL", "mu")
+    mode = ["--mode", f"upstream:http://svc:{password}@127.0.0.1:3128"]
+    config = harness.write_gateway_config(run_dir / "gateway.yaml", upstream_url=sandbox.url)
+    confdir = ["--set", f"confdir={run_dir / 'confdir'}", "--listen-port", "0"]
+    args = [*mode, "--", *confdir] if given_to == "unit-gateway" else ["--", *mode, *confdir]
+    process = harness.ManagedProcess(
+        "mode-credentials",
+        harness.python_command("run", "--config", str(config), *args),
+        run_dir,
+        env={"UNIT_ORG_TOKEN": sandbox.org_token},
+    ).start()
+    assert process.proc is not None
+    process.proc.wait(60)
+    assert process.stop() == 2, process.output()
+    assert "cannot carry credentials" in process.output()
+    assert "--set upstream_auth=USER:PASSWORD" in process.output()
