@@ -3,6 +3,7 @@ it, a client that goes through the gateway, and a leak scan over every output of
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -73,6 +74,16 @@ def mitmproxy_checked() -> None:
     """Addons driven in this process (no gate addon ahead of them) may replace mitmproxy's
     internals when the gate would let a gateway start on this mitmproxy."""
     assert gate.approve_if_supported(), gate.problems()
+
+
+@pytest.fixture(autouse=True)
+def log_record_factory_restored() -> Iterator[None]:
+    """The redaction addon's log record factory goes with the test that loaded it, also when
+    the test never ends the addon (taddons does not call ``done``): later tests' records would
+    be redacted, their tracebacks folded into their messages."""
+    factory = logging.getLogRecordFactory()
+    yield
+    logging.setLogRecordFactory(factory)
 
 
 def unit_config(path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:

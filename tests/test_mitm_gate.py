@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GatewayFactory, Planted, proxied_session
-from unit_gateway.mitm import early_errors, gate, hook_table, patch_point
+from unit_gateway.mitm import early_errors, gate, hook_table, option_masks, patch_point
 from unit_gateway.testing import harness
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,12 @@ def test_versions_outside_the_range_are_refused(version: str, supported: bool) -
 
 def _replaced() -> set[tuple[object, str]]:
     """Every (owner, name) the gateway's replacements stand in for."""
-    every = [*early_errors._PATCHES, *patch_point._PATCH_POINT, *hook_table._patches()]
+    every = [
+        *early_errors._PATCHES,
+        *patch_point._PATCH_POINT,
+        *hook_table._patches(),
+        *option_masks._PATCHES,
+    ]
     return {(owner, name) for owner, name, _ in every}
 
 

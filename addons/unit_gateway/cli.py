@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import unit_gateway
@@ -48,6 +50,37 @@ def mitmproxy_argv(args: argparse.Namespace, config_path: Path) -> list[str]:
     return argv + args.mitmproxy_args
 
 
+#: A URL that may carry a user name or password (``http://user:pass@proxy:3128``).
+_USERINFO = re.compile(r"://[^/?#@]*@")
+
+
+def quotes_credentials(mode: str) -> bool:
+    """Whether mitmproxy refuses ``mode`` for credentials in its URL (and quotes them). An
+    ``@`` that only starts the listen address (``reverse:http://host:80@8081``) parses."""
+    if not _USERINFO.search(mode):
+        return False
+    from mitmproxy.proxy import mode_specs
+
+    try:
+        mode_specs.ProxyMode.parse(mode)
+    except ValueError:
+        return True
+    return False
+
+
+def modes_of(argv: Sequence[str]) -> list[str]:
+    """Every proxy mode mitmproxy's arguments give (``--mode``, ``-m``, ``--set mode=``)."""
+    found = []
+    for arg, following in zip(argv, [*argv[1:], ""], strict=True):
+        if arg in ("--mode", "-m"):
+            found.append(following)
+        elif arg.startswith("--mode="):
+            found.append(arg.removeprefix("--mode="))
+        elif arg == "--set" and following.startswith("mode="):
+            found.append(following.removeprefix("mode="))
+    return found
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.config or os.environ.get("UNIT_GATEWAY_CONFIG") or DEFAULT_CONFIG)
     try:
@@ -56,6 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(describe_problems(str(path), e), file=sys.stderr)
         return 2
     argv = mitmproxy_argv(args, path.resolve())
+    if any(quotes_credentials(mode) for mode in modes_of(argv)):
+        # mitmproxy refuses a mode URL with credentials, quoting them in its error.
+        print(
+            "unit-gateway: a --mode URL cannot carry credentials; give an upstream proxy's "
+            "as -- --set upstream_auth=USER:PASSWORD",
+            file=sys.stderr,
+        )
+        return 2
     sys.stdout.flush()
     # Replace this process, so signals and the exit status are mitmproxy's own.
     os.execv(argv[0], argv)

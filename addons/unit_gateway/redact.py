@@ -35,8 +35,12 @@ What the caller gets when mitmproxy refuses a request before a flow holds it (an
 request that does not parse, an HTTP/2 protocol error) is ``unit_gateway.mitm.early_errors``,
 installed while this addon runs.
 
-Log records are redacted by a LogRecord factory. ``modify_body`` (it edits the redacted copy),
-``proxy_debug`` (logs raw wire data) and
+Header values that mitmproxy's own addons set after the gateway's hooks (``upstream_auth``,
+``modify_headers``) are redacted by :class:`LateHeaders`, which runs after those addons and
+before the tool's outputs; a CONNECT request is redacted in ``http_connect``. Log records are
+redacted whole, tracebacks included, by a LogRecord factory.
+
+``modify_body`` (it edits the redacted copy), ``proxy_debug`` (logs raw wire data) and
 ``stream_large_bodies`` (streamed bodies bypass the hooks, and a streamed 401 cannot be
 retried) are refused at start-up.
 
@@ -71,7 +75,7 @@ from unit_gateway.deadlines import (
 )
 from unit_gateway.flow_walk import FlowVault
 from unit_gateway.metrics import Children
-from unit_gateway.mitm import early_errors, patch_point
+from unit_gateway.mitm import addon_order, early_errors, option_masks, patch_point
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
 
 if TYPE_CHECKING:
@@ -302,8 +306,14 @@ def _owned(holder: Any, name: str) -> bool:
     return name == "content" and isinstance(holder, http.MessageData)
 
 
+#: Formats a record's traceback as logging's own formatters (and mitmproxy's) do.
+_TRACEBACKS = logging.Formatter()
+
+
 class _RedactingFactory:
-    """LogRecord factory: log lines can quote raw wire bytes (mitmproxy's own errors)."""
+    """LogRecord factory: a record is redacted whole before any handler sees it. Log lines
+    can quote raw wire bytes (mitmproxy's own errors), and so can a traceback attached to a
+    record (an exception's message, an operator's script that failed on a value)."""
 
     def __init__(self, previous: Callable[..., logging.LogRecord], redaction: FlowRedaction):
         self.previous = previous
@@ -313,14 +323,88 @@ class _RedactingFactory:
         record = self.previous(*args, **kwargs)
         if record.name in _UNREDACTED_LOGGERS:
             return record
+        redact = self.redaction.redact_text
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string: logging reports it itself
-            return record
-        redacted = self.redaction.redact_text(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
+        except Exception:
+            # A broken format string: logging's own report of it would print the arguments
+            # as they are. They are shown (redacted) after the message instead.
+            message = f"{record.msg} (unformatted arguments: {record.args!r})"
+        if record.exc_info:
+            # Handlers format exc_info themselves (mitmproxy's ignore exc_text): the text
+            # goes into the message, where it stands in every formatter's output anyway, and
+            # the exception (whose frames and arguments hold the raw values) goes.
+            message = f"{message}\n{_TRACEBACKS.formatException(record.exc_info)}"
+            record.exc_info = None
+        # The message is final: handlers that read msg and args see the redacted text only.
+        record.msg, record.args = redact(message), ()
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return record
+
+
+class LateHeaders:
+    """Header values that mitmproxy's own addons set after the gateway's redaction
+    (``upstream_auth``'s ``Proxy-Authorization`` for an upstream proxy, ``modify_headers``,
+    ``stickyauth``, ``stickycookie``) are redacted before any output sees them, and kept for
+    the wire like any other. It runs after mitmproxy's default addons and before the tool's
+    outputs (:mod:`unit_gateway.mitm.addon_order` puts it there), for every event that can
+    change a flow's headers."""
+
+    name = "unit_gateway_late_headers"  # its name in mitmproxy's addon lookup
+
+    def __init__(self, redaction: FlowRedaction) -> None:
+        self.redaction = redaction
+        #: flow -> [request, response] header fields as last seen redacted. Every change to
+        #: a message's headers makes a new fields tuple, so a look at headers nobody changed
+        #: since (most looks) is one identity test, not a redaction pass (~8 µs each).
+        self._seen: weakref.WeakKeyDictionary[http.HTTPFlow, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def seen(self, flow: http.HTTPFlow, message: http.Message) -> None:
+        """``message`` of ``flow`` is redacted as it is now (the gateway's own hooks say so)."""
+        index = 0 if message is flow.request else 1
+        self._seen.setdefault(flow, [None, None])[index] = message.data.headers.fields
+
+    def _look(self, flow: http.HTTPFlow, message: http.Message, index: int) -> None:
+        seen = self._seen.get(flow)
+        headers = message.data.headers
+        if seen is not None and seen[index] is headers.fields:
+            return
+        secrets = _SECRETS.get(flow)
+        if secrets is None:
+            substitutions: HeaderSubstitutions = {}  # the flow has ended: nothing goes out
+        elif index == 0:
+            substitutions = secrets.request_headers
+        else:
+            substitutions = secrets.response_headers
+        self.redaction.redact_headers(headers, substitutions)
+        if seen is None:
+            seen = self._seen[flow] = [None, None]
+        seen[index] = headers.fields
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._look(flow, flow.request, 0)
+
+    request = requestheaders
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        seen = self._seen.get(flow)
+        if (
+            seen is not None
+            and seen[0] is flow.request.data.headers.fields
+            and (response is None or seen[1] is response.data.headers.fields)
+        ):
+            return  # the usual case, in one look up
+        self._look(flow, flow.request, 0)
+        if response is not None:
+            self._look(flow, response, 1)
+
+    response = error = responseheaders
 
 
 class FlowRedaction:
@@ -332,6 +416,8 @@ class FlowRedaction:
         self.metrics = metrics
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
+        self._late_headers = LateHeaders(self)
+        self._addons: Any = None  # mitmproxy's AddonManager, while LateHeaders is in it
         self._redactions = Children(metrics.redactions) if metrics is not None else None
         self._sweeper: asyncio.Task[None] | None = None
         #: Every other value of every flow (see unit_gateway.flow_walk).
@@ -342,6 +428,9 @@ class FlowRedaction:
     def load(self, loader: Any) -> None:
         patch_point.install(self, _SECRETS)
         early_errors.install(self.redact_text)
+        option_masks.install(self.redact_text)
+        if addon_order.add_after_defaults(loader.master.addons, self._late_headers):
+            self._addons = loader.master.addons
         previous = logging.getLogRecordFactory()
         if isinstance(previous, _RedactingFactory):
             previous = previous.previous
@@ -391,6 +480,10 @@ class FlowRedaction:
             self._sweeper = None
         if patch_point.uninstall(self):
             early_errors.uninstall()
+            option_masks.uninstall()
+        if self._addons is not None:
+            addon_order.remove(self._addons, self._late_headers)
+            self._addons = None
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 
@@ -439,9 +532,19 @@ class FlowRedaction:
         if flow in _SECRETS and has_header_field(fields, _PROXY_AUTH):
             flow.request.headers.pop("Proxy-Authorization", None)
         _after_proxyauth(flow)
+        self._late_headers.seen(flow, flow.request)  # all redacted now
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:  # redacted as the HTTP layer stored it
+            self._late_headers.seen(flow, flow.response)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         _after_proxyauth(flow)
+        # A CONNECT is answered here and never forwarded (to an upstream proxy mitmproxy
+        # sends a CONNECT of its own): its headers are redacted in place like any request's,
+        # Proxy-Authorization too, now that proxyauth (a built-in addon, so it ran first) has
+        # read it. The target stays: the tunnel goes where it says.
+        self.redact_headers(flow.request.headers, {})
 
     # --- redaction primitives --------------------------------------------------------------
 

@@ -121,6 +121,10 @@ NEEDS: tuple[Need, ...] = (
         "LayeredH3Connection.close_connection",
         "(self, error_code=, frame_type=, reason_phrase=)",
     ),
+    # option_masks: what mitmproxy's UIs show of the options
+    Need("mitmproxy.optmanager", "dump_dicts", "(opts, keys=)"),
+    # addon_order: the gateway's late look at headers, after mitmproxy's default addons
+    Need("mitmproxy.addons", "default_addons", "()"),
     # h11's buffer under Http1Server.buf (mitmproxy pins h11 to one version)
     Need("h11._receivebuffer", "ReceiveBuffer", attributes=("_data",)),
 )
