@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from unit_gateway.core import GatewayCore
-from unit_gateway.mitm import early_errors, gate, hook_table, patch_point
+from unit_gateway.mitm import early_errors, gate, hook_table, option_masks, patch_point
 from unit_gateway.redact import _SECRETS, FlowRedaction
 
 #: The redaction addon the patch point and the early errors call, while installed.
@@ -30,6 +30,7 @@ def install() -> None:
         hook_table.install()
         and early_errors.install(_guard.redact_text)
         and patch_point.install(_guard, _SECRETS)
+        and option_masks.install(_guard.redact_text)
     ):
         raise pytest.UsageError("gateway_replacements: the gate did not approve this mitmproxy")
 
@@ -38,6 +39,7 @@ def uninstall() -> None:
     global _guard
     if _guard is not None:
         patch_point.uninstall(_guard)
+        option_masks.uninstall()
         early_errors.uninstall()
         hook_table.uninstall()
         _guard = None
@@ -49,7 +51,12 @@ def _name(owner: Any, name: str) -> str:
 
 def missing() -> list[str]:
     """Each replacement that is not in place right now (a test put mitmproxy's back, say)."""
-    replaced = (*hook_table._INSTALLED, *early_errors._PATCHES, *patch_point._PATCH_POINT)
+    replaced = (
+        *hook_table._INSTALLED,
+        *early_errors._PATCHES,
+        *patch_point._PATCH_POINT,
+        *option_masks._PATCHES,
+    )
     gone = [
         _name(owner, name)
         for owner, name, replacement in replaced
