@@ -33,7 +33,8 @@ def test_the_supported_range_is_the_declared_dependency() -> None:
     ("version", "supported"),
     [
         ("12.1.2", False),
-        ("12.2.0", True),
+        ("12.2.3", False),
+        ("12.3.0", True),
         ("12.3.1", True),
         ("12.3.9.dev0", True),
         ("12.4.0", False),
@@ -93,13 +94,13 @@ def test_a_missing_name_cannot_be_overridden(need: gate.Need) -> None:
     line = gate.refusal(found, "12.3.1")
     assert "\n" not in line
     assert gate.OVERRIDE_OPTION not in line
-    assert "mitmproxy>=12.2,<12.4" in line
+    assert "mitmproxy>=12.3,<12.4" in line
 
 
 def test_the_refusal_is_one_line_naming_version_range_and_override() -> None:
     line = gate.refusal(gate.problems("12.4.0"), "12.4.0")
     assert "\n" not in line
-    assert "mitmproxy 12.4.0" in line and ">=12.2,<12.4" in line
+    assert "mitmproxy 12.4.0" in line and ">=12.3,<12.4" in line
     assert f"--set {gate.OVERRIDE_OPTION}=12.4.0" in line
 
 
@@ -151,7 +152,7 @@ def test_a_removed_private_name_refuses_to_start(
     output = _run_refused(run_dir, sandbox, ("--set", f"{gate.OVERRIDE_OPTION}=12.3.1"))
     (line,) = [ln for ln in output.splitlines() if "refusing to start" in ln]
     assert "mitmproxy.proxy.layers.http._http1.Http1Server.read_body is missing" in line
-    assert "supported: mitmproxy>=12.2,<12.4" in line
+    assert "supported: mitmproxy>=12.3,<12.4" in line
     assert "unit-gateway: proxy listening" not in output
 
 

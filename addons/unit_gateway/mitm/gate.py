@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 #: The mitmproxy versions the suite has passed on: >= the first, < the second (pyproject.toml
 #: declares the same bound; a test keeps the two equal).
-SUPPORTED = ((12, 2), (12, 4))
-SUPPORTED_TEXT = ">=12.2,<12.4"
+SUPPORTED = ((12, 3), (12, 4))
+SUPPORTED_TEXT = ">=12.3,<12.4"
 #: Runs the gateway on the mitmproxy version it names, outside what was tested.
 OVERRIDE_OPTION = "unit_gateway_unsupported_mitmproxy"
 
