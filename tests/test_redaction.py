@@ -10,6 +10,7 @@ import gzip
 import json
 import random
 import time
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -1262,3 +1263,61 @@ def test_the_known_keys_cache_starts_over_when_full(monkeypatch: pytest.MonkeyPa
     body = json.dumps({"ssn": "123-45-6789", "brandNewKey": "x"}).encode()
     assert redactor.redact_body(body, "application/json", None).counts == {"field:ssn": 1}
     assert "brandNewKey" in redactor._known_keys  # still learning after it filled up
+
+
+# --- strings as a screen shows them ----------------------------------------------------------
+
+CARD = "4012888888881881"
+
+
+def test_headers_and_json_strings_are_read_as_shown(redactor: Redactor) -> None:
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in CARD)
+    headers = redactor.redact_headers([("X-Note", f"card {fullwidth}")])
+    assert headers == [("X-Note", "card [redacted:card_number]")]
+    document = {"a": CARD[:6] + "\u2060" + CARD[6:], "b": "Jöhn Smith", "c": "4111\u00a01111"}
+    result, counts = body_json(redactor, document)
+    assert result == {"a": "[redacted:card_number]", "b": "Jöhn Smith", "c": "4111\u00a01111"}
+    assert counts == {"detector:card_number": 1}
+
+
+def test_visible_classes_match_unicodedata() -> None:
+    """The generated character classes of redaction_rules, recomputed from this Python's
+    unicodedata: a new Unicode version that adds a format character or a lookalike fails
+    here (regenerate the classes from expected_unseen and expected_lookalike)."""
+    from unit_gateway.redaction_rules import _LOOKALIKE, _UNSEEN, visible
+
+    def expected_unseen(char: str) -> bool:
+        category = unicodedata.category(char)
+        return (category == "Cc" and char not in "\t\n\v\f\r") or category == "Cf"
+
+    def expected_lookalike(char: str) -> bool:
+        if char.isascii() or expected_unseen(char):
+            return False
+        if unicodedata.category(char) in ("Zs", "Zl", "Zp", "Pd") or char == "\u2212":
+            return True
+        decomposition = unicodedata.decomposition(char)
+        if not decomposition:  # most code points: NFKC leaves them as they are
+            return False
+        normal = unicodedata.normalize("NFKC", char)
+        tag = decomposition.partition(" ")[0]
+        return (
+            len(normal) == 1
+            and normal.isascii()
+            and normal.isprintable()
+            and (
+                tag in ("<wide>", "<small>", "<compat>", "<noBreak>")
+                or (tag == "<font>" and normal.isdigit())
+                or "<" not in tag
+            )
+        )
+
+    wrong = []
+    for code in range(0x110000):
+        char = chr(code)
+        if (_UNSEEN.match(char) is not None) != expected_unseen(char):
+            wrong.append(f"unseen U+{code:04X}")
+        if (_LOOKALIKE.match(char) is not None) != expected_lookalike(char):
+            wrong.append(f"lookalike U+{code:04X}")
+        elif expected_lookalike(char):
+            assert visible(char).isascii(), f"U+{code:04X}"
+    assert not wrong, wrong[:20]
