@@ -146,6 +146,64 @@ def test_hex_encoding() -> None:
     assert (leak.encoding, leak.offset) == ("hex (uppercase)", 6)
 
 
+@pytest.mark.parametrize(
+    ("codec", "encoding"),
+    [
+        ("utf-16-le", "utf-16-le"),
+        ("utf-16-be", "utf-16-be"),
+        ("utf-32-le", "utf-32-le"),
+        ("utf-32-be", "utf-32-be"),
+        ("cp037", "ebcdic (cp037)"),
+    ],
+)
+def test_other_character_encodings(codec: str, encoding: str) -> None:
+    data = b"body: " + f"card {PAN} on file".encode(codec)
+    leak = _only(find_leaks({"pan": PAN}, blobs=[("flows", data)]))
+    assert leak.location == RAW_LOCATION
+    # ASCII in UTF-16-LE holds the UTF-16-BE form one byte earlier too: either is reported
+    family = encoding[:6] if encoding.startswith("utf-") else encoding
+    assert leak.encoding.startswith(family)
+    _check_offset(data, leak, encoded_forms(PAN)[leak.encoding])
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        TOKEN.replace(".", "\\u002e"),  # JSON escapes
+        TOKEN.replace(".", "&#46;"),  # HTML character references
+        TOKEN.replace(".", "&period;"),
+        TOKEN.replace(".", "%2E"),  # percent-encoding of part of it
+        TOKEN[:12] + "\u200b" + TOKEN[12:],  # a zero-width space
+        TOKEN[:12] + "\x00" + TOKEN[12:],  # a NUL, which shows as nothing
+        "".join(chr(ord(char) + 0xFEE0) for char in TOKEN),  # fullwidth
+    ],
+    ids=["json", "html decimal", "html named", "percent", "zero-width", "nul", "fullwidth"],
+)
+def test_what_a_person_reads_through(spelled: str) -> None:
+    data = f"2024-05-01 GET /v1/cards note={spelled} done\n".encode()
+    leak = _only(find_leaks(SECRETS, blobs=[("stdout", data)]))
+    assert (leak.label, leak.location, leak.encoding) == ("org token", "raw bytes as read", "raw")
+    assert TOKEN not in leak.context
+
+
+def test_numbers_with_other_spaces_and_dashes() -> None:
+    grouped = "4111 1111 1111 1111"
+    for spelled in ("4111\u00a01111\u00a01111\u00a01111", "4111\u20131111\u20131111\u20131111"):
+        secret = grouped if "\u00a0" in spelled else grouped.replace(" ", "-")
+        leak = _only(find_leaks({"pan": secret}, blobs=[("stdout", spelled)]))
+        assert leak.location == "raw bytes as read"
+
+
+def test_as_read_reports_only_what_nothing_else_shows() -> None:
+    spelled = f"{PAN[:4]}\u200b{PAN[4:]}"
+    blobs = [("both", f"{PAN} and {spelled}".encode()), ("hidden", spelled.encode())]
+    leaks = find_leaks({"pan": PAN}, blobs=blobs)
+    assert [(leak.source, leak.location) for leak in leaks] == [
+        ("both", RAW_LOCATION),
+        ("hidden", "raw bytes as read"),
+    ]
+
+
 # --- containers ------------------------------------------------------------------------------
 
 
@@ -423,6 +481,11 @@ ENCODERS: dict[str, Encoder] = {
     "base64url": _direct(lambda s: base64.urlsafe_b64encode(s.encode())),
     "base64url unpadded": _direct(lambda s: base64.urlsafe_b64encode(s.encode()).rstrip(b"=")),
     "hex": _direct(lambda s: s.encode().hex()),
+    "utf-16-le": _direct(lambda s: s.encode("utf-16-le")),
+    "utf-16-be": _direct(lambda s: s.encode("utf-16-be")),
+    "utf-32-le": _direct(lambda s: s.encode("utf-32-le")),
+    "utf-32-be": _direct(lambda s: s.encode("utf-32-be")),
+    "cp037": _direct(lambda s: s.encode("cp037")),
     "inside base64": _inside_base64(base64.b64encode),
     "inside base64url": _inside_base64(base64.urlsafe_b64encode),
 }

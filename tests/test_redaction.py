@@ -6,15 +6,19 @@ and random encodings and requires that none survives."""
 from __future__ import annotations
 
 import base64
+import codecs
 import gzip
+import html
 import json
 import random
+import re
 import time
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import brotli
 import pytest
@@ -1262,3 +1266,486 @@ def test_the_known_keys_cache_starts_over_when_full(monkeypatch: pytest.MonkeyPa
     body = json.dumps({"ssn": "123-45-6789", "brandNewKey": "x"}).encode()
     assert redactor.redact_body(body, "application/json", None).counts == {"field:ssn": 1}
     assert "brandNewKey" in redactor._known_keys  # still learning after it filled up
+
+
+# --- bodies as a person's viewer may read them ---------------------------------------------
+
+# What "a person may read" means here is written out independently of the engine: every
+# decoding a viewer may apply, then escapes resolved with the standard library, then the
+# text as a screen shows it (NFKC, no control or format characters). The engine must leave
+# no planted secret in any of them.
+VIEWER_CODECS = ("utf-8", "latin-1", "cp1252", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+CODE_ESCAPE = re.compile(
+    r"\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})|\\u\{([0-9a-fA-F]{1,6})\}"
+)
+BOM_CODECS = [
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+]
+
+
+def as_screen_shows(text: str) -> str:
+    normal = unicodedata.normalize("NFKC", text)
+    return "".join(
+        char
+        for char in normal
+        if unicodedata.category(char) not in ("Cc", "Cf") or char in "\t\n\r"
+    )
+
+
+def code_unescaped(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = int(next(group for group in match.groups() if group), 16)
+        return chr(code) if code <= 0x10FFFF else "?"
+
+    return CODE_ESCAPE.sub(one, text)
+
+
+def person_reads(stored: bytes, declared: list[str], form: bool = False) -> list[str]:
+    """Every text a person may read in ``stored``: decoded as each viewer may decode it (and
+    as the ``declared`` charsets), with escapes resolved, as a screen shows it."""
+    wanted = [*VIEWER_CODECS, *declared]
+    wanted += [codec for bom, codec in BOM_CODECS if stored.startswith(bom)][:1]
+    texts: list[str] = []
+    for codec in dict.fromkeys(wanted):
+        try:
+            text = stored.decode(codec, "replace")
+        except (LookupError, UnicodeError):
+            continue
+        resolved = html.unescape(code_unescaped(text))
+        resolved = unquote_plus(resolved) if form else unquote(resolved)
+        for reading in (text, resolved):
+            texts += [reading, as_screen_shows(reading)]
+    return texts
+
+
+def shows(reading: str, secret: str) -> bool:
+    """Whether ``reading`` shows ``secret``; a number also grouped otherwise (one space or
+    dash, of any kind, between digits: as the detectors read numbers)."""
+    if secret in reading:
+        return True
+    digits = re.sub(r"[ -]", "", secret)
+    if not digits.isdigit():
+        return False
+    normal = "".join(
+        " " if char.isspace() else "-" if unicodedata.category(char) == "Pd" else char
+        for char in reading
+    )
+    return digits in re.sub(r"(?<=[0-9])[ -](?=[0-9])", "", normal)
+
+
+def assert_nobody_reads(stored: bytes, declared: list[str], *secrets: str, form: bool = False):
+    for number, reading in enumerate(person_reads(stored, declared, form)):
+        for secret in secrets:
+            assert not shows(reading, secret), f"reading {number} shows a secret"
+
+
+def stored_copy(content: bytes, result: Any) -> bytes:
+    """What the flow keeps: the redacted copy if it differs, else the bytes as sent."""
+    return result.content if result.changed else content
+
+
+CARD = "4012888888881881"
+# "+" starts a UTF-7 shift: read as UTF-7 the values after one are other characters
+NOTE = f"pay +{CARD}- with +{TOKEN} for +123-45-6789"
+
+
+def utf7_shifted(text: str) -> str:
+    """``text`` as UTF-7 writes characters it does not write directly (ASCII stays ASCII)."""
+    return "+" + base64.b64encode(text.encode("utf-16-be")).decode().rstrip("=") + "-"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "codec"),
+    [
+        ("text/plain; charset=utf-16", "utf-8"),
+        ("text/plain; charset=utf-32", "utf-8"),
+        ("text/plain; charset=utf-16-be", "utf-8"),
+        ("text/plain; charset=cp037", "utf-8"),
+        ("text/plain; charset=utf-7", "utf-8"),
+        ("application/x-www-form-urlencoded; charset=utf-16", "utf-8"),
+        ("application/x-www-form-urlencoded; charset=cp037", "utf-8"),
+        ("application/xml", "utf-8"),  # with encoding="utf-7" in its declaration
+    ],
+)
+def test_a_body_in_another_charset_than_it_declares(
+    redactor: Redactor, content_type: str, codec: str
+) -> None:
+    form = content_type.startswith("application/x-www-form-urlencoded")
+    text = f"note={quote_plus(NOTE)}&x=1" if form else NOTE
+    if content_type == "application/xml":  # mitmproxy's get_text (HAR, export) reads UTF-7
+        text = f'<?xml version="1.0" encoding="utf-7"?><note>{utf7_shifted(NOTE)}</note>'
+    content = text.encode(codec)
+    result = redactor.redact_body(content, content_type, None)
+    declared = [content_type.partition("charset=")[2] or "utf-7"]
+    assert_nobody_reads(stored_copy(content, result), declared, CARD, TOKEN, "123-45-6789")
+    # reading other charsets finds nothing where there is nothing
+    clean = text.replace(quote_plus(NOTE), "pay").replace(utf7_shifted(NOTE), "pay")
+    clean = clean.replace(NOTE, "pay the usual way")
+    assert not redactor.redact_body(clean.encode(codec), content_type, None).redacted
+
+
+def test_the_redacted_copy_is_written_as_the_reading_that_found_it(redactor: Redactor) -> None:
+    # ASCII said to be UTF-16: the copy is ASCII too, as the original shows in a raw view
+    result = redactor.redact_body(b"ssn 123-45-6789", "text/plain; charset=utf-16", None)
+    assert (result.kind, result.content) == ("text", b"ssn [redacted:ssn]")
+    # EBCDIC said to be EBCDIC: written back in EBCDIC, so the declared charset shows it
+    ebcdic = "ssn 123-45-6789".encode("cp037")
+    result = redactor.redact_body(ebcdic, "text/plain; charset=cp037", None)
+    assert result.content.decode("cp037") == "ssn [redacted:ssn]"
+    latin = f"café {CARD}".encode("latin-1")
+    result = redactor.redact_body(latin, "text/plain; charset=iso-8859-1", None)
+    assert result.content == "café [redacted:card_number]".encode("latin-1")
+
+
+def test_json_escapes_in_text_that_does_not_parse(redactor: Redactor) -> None:
+    escaped_token = TOKEN.replace(".", "\\u002e")
+    escaped_card = CARD[:4] + f"\\u{ord(CARD[4]):04x}" + CARD[5:]
+    body = f'{{"token": "{escaped_token}", "note": "{escaped_card} \\x31" '.encode()
+    result = redactor.redact_body(body + b"truncated", JSONAPI, None)
+    assert result.kind == "text"
+    assert_nobody_reads(result.content, [], TOKEN, CARD)
+    body = f"note: card {escaped_card}, ssn 123\\u002d45\\u002d6789, {escaped_token}".encode()
+    result = redactor.redact_body(body, "text/plain", None)
+    assert_nobody_reads(result.content, [], TOKEN, CARD, "123-45-6789")
+    # a name written with escapes, which the key rules alone do not read
+    result = redactor.redact_body(b'{"p\\u0061n": "Q-77 x", "id": 1', JSONAPI, None)
+    assert b"Q-77" not in result.content and result.counts == {"field:pan": 1}
+    # JSON that parses: the parser resolves the escapes before the rules see the strings
+    parsed = redactor.redact_body(f'{{"n": "{escaped_card}"}}'.encode(), JSONAPI, None)
+    assert (parsed.kind, parsed.content) == ("json", b'{"n":"[redacted:card_number]"}')
+
+
+SPELLINGS = {
+    "html decimal": f"v2&#46;public&#46;{TOKEN[10:]}",
+    "html hex": CARD[:8] + "&#x20;" + CARD[8:],
+    "html named": f"v2&period;public&period;{TOKEN[10:]}",
+    "percent": f"{CARD[:4]}%20{CARD[4:8]}%20{CARD[8:12]}%20{CARD[12:]}",
+    "zero-width space": CARD[:4] + "\u200b" + CARD[4:],
+    "soft hyphen": TOKEN[:6] + "\u00ad" + TOKEN[6:],
+    "no-break spaces": "\u00a0".join(CARD[i : i + 4] for i in range(0, 16, 4)),
+    "en dashes": "123\u201345\u20136789",
+    "fullwidth": "".join(chr(ord(c) + 0xFEE0) for c in CARD),
+    "mathematical": "".join(chr(0x1D7CE + int(c)) for c in CARD),
+    "percent-encoded zero-width": CARD[:4] + "%E2%80%8B" + CARD[4:],
+}
+
+
+# Escapes of another syntax inside a JSON string that parses are not resolved: that would cost
+# every JSON body a pass over its bytes (mitmweb's JSON view does not resolve them either).
+ESCAPE_SPELLINGS = {
+    "html decimal",
+    "html hex",
+    "html named",
+    "percent",
+    "percent-encoded zero-width",
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "spelling"),
+    [
+        (where, spelling)
+        for where in ("text", "form", "json")
+        for spelling in SPELLINGS
+        if where != "json" or spelling not in ESCAPE_SPELLINGS
+    ],
+)
+def test_spellings_a_person_reads_through(redactor: Redactor, spelling: str, where: str) -> None:
+    secret = {"no-break spaces": CARD, "en dashes": "123-45-6789"}.get(spelling)
+    spelled = SPELLINGS[spelling]
+    if secret is None:
+        secret = TOKEN if spelled.startswith("v2") or spelled.startswith(TOKEN[:8]) else CARD
+    if where == "text":
+        content, content_type = f"note: {spelled} end".encode(), "text/plain"
+    elif where == "form":
+        content = f"memo={quote_plus(spelled)}&x=1".encode()
+        content_type = "application/x-www-form-urlencoded"
+    else:
+        content, content_type = json.dumps({"memo": spelled}).encode(), JSONAPI
+    result = redactor.redact_body(content, content_type, None)
+    assert result.redacted
+    assert_nobody_reads(stored_copy(content, result), [], secret, form=where == "form")
+
+
+def test_form_values_with_control_characters_between_digits(redactor: Redactor) -> None:
+    hidden = "%00".join(CARD)  # mitmweb's form view decodes it; the NULs show as nothing
+    result = redactor.redact_body(f"a={hidden}".encode(), "application/x-www-form-urlencoded", None)
+    assert result.content == b"a=[redacted:card_number]"
+    result = redactor.redact_body(f"text {hidden}".encode(), "text/plain", None)
+    assert result.content == b"text [redacted:card_number]"
+
+
+def test_headers_and_json_strings_are_read_as_shown(redactor: Redactor) -> None:
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in CARD)
+    headers = redactor.redact_headers([("X-Note", f"card {fullwidth}")])
+    assert headers == [("X-Note", "card [redacted:card_number]")]
+    document = {"a": CARD[:6] + "\u2060" + CARD[6:], "b": "Jöhn Smith", "c": "4111\u00a01111"}
+    result, counts = body_json(redactor, document)
+    assert result == {"a": "[redacted:card_number]", "b": "Jöhn Smith", "c": "4111\u00a01111"}
+    assert counts == {"detector:card_number": 1}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content"),
+    [
+        ("text/plain; charset=x-unknown-charset", b"plain words"),
+        ("text/plain; charset=base64", b"NDAxMjg4ODg4ODg4MTg4MQ=="),  # a viewer may decode it
+        ("application/x-www-form-urlencoded; charset=hex", b"a=1"),
+        ("text/xml", b'<?xml version="1.0" encoding="x-none"?><a>b</a>'),
+        ("text/plain; charset=idna", b"xn--a 4012888888881881"),
+        ("application/json; charset=zlib", b'{"a": 1}'),
+    ],
+)
+def test_a_charset_the_engine_cannot_read_shows_the_summary(
+    redactor: Redactor, content_type: str, content: bytes
+) -> None:
+    result = redactor.redact_body(content, content_type, None)
+    if "idna" in content_type:  # a codec Python has, with strict errors only: still read
+        assert result.content == b"xn--a [redacted:card_number]"
+        return
+    media_type = content_type.partition(";")[0]
+    expected = f"[binary body redacted: {media_type}, {len(content)} bytes, charset not readable]"
+    assert (result.kind, result.content.decode()) == ("binary", expected)
+
+
+def test_json_is_read_in_the_charset_it_declares(redactor: Redactor) -> None:
+    # "+ADQAMA…-": plain ASCII to a JSON parser, the card to mitmproxy's get_text (HAR)
+    body = json.dumps({"note": f"card {utf7_shifted(CARD)}", "id": "1"}).encode()
+    result = redactor.redact_body(body, "application/json; charset=utf-7", None)
+    assert_nobody_reads(stored_copy(body, result), ["utf-7"], CARD)
+    # a charset that reads the same as UTF-8 changes nothing (and costs nothing)
+    plain = redactor.redact_body(b'{"id":"1"}', "application/json; charset=UTF-8", None)
+    assert (plain.kind, plain.changed) == ("json", False)
+
+
+def test_multipart_bytes_outside_the_parts_are_read_too(redactor: Redactor) -> None:
+    preamble = f"sent by {TOKEN}".encode("utf-16-le") + b"\r\n"
+    body = preamble + multipart(
+        "b1", [('Content-Disposition: form-data; name="note"', b"hello")]
+    ).replace(b"--b1\r\n", b"--b1 " + CARD.encode() + b"\r\n", 1)
+    result = redactor.redact_body(body, "multipart/form-data; boundary=b1", None)
+    assert result.kind == "multipart"
+    assert_nobody_reads(result.content, [], TOKEN, CARD)
+    assert b'name="note"\r\n\r\nhello' in result.content
+
+
+def test_visible_classes_match_unicodedata() -> None:
+    """The generated character classes of redaction_rules, recomputed from this Python's
+    unicodedata: a new Unicode version that adds a format character or a lookalike fails
+    here (regenerate the classes from expected_unseen and expected_lookalike)."""
+    from unit_gateway.redaction_rules import _LOOKALIKE, _UNSEEN, visible
+
+    def expected_unseen(char: str) -> bool:
+        category = unicodedata.category(char)
+        return (category == "Cc" and char not in "\t\n\v\f\r") or category == "Cf"
+
+    def expected_lookalike(char: str) -> bool:
+        if char.isascii() or expected_unseen(char):
+            return False
+        if unicodedata.category(char) in ("Zs", "Zl", "Zp", "Pd") or char == "\u2212":
+            return True
+        decomposition = unicodedata.decomposition(char)
+        if not decomposition:  # most code points: NFKC leaves them as they are
+            return False
+        normal = unicodedata.normalize("NFKC", char)
+        tag = decomposition.partition(" ")[0]
+        return (
+            len(normal) == 1
+            and normal.isascii()
+            and normal.isprintable()
+            and (
+                tag in ("<wide>", "<small>", "<compat>", "<noBreak>")
+                or (tag == "<font>" and normal.isdigit())
+                or "<" not in tag
+            )
+        )
+
+    wrong = []
+    for code in range(0x110000):
+        char = chr(code)
+        if (_UNSEEN.match(char) is not None) != expected_unseen(char):
+            wrong.append(f"unseen U+{code:04X}")
+        if (_LOOKALIKE.match(char) is not None) != expected_lookalike(char):
+            wrong.append(f"lookalike U+{code:04X}")
+        elif expected_lookalike(char):
+            assert visible(char).isascii(), f"U+{code:04X}"
+    assert not wrong, wrong[:20]
+
+
+def can_stand_in_utf8(data: bytes) -> bool:
+    """Whether ``data`` can be found somewhere in valid UTF-8 without NUL: past up to three
+    continuation bytes (the end of a character before it), the rest decodes, a last
+    character cut short allowed."""
+    if b"\x00" in data:
+        return False
+    for skip in range(4):
+        if not all(0x80 <= byte <= 0xBF for byte in data[:skip]):
+            return False
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(data[skip:], final=False)
+        except UnicodeDecodeError:
+            continue
+        return True
+    return False
+
+
+def test_utf16_and_utf32_readings_of_utf8_show_no_digit_and_no_j() -> None:
+    """Why readings() reads valid UTF-8 without NUL as UTF-8 only: in such bytes read as
+    UTF-16 or UTF-32, no character reads (visible()) as an ASCII digit or a "J", and every
+    detector needs one (cards and SSNs digits, Unit tokens their version digit, JWTs the
+    "J" of "eyJ")."""
+    from unit_gateway.redaction_rules import _LOOKALIKE, visible
+
+    # only ASCII characters and lookalikes read as an ASCII letter or digit
+    candidates = [chr(code) for code in range(0x110000) if _LOOKALIKE.match(chr(code))]
+    reachable = []
+    for char in [*map(chr, range(0x80)), *candidates]:
+        for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+            if can_stand_in_utf8(char.encode(codec)):
+                reachable.append(visible(char))
+    assert reachable  # spaces, dashes and letters do stand there
+    assert not set("".join(reachable)) & set("0123456789J")
+    assert can_stand_in_utf8("é".encode()[1:] + b"a\xe2\x82")  # the helper says yes too
+
+
+# Characters that make Latin-1, Windows-1252, UTF-16 and UTF-32 readings of UTF-8 differ
+TRICKY_TEXT = st.lists(
+    st.sampled_from(
+        [*"0123456789 -.eyJv2publicQ", "v2.public.", "eyJ", "\u00a0", "\u00ad", "\u2013",
+         "\u200b", "\uff14", "\U0001d7d2", "\u0634", "\u00ff", "\u20ac", "\U0001f600", "\u2460"]
+    ),
+    max_size=60,
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(words=st.lists(TRICKY_TEXT, max_size=4))
+def test_what_utf8_shows_clean_no_other_reading_shows(redactor: Redactor, words: list[str]) -> None:
+    """readings()'s shortcut, tried: when valid UTF-8 is left as it is, neither Latin-1,
+    Windows-1252, UTF-16 nor UTF-32 shows the text rules anything."""
+    content = " ".join(words).encode()
+    if redactor.redact_body(content, "text/plain; charset=utf-8", None).changed:
+        return
+    for codec in VIEWER_CODECS[1:]:
+        reading = content.decode(codec, "replace")
+        assert redactor.redact_text(reading) == reading, codec
+
+
+# --- the property: no planted secret in any reading of what is kept --------------------------
+
+SEPARATOR_SPELLINGS = {" ": [" ", "\u00a0", "\u2009", "\u3000"], "-": ["-", "\u2013", "\u2011"]}
+INVISIBLE = ["\u200b", "\u00ad", "\u2060", "\ufeff", "\u200d"]
+NAMED_ENTITIES = {".": "&period;", "-": "&hyphen;", " ": "&nbsp;"}
+BODY_CODECS = [
+    "utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le",
+    "latin-1", "cp1252", "cp037", "utf-7",
+]  # fmt: skip
+DECLARED = [
+    None, "utf-8", "utf-16", "utf-32", "iso-8859-1", "cp037", "us-ascii", "utf-7",
+    "shift_jis", "x-unknown", "base64",
+]  # fmt: skip
+FILLER = st.text(alphabet="abcdfghjkmnorstwxz ,;:", max_size=16)
+
+
+ALL_STYLES = ("json", "html", "percent", "wide", "invisible")
+
+
+@st.composite
+def spelled(draw: st.DrawFn, secret: str, styles: tuple[str, ...] = ALL_STYLES) -> str:
+    """``secret`` as a person still reads it: some characters escaped (JSON, HTML, percent),
+    fullwidth, followed by an invisible character, separators another space or dash."""
+    style = draw(st.sampled_from(["plain", *styles, "mix"]))
+    out = []
+    for char in secret:
+        if char in SEPARATOR_SPELLINGS:
+            char = draw(st.sampled_from(SEPARATOR_SPELLINGS[char]))
+        how = draw(st.sampled_from(styles)) if style == "mix" else style
+        if how == "plain" or not draw(st.integers(0, 3)) == 0:
+            out.append(char)
+        elif how == "json":
+            out.append(f"\\u{ord(char):04x}")
+        elif how == "html":
+            out.append(
+                draw(
+                    st.sampled_from(
+                        [f"&#{ord(char)};", f"&#x{ord(char):X};", NAMED_ENTITIES.get(char, "")]
+                    ).filter(bool)
+                )
+            )
+        elif how == "percent":
+            out.append("".join(f"%{byte:02X}" for byte in char.encode()))
+        elif how == "wide" and "!" <= char <= "~":
+            out.append(chr(ord(char) + 0xFEE0))
+        else:
+            out.append(char + draw(st.sampled_from(INVISIBLE)))
+    return "".join(out)
+
+
+@st.composite
+def planted_body(draw: st.DrawFn) -> tuple[bytes, str, list[str], list[str], bool]:
+    """(content, Content-Type, the codecs it names, the secrets, is a form)."""
+    kind = draw(st.sampled_from(["text", "form", "json", "malformed json", "xml", "multipart"]))
+    # in JSON that parses, only what the parser resolves (see ESCAPE_SPELLINGS)
+    styles = ("wide", "invisible") if kind == "json" else ALL_STYLES
+    secrets = draw(st.lists(detector_secret(), min_size=1, max_size=3))
+    text = " ".join(
+        f"{draw(FILLER)} {draw(spelled(secret, styles))} {draw(FILLER)}" for secret in secrets
+    )
+    codec = draw(st.sampled_from(BODY_CODECS))
+    # what a codec cannot write becomes an escape; HTML ones not inside JSON (as above)
+    errors = draw(st.sampled_from(["xmlcharrefreplace", "backslashreplace"][kind == "json" :]))
+    declared = draw(st.sampled_from([*DECLARED, codec]))
+    names: list[str] = [declared] if declared else []
+    media = {"form": "application/x-www-form-urlencoded", "xml": "application/xml"}.get(
+        kind, "application/json" if "json" in kind else "text/plain"
+    )
+    if kind == "form":
+        text = f"note={quote_plus(text)}&x=1"
+    elif kind == "json":
+        text = json.dumps({"note": text}, ensure_ascii=draw(st.booleans()))
+    elif kind == "malformed json":
+        text = json.dumps({"note": text})[:-1] + ", oops"
+    elif kind == "xml":
+        inside = draw(st.sampled_from(DECLARED[1:]))
+        names.append(inside)
+        text = f'<?xml version="1.0" encoding="{inside}"?><note>{text}</note>'
+    if kind == "multipart":
+        part = text.encode(codec, errors)
+        head = 'Content-Disposition: form-data; name="note"\r\nContent-Type: text/plain'
+        head += f"; charset={declared}" if declared else ""
+        content = (
+            draw(st.sampled_from([b"", text.encode(codec, errors) + b"\r\n"]))
+            + f"--b7\r\n{head}\r\n\r\n".encode()
+            + part
+            + b"\r\n--b7--\r\n"
+        )
+        return content, "multipart/form-data; boundary=b7", names, secrets, False
+    content_type = f"{media}; charset={declared}" if declared else media
+    return text.encode(codec, errors), content_type, names, secrets, kind == "form"
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(body=planted_body())
+def test_no_reading_of_what_is_kept_shows_a_planted_secret(
+    redactor: Redactor, body: tuple[bytes, str, list[str], list[str], bool]
+) -> None:
+    content, content_type, declared, secrets, form = body
+    result = redactor.redact_body(content, content_type, None)
+    stored = stored_copy(content, result)
+    if content_type.startswith("multipart/"):
+        # the part's charset is the part's: the rest is read in the viewers' encodings
+        assert_nobody_reads(stored, [], *secrets)
+        head, _, rest = stored.partition(b"\r\n\r\n")
+        stored = rest.rpartition(b"\r\n--b7--")[0] if b"--b7\r\n" in head else b""
+    assert_nobody_reads(stored, declared, *secrets, form=form)
+    assert set(result.counts) <= redactor.rule_names
+    if result.kind in ("text", "form"):  # what is kept, redacted again, has nothing more
+        again = redactor.redact_body(stored, content_type, None)
+        assert set(again.counts) <= {"binary"}  # (EBCDIC's quotes may look binary, shorter)

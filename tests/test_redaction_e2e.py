@@ -18,12 +18,17 @@ The callers must still get the real values, byte for byte, and Unit the real tok
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 import jwt
@@ -563,3 +568,92 @@ def test_a_streamed_request_body(
     assert stored["data"]["attributes"]["ssn"] == ssn, "Unit got the real value"
     assert gateway.process.stop() == 0
     assert flows.stat().st_size > 0
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers a POST with its own body and Content-Type: the caller's bytes as the host got
+    them, in the flow's response as well as its request."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", self.headers["Content-Type"])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # stderr of the test process is not an output of the run
+
+
+@contextmanager
+def echo_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bodies_a_viewer_reads_otherwise(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
+    """Bodies whose bytes are not in the charset they declare, whose secrets are escaped or
+    split by characters that show as nothing, or sit in UTF-16 outside a multipart's parts:
+    no output of the run shows a planted value, in any encoding or spelling the leak scan
+    reads (UTF-16, EBCDIC, escapes resolved, invisible characters dropped). The host and the
+    caller get the bytes as sent: the host echoes them."""
+    flows, har = run_dir / "charsets.flows", run_dir / "charsets.har"
+    gateway = gateway_factory(sandbox, extra_args=every_output(flows, har))
+    token = planted.add("token-shaped value", "v2.public." + secrets.token_urlsafe(48))
+    pan = planted.add("PAN", luhn_pan())
+    ssn = planted.add("SSN", random_ssn())
+    note = f"token {token} card {pan} ssn {ssn}"
+    escaped_pan = pan[:5] + f"\\u{ord(pan[5]):04x}" + pan[6:]
+    utf7_pan = "+" + base64.b64encode(pan.encode("utf-16-be")).decode().rstrip("=") + "-"
+    part = b'--b7\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--b7--\r\n'
+    bodies = {
+        "ASCII said to be UTF-16": ("text/plain; charset=utf-16", note.encode()),
+        "a form said to be UTF-32": (
+            "application/x-www-form-urlencoded; charset=utf-32",
+            f"note={quote_plus(note)}&x=1".encode(),
+        ),
+        "ASCII said to be EBCDIC": ("text/plain; charset=cp037", note.encode()),
+        "EBCDIC said to be EBCDIC": ("text/plain; charset=cp037", note.encode("cp037")),
+        "JSON escapes in JSON that does not parse": (
+            "application/json",
+            f'{{"t": "{token.replace(".", "\\u002e")}", "c": "{escaped_pan}", oops'.encode(),
+        ),
+        "HTML character references": (
+            "text/plain",
+            f"card {pan[:4]}&#32;{pan[4:]} token {token.replace('.', '&#46;')}".encode(),
+        ),
+        "a zero-width space, an en dash": (
+            "text/plain; charset=utf-8",
+            f"card {pan[:6]}\u200b{pan[6:]} ssn {ssn.replace('-', '\u2013')}".encode(),
+        ),
+        "fullwidth digits": ("text/plain", "".join(chr(ord(c) + 0xFEE0) for c in pan).encode()),
+        "UTF-16 outside the parts": (
+            "multipart/form-data; boundary=b7",
+            f"{token} {pan}".encode("utf-16-le") + b"\r\n" + part,
+        ),
+        "JSON that is UTF-7 by its charset": (
+            "application/json; charset=utf-7",
+            json.dumps({"note": f"card {utf7_pan}"}).encode(),
+        ),
+        "a charset nobody knows": ("text/plain; charset=x-private", note.encode()),
+    }
+    with echo_server() as host, proxied_session(gateway) as session:
+        for label, (content_type, body) in bodies.items():
+            answer = session.post(
+                f"{host}/notes", data=body, headers={"Content-Type": content_type}, timeout=30
+            )
+            assert answer.status_code == 200, (label, answer.text[:300])
+            assert answer.content == body, f"{label}: the caller gets the host's bytes"
+    assert gateway.process.stop() == 0
+    shown = gateway.process.output()
+    assert "[redacted:card_number]" in shown and "charset not readable" in shown
+    assert len(json.loads(har.read_text())["log"]["entries"]) == len(bodies)

@@ -21,15 +21,33 @@ What gets redacted (rules and defaults live in :mod:`unit_gateway.redaction_rule
   ``'pan': …``, ``pan=…``, ``pan: …``) and the detectors, which are exact.
 * Binary bodies, documents and bodies that cannot be decompressed: a one-line summary.
 
-What is guaranteed for a body that does not parse (malformed JSON, invalid UTF-8, any text):
-the text rules run over the whole body decoded with ``errors="replace"``. The detectors are
-exact there: no Luhn-valid card number, dashed SSN, Unit token or JWT left in that view
-survives. The key rules are best effort: they find the syntaxes above (a quoted value with
-its escapes, a number or bare word, an object or array up to its closing bracket or to the end
-of a truncated body, JSON inside a JSON string at any depth of escaping) and nothing else:
-not XML or YAML blocks, not a name written with escapes (``"p\\u0061n"``), not a person's name
-in prose. A body that cannot be decompressed, or looks binary, shows nothing but its type and
+The detectors read a string that is not ASCII also as a screen shows it
+(:func:`~unit_gateway.redaction_rules.visible`): without zero-width and control characters,
+every space and dash, and fullwidth and mathematical digits, as ASCII's.
+
+What is guaranteed for a body that is not JSON that parses (malformed JSON, invalid UTF-8,
+text, forms, multipart), whatever it declares: it is read every way a person's viewer may read
+its bytes (:func:`readings`: its Content-Type's charset and, for XML, HTML and CSS, the one
+inside it; a byte-order mark's; UTF-8, Latin-1, Windows-1252, UTF-16 and UTF-32), each
+reading also with its escapes resolved (JSON, JavaScript and Python string escapes, HTML
+character references, percent-encoding: :func:`unescaped`) and as a screen shows it, and the
+text rules run over each. When one of them finds something, the copy shown is that reading
+redacted (with its escapes resolved, if that is where it was found), written back in that
+reading's encoding, and it is read again in every way. When that does not settle, or the
+charset is not one Python reads as text (unknown, or base64, zlib), the body is shown as its
+summary. The detectors are exact in every reading: no Luhn-valid card number, dashed SSN, Unit
+token or JWT survives in any. The key rules are best effort: they find the syntaxes above (a
+quoted value with its escapes, a number or bare word, an object or array up to its closing
+bracket or to the end of a truncated body, JSON inside a JSON string at any depth of
+escaping) and nothing else: not XML or YAML blocks, not a person's name in prose. A body that
+cannot be decompressed, or looks binary (a NUL is enough), shows nothing but its type and
 size.
+
+JSON that parses is walked as parsed, which is what mitmweb's JSON view shows; written out
+again it is UTF-8 without NUL, whose other readings show the detectors nothing more (see
+:func:`readings`), unless its Content-Type names another charset: then it is read as above.
+Escapes of other syntaxes inside its strings (``&#46;``, ``%2E``) are not resolved: that
+would cost every JSON body another pass over its bytes.
 
 Markers: a redacted value becomes ``[redacted:<rule>]``; a token becomes
 ``[token …a1b2c3]``, an HMAC-SHA256 of the token under a key that never leaves the process,
@@ -42,15 +60,17 @@ removed" where a fake number would pass for data, and the document stays valid J
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import hmac
+import html.entities
 import io
 import json
 import re
 import secrets
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, unquote_plus
@@ -74,6 +94,7 @@ from unit_gateway.redaction_rules import (
     compile_content_types,
     compile_route_patterns,
     names_pattern,
+    visible,
 )
 
 __all__ = [
@@ -82,6 +103,8 @@ __all__ = [
     "RedactedBody",
     "RedactionSettings",
     "Redactor",
+    "readings",
+    "unescaped",
 ]
 
 #: Used when no key is configured: fingerprints agree across every Redactor in this process
@@ -107,7 +130,8 @@ BodyKind = Literal["empty", "json", "form", "multipart", "text", "binary"]
 @dataclass(frozen=True)
 class RedactedBody:
     """A body fit to show: decompressed (drop ``Content-Encoding`` when you use it), UTF-8
-    for every kind but ``empty``, and how many values each rule redacted."""
+    for every kind but ``empty``, except text and forms redacted in another reading (written
+    back in its encoding: EBCDIC stays EBCDIC), and how many values each rule redacted."""
 
     content: bytes
     kind: BodyKind
@@ -267,15 +291,201 @@ def _starts_like_json(data: bytes) -> bool:
     return head[:1] in (b"{", b"[")
 
 
-def _decode_text(data: bytes, charset: str | None) -> str:
-    """A readable view: the declared charset if Python knows it as a text encoding, else
-    UTF-8; undecodable bytes become U+FFFD."""
-    if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+# --- how a person may read a body ----------------------------------------------------------
+
+#: UTF-32's marks first: UTF-32-LE's starts with UTF-16-LE's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+#: Where mitmproxy's infer_content_encoding finds a charset inside a body, by media type.
+_XML_ENCODING = re.compile(rb"""<\?xml[^\?>]+encoding=['"]([^'"\?>]+)""", re.IGNORECASE)
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset=['"]?([^'">]+)""", re.IGNORECASE)
+_CSS_CHARSET = re.compile(rb"""@charset "([^"]+)";""", re.IGNORECASE)
+_EBCDIC_XML = "<?xml".encode("cp037")
+#: Bytes in which Windows-1252 differs from Latin-1.
+_C1_BYTES = re.compile(rb"[\x80-\x9f]")
+#: Escapes, ASCII and invisible-ish text that a codec may read other than as ASCII (UTF-7's
+#: "+…-", HZ's "~{…~}", ISO-2022's escape sequences, unicode_escape's backslashes).
+_ASCII_PROBES = (
+    bytes(range(128)),
+    b"+ADQ-",
+    b"~{41~}",
+    b"\x1b$B41\x1b(B",
+    b"\\u0034\\x34",
+    b"xn--4-",
+)
+
+
+@functools.lru_cache(maxsize=256)  # bounded: the name comes from the message
+def _text_codec(charset: str) -> str | None:
+    """Python's name for a declared charset, or None when it is not a text encoding Python
+    knows (unknown, or a bytes transform such as base64 or zlib that a viewer may apply)."""
+    try:
+        name = codecs.lookup(charset).name
+    except (LookupError, ValueError, TypeError):
+        return None
+    try:
+        b"a".decode(name)
+    except LookupError:  # "not a text encoding" (empty bytes would not even ask)
+        return None
+    except Exception:  # a text encoding that cannot decode this byte alone (UTF-16)
+        pass
+    return name
+
+
+@functools.lru_cache(maxsize=256)
+def _reads_ascii_as_ascii(codec: str) -> bool:
+    try:
+        return all(probe.decode(codec) == probe.decode("ascii") for probe in _ASCII_PROBES)
+    except Exception:  # any codec that cannot decode plain ASCII is not one
+        return False
+
+
+def _declared_codecs(data: bytes, media_type: str, params: Mapping[str, str]) -> list[str] | None:
+    """The codecs a body names for itself: its Content-Type charset, and for XML, HTML and CSS
+    the declaration inside it (mitmproxy reads them; gb2312 and gbk as gb18030). None when one
+    names no text encoding Python knows: a viewer may read those bytes in a way this engine
+    cannot check, so the body is shown as a summary."""
+    names: list[bytes | str] = []
+    if charset := params.get("charset"):
+        names.append(charset)
+    for applies, pattern in (
+        ("html" in media_type, _META_CHARSET),
+        ("xml" in media_type, _XML_ENCODING),
+        (media_type == "text/css", _CSS_CHARSET),
+    ):
+        if applies and (found := pattern.search(data)) is not None:
+            names.append(found.group(1))
+    if "xml" in media_type and data.startswith(_EBCDIC_XML):
+        # XML's own autodetection (its appendix F): the declaration is in EBCDIC too
+        head = data[:256].decode("cp037").encode("latin-1", "replace")
+        found = _XML_ENCODING.search(head)
+        names.append(found.group(1) if found is not None else "cp037")
+    declared: list[str] = []
+    for name in names:
+        text = name.decode("latin-1") if isinstance(name, bytes) else name
+        codec = _text_codec(text.strip())
+        if codec is None:
+            return None
+        declared += [codec, "gb18030"] if codec in ("gb2312", "gbk") else [codec]
+    return declared
+
+
+def _decode(data: bytes, codec: str) -> str | None:
+    try:
+        return data.decode(codec, "replace")
+    except UnicodeError:  # a codec that supports strict errors only (idna)
         try:
-            return data.decode(charset, "replace")
-        except (LookupError, TypeError):  # unknown, or not a text encoding (base64, rot13)
+            return data.decode(codec)
+        except Exception:  # the viewer fails as well, and falls back to UTF-8
+            return None
+    except Exception:
+        return None
+
+
+def _encode(text: str, codec: str) -> bytes:
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError:  # a fingerprint's "…" in EBCDIC or Latin-1, a U+FFFD
+        return text.replace("\u2026", "...").encode(codec, "replace")
+    except Exception:  # a codec that cannot write at all: the next round reads UTF-8 too
+        return text.encode("utf-8", "replace")
+
+
+def readings(data: bytes, declared: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(codec, text) for every way a person's viewer may decode ``data``, identical texts
+    once, undecodable bytes as U+FFFD: the ``declared`` codecs, the one a byte-order mark
+    names, UTF-8 (mitmproxy's raw view and every fallback), Latin-1 (get_text's and HAR's
+    fallback) and Windows-1252 (what a browser shows for it), UTF-16 and UTF-32 in both byte
+    orders (a byte-order mark, json.loads' sniffing, a hex viewer).
+
+    Valid UTF-8 without NUL, declared as UTF-8 (or as an encoding that reads ASCII as ASCII,
+    if it is ASCII), has one reading that matters, its UTF-8 one: in Latin-1 and
+    Windows-1252 each non-ASCII character starts with a letter (the lead byte), which ends
+    every run a detector matches, so they show the detectors nothing the UTF-8 reading does
+    not; and in UTF-16 and UTF-32 no character looks like an ASCII digit or a "J", one of
+    which every detector needs (test_utf16_and_utf32_readings_of_utf8_show_no_digit_and_no_j).
+    Other bytes get every reading; a declared codec Python cannot decode them with is left
+    out (mitmproxy's get_text fails too, and falls back to UTF-8)."""
+    ascii_only = data.isascii()
+    if b"\x00" not in data:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
             pass
-    return data.decode("utf-8-sig", "replace")
+        else:
+            if all(
+                codec == "utf-8" or (ascii_only and _reads_ascii_as_ascii(codec))
+                for codec in declared
+            ):
+                return [("utf-8", text)]
+    wanted = list(declared)
+    wanted += [codec for bom, codec in _BOMS if data.startswith(bom)][:1]
+    wanted += ["utf-8"] if ascii_only else ["utf-8", "latin-1"]
+    if _C1_BYTES.search(data) is not None:
+        wanted.append("cp1252")
+    # Without NUL no UTF-32 unit is a character, and without NUL, 0xFF (fullwidth forms) or
+    # 0xD8 (the surrogates of mathematical digits) no UTF-16 one looks like a digit or a "J".
+    if b"\x00" in data or b"\xff" in data or b"\xd8" in data:
+        wanted += ["utf-16-le", "utf-16-be"]
+    if b"\x00" in data:
+        wanted += ["utf-32-le", "utf-32-be"]
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for codec in dict.fromkeys(wanted):
+        text = _decode(data, codec)
+        if text is not None and text not in seen:
+            seen.add(text)
+            found.append((codec, text))
+    return found
+
+
+#: What a reader resolves in a text: JSON, JavaScript and Python string escapes, HTML character
+#: references and percent-encoding. mitmweb's JSON view shows JSON strings unescaped, and a
+#: person reads "v2\\u002epublic" or "4111&#32;1111" as what they stand for.
+_ESCAPE = re.compile(
+    r"\\(?:u\{(?P<brace>[0-9A-Fa-f]{1,6})\}|u(?P<u>[0-9A-Fa-f]{4})|U(?P<big>[0-9A-Fa-f]{8})"
+    r"|x(?P<x>[0-9A-Fa-f]{2})"
+    r"|(?P<simple>[\\/\"'bfnrtv0]))"
+    r"|&#(?:[xX](?P<hexref>[0-9A-Fa-f]{1,6})|(?P<decref>[0-9]{1,7}));?"
+    r"|&(?P<named>[A-Za-z][A-Za-z0-9]{1,31};)"
+    r"|(?P<percent>(?:%[0-9A-Fa-f]{2})+)"
+)
+_SIMPLE_ESCAPES = {
+    "\\": "\\", "/": "/", '"': '"', "'": "'", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
+    "v": "\v", "0": "\0",
+}  # fmt: skip
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unescaped_one(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    value = match.group(kind or 0)
+    if kind == "simple":
+        return _SIMPLE_ESCAPES[value]
+    if kind == "named":
+        return html.entities.html5.get(value, match.group())
+    if kind == "percent":
+        return bytes.fromhex(value.replace("%", "")).decode("utf-8", "replace")
+    code = int(value, 10 if kind == "decref" else 16)
+    return chr(code) if code <= 0x10FFFF else "\ufffd"
+
+
+def _has_escapes(text: str) -> bool:
+    return "\\" in text or "&" in text or "%" in text
+
+
+def unescaped(text: str) -> str:
+    """``text`` with every escape :data:`_ESCAPE` knows resolved, once (``\\\\u0034`` is a
+    backslash and "u0034"); an escaped surrogate pair becomes its character."""
+    out = _ESCAPE.sub(_unescaped_one, text)
+    if _SURROGATE.search(out) is not None:
+        out = out.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return out
 
 
 # --- text helpers --------------------------------------------------------------------------
@@ -394,6 +604,8 @@ def _requote(text: str, safe: str) -> str:
 # --- the engine ----------------------------------------------------------------------------
 
 type _State = tuple[int, int]  # (path rule index, next segment index)
+#: Rules for one reading of a text: the text redacted; what they found is added to the Counter.
+type _Rules = Callable[[str, Counter[str]], str]
 
 _UNSEEN: Any = object()
 _CACHE_LIMIT = 100_000  # entries per walk: bounds memory on a body of unique strings
@@ -404,6 +616,29 @@ _CACHED_STRING_MAX = 256
 _KNOWN_KEYS_LIMIT = 10_000
 #: What json.dumps(…, ensure_ascii=False) builds on every call.
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
+#: How often a body or a value is read again after a reading found something: each round
+#: redacts a whole reading, so two or three suffice; one that still finds more is in doubt.
+_MAX_ROUNDS = 4
+
+
+def _other_views(text: str) -> Iterator[str]:
+    """The other ways a person reads ``text``: as it shows on a screen, with its escapes
+    resolved, and both; each only when it differs. Escapes are resolved twice: a string
+    inside JSON that does not parse holds escapes of its own (``\\\\u0031``)."""
+    shown = visible(text)
+    if shown != text:
+        yield shown
+    for _ in range(2):
+        if not _has_escapes(text):
+            return
+        resolved = unescaped(text)
+        if resolved == text:
+            return
+        yield resolved
+        shown = visible(resolved)
+        if shown != resolved:
+            yield shown
+        text = resolved
 
 
 @dataclass(slots=True)
@@ -517,6 +752,54 @@ class Redactor:
         """Log lines, error bodies, any free text: key rules, then detectors."""
         tally = counts if counts is not None else Counter()
         return self._detectors.scan(self._redact_keyed_text(text, tally), tally)
+
+    def _text_rules(self, text: str, counts: Counter[str]) -> str:
+        return self.redact_text(text, counts=counts)
+
+    def _scan_rules(self, text: str, counts: Counter[str]) -> str:
+        return self._detectors.scan(text, counts)
+
+    def _deep(self, text: str, counts: Counter[str], rules: _Rules) -> str:
+        """``rules`` over ``text``, then over each other way a person reads it
+        (:func:`_other_views`). When one of those finds more, the text becomes that reading,
+        redacted (its escapes stay resolved: what is shown is what was checked), and is read
+        again."""
+        text = rules(text, counts)
+        for _ in range(_MAX_ROUNDS):
+            for view in _other_views(text):
+                found: Counter[str] = Counter()
+                redacted = rules(view, found)
+                if found:
+                    counts.update(found)
+                    text = redacted
+                    break
+            else:
+                break
+        return text
+
+    def _settle(
+        self, data: bytes, declared: Sequence[str], rules: _Rules, counts: Counter[str]
+    ) -> bytes | None:
+        """``data`` fit to show: itself when no reading of it (:func:`readings`, each read
+        :meth:`_deep`) shows anything ``rules`` find; else the redacted text of the reading
+        that finds the most, written in that reading's encoding (so that it shows the way the
+        original did), and read again. None when that does not settle: show the summary."""
+        current = data
+        for _ in range(_MAX_ROUNDS):
+            best: tuple[int, str, str, Counter[str]] | None = None
+            for codec, text in readings(current, declared):
+                found: Counter[str] = Counter()
+                redacted = self._deep(text, found, rules)
+                # The reading that shows the most is the one the bytes are in: another one,
+                # redacted and written back, could garble what only the right one shows.
+                if found and (best is None or found.total() > best[0]):
+                    best = (found.total(), codec, redacted, found)
+            if best is None:
+                return current
+            _, codec, redacted, found = best
+            counts.update(found)
+            current = _encode(redacted, codec)
+        return None
 
     def _redact_keyed_text(self, text: str, counts: Counter[str]) -> str:
         """Values after sensitive names in ``"key": v``, ``'key': v``, ``\\"key\\": v``,
@@ -753,7 +1036,7 @@ class Redactor:
         for item in text.split("&"):
             raw_name, eq, raw_value = item.partition("=")
             name = unquote_plus(raw_name)
-            new_name = self._detectors.scan(name, counts)
+            new_name = self._deep(name, counts, self._scan_rules)
             if new_name != name:
                 raw_name = _requote(new_name, "[]")
             canonical = self._param_label(name) if eq else None
@@ -763,7 +1046,7 @@ class Redactor:
                 if marker != value:
                     raw_value = marker
             elif value:
-                redacted = self.redact_text(value, counts=counts)
+                redacted = self._deep(value, counts, self._text_rules)
                 if redacted != value:
                     raw_value = _requote(redacted, "!$'()*,/:;@~")
                 else:
@@ -833,21 +1116,53 @@ class Redactor:
         if self._is_binary_type(media_type):
             return summary()
         if media_type == _FORM_TYPE and not _looks_binary(data):
-            text = _decode_text(data, params.get("charset"))
-            return self._redact_pairs(text, counts).encode("utf-8"), "form"
+            declared = _declared_codecs(data, media_type, params)
+            return self._settled(data, declared, self._redact_pairs, "form", counts, summary)
         if media_type.startswith("multipart/") and depth < _MAX_MULTIPART_DEPTH:
             multipart = self._redact_multipart(data, params, counts, depth)
             if multipart is not None:
-                return multipart, "multipart"
+                # Delimiter lines, and bytes outside the parts that are not UTF-8, are kept as
+                # sent; the rest was read as UTF-8: read the whole in every way.
+                return self._settled(multipart, (), self._scan_rules, "multipart", counts, summary)
         if _looks_binary(data):
             return summary()
         if is_json_type or _starts_like_json(data):
             redacted_json = self._redact_json(data, counts)
             if redacted_json is not None:
-                return redacted_json, "json"
-        # Plain text, malformed JSON, invalid UTF-8: the text rules over a readable view.
-        text = _decode_text(data, params.get("charset"))
-        return self.redact_text(text, counts=counts).encode("utf-8"), "text"
+                if not params.get("charset"):
+                    return redacted_json, "json"  # as Unit sends it: nothing more to read
+                # The walk saw the UTF-8 reading (see readings()); a charset may show more.
+                declared = _declared_codecs(redacted_json, media_type, params)
+                if declared is not None and all(
+                    codec == "utf-8" or (redacted_json.isascii() and _reads_ascii_as_ascii(codec))
+                    for codec in declared
+                ):
+                    return redacted_json, "json"
+                shown, kind = self._settled(
+                    redacted_json, declared, self._scan_rules, "text", counts, summary
+                )
+                return shown, "json" if shown is redacted_json else kind
+        # Plain text, malformed JSON, invalid UTF-8, a charset its bytes are not in: the text
+        # rules over every reading of it.
+        declared = _declared_codecs(data, media_type, params)
+        return self._settled(data, declared, self._text_rules, "text", counts, summary)
+
+    def _settled(
+        self,
+        content: bytes,
+        declared: Sequence[str] | None,
+        rules: _Rules,
+        kind: BodyKind,
+        counts: Counter[str],
+        summary: Callable[[str], tuple[bytes, BodyKind]],
+    ) -> tuple[bytes, BodyKind]:
+        """:meth:`_settle`, or the summary when the charset or the readings leave doubt."""
+        if declared is None:
+            return summary("charset not readable")
+        shown = self._settle(content, declared, rules, counts)
+        if shown is None:
+            return summary("no clean reading")
+        return shown, kind
 
     # --- JSON ------------------------------------------------------------------------------
 
@@ -1042,12 +1357,21 @@ class Redactor:
         if position == -1 or (position > 0 and data[position - 1 : position] != b"\n"):
             return None
         found: Counter[str] = Counter()
-        out = [self.redact_text(data[:position].decode("utf-8", "replace"), counts=found).encode()]
+
+        def outside_parts(raw: bytes) -> bytes:
+            # Not UTF-8: kept as sent, for the reading of the whole body (_settle) to read
+            # in its own encoding; re-encoding a replacement-decoded copy would garble it.
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return raw
+            return self.redact_text(text, counts=found).encode()
+
+        out = [outside_parts(data[:position])]
         while True:
             after = position + len(delimiter)
             if data.startswith(b"--", after):  # the close delimiter; the epilogue follows
-                epilogue = data[after + 2 :].decode("utf-8", "replace")
-                out.append(delimiter + b"--" + self.redact_text(epilogue, counts=found).encode())
+                out.append(delimiter + b"--" + outside_parts(data[after + 2 :]))
                 break
             line_end = data.find(b"\n", after)
             if line_end == -1:

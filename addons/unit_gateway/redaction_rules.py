@@ -11,6 +11,7 @@ Everything configured is *added* to the defaults: a configuration can redact mor
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -433,10 +434,60 @@ def card_spans(run: str) -> list[tuple[int, int]]:
     return spans
 
 
+# --- what a person sees of a string ---------------------------------------------------------
+
+# Both classes are generated from Python's unicodedata (Unicode 15.0 in Python 3.12);
+# test_visible_classes_match_unicodedata recomputes them and says when they are out of date.
+
+#: Characters that show as nothing: C0 and C1 controls other than the line-breaking and tab
+#: ones, and format characters (soft hyphen, zero-width space and joiners, bidi controls, the
+#: byte-order mark, tags).
+_UNSEEN = re.compile(
+    r"[\x00-\x08\x0e-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    r"\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd"
+    r"\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    r"\U000e0020-\U000e007f]"
+)
+#: Characters a reader takes for an ASCII one: the other spaces and dashes, and the forms whose
+#: compatibility decomposition is one ASCII character in another width or size (fullwidth,
+#: small, no-break, the one-dot leader), or a digit in another typeface (mathematical,
+#: segmented). Not letters in mathematical typefaces: readings() relies on no UTF-16 reading
+#: of UTF-8 showing a "J" (see there). Not superscripts, subscripts or circled forms, nor the
+#: digits of other scripts: they look like what they are.
+_LOOKALIKE = re.compile(
+    r"[\xa0\u017f\u037e\u058a\u05be\u1400\u1680\u1806\u1fef\u2000-\u200a\u2010-\u2015\u2024"
+    r"\u2028\u2029\u202f\u205f\u212a\u2160\u2164\u2169\u216c-\u2170\u2174\u2179\u217c-\u217f"
+    r"\u2212\u2e17\u2e1a\u2e3a\u2e3b\u2e40\u2e5d\u3000\u301c\u3030\u30a0\ufe31\ufe32"
+    r"\ufe4d-\ufe50\ufe52\ufe54-\ufe5c\ufe5f-\ufe66\ufe68-\ufe6b\uff01-\uff5e\U00010ead"
+    r"\U0001d7ce-\U0001d7ff\U0001fbf0-\U0001fbf9]"
+)
+
+
+def _as_ascii(match: re.Match[str]) -> str:
+    char = match.group()
+    category = unicodedata.category(char)
+    if category == "Zs":
+        return " "
+    if category in ("Zl", "Zp"):
+        return "\n"
+    if category == "Pd" or char == "\u2212":  # and the minus sign
+        return "-"
+    return unicodedata.normalize("NFKC", char)
+
+
+def visible(text: str) -> str:
+    """``text`` as a person reads it on a screen: without the characters that show as
+    nothing, and with every space, dash and ASCII lookalike as its ASCII character. A card
+    number written with a zero-width space, no-break spaces or fullwidth digits is one."""
+    return _LOOKALIKE.sub(_as_ascii, _UNSEEN.sub("", text))
+
+
 class Detectors:
     """The enabled pattern detectors, applied in one call to any string.
 
-    ``fingerprint`` turns a token into its marker. Counts go to ``detector:<name>``.
+    ``fingerprint`` turns a token into its marker. Counts go to ``detector:<name>``. A string
+    that is not ASCII is also read as :func:`visible` shows it; when that finds more, the
+    string is replaced by its visible form with the markers in it.
     """
 
     def __init__(self, settings: DetectorSettings, fingerprint: Callable[[str], str]) -> None:
@@ -460,6 +511,12 @@ class Detectors:
         starts with, without the replacing. When ``text`` is several values joined by newlines
         (which no pattern can match across, nor needs beside a digit run), True holds for each
         of them: they can be checked at once."""
+        if not self._plain_finds_nothing_in(text):
+            return False
+        # isascii is O(1) on str: JSON from Unit, nearly all ASCII, pays nothing more
+        return text.isascii() or self._plain_finds_nothing_in(visible(text))
+
+    def _plain_finds_nothing_in(self, text: str) -> bool:
         settings = self._settings
         if settings.unit_tokens and (".public." in text or ".local." in text):
             return False
@@ -476,6 +533,16 @@ class Detectors:
         detector it does not know of cannot be added here alone."""
         if len(text) < 9 or self.finds_nothing_in(text):
             return text
+        text = self._plain_scan(text, counts)
+        if not text.isascii():
+            seen = visible(text)
+            if seen != text and not self._plain_finds_nothing_in(seen):
+                redacted = self._plain_scan(seen, counts)
+                if redacted != seen:  # the visible form only where it shows a secret
+                    text = redacted
+        return text
+
+    def _plain_scan(self, text: str, counts: Counter[str]) -> str:
         settings = self._settings
         # Tokens first: a Unit token's claims are base64url JSON (eyJ…), which the JWT detector
         # would otherwise take for a JWT and cut in two. A substring test rules most text out.

@@ -12,7 +12,16 @@ encodings a program commonly applies on the way out:
 * Python ``repr`` of the str and of its UTF-8 bytes;
 * base64, standard and urlsafe, with and without padding, and *inside a larger base64 blob*
   at any byte offset (see below);
-* hex, lower- and upper-case.
+* hex, lower- and upper-case;
+* UTF-16 and UTF-32 in both byte orders, and EBCDIC (cp037).
+
+Each output is also searched *as a person reads it*: decoded as UTF-8, with JSON, JavaScript
+and Python string escapes, HTML character references and percent-encoding resolved once, in
+Unicode's compatibility form (NFKC: fullwidth and mathematical digits as digits), without
+control and format characters (a zero-width space or a NUL between digits shows as nothing)
+and with every space and dash as ASCII's. A secret found there and in no other way is
+reported with the location ``<view> as read``. This is written independently of the
+redaction engine, which must leave no secret in that reading either.
 
 Some containers hide their content from a byte search, so the scanner also looks inside them:
 gzip files (any file starting with the gzip magic), mitmproxy flow files (bodies stored with a
@@ -40,15 +49,18 @@ overlap, so a form repeated back to back is still found but not at every byte.
 
 import base64
 import bisect
+import functools
+import html
 import io
 import json
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 from mitmproxy import http
 from mitmproxy.io import FlowReader
@@ -179,6 +191,12 @@ def encoded_forms(secret: str) -> dict[str, bytes]:
                 (f"base64url inner (alignment {alignment})", inner.translate(_TO_URLSAFE))
             )
     candidates += [("hex", raw.hex()), ("hex (uppercase)", raw.hex().upper())]
+    for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        candidates.append((codec, secret.encode(codec)))
+    try:
+        candidates.append(("ebcdic (cp037)", secret.encode("cp037")))
+    except UnicodeEncodeError:
+        pass  # a character EBCDIC does not have: no such form
 
     forms: dict[str, bytes] = {}
     seen: set[bytes] = set()
@@ -236,7 +254,15 @@ def _find_in_view(data: bytes, roots: list[_SearchRoot]) -> list[tuple[int, _For
             hits.append((start, best))
             start = data.find(needle, start + len(best.data))
     hits.sort(key=lambda hit: (hit[0], hit[1].preference))
-    return hits
+    # One place, one leak: UTF-16-LE text also holds the UTF-16-BE form one byte earlier (and
+    # UTF-32's likewise), so a hit inside an earlier one of the same secret is left out.
+    kept: list[tuple[int, _Form]] = []
+    ends: dict[str, int] = {}
+    for start, form in hits:
+        if start >= ends.get(form.label, -1):
+            kept.append((start, form))
+            ends[form.label] = start + len(form.data)
+    return kept
 
 
 def _render(chunk: bytes) -> str:
@@ -427,6 +453,54 @@ def _base64_view(text: object, location: str, depth: int) -> Iterator[View]:
     yield from _hidden_views(decoded, f"{location} > ", depth + 1)
 
 
+# --- as a person reads it --------------------------------------------------------------------
+
+_CODE_ESCAPE = re.compile(
+    r"\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})|\\u\{([0-9a-fA-F]{1,6})\}"
+)
+#: Bytes that make the reading differ from the bytes of an ASCII view.
+_READ_HINT = re.compile(rb"[\\&%\x00-\x08\x0e-\x1f\x7f]")
+
+
+@functools.cache
+def _unseen_and_lookalikes() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Control (but line-breaking and tab) and format characters; spaces and dashes other than
+    ASCII's. From unicodedata, on first use (planes 0, 1 and 14 hold every one of them)."""
+    unseen: list[str] = []
+    other: list[str] = []
+    for code in [*range(0x10000 * 2), *range(0xE0000, 0xE1000)]:
+        char = chr(code)
+        category = unicodedata.category(char)
+        if (category == "Cc" and char not in "\t\n\r") or category == "Cf":
+            unseen.append(char)
+        elif code > 0x7F and category in ("Zs", "Pd"):
+            other.append(char)
+
+    def klass(chars: list[str]) -> re.Pattern[str]:
+        return re.compile("[" + "".join(re.escape(char) for char in chars) + "]")
+
+    return klass(unseen), klass(other)
+
+
+def _as_read(data: bytes) -> bytes | None:
+    """``data`` as a person reads it (see the module's docstring), or None when that is
+    ``data`` itself (ASCII without escapes or control characters)."""
+    if data.isascii() and _READ_HINT.search(data) is None:
+        return None
+    text = data.decode("utf-8", "replace")
+
+    def code_point(match: re.Match[str]) -> str:
+        code = int(next(group for group in match.groups() if group), 16)
+        return chr(code) if code <= 0x10FFFF else "\ufffd"
+
+    text = unquote(html.unescape(_CODE_ESCAPE.sub(code_point, text)), errors="replace")
+    unseen, other = _unseen_and_lookalikes()
+    text = unseen.sub("", unicodedata.normalize("NFKC", text))
+    text = other.sub(lambda m: "-" if unicodedata.category(m.group()) == "Pd" else " ", text)
+    read = text.encode("utf-8", "replace")
+    return None if read == data else read
+
+
 # --- sources -------------------------------------------------------------------------------
 
 
@@ -466,7 +540,13 @@ def find_leaks(
     leaks: list[Leak] = []
     for source, read in sources:
         for location, view in _views(read()):
-            leaks.extend(_scan_view(source, location, view, roots))
+            found = list(_scan_view(source, location, view, roots))
+            leaks.extend(found)
+            # as read: only the secrets this view does not show otherwise (no duplicates)
+            shown = {leak.label for leak in found}
+            unseen = [root for root in roots if root.form.label not in shown]
+            if unseen and (as_read := _as_read(view)) is not None:
+                leaks.extend(_scan_view(source, f"{location} as read", as_read, unseen))
     return leaks
 
 
