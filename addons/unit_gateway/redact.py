@@ -882,29 +882,38 @@ class FlowRedaction:
     def real_request(self, flow: http.HTTPFlow) -> http.Request:
         """A copy of the request as Unit gets it (for the gateway's own retry)."""
         found = self.secrets(flow)
-        request = flow.request
-        real = request.copy()
-        real.headers = _make_headers(_upstream_fields(request, found))
-        if found.request_path is not None and request.path == found.request_path[0]:
-            real.path = found.request_path[1]
-        real.raw_content = self._real_raw(request, found.request_body)
+        self.vault.reveal(flow)  # the method, trailers, ... the walk redacted
+        try:
+            request = flow.request
+            real = request.copy()
+            real.headers = _make_headers(_upstream_fields(request, found))
+            if found.request_path is not None and request.path == found.request_path[0]:
+                real.path = found.request_path[1]
+            real.raw_content = self._real_raw(request, found.request_body)
+        finally:
+            self.vault.conceal(flow)
         return real
 
     def real_response(self, flow: http.HTTPFlow) -> http.Response:
-        """The response as the caller gets it (real header values and body), to read; change
-        it with ``set_real_response``. The flow's own when nothing of it was redacted."""
-        response = flow.response
-        assert response is not None
+        """A copy of the response as the caller gets it (real reason, headers, trailers and
+        body), to read; change it with ``set_real_response``."""
+        assert flow.response is not None
         found = _SECRETS.get(flow)
-        if found is None or not (found.response_headers or found.response_body):
-            return response
-        fields = _wire_fields(
-            response.data.headers.fields,
-            found.response_headers,
-            _wire_length(response, found.response_body),
-        )
-        real = _wire_copy(response, fields)
-        real.data.content = self._real_raw(response, found.response_body)
+        self.vault.reveal(flow)  # the reason, trailers, ... the walk redacted
+        try:
+            response = flow.response
+            fields = response.data.headers.fields
+            if found is not None and (found.response_headers or found.response_body):
+                fields = _wire_fields(
+                    fields, found.response_headers, _wire_length(response, found.response_body)
+                )
+            real = _wire_copy(response, fields)
+            if response.data.trailers is not None:
+                real.data.trailers = _make_headers(response.data.trailers.fields)
+            if found is not None and found.response_body is not None:
+                real.data.content = self._real_raw(response, found.response_body)
+        finally:
+            self.vault.conceal(flow)
         return real
 
     def set_real_response(self, flow: http.HTTPFlow, response: http.Response) -> None:
@@ -914,3 +923,4 @@ class FlowRedaction:
         self.redact_headers(response.headers, secrets.response_headers)
         secrets.response_body = self.redact_body(response, flow.request.path)
         flow.response = response
+        self.vault.conceal(flow)  # its reason, trailers, ...: before anything else sees them
