@@ -39,6 +39,7 @@ class Peers:
         self.loop = asyncio.new_event_loop()
         self.http_port = harness.free_port()
         self.tcp_port = harness.free_port()
+        self.tcp_chunks_port = harness.free_port()
         self.raw_http_port = harness.free_port()
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         ready = threading.Event()
@@ -56,6 +57,9 @@ class Peers:
         self.loop.run_until_complete(site.start())
         self.tcp = self.loop.run_until_complete(
             asyncio.start_server(self._tcp_echo, "127.0.0.1", self.tcp_port)
+        )
+        self.tcp_chunks = self.loop.run_until_complete(
+            asyncio.start_server(self._tcp_chunk_echo, "127.0.0.1", self.tcp_chunks_port)
         )
         self.raw_http = self.loop.run_until_complete(
             asyncio.start_server(self._raw_http, "127.0.0.1", self.raw_http_port)
@@ -92,9 +96,19 @@ class Peers:
             await writer.drain()
         writer.close()
 
+    async def _tcp_chunk_echo(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Each piece back as it came: the answer is cut where the request was."""
+        while piece := await reader.read(65536):
+            writer.write(piece)
+            await writer.drain()
+        writer.close()
+
     def stop(self) -> None:
         async def close() -> None:
             self.tcp.close()
+            self.tcp_chunks.close()
             self.raw_http.close()
             await self.runner.cleanup()
             # Handlers of connections still open end here, not as tasks destroyed pending.
@@ -159,6 +173,37 @@ def test_tcp_messages_are_redacted_and_the_peer_gets_them(
     outputs_gateway.process.wait_for(r"TCP|tcp")  # the stream was shown
 
 
+def test_a_secret_split_across_tcp_messages_is_shown_in_none_of_them(
+    outputs_gateway: harness.Gateway, peers: Peers, planted: Planted
+) -> None:
+    """Each part of a token and of a card number goes in its own TCP segment, both ways: no
+    part shows, as printed when it arrived or as kept once the stream ended."""
+    token, card = _token(), _card_number()
+    spaced = " ".join(card[i : i + 4] for i in range(0, 16, 4))
+    pieces = [
+        f"hello {token[:24]}",
+        token[24:60],
+        f"{token[60:]} pay {spaced[:9]}",
+        f"{spaced[9:]} bye\n",
+    ]
+    planted.add("token split across messages", token)
+    planted.add("middle of the split token", token[24:60])
+    planted.add("end of the split token", token[60:])
+    planted.add("card split across messages", card)
+    planted.add("start of the split card", spaced[:9])
+    planted.add("end of the split card", spaced[9:])
+    sent = "".join(pieces).encode()
+    with _tunnel(outputs_gateway, peers.tcp_chunks_port) as conn:
+        answer = b""
+        for piece in pieces:
+            conn.sendall(piece.encode())
+            goal = len(answer) + len(piece)
+            while len(answer) < goal:  # its echo came back: the next one is a new message
+                answer += conn.recv(65536)
+    assert answer == sent
+    outputs_gateway.process.wait_for(r"bye")  # the last message was shown
+
+
 def test_websocket_messages_are_redacted_and_the_peer_gets_them(
     outputs_gateway: harness.Gateway, peers: Peers, planted: Planted
 ) -> None:
@@ -175,6 +220,28 @@ def test_websocket_messages_are_redacted_and_the_peer_gets_them(
                 return str(answer.data)
 
     assert asyncio.run(talk()) == f'echo {{"token": "{secret}"}}'
+
+
+def test_a_secret_split_across_websocket_messages_is_shown_in_none_of_them(
+    outputs_gateway: harness.Gateway, peers: Peers, planted: Planted
+) -> None:
+    token = _token()
+    planted.add("token split across WebSocket messages", token)
+    planted.add("end of the split token", token[30:])
+
+    async def talk() -> list[str]:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            async with session.ws_connect(
+                f"http://127.0.0.1:{peers.http_port}/ws", proxy=outputs_gateway.proxy_url
+            ) as ws:
+                answers = []
+                for part in (f"token {token[:30]}", token[30:]):
+                    await ws.send_str(part)
+                    answers.append(str((await ws.receive(timeout=10)).data))
+                await ws.close()
+                return answers
+
+    assert asyncio.run(talk()) == [f"echo token {token[:30]}", f"echo {token[30:]}"]
 
 
 def test_method_reason_and_names_are_redacted_and_the_peers_get_them(

@@ -6,6 +6,9 @@ adds is walked too.
 (``conceal``), and puts the real ones back (``reveal``) for mitmproxy's layer to send while it
 handles an event: outside that synchronous step the flow holds only redacted values.
 
+The messages of a stream (TCP, UDP, WebSocket) are read together (see
+:mod:`unit_gateway.stream_text`): a secret may be split across them.
+
 Left out: the flow's connections (addresses, SNI, TLS facts that mitmproxy itself reads while
 the flow is shown), and the bodies of HTTP messages (the redaction addon owns those).
 """
@@ -17,6 +20,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from unit_gateway import stream_text
 
 #: Attributes that are not walked: network facts mitmproxy's own addons read from the
 #: connection objects (shared by every flow of a connection), the id mitmweb indexes flows
@@ -53,11 +58,26 @@ def _set(holder: Any, key: Any, value: Any) -> None:
 
 
 @dataclass
+class _Shown:
+    """What one stream message was last shown as, for its content ``real``."""
+
+    message: Any  # held, so that its id stays its own
+    real: bytes
+    shown: bytes
+
+
+@dataclass
 class _FlowRecord:
     edits: list[Edit] = field(default_factory=list)
     #: id -> value of the strings, bytes and header tuples found clean (holding them keeps
     #: their ids unique): a value seen before is not read again.
     clean: dict[int, Any] = field(default_factory=dict)
+    #: id(message) -> its shown content, for the messages of the flow's streams
+    shown: dict[int, _Shown] = field(default_factory=dict)
+    #: id(first message of a direction) -> what its unsettled messages were read with
+    read: dict[int, tuple[tuple[int, ...], bool, int]] = field(default_factory=dict)
+    #: real parts of split secrets found in the flow's streams, hidden wherever they show
+    withheld: set[bytes] = field(default_factory=set)
 
 
 #: Values that hold no text, passed over first (most of a flow's fields).
@@ -76,6 +96,16 @@ def _is_walked_object(value: Any) -> bool:
     return walked
 
 
+def _is_stream(messages: list[Any]) -> bool:
+    """A list of stream messages (TCP, UDP, WebSocket): each says its direction and content."""
+    first = messages[0]
+    return (
+        _is_walked_object(first)
+        and isinstance(getattr(first, "from_client", None), bool)
+        and type(getattr(first, "content", None)) is bytes
+    )
+
+
 def _attributes(value: Any) -> list[tuple[str, Any]]:
     if hasattr(value, "__dict__"):
         return list(vars(value).items())
@@ -91,20 +121,24 @@ class FlowVault:
         redact_fields: RedactFields,
         headers_type: type,
         owned: Owned = lambda holder, key: False,
+        redact_data: stream_text.Redact | None = None,
     ) -> None:
         self.redact_leaf = redact_leaf
         self.redact_fields = redact_fields
         self.headers_type = headers_type
         self.owned = owned
+        self.redact_data = redact_data
         self._records: weakref.WeakKeyDictionary[Any, _FlowRecord] = weakref.WeakKeyDictionary()
 
-    def conceal(self, flow: Any) -> int:
-        """Redact every value ``flow`` holds; return how many were changed now."""
+    def conceal(self, flow: Any, *, ended: bool = False) -> int:
+        """Redact every value ``flow`` holds; return how many were changed now. ``ended``:
+        its streams are over even if the flow is still live (the end hook is next)."""
         record = self._records.get(flow)
         if record is None:
             record = self._records[flow] = _FlowRecord()
         before = len(record.edits)
-        _Walk(self, record).visit_object(flow)
+        open_end = not ended and getattr(flow, "live", False) is True
+        _Walk(self, record, open_end).visit_object(flow)
         return len(record.edits) - before
 
     def reveal(self, flow: Any) -> None:
@@ -123,9 +157,10 @@ class FlowVault:
 
 
 class _Walk:
-    def __init__(self, vault: FlowVault, record: _FlowRecord) -> None:
+    def __init__(self, vault: FlowVault, record: _FlowRecord, open_end: bool) -> None:
         self.vault = vault
         self.record = record
+        self.open_end = open_end
         self.seen: set[int] = set()
 
     def _changed(self, holder: Any, key: Any, real: Any, shown: Any) -> None:
@@ -133,14 +168,14 @@ class _Walk:
         self.record.edits.append(Edit(holder, key, real, shown))
         self.record.clean[id(shown)] = shown
 
-    def visit_object(self, value: Any) -> None:
+    def visit_object(self, value: Any, skipped: str | None = None) -> None:
         if id(value) in self.seen:
             return
         self.seen.add(id(value))
         owned = self.vault.owned
         for name, item in _attributes(value):
             kind = type(item)
-            if kind in _SCALARS or name in SKIPPED:
+            if kind in _SCALARS or name in SKIPPED or name == skipped:
                 continue
             if (kind is str or kind is bytes) and owned(value, name):
                 continue
@@ -169,6 +204,9 @@ class _Walk:
             else:
                 self._changed(value, "fields", fields, shown_fields)
         elif kind is list:
+            if value and self.vault.redact_data is not None and _is_stream(value):
+                self._visit_stream(value)
+                return
             for index, item in enumerate(value):
                 self.visit(value, index, item)
         elif kind is dict:
@@ -177,6 +215,56 @@ class _Walk:
             self._visit_tuple(holder, key, value)
         elif _is_walked_object(value):
             self.visit_object(value)
+
+    def _visit_stream(self, messages: list[Any]) -> None:
+        for message in messages:
+            self.visit_object(message, skipped="content")
+        directions = [[m for m in messages if m.from_client is side] for side in (True, False)]
+        record = self.record
+        for _ in range(3):  # a part hidden in one direction is hidden in the other too
+            known = len(record.withheld)
+            for direction in directions:
+                if direction:
+                    self._read_direction(direction)
+            if len(record.withheld) == known:
+                break
+        for message in messages:
+            entry = record.shown[id(message)]
+            if entry.shown != entry.real:
+                self._changed(message, "content", entry.real, entry.shown)
+
+    def _read_direction(self, messages: list[Any]) -> None:
+        """Sets ``record.shown`` for each of ``messages`` (one direction, in order)."""
+        redact = self.vault.redact_data
+        assert redact is not None
+        record = self.record
+        contents = [m.content for m in messages]
+        start = stream_text.unsettled_from(contents)
+        read = (tuple(id(c) for c in contents[start:]), self.open_end, len(record.withheld))
+        if record.read.get(id(messages[0])) == read:
+            return
+        # older messages keep their shown form unless their content changed
+        first = next(
+            (
+                i
+                for i, m in enumerate(messages[:start])
+                if (s := record.shown.get(id(m))) is None or s.real is not m.content
+            ),
+            start,
+        )
+        found = stream_text.shown_messages(contents, redact, open_end=self.open_end, start=first)
+        new: set[bytes] = set()
+        for message, shown in zip(messages[first:], found, strict=True):
+            visible = stream_text.withheld_from(shown.shown, record.withheld)
+            record.shown[id(message)] = _Shown(message, message.content, visible)
+            new.update(part for part in shown.withheld if part not in record.withheld)
+        record.read[id(messages[0])] = read
+        if new:
+            record.withheld |= new
+            # an older message that holds a part found hidden now is read again
+            for shown_entry in list(record.shown.values()):
+                if any(part in shown_entry.real for part in new):
+                    del record.shown[id(shown_entry.message)]
 
     def _visit_dict(self, holder: Any, key: Any, value: dict[Any, Any]) -> None:
         for name in list(value):

@@ -77,6 +77,7 @@ from unit_gateway.flow_walk import FlowVault
 from unit_gateway.metrics import Children
 from unit_gateway.mitm import addon_order, early_errors, option_masks, patch_point
 from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
+from unit_gateway.stream_text import unreadable
 
 if TYPE_CHECKING:
     from unit_gateway.config import LoadedConfig, Upstream
@@ -421,7 +422,9 @@ class FlowRedaction:
         self._redactions = Children(metrics.redactions) if metrics is not None else None
         self._sweeper: asyncio.Task[None] | None = None
         #: Every other value of every flow (see unit_gateway.flow_walk).
-        self.vault = FlowVault(self._shown_leaf, self._shown_fields, http.Headers, _owned)
+        self.vault = FlowVault(
+            self._shown_leaf, self._shown_fields, http.Headers, _owned, self.redact_data
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -557,10 +560,11 @@ class FlowRedaction:
 
     # --- every value of a flow (see unit_gateway.flow_walk) -----------------------------
 
-    def conceal(self, flow: Any) -> None:
+    def conceal(self, flow: Any, *, ended: bool = False) -> None:
         """Nothing ``flow`` holds is real any more (the patch point calls this when a layer
-        is done with an event, ``reveal`` when it starts the next)."""
-        self.vault.conceal(flow)
+        is done with an event, ``reveal`` when it starts the next; ``ended`` before a stream's
+        end hook)."""
+        self.vault.conceal(flow, ended=ended)
 
     def reveal(self, flow: Any) -> None:
         self.vault.reveal(flow)
@@ -568,9 +572,14 @@ class FlowRedaction:
     def _shown_leaf(self, value: str | bytes) -> str | bytes:
         if isinstance(value, str):
             return self.redact_text(value)
-        text = value.decode(*_ENCODING)
-        shown = self.redact_text(text)
-        return value if shown == text else shown.encode(*_ENCODING)
+        shown = self.redact_data(value)
+        return unreadable(len(value)) if shown is None else shown
+
+    def redact_data(self, data: bytes) -> bytes | None:
+        counts: Counter[str] = Counter()
+        shown = self.redactor.redact_data(data, counts=counts)
+        self.count(counts)
+        return shown
 
     def _shown_fields(
         self, fields: tuple[tuple[bytes, bytes], ...]

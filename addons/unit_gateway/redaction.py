@@ -753,6 +753,13 @@ class Redactor:
         tally = counts if counts is not None else Counter()
         return self._detectors.scan(self._redact_keyed_text(text, tally), tally)
 
+    def redact_data(self, data: bytes, *, counts: Counter[str] | None = None) -> bytes | None:
+        """Bytes that carry no declared type (a TCP, UDP or WebSocket message, a DNS record)
+        fit to show: the text rules over every way a viewer reads them; None when no reading
+        settles (show a summary instead)."""
+        tally = counts if counts is not None else Counter()
+        return self._settle(data, (), self._text_rules, tally)
+
     def _text_rules(self, text: str, counts: Counter[str]) -> str:
         return self.redact_text(text, counts=counts)
 

@@ -45,7 +45,7 @@ class StreamGuard(Protocol):
         self, stream: httplayer.HttpStream, secrets: Any, command: httplayer.SendHttp
     ) -> httplayer.SendHttp: ...
 
-    def conceal(self, flow: Any) -> None: ...
+    def conceal(self, flow: Any, *, ended: bool = False) -> None: ...
 
     def reveal(self, flow: Any) -> None: ...
 
@@ -256,6 +256,17 @@ FLOW_LAYERS: tuple[type[layer.Layer], ...] = (
 )
 
 
+#: Hooks after which a stream has nothing more to say (mitmproxy clears ``live`` only after
+#: they ran, and addons save and print the flow in them).
+_END_HOOKS = (
+    tcp.TcpEndHook,
+    tcp.TcpErrorHook,
+    udp.UdpEndHook,
+    udp.UdpErrorHook,
+    websocket.WebsocketEndHook,
+)
+
+
 def _flows_of(held: layer.Layer) -> list[Any]:
     state = held.__dict__
     if (flow := state.get("flow")) is not None:
@@ -280,8 +291,9 @@ def _flow_layer_handler(original: Callable[..., Commands]) -> Callable[..., Comm
             for command in original(self, event):
                 hook = isinstance(command, commands.StartHook)
                 if hook:
+                    ended = isinstance(command, _END_HOOKS)
                     for flow in _flows_of(self):
-                        active.conceal(flow)
+                        active.conceal(flow, ended=ended)
                 yield command
                 if hook:
                     for flow in _flows_of(self):
