@@ -1536,7 +1536,12 @@ def test_visible_classes_match_unicodedata() -> None:
     """The generated character classes of redaction_rules, recomputed from this Python's
     unicodedata: a new Unicode version that adds a format character or a lookalike fails
     here (regenerate the classes from expected_unseen and expected_lookalike)."""
-    from unit_gateway.redaction_rules import _LOOKALIKE, _UNSEEN, visible
+    from unit_gateway.redaction_rules import _ASCII_UNSEEN, _LOOKALIKE, _UNSEEN, visible
+
+    ascii_chars = [chr(c) for c in range(128)]
+    assert [c for c in ascii_chars if _UNSEEN.match(c)] == [
+        c for c in ascii_chars if _ASCII_UNSEEN.match(c)
+    ]
 
     def expected_unseen(char: str) -> bool:
         category = unicodedata.category(char)

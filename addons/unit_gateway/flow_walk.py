@@ -78,6 +78,10 @@ class _FlowRecord:
     read: dict[int, tuple[tuple[int, ...], bool, int]] = field(default_factory=dict)
     #: real parts of split secrets found in the flow's streams, hidden wherever they show
     withheld: set[bytes] = field(default_factory=set)
+    #: each stream message's content, read alone
+    alone: stream_text.AloneCache = field(default_factory=dict)
+    #: id -> stream message that holds nothing to redact but its content (not walked again)
+    plain: dict[int, Any] = field(default_factory=dict)
 
 
 #: Values that hold no text, passed over first (most of a flow's fields).
@@ -217,10 +221,15 @@ class _Walk:
             self.visit_object(value)
 
     def _visit_stream(self, messages: list[Any]) -> None:
-        for message in messages:
-            self.visit_object(message, skipped="content")
-        directions = [[m for m in messages if m.from_client is side] for side in (True, False)]
         record = self.record
+        plain = record.plain
+        for message in messages:
+            if plain.get(id(message)) is not message:
+                before = len(record.edits)
+                self.visit_object(message, skipped="content")
+                if len(record.edits) == before:  # nothing but its content to redact
+                    plain[id(message)] = message
+        directions = [[m for m in messages if m.from_client is side] for side in (True, False)]
         for _ in range(3):  # a part hidden in one direction is hidden in the other too
             known = len(record.withheld)
             for direction in directions:
@@ -230,7 +239,13 @@ class _Walk:
                 break
         for message in messages:
             entry = record.shown[id(message)]
-            if entry.shown != entry.real:
+            content = message.content
+            if entry.real is not content:  # an addon set it after it was read: alone, then
+                assert self.vault.redact_data is not None
+                alone = self.vault.redact_data(content)
+                shown = stream_text.unreadable(len(content)) if alone is None else alone
+                entry = record.shown[id(message)] = _Shown(message, content, shown)
+            if entry.shown is not entry.real and entry.shown != entry.real:
                 self._changed(message, "content", entry.real, entry.shown)
 
     def _read_direction(self, messages: list[Any]) -> None:
@@ -252,7 +267,9 @@ class _Walk:
             ),
             start,
         )
-        found = stream_text.shown_messages(contents, redact, open_end=self.open_end, start=first)
+        found = stream_text.shown_messages(
+            contents, redact, open_end=self.open_end, start=first, cache=record.alone
+        )
         new: set[bytes] = set()
         for message, shown in zip(messages[first:], found, strict=True):
             visible = stream_text.withheld_from(shown.shown, record.withheld)

@@ -755,8 +755,10 @@ class Redactor:
 
     def redact_data(self, data: bytes, *, counts: Counter[str] | None = None) -> bytes | None:
         """Bytes that carry no declared type (a TCP, UDP or WebSocket message, a DNS record)
-        fit to show: the text rules over every way a viewer reads them; None when no reading
-        settles (show a summary instead)."""
+        fit to show: the text rules over every way a viewer reads them; None for binary data
+        (as a body's) and when no reading settles: show a summary instead."""
+        if _looks_binary(data):
+            return None
         tally = counts if counts is not None else Counter()
         return self._settle(data, (), self._text_rules, tally)
 

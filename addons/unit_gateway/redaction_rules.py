@@ -448,6 +448,8 @@ _UNSEEN = re.compile(
     r"\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
     r"\U000e0020-\U000e007f]"
 )
+#: The ASCII part of _UNSEEN (a search over a small class is several times faster).
+_ASCII_UNSEEN = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 #: Characters a reader takes for an ASCII one: the other spaces and dashes, and the forms whose
 #: compatibility decomposition is one ASCII character in another width or size (fullwidth,
 #: small, no-break, the one-dot leader), or a digit in another typeface (mathematical,
@@ -479,6 +481,8 @@ def visible(text: str) -> str:
     """``text`` as a person reads it on a screen: without the characters that show as
     nothing, and with every space, dash and ASCII lookalike as its ASCII character. A card
     number written with a zero-width space, no-break spaces or fullwidth digits is one."""
+    if text.isascii():  # no lookalikes; the unseen ones are ASCII controls
+        return text if _ASCII_UNSEEN.search(text) is None else _ASCII_UNSEEN.sub("", text)
     return _LOOKALIKE.sub(_as_ascii, _UNSEEN.sub("", text))
 
 

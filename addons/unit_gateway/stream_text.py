@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-#: Bytes of the stream read on either side of a message. A secret longer than this, split
-#: across messages, is not recognized by its parts.
-CONTEXT = 16384
+#: Most bytes of the stream read on either side of a message (up to a line break). A secret
+#: longer than this, split across messages, is not recognized by its parts.
+CONTEXT = 4096
 #: The newest messages of a direction are read again as more arrive; an older one keeps what
 #: it was last shown as (a hold stays: fail closed).
 RECENT = 32
@@ -37,7 +37,7 @@ _HELD_RUN = re.compile(r"[\w.+/=-]{16,}")
 
 
 def unreadable(size: int) -> bytes:
-    return f"[stream data redacted: {size} bytes, no clean reading]".encode()
+    return f"[stream data redacted: {size} bytes, binary or no clean reading]".encode()
 
 
 def held_length(data: bytes) -> int:
@@ -92,8 +92,10 @@ def withheld_from(shown: bytes, withheld: Collection[bytes]) -> bytes:
     return shown
 
 
-def shown_message(content: bytes, before: bytes, after: bytes, redact: Redact) -> Shown:
-    found = _shown_message(content, before, after, redact)
+def shown_message(
+    content: bytes, before: bytes, after: bytes, redact: Redact, alone: bytes | None = None
+) -> Shown:
+    found = _shown_message(content, before, after, redact, alone)
     head, tail = found.startswith(SPLIT), found.endswith(SPLIT)
     if found is SPLIT or (head and tail):
         real = content
@@ -108,14 +110,16 @@ def shown_message(content: bytes, before: bytes, after: bytes, redact: Redact) -
     return Shown(found, [real] if len(real) >= MIN_WITHHELD else [])
 
 
-def _shown_message(content: bytes, before: bytes, after: bytes, redact: Redact) -> bytes:
+def _shown_message(
+    content: bytes, before: bytes, after: bytes, redact: Redact, alone: bytes | None
+) -> bytes:
     """``content`` as a person may see it, read with ``before`` and ``after`` (the stream's
     bytes on either side, in the same direction).
 
     ``content`` alone is redacted; where reading it with its neighbours redacts something
     else (a secret that starts or ends in a neighbour, or spans it), the part of it up to or
     from that point is replaced by :data:`SPLIT`."""
-    shown = redact(content)
+    shown = alone if alone is not None else redact(content)
     if shown is None:
         return unreadable(len(content))
     whole = before + content + after
@@ -159,62 +163,146 @@ def _shown_message(content: bytes, before: bytes, after: bytes, redact: Redact) 
     return (SPLIT if start else b"") + shown[start:end] + (SPLIT if end < len(shown) else b"")
 
 
-def _before(contents: Sequence[bytes], index: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    for content in reversed(contents[:index]):
-        parts.append(content)
-        size += len(content)
-        if size >= CONTEXT:
-            break
-    return b"".join(reversed(parts))[-CONTEXT:]
+#: id(content) -> (content, content redacted alone): kept by the caller across calls, so a
+#: message is read alone once.
+AloneCache = dict[int, tuple[bytes, bytes | None]]
 
 
-def _after(contents: Sequence[bytes], index: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    for content in contents[index + 1 :]:
-        parts.append(content)
-        size += len(content)
-        if size >= CONTEXT:
-            break
-    return b"".join(parts)[:CONTEXT]
+class _Stream:
+    """One direction's messages, each redacted alone at most once."""
+
+    def __init__(self, contents: Sequence[bytes], redact: Redact, cache: AloneCache) -> None:
+        self.contents = contents
+        self.redact = redact
+        self.cache = cache
+
+    def alone(self, index: int) -> bytes | None:
+        content = self.contents[index]
+        found = self.cache.get(id(content))
+        if found is None or found[0] is not content:
+            found = self.cache[id(content)] = (content, self.redact(content))
+        return found[1]
+
+    def interacting(self, start: int) -> set[int]:
+        """The messages from ``start`` on that may be read differently with their neighbours:
+        those in a window around a message boundary (to the nearest line breaks, at most
+        :data:`CONTEXT` bytes each way) that redaction changes. Usually none, for the cost of
+        reading the boundaries' windows once."""
+        before = self.before(start) if start else b""
+        parts, owners, bounds = [before], [-1], [len(before)]
+        for index in range(start, len(self.contents)):
+            readable = self.alone(index) is not None
+            parts.append(self.contents[index] if readable else b"\n")
+            owners.append(index)
+            bounds.append(bounds[-1] + len(parts[-1]))
+        joined = b"".join(parts)
+        windows: list[list[int]] = []
+        for boundary in bounds[:-1]:
+            if boundary == 0:
+                continue
+            low = max(boundary - CONTEXT, joined.rfind(b"\n", 0, boundary) + 1)
+            newline = joined.find(b"\n", boundary)
+            high = min(boundary + CONTEXT, len(joined) if newline == -1 else newline)
+            if windows and low <= windows[-1][1]:
+                windows[-1][1] = max(windows[-1][1], high)
+            else:
+                windows.append([low, high])
+        found: set[int] = set()
+        for low, high in windows:
+            text = joined[low:high]
+            if self.redact(text) == text:
+                continue
+            starts = [0, *bounds[:-1]]
+            found.update(
+                owner
+                for owner, begin, end in zip(owners, starts, bounds, strict=True)
+                if owner >= 0 and begin < high and end > low
+            )
+        return found
+
+    def before(self, index: int) -> bytes:
+        """The stream before message ``index`` back to a line break (no detector reads across
+        one), an unreadable message, or :data:`CONTEXT` bytes."""
+        parts: list[bytes] = []
+        size = 0
+        for other in range(index - 1, -1, -1):
+            content = self.contents[other]
+            if self.alone(other) is None:
+                break
+            cut = content.rfind(b"\n")
+            parts.append(content[cut + 1 :])
+            size += len(parts[-1])
+            if cut != -1 or size >= CONTEXT:
+                break
+        return b"".join(reversed(parts))[-CONTEXT:]
+
+    def after(self, index: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        for other in range(index + 1, len(self.contents)):
+            content = self.contents[other]
+            if self.alone(other) is None:
+                break
+            cut = content.find(b"\n")
+            parts.append(content if cut == -1 else content[:cut])
+            size += len(parts[-1])
+            if cut != -1 or size >= CONTEXT:
+                break
+        return b"".join(parts)[:CONTEXT]
 
 
 def unsettled_from(contents: Sequence[bytes]) -> int:
-    """The first message whose shown form may still change as the stream goes on: one with
-    less than :data:`CONTEXT` bytes after it, or among the :data:`RECENT` newest."""
+    """The first message whose shown form may still change as the stream goes on: the newest,
+    and those before it back to one with a line break (what follows may still join their last
+    line), within :data:`CONTEXT` bytes of the end and the :data:`RECENT` newest."""
+    newest = len(contents) - 1
     index, following = len(contents), 0
     while index > 0 and following < CONTEXT:
         index -= 1
         following += len(contents[index])
+        if index < newest and b"\n" in contents[index]:
+            break
     return max(index, len(contents) - RECENT, 0)
 
 
 def shown_messages(
-    contents: Sequence[bytes], redact: Redact, *, open_end: bool, start: int = 0
+    contents: Sequence[bytes],
+    redact: Redact,
+    *,
+    open_end: bool,
+    start: int = 0,
+    cache: AloneCache | None = None,
 ) -> list[Shown]:
     """What a person may see of ``contents[start:]``, the messages of one direction of a
     stream in order. ``open_end``: the stream may go on, so what could be the start of a
     secret at its end (across the last messages) is held back."""
+    stream = _Stream(contents, redact, cache if cache is not None else {})
+    interacting = stream.interacting(start)
     held = 0
     if open_end and contents:
-        tail = _before(contents, len(contents))
-        held = held_length(tail)
+        last = len(contents) - 1
+        if stream.alone(last) is not None:
+            held = held_length(stream.before(last) + contents[last])
     shown: list[Shown] = []
     remaining = sum(len(c) for c in contents[start:])
     for index in range(start, len(contents)):
         content = contents[index]
         after_self = remaining - len(content)
         remaining = after_self
-        before = _before(contents, index)
+        alone = stream.alone(index)
+        if alone is None:
+            shown.append(Shown(unreadable(len(content))))
+            continue
         if held > after_self:  # the held end of the stream reaches into this message
             keep = max(0, len(content) - (held - after_self))
             if keep:
-                visible = shown_message(content[:keep], before, b"", redact)
+                visible = shown_message(content[:keep], stream.before(index), b"", redact)
                 shown.append(Shown(visible.shown + HELD, visible.withheld))
             else:
                 shown.append(Shown(HELD))
+        elif index not in interacting:
+            shown.append(Shown(alone))
         else:
-            shown.append(shown_message(content, before, _after(contents, index), redact))
+            before, after = stream.before(index), stream.after(index)
+            shown.append(shown_message(content, before, after, redact, alone))
     return shown
