@@ -17,6 +17,7 @@ def make_addons() -> list[Any]:
     from unit_gateway.chain import AddonChain
     from unit_gateway.core import GatewayCore
     from unit_gateway.inject import TokenInjector
+    from unit_gateway.lifecycle import InFlight, Lifecycle
     from unit_gateway.loops import RedirectLoopGuard
     from unit_gateway.metrics import GatewayMetrics, MetricsExporter
     from unit_gateway.mitm.hook_table import HookTable
@@ -26,6 +27,7 @@ def make_addons() -> list[Any]:
     core = GatewayCore(metrics)
     redaction = FlowRedaction(core, metrics)
     tokens = TokenInjector(core, metrics, redaction)
+    in_flight = InFlight()
     return [
         # First: it checks the running mitmproxy before anything of it is replaced.
         gate,
@@ -36,9 +38,13 @@ def make_addons() -> list[Any]:
             core,
             # Before every addon that reads flows: it keeps real secrets out of them.
             redaction,
+            # A request counts as in flight (a drain waits for it) before a token is minted.
+            in_flight,
             tokens,
             # After the token addon, so a retried request is recorded with its final answer.
             MetricsExporter(core, metrics, tokens),
             RedirectLoopGuard(metrics),
+            # Last: its running hook marks the gateway ready, after every other one ran.
+            Lifecycle(core, in_flight),
         ),
     ]

@@ -333,6 +333,16 @@ class AccessLogSettings(_Model):
     the configuration file; appended to. Unset: no access log."""
 
 
+class LifecycleSettings(_Model):
+    start_wait_seconds: float = Field(default=10.0, gt=0, le=300)
+    """How long a request that arrives while the gateway is still starting waits for it
+    (mitmproxy listens before the gateway is ready); then `503 gateway_not_configured`."""
+    drain_seconds: float = Field(default=25.0, ge=0, le=3600)
+    """On SIGTERM the gateway stops listening and gives the requests in flight this long to
+    finish before it exits (keep it under your orchestrator's grace period). A second SIGTERM
+    exits at once."""
+
+
 class GatewayConfig(_Model):
     unit: UnitSettings
     """The Unit APIs the gateway talks to and the org token it uses with them."""
@@ -341,7 +351,9 @@ class GatewayConfig(_Model):
     tokens: TokenSettings = TokenSettings()
     """How customer and cardholder tokens are minted, cached and refreshed."""
     metrics: MetricsSettings = MetricsSettings()
-    """The Prometheus metrics endpoint."""
+    """The Prometheus metrics endpoint, and the `/healthz` and `/readyz` probes."""
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    """Start-up and shutdown: waiting for readiness, draining on SIGTERM."""
     routes: RouteSettings = RouteSettings()
     """Additions and changes to Unit's built-in route table: scopes, methods, two-factor
     scopes."""

@@ -82,6 +82,11 @@ metrics:
   host: 0.0.0.0   # where a cluster Prometheus scrapes the gateway
   port: 9464
 """,
+    "lifecycle": """\
+lifecycle:
+  start_wait_seconds: 10   # a request sent while the gateway starts waits this long
+  drain_seconds: 25        # under a Kubernetes terminationGracePeriodSeconds of 30
+""",
     "routes": """\
 routes:
   extra:

@@ -18,6 +18,7 @@ from mitmproxy import ctx, exceptions
 
 from unit_gateway import config
 from unit_gateway.config import ConfigError, LoadedConfig, Secret
+from unit_gateway.lifecycle import Health
 
 if TYPE_CHECKING:
     from mitmproxy.addonmanager import Loader
@@ -75,6 +76,8 @@ class GatewayCore:
         self.sandbox: RunningSandbox | None = None
         self._org_token: Secret | None = None
         self._running = False
+        #: What the probes report (see unit_gateway.lifecycle).
+        self.health = Health()
 
     @property
     def org_token(self) -> Secret | None:

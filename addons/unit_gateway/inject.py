@@ -153,14 +153,34 @@ class TokenInjector:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
             return None
-        if self.core.config is None or self.service is None:
-            # No valid configuration: nothing leaves, with or without a token.
-            flow.response = error_response(
-                503,
-                "gateway_not_configured",
-                "unit-gateway has no valid configuration; see its log",
-            )
+        if self.service is None:
+            if self.core.config is not None and not self.core.health.ready:
+                return self._when_started(flow)
+            self._not_configured(flow)
             return None
+        return self._route(flow)
+
+    async def _when_started(self, flow: http.HTTPFlow) -> None:
+        """A request that arrived while the gateway was starting (mitmproxy listens first)."""
+        assert self.core.config is not None
+        seconds = self.core.config.model.lifecycle.start_wait_seconds
+        if not await self.core.health.wait_ready(seconds) or self.service is None:
+            self._not_configured(flow)
+            return
+        waiting = self._route(flow)
+        if waiting is not None:
+            await waiting
+
+    @staticmethod
+    def _not_configured(flow: http.HTTPFlow) -> None:
+        # No valid configuration: nothing leaves, with or without a token.
+        flow.response = error_response(
+            503,
+            "gateway_not_configured",
+            "unit-gateway has no valid configuration; see its log",
+        )
+
+    def _route(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         try:
             waiting = self._route_request(flow)
         except Exception:

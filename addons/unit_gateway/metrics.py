@@ -33,6 +33,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway import __version__, identity
 from unit_gateway.access_log import AccessLog, log_path
+from unit_gateway.lifecycle import Health, probe_answer
 from unit_gateway.limits import retry_after_seconds
 from unit_gateway.routes import HTTP_METHODS
 
@@ -406,7 +407,9 @@ class MetricsExporter:
         if not settings.enabled:
             return
         try:
-            self._server = serve_metrics(self.metrics, settings.host, settings.port)
+            self._server = serve_metrics(
+                self.metrics, settings.host, settings.port, self.core.health
+            )
         except OSError as e:
             logger.error(
                 "unit-gateway: cannot serve metrics on %s:%s: %s",
@@ -431,6 +434,7 @@ class MetricsExporter:
 
     async def _refresh_gauges(self, every: float = 5.0) -> None:
         while True:
+            self.core.health.beat()  # /healthz: the loop turns
             self.update_window_gauges()
             self.core_cache_gauges()
             await asyncio.sleep(every)
@@ -485,6 +489,7 @@ class MetricsExporter:
             m.upstream_duration.labels(route, method).observe(upstream_seconds)
             self._rate_limit(flow, state.upstream.environment, route)
         m.overhead.labels(route, method).observe(max(0.0, total - upstream_seconds - mint))
+        self._note_reachability(flow, state.upstream.environment)
         if self.access_log is not None:
             self.access_log.write(
                 route=route,
@@ -497,6 +502,14 @@ class MetricsExporter:
                 token=self._token_fingerprint(flow),
                 environment=state.upstream.environment,
             )
+
+    def _note_reachability(self, flow: http.HTTPFlow, environment: str) -> None:
+        """/readyz reports whether Unit answered the last request to each environment."""
+        response = flow.response
+        if response is not None and not flow.metadata.get(LOCAL_RESPONSE_KEY):
+            self.core.health.unit[environment] = "reachable"
+        elif flow.error is not None or (response is not None and response.status_code >= 502):
+            self.core.health.unit[environment] = "unreachable"
 
     def _token_fingerprint(self, flow: http.HTTPFlow) -> str | None:
         """The fingerprint of the credential Unit got (injected, or the caller's own)."""
@@ -543,13 +556,22 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # scrapes every few seconds would flood the proxy's log
 
 
-def metrics_app(metrics: GatewayMetrics) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app that answers ``/metrics`` (gzip when the scraper accepts it)."""
+def metrics_app(
+    metrics: GatewayMetrics, health: Health | None = None
+) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app that answers ``/metrics`` (gzip when the scraper accepts it), and the
+    ``/healthz`` and ``/readyz`` probes."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") not in ("/metrics", "/"):
+        path = environ.get("PATH_INFO")
+        probe = probe_answer(health, path) if health is not None and path else None
+        if probe is not None:
+            status, answer = probe
+            start_response(status, [("Content-Type", "application/json")])
+            return [answer]
+        if path not in ("/metrics", "/"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"see /metrics\n"]
+            return [b"see /metrics, /healthz, /readyz\n"]
         body = metrics.exposition()
         headers = [("Content-Type", CONTENT_TYPE_LATEST)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
@@ -562,9 +584,12 @@ def metrics_app(metrics: GatewayMetrics) -> Callable[..., Iterable[bytes]]:
     return app
 
 
-def serve_metrics(metrics: GatewayMetrics, host: str, port: int) -> ThreadingWSGIServer:
+def serve_metrics(
+    metrics: GatewayMetrics, host: str, port: int, health: Health | None = None
+) -> ThreadingWSGIServer:
     """Listen and serve from a daemon thread, apart from the proxy's loop: a scrape never
     waits on it. Returns the server (its address; ``shutdown`` to stop)."""
-    server = make_server(host, port, metrics_app(metrics), ThreadingWSGIServer, _QuietHandler)
+    app = metrics_app(metrics, health)
+    server = make_server(host, port, app, ThreadingWSGIServer, _QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
