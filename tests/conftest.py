@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from mitmproxy import flow as mflow
 from mitmproxy import http, io
 from unit import Unit
 
@@ -196,10 +198,15 @@ def wait_until(
 DEADLINE_SLACK_SECONDS = 1.5
 
 
+def saved_flows_of[F: mflow.Flow](path: Path, kind: type[F]) -> list[F]:
+    """The flows of one kind (HTTP, UDP, DNS, ...) in a ``save_stream_file``."""
+    with path.open("rb") as f:
+        return [flow for flow in io.FlowReader(f).stream() if isinstance(flow, kind)]
+
+
 def saved_flows(path: Path) -> list[http.HTTPFlow]:
     """The HTTP flows of a ``save_stream_file``."""
-    with path.open("rb") as f:
-        return [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
+    return saved_flows_of(path, http.HTTPFlow)
 
 
 def config_reloads(gateway: harness.Gateway, outcome: str) -> float:
@@ -315,6 +322,14 @@ def env_without_proxies(**extra: str) -> dict[str, str]:
 
 GatewayFactory = Callable[..., harness.Gateway]
 
+#: Exit statuses of a gateway that still had a UDP flow open when stopped (a UDP or DNS
+#: listener: mitmproxy ends one only after 20 s idle). It may die of SIGSEGV as Python exits,
+#: after every addon's ``done`` ran and every output was written: a mitmproxy_rs (tokio)
+#: thread that asks for the GIL while the interpreter finalizes is ended with pthread_exit
+#: (CPython 3.12), whose unwinding through Rust frames crashes (mitmproxy issue 7409). Bare
+#: mitmdump does the same in about one stop in five.
+UDP_FLOW_EXIT_STATUSES = (0, -signal.SIGSEGV)
+
 
 class UnitUpstream(Protocol):
     """What a gateway needs of the Unit it stands in front of: a sandbox, or a test's own
@@ -329,7 +344,7 @@ class UnitUpstream(Protocol):
 def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]:
     """Start gateways in front of a sandbox; on teardown stop each (it must exit 0 and free
     its ports). The ``planted`` fixture then scans every output of the run."""
-    started: list[harness.Gateway] = []
+    started: list[tuple[harness.Gateway, Collection[int]]] = []
 
     def start(
         upstream: UnitUpstream,
@@ -339,6 +354,7 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
         extra_args: tuple[str, ...] = (),
         name: str = "gateway",
         web: bool = False,
+        exit_statuses: Collection[int] = (0,),
     ) -> harness.Gateway:
         config = harness.write_gateway_config(
             run_dir / f"{name}.yaml", upstream_url=upstream.url, overrides=overrides
@@ -353,19 +369,19 @@ def gateway_factory(run_dir: Path, planted: Planted) -> Iterator[GatewayFactory]
             name=name,
             web=web,
         )
-        started.append(gateway)
+        started.append((gateway, exit_statuses))
         return gateway
 
     yield start
 
-    for gateway in started:
+    for gateway, exit_statuses in started:
         proc = gateway.process.proc
         if gateway.metrics_url and proc is not None and proc.poll() is None:
             # What /metrics served: one last scrape holds every label set it ever had.
             served = gateway.metrics_text().encode()
             planted.blobs.append((f"{gateway.process.name} /metrics", served))
         status = gateway.process.stop()
-        assert status == 0, gateway.process.output()[-2000:]
+        assert status in exit_statuses, gateway.process.output()[-2000:]
         for port in ports_of(gateway):
             assert harness.port_is_free(port), f"port {port} still bound after stop"
 
