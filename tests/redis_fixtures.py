@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 INSTALL = (
-    "redis-server is not installed; the shared-store tests need a real Redis: "
-    "apt-get install -y redis-server (Debian's package, which .ci/run installs)"
+    "{name} is not installed; the shared-store tests need a real Redis: "
+    "apt-get install -y redis-server (Debian's package, with redis-cli; .ci/run installs it)"
 )
 STARTUP_SECONDS = 15.0
 
@@ -33,7 +33,7 @@ STARTUP_SECONDS = 15.0
 def redis_binary(name: str = "redis-server") -> str:
     found = shutil.which(name)
     if found is None:
-        pytest.fail(INSTALL, pytrace=False)
+        pytest.fail(INSTALL.format(name=name), pytrace=False)
     return found
 
 
