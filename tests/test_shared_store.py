@@ -519,10 +519,10 @@ async def _down_and_back(
         first = await store.get_tokens(CUSTOMER)
         took = time.monotonic() - started
         assert first is UNAVAILABLE
-        assert took < deadline + 0.15, took
+        assert took < deadline + 0.3, took  # the deadline, and a busy loop's delay
         started = time.monotonic()
         assert await every_call() == unavailable
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 0.2
         assert not store.up and states == [False]
     finally:
         server.proc.send_signal(signal.SIGCONT)

@@ -365,7 +365,8 @@ class StoreSettings(_Model):
     """The key used before `key`, while rotating: values it encrypted are still read (and
     identities' tokens and challenges are still found under the names it made), nothing is
     written with it. Remove it once every replica runs with the new `key` and the values it
-    wrote have expired (a token's lifetime)."""
+    wrote have expired (a token's lifetime). Replicas with different keys share no mint leases
+    or verification windows: roll a new key out quickly."""
     operation_timeout_seconds: float = Field(default=0.1, gt=0, le=5)
     """Deadline of each call to Redis. A call that misses it counts as Redis being down: the
     replica falls back to its own state (never failing a request for it) until Redis answers
@@ -374,7 +375,8 @@ class StoreSettings(_Model):
     """While Redis is down, how often the replica checks whether it is back."""
     key_prefix: str = "unitgw:"
     """Prefix of every key and channel the gateway uses in Redis: lets gateways of several
-    environments share one Redis, and an ACL user be limited to `~unitgw:*`."""
+    environments share one Redis, and an ACL user be limited to keys `~unitgw:*` and
+    channels `&unitgw:*`. No `{` or `}` (they would move keys between cluster slots)."""
     mint_lease_seconds: float = Field(default=15.0, gt=0, le=600)
     """How long a replica minting a token holds the identity's lease, during which other
     replicas wait for its token instead of minting their own. A replica that dies mid-mint
