@@ -114,6 +114,17 @@ redaction:
 access_log:
   path: logs/unit-access.jsonl   # next to the configuration file
 """,
+    "store": """\
+store:
+  url: {env: UNIT_GATEWAY_REDIS_URL}   # e.g. rediss://gateway:PASSWORD@redis.internal:6380/0
+  cluster: false                       # true: the URL names a node of a Redis Cluster
+  ca_file: /etc/ssl/redis-ca.pem       # rediss:// with a private CA
+  key: {file: /run/secrets/unit-gateway-store-key}   # openssl rand -base64 32
+  # previous_key: {file: /run/secrets/unit-gateway-store-key.old}   # while rotating
+  operation_timeout_seconds: 0.1
+  key_prefix: "unitgw:"
+  mint_lease_seconds: 15
+""",
 }
 
 

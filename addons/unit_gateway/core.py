@@ -32,7 +32,7 @@ OPTION = "unit_gateway_config"
 RELOAD_CHECK_SECONDS = 1.0
 #: Sections whose listeners (ports, the embedded sandbox, the access log file) are only set
 #: up at start.
-RESTART_SECTIONS = ("metrics", "sandbox", "access_log")
+RESTART_SECTIONS = ("metrics", "sandbox", "access_log", "store")
 
 
 def _stamp_of(path: Path | None) -> tuple[int, int] | None:

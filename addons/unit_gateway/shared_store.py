@@ -1,0 +1,907 @@
+"""State that gateway replicas share through Redis: tokens, challenges, verification windows
+and mint leases.
+
+Every key names an identity by a keyed hash (never a customer or card id in the clear) inside a
+Redis Cluster hash tag, so all keys of one identity share a slot and a Lua script can touch them
+together. Every value is encrypted and authenticated (AES-256-GCM, bound to its key name); one
+that does not decrypt is a miss. Every call has a deadline: when Redis is down, slow or failing,
+calls return :data:`UNAVAILABLE` (at once, without touching Redis, until a probe finds it back)
+and the caller falls back to its replica's own state. Nothing here raises for Redis's sake.
+
+A cold request, fleet-wide: local cache, then :meth:`SharedStore.get_tokens`; on a miss
+:meth:`~SharedStore.acquire_lease`: ACQUIRED, mint, ``put_token``, ``release_lease``; HELD,
+``wait_released`` then ``get_tokens`` again (or acquire again); UNAVAILABLE, mint locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import enum
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from unit_gateway.config import LoadedConfig, StoreSettings, store_key
+from unit_gateway.identity import Identity
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Unavailable:
+    """The store could not answer in time: fall back to this replica's own state."""
+
+    _instance: Unavailable | None = None
+
+    def __new__(cls) -> Unavailable:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE: Final = Unavailable()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedToken:
+    scopes: frozenset[str]
+    #: Wall-clock expiry (``time.time()`` seconds), as the replica that put it computed it.
+    expires_at: float
+    learned: bool = False
+    value: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class SharedChallenge:
+    challenge_id: str = field(repr=False)
+    scopes: frozenset[str]
+    verification_token: str = field(repr=False)
+    #: Wall-clock times (``time.time()``) it was started and stops being usable.
+    created_at: float
+    expires_at: float
+    #: Codes tried on it so far.
+    attempts: int = 0
+
+
+class LeaseStatus(enum.StrEnum):
+    ACQUIRED = "acquired"  # this replica mints; release the lease after putting the token
+    HELD = "held"  # another replica mints: wait_released, then read its token
+    UNAVAILABLE = "unavailable"  # no answer: mint locally (release it after, all the same)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    holder: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    status: LeaseStatus
+    lease: Lease
+    #: HELD: seconds the holder's lease has left.
+    remaining: float = 0.0
+
+
+class WaitOutcome(enum.StrEnum):
+    RELEASED = "released"  # released or expired: read the token, or acquire again
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDecision:
+    allowed: bool
+    #: Attempts in the window, this one included when allowed.
+    count: int
+    #: Refused: seconds until the oldest attempt leaves the window.
+    retry_after: float
+
+
+# ------------------------------------------------------------------------------------------
+# Keys and encryption
+
+_VERSION = b"\x01"
+_KID_BYTES = 4
+_NONCE_BYTES = 12
+
+
+def _derive(key: bytes, label: str, length: int = 32) -> bytes:
+    return HKDF(hashes.SHA256(), length, salt=None, info=b"unitgw-store " + label.encode()).derive(
+        key
+    )
+
+
+class _Keyring:
+    """What one store key gives: a cipher, its id, and the keyed hash that names things."""
+
+    def __init__(self, key: bytes) -> None:
+        self.kid = _derive(key, "key id", _KID_BYTES)
+        self.aead = AESGCM(_derive(key, "aead"))
+        self._names = _derive(key, "names")
+
+    def tag(self, kind: str, text: str, length: int = 32) -> str:
+        digest = hmac.new(self._names, f"{kind}\0{text}".encode(), hashlib.sha256).hexdigest()
+        return digest[:length]
+
+    def ref(self, identity: Identity) -> str:
+        return self.tag("identity", f"{identity.kind}:{identity.subject or ''}")
+
+    def seal(self, plain: bytes, name: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + self.kid + nonce + self.aead.encrypt(nonce, plain, name.encode())
+
+
+def _scope_text(scopes: Iterable[str]) -> str:
+    return " ".join(sorted(scopes))
+
+
+class _Names:
+    """The Redis names of one identity under one keyring. ``{ref}`` is the hash tag."""
+
+    def __init__(self, prefix: str, ring: _Keyring, identity: Identity) -> None:
+        self.ring = ring
+        self.ref = ring.ref(identity)
+        self.base = f"{prefix}{{{self.ref}}}:"
+
+    @property
+    def token_index(self) -> str:
+        return self.base + "ti"
+
+    @property
+    def token_prefix(self) -> str:
+        return self.base + "t:"
+
+    def token_member(self, scopes: Iterable[str]) -> str:
+        return self.ring.tag("scopes", _scope_text(scopes), 16)
+
+    def lease(self, what: str) -> str:
+        return self.base + "l:" + self.ring.tag("lease", what, 16)
+
+    @property
+    def window(self) -> str:
+        return self.base + "v"
+
+    @property
+    def challenge_index(self) -> str:
+        return self.base + "ci"
+
+    @property
+    def challenge_prefix(self) -> str:
+        return self.base + "c:"
+
+    def challenge_member(self, challenge_id: str) -> str:
+        return self.ring.tag("challenge", challenge_id, 32)
+
+
+# ------------------------------------------------------------------------------------------
+# Lua: each runs atomically on the node that holds the identity's slot. Keys read by name
+# inside a script (token and challenge entries listed in an index) share the slot of KEYS[1].
+
+_PUT_INDEXED = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+_LIST_INDEXED = """
+local out = {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local value = redis.call('GET', ARGV[1] .. member)
+  if value then
+    table.insert(out, member)
+    table.insert(out, value)
+  else
+    redis.call('SREM', KEYS[1], member)
+  end
+end
+return out
+"""
+
+# A token entry is "<fingerprint>:<sealed value>", so dropping compares without decrypting.
+_DROP_TOKEN = """
+local dropped = 0
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  dropped = 1
+end
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+return dropped
+"""
+
+_TAKE_INDEXED = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+return value
+"""
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return -1
+end
+return redis.call('PTTL', KEYS[1])
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# Redis's own clock, so replicas' clocks need not agree.
+_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, count + 1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, count, tonumber(oldest[2]) + window - now}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+_SCRIPTS = {
+    name: _Script.of(source)
+    for name, source in {
+        "put_indexed": _PUT_INDEXED,
+        "list_indexed": _LIST_INDEXED,
+        "drop_token": _DROP_TOKEN,
+        "take_indexed": _TAKE_INDEXED,
+        "acquire": _ACQUIRE,
+        "release": _RELEASE,
+        "window": _WINDOW,
+    }.items()
+}
+
+#: How often a lease waiter looks again when no release message came (the lease may expire).
+LEASE_POLL_SECONDS = 0.25
+#: Connections per replica to a single Redis: requests wait for one (within the deadline).
+MAX_CONNECTIONS = 64
+
+# What counts as the store failing (anything else is a bug and propagates).
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class SharedStore:
+    """The shared store of one replica. Create it, ``await start()`` to receive other replicas'
+    invalidations and releases, ``await close()`` at the end."""
+
+    def __init__(
+        self,
+        url: str,
+        key: bytes,
+        *,
+        previous_key: bytes | None = None,
+        cluster: bool = False,
+        ca_file: str | None = None,
+        operation_timeout: float = 0.1,
+        probe_interval: float = 1.0,
+        key_prefix: str = "unitgw:",
+        mint_lease_seconds: float = 15.0,
+    ) -> None:
+        self._url = url
+        self._cluster = cluster
+        self._tls = {"ssl_ca_certs": ca_file} if ca_file else {}
+        self._ring = _Keyring(key)
+        #: Read with, never written with; its names are looked in too.
+        self._old_ring = _Keyring(previous_key) if previous_key else None
+        self._rings = {r.kid: r for r in (self._ring, self._old_ring) if r is not None}
+        self.timeout = operation_timeout
+        self.probe_interval = probe_interval
+        self.prefix = key_prefix
+        self.lease_seconds = mint_lease_seconds
+        self.channel = key_prefix + "events"
+        #: Tells this replica's own messages apart on the shared channel.
+        self.origin = secrets.token_hex(8)
+        self._client: Redis | RedisCluster = self._connect()
+        self._up = True
+        self._probe_task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._on_dropped: Callable[[str, str], None] | None = None
+        self._on_gap: Callable[[], None] | None = None
+        #: ``op:outcome`` -> count (outcomes: ok, error, timeout, skipped while down), and
+        #: undecryptable, lease_waits, invalidations_sent, invalidations_received.
+        self.counts: Counter[str] = Counter()
+        #: Called with (operation, outcome, seconds) after every call: the metrics hook.
+        self.on_operation: Callable[[str, str, float], None] | None = None
+        #: Called with True/False when the store comes back / goes down.
+        self.on_state: Callable[[bool], None] | None = None
+
+    @classmethod
+    def from_config(cls, config: LoadedConfig) -> SharedStore | None:
+        """The store a configuration describes, or None without a ``store`` section."""
+        settings: StoreSettings | None = config.model.store
+        if settings is None:
+            return None
+        previous = config.secrets.get("store.previous_key")
+        ca_file = settings.ca_file
+        if ca_file is not None and config.path is not None:
+            ca_file = str(config.path.resolve().parent / Path(ca_file).expanduser())
+        return cls(
+            config.secrets["store.url"].reveal(),
+            store_key(config.secrets["store.key"]),
+            previous_key=store_key(previous) if previous is not None else None,
+            cluster=settings.cluster,
+            ca_file=ca_file,
+            operation_timeout=settings.operation_timeout_seconds,
+            probe_interval=settings.probe_interval_seconds,
+            key_prefix=settings.key_prefix,
+            mint_lease_seconds=settings.mint_lease_seconds,
+        )
+
+    def _connect(self) -> Redis | RedisCluster:
+        if self._cluster:
+            return RedisCluster.from_url(self._url, **self._tls)
+        pool = BlockingConnectionPool.from_url(
+            self._url, max_connections=MAX_CONNECTIONS, timeout=None, **self._tls
+        )
+        return Redis(connection_pool=pool)
+
+    # --------------------------------------------------------------------------------------
+    # Life cycle and state
+
+    @property
+    def up(self) -> bool:
+        """Whether the replica shares through Redis now (False: it runs on its own state)."""
+        return self._up
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether other replicas' messages reach this one now."""
+        return self._subscribed.is_set()
+
+    async def start(
+        self,
+        *,
+        on_dropped: Callable[[str, str], None] | None = None,
+        on_gap: Callable[[], None] | None = None,
+    ) -> None:
+        """Listen to the fleet's messages. ``on_dropped(identity_ref, fingerprint)``: another
+        replica dropped that token (compare with :meth:`identity_ref` and
+        :meth:`fingerprint`); ``on_gap()``: messages may have been missed (the subscription
+        was down), so local copies of shared tokens may be stale."""
+        self._on_dropped = on_dropped
+        self._on_gap = on_gap
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def wait_subscribed(self, seconds: float) -> bool:
+        """Whether the subscription is up, waiting at most ``seconds`` for it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._subscribed.wait()
+        return self.subscribed
+
+    async def close(self) -> None:
+        for task in (self._listener, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._probe_task = None
+        with contextlib.suppress(*_FAILURES):
+            await self._client.aclose()
+
+    def _went_down(self, error: BaseException) -> None:
+        if self._up:
+            self._up = False
+            # The error's kind only: a message could name the URL, which may hold a password.
+            logger.warning(
+                "unit-gateway: the shared store (Redis) is unavailable (%s); each replica "
+                "uses its own tokens, challenges and limits until it is back",
+                _describe(error),
+            )
+            self._notify_state(False)
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.create_task(self._probe())
+
+    def _notify_state(self, up: bool) -> None:
+        if self.on_state is not None:
+            try:
+                self.on_state(up)
+            except Exception:
+                logger.exception("unit-gateway: shared store state callback failed")
+
+    async def _probe(self) -> None:
+        while not self._up:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._client.ping()
+            except _FAILURES:
+                continue
+            self._up = True
+            logger.info("unit-gateway: the shared store (Redis) is back; replicas share again")
+            self._notify_state(True)
+            if self._on_gap is not None:
+                # Drops published while it was down reached nobody.
+                self._call_gap()
+
+    def _call_gap(self) -> None:
+        if self._on_gap is not None:
+            try:
+                self._on_gap()
+            except Exception:
+                logger.exception("unit-gateway: shared store gap callback failed")
+
+    async def _run(self, op: str, work: Callable[[], Awaitable[T]]) -> T | Unavailable:
+        """``work`` within the deadline, or UNAVAILABLE (and the store is down)."""
+        if not self._up:
+            self._record(op, "skipped", 0.0)
+            return UNAVAILABLE
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await work()
+        except _FAILURES as e:
+            outcome = "timeout" if isinstance(e, TimeoutError) else "error"
+            self._record(op, outcome, time.perf_counter() - started)
+            self._went_down(e)
+            return UNAVAILABLE
+        self._record(op, "ok", time.perf_counter() - started)
+        return result
+
+    def _record(self, op: str, outcome: str, seconds: float) -> None:
+        self.counts[f"{op}:{outcome}"] += 1
+        if self.on_operation is not None:
+            try:
+                self.on_operation(op, outcome, seconds)
+            except Exception:
+                logger.exception("unit-gateway: shared store metrics callback failed")
+
+    async def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = _SCRIPTS[name]
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # First use on this node (or after a restart): EVAL loads it.
+            return await self._client.eval(script.source, len(keys), *keys, *args)
+
+    # --------------------------------------------------------------------------------------
+    # Encryption
+
+    def _names(self, identity: Identity) -> list[_Names]:
+        """The identity's names: under the key, then under the previous key."""
+        rings = [self._ring] if self._old_ring is None else [self._ring, self._old_ring]
+        return [_Names(self.prefix, ring, identity) for ring in rings]
+
+    def _open(self, blob: bytes, name: str) -> Any | None:
+        """The JSON sealed in ``blob`` under ``name``, or None (wrong key, tampered, moved)."""
+        head = len(_VERSION) + _KID_BYTES
+        ring = self._rings.get(blob[len(_VERSION) : head]) if blob[:1] == _VERSION else None
+        if ring is None:
+            self.counts["undecryptable"] += 1
+            return None
+        nonce = blob[head : head + _NONCE_BYTES]
+        try:
+            return orjson.loads(
+                ring.aead.decrypt(nonce, blob[head + _NONCE_BYTES :], name.encode())
+            )
+        except (InvalidTag, ValueError):
+            self.counts["undecryptable"] += 1
+            return None
+
+    def identity_ref(self, identity: Identity) -> str:
+        """The keyed hash that names ``identity`` in Redis and in drop messages."""
+        return self._ring.ref(identity)
+
+    def fingerprint(self, value: str) -> str:
+        """A token's keyed fingerprint, as drop messages carry it."""
+        return self._ring.tag("token", value, 24)
+
+    # --------------------------------------------------------------------------------------
+    # Tokens
+
+    async def put_token(
+        self,
+        identity: Identity,
+        scopes: frozenset[str],
+        value: str,
+        expires_at: float,
+        *,
+        learned: bool = False,
+    ) -> bool | Unavailable:
+        """Share a token until ``expires_at`` (wall clock, margin applied by the caller).
+        False: already expired, nothing stored."""
+        ttl_ms = int((expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
+            return False
+        names = self._names(identity)[0]
+        member = names.token_member(scopes)
+        key = names.token_prefix + member
+        plain = orjson.dumps({"v": value, "s": sorted(scopes), "e": expires_at, "l": learned})
+        entry = self.fingerprint(value).encode() + b":" + names.ring.seal(plain, key)
+        result = await self._run(
+            "put_token",
+            lambda: self._eval("put_indexed", [key, names.token_index], [entry, ttl_ms, member]),
+        )
+        return result if isinstance(result, Unavailable) else True
+
+    async def get_tokens(self, identity: Identity) -> list[SharedToken] | Unavailable:
+        """Every live shared token of ``identity`` (the caller picks one covering its
+        scopes). An entry that does not decrypt is left out."""
+        found: list[SharedToken] = []
+        now = time.time()
+        for names in self._names(identity):
+            rows = await self._run(
+                "get_tokens",
+                lambda n=names: self._eval("list_indexed", [n.token_index], [n.token_prefix]),
+            )
+            if isinstance(rows, Unavailable):
+                return UNAVAILABLE
+            for member, entry in zip(rows[::2], rows[1::2], strict=True):
+                _fp, _, sealed = entry.partition(b":")
+                data = self._open(sealed, names.token_prefix + member.decode())
+                if not isinstance(data, dict):
+                    continue
+                try:
+                    token = SharedToken(
+                        frozenset(data["s"]), float(data["e"]), bool(data["l"]), str(data["v"])
+                    )
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if token.expires_at > now:
+                    found.append(token)
+            if found:
+                break  # names of the previous key only matter when the current have nothing
+        return found
+
+    async def drop_token(
+        self, identity: Identity, scopes: frozenset[str], value: str
+    ) -> bool | Unavailable:
+        """Drop this token (Unit refused it, or it ended early) if it is still the shared one
+        (a newer token put meanwhile stays), and tell every replica to drop its copy.
+        True: it was the shared one."""
+        dropped = False
+        all_names = self._names(identity)
+        message = orjson.dumps(
+            {
+                "o": self.origin,
+                "t": "d",
+                "k": [[n.ref, n.ring.tag("token", value, 24)] for n in all_names],
+            }
+        )
+        # Previous names first: the message goes with the last (current) drop.
+        for names in reversed(all_names):
+            member = names.token_member(scopes)
+            last = names is all_names[0]
+            fingerprint = names.ring.tag("token", value, 24).encode() + b":"
+            result = await self._run(
+                "drop_token",
+                lambda n=names, m=member, f=fingerprint, publish=last: self._eval(
+                    "drop_token",
+                    [n.token_prefix + m, n.token_index],
+                    [f, m, self.channel if publish else "", message if publish else ""],
+                ),
+            )
+            if isinstance(result, Unavailable):
+                return UNAVAILABLE
+            dropped = dropped or bool(result)
+        self.counts["invalidations_sent"] += 1
+        return dropped
+
+    # --------------------------------------------------------------------------------------
+    # Mint leases
+
+    def lease_for(self, identity: Identity, what: str) -> Lease:
+        """The lease on minting ``what`` (e.g. the scope set) for ``identity``, with a fresh
+        holder id."""
+        return Lease(self._names(identity)[0].lease(what), secrets.token_hex(12))
+
+    async def acquire_lease(self, identity: Identity, what: str) -> LeaseResult:
+        """Try to become the replica that mints ``what`` for ``identity``."""
+        lease = self.lease_for(identity, what)
+        ttl_ms = max(1, int(self.lease_seconds * 1000))
+        result = await self._run(
+            "acquire_lease", lambda: self._eval("acquire", [lease.name], [lease.holder, ttl_ms])
+        )
+        if isinstance(result, Unavailable):
+            return LeaseResult(LeaseStatus.UNAVAILABLE, lease)
+        if result == -1:
+            return LeaseResult(LeaseStatus.ACQUIRED, lease)
+        return LeaseResult(LeaseStatus.HELD, lease, max(0, int(result)) / 1000)
+
+    async def release_lease(self, lease: Lease) -> bool | Unavailable:
+        """Release the lease if this holder still has it (not after it expired and another
+        took it); wakes the replicas waiting on it. Safe to call for a lease not held."""
+        message = orjson.dumps({"o": self.origin, "t": "r", "n": lease.name})
+        result = await self._run(
+            "release_lease",
+            lambda: self._eval("release", [lease.name], [lease.holder, self.channel, message]),
+        )
+        return result if isinstance(result, Unavailable) else bool(result)
+
+    async def wait_released(self, lease: Lease, seconds: float) -> WaitOutcome:
+        """Wait, at most ``seconds``, until the lease is released or expires."""
+        deadline = time.monotonic() + seconds
+        self.counts["lease_waits"] += 1
+        while True:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(lease.name, set()).add(waiter)
+            try:
+                # Registered before looking, so a release in between still wakes us.
+                left_ms = await self._run("lease_ttl", lambda: self._client.pttl(lease.name))
+                if isinstance(left_ms, Unavailable):
+                    return WaitOutcome.UNAVAILABLE
+                if left_ms == -2:
+                    return WaitOutcome.RELEASED
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return WaitOutcome.TIMEOUT
+                pause = min(remaining, LEASE_POLL_SECONDS, max(left_ms, 1) / 1000)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await waiter
+            finally:
+                waiting = self._waiters.get(lease.name)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiters[lease.name]
+
+    # --------------------------------------------------------------------------------------
+    # Verification windows
+
+    async def allow_verification(
+        self, identity: Identity, limit: int, window: float
+    ) -> WindowDecision | Unavailable:
+        """Count one verification for ``identity`` if fewer than ``limit`` were counted in
+        the last ``window`` seconds, fleet-wide; otherwise say when one will be allowed."""
+        key = self._names(identity)[0].window
+        window_ms = max(1, int(window * 1000))
+        member = secrets.token_hex(8)
+        result = await self._run(
+            "allow_verification",
+            lambda: self._eval("window", [key], [limit, window_ms, member]),
+        )
+        if isinstance(result, Unavailable):
+            return UNAVAILABLE
+        allowed, count, wait_ms = (int(x) for x in result)
+        return WindowDecision(bool(allowed), count, max(0, wait_ms) / 1000)
+
+    # --------------------------------------------------------------------------------------
+    # Challenges
+
+    async def put_challenge(
+        self, identity: Identity, challenge: SharedChallenge
+    ) -> bool | Unavailable:
+        """Share an open challenge until its ``expires_at``; also to put one back after a
+        wrong code (with ``attempts`` counted). False: already expired."""
+        ttl_ms = int((challenge.expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
+            return False
+        names = self._names(identity)[0]
+        member = names.challenge_member(challenge.challenge_id)
+        key = names.challenge_prefix + member
+        plain = orjson.dumps(
+            {
+                "i": challenge.challenge_id,
+                "s": sorted(challenge.scopes),
+                "v": challenge.verification_token,
+                "c": challenge.created_at,
+                "x": challenge.expires_at,
+                "a": challenge.attempts,
+            }
+        )
+        sealed = names.ring.seal(plain, key)
+        result = await self._run(
+            "put_challenge",
+            lambda: self._eval(
+                "put_indexed", [key, names.challenge_index], [sealed, ttl_ms, member]
+            ),
+        )
+        return result if isinstance(result, Unavailable) else True
+
+    async def take_challenge(
+        self, identity: Identity, challenge_id: str
+    ) -> SharedChallenge | Unavailable | None:
+        """Take the challenge out: of concurrent takers on any replicas, exactly one gets it.
+        None: unknown, expired, taken, or not this identity's."""
+        for names in self._names(identity):
+            member = names.challenge_member(challenge_id)
+            key = names.challenge_prefix + member
+            sealed = await self._run(
+                "take_challenge",
+                lambda n=names, m=member, k=key: self._eval(
+                    "take_indexed", [k, n.challenge_index], [m]
+                ),
+            )
+            if isinstance(sealed, Unavailable):
+                return UNAVAILABLE
+            if sealed is not None:
+                challenge = _challenge_of(self._open(sealed, key))
+                if challenge is not None and challenge.challenge_id == challenge_id:
+                    return challenge
+                return None
+        return None
+
+    async def challenges_of(self, identity: Identity) -> list[SharedChallenge] | Unavailable:
+        """The identity's open challenges (to send a person's pending one again rather than
+        start another verification)."""
+        found: list[SharedChallenge] = []
+        now = time.time()
+        for names in self._names(identity):
+            rows = await self._run(
+                "challenges_of",
+                lambda n=names: self._eval(
+                    "list_indexed", [n.challenge_index], [n.challenge_prefix]
+                ),
+            )
+            if isinstance(rows, Unavailable):
+                return UNAVAILABLE
+            for member, sealed in zip(rows[::2], rows[1::2], strict=True):
+                challenge = _challenge_of(
+                    self._open(sealed, names.challenge_prefix + member.decode())
+                )
+                if challenge is not None and challenge.expires_at > now:
+                    found.append(challenge)
+        return found
+
+    # --------------------------------------------------------------------------------------
+    # Messages from the fleet
+
+    async def _listen(self) -> None:
+        """Keep a subscription to the channel; after a break, report a gap."""
+        broken = False
+        nodes = self._subscription_urls()
+        attempt = 0
+        while True:
+            url = nodes[attempt % len(nodes)]
+            attempt += 1
+            client: Redis = Redis.from_url(url, **self._tls)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(max(self.timeout, 1.0)):
+                    await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                if broken:
+                    self._call_gap()
+                    broken = False
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["data"])
+            except _FAILURES as e:
+                if self._subscribed.is_set():
+                    broken = True
+                    self._went_down(e)
+                self._subscribed.clear()
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    await pubsub.aclose()
+                with contextlib.suppress(*_FAILURES):
+                    await client.aclose()
+            if self._cluster:
+                nodes = self._subscription_urls()
+            await asyncio.sleep(self.probe_interval)
+
+    def _subscription_urls(self) -> list[str]:
+        """Where to subscribe: the URL, or for a cluster any known node (a message published
+        on one node reaches subscribers on every node)."""
+        if not self._cluster:
+            return [self._url]
+        urls = [self._url]
+        try:
+            nodes = self._client.get_nodes()  # type: ignore[union-attr]
+        except Exception:
+            nodes = []
+        for node in nodes:
+            urls.append(_with_address(self._url, node.host, node.port))
+        return urls
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            kind = message["t"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if kind == "r":
+            for waiter in self._waiters.get(str(message.get("n")), ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        elif kind == "d" and message.get("o") != self.origin:
+            self.counts["invalidations_received"] += 1
+            if self._on_dropped is None:
+                return
+            for pair in message.get("k") or ():
+                try:
+                    self._on_dropped(str(pair[0]), str(pair[1]))
+                except Exception:
+                    logger.exception("unit-gateway: shared store drop callback failed")
+
+
+def _challenge_of(data: Any) -> SharedChallenge | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return SharedChallenge(
+            challenge_id=str(data["i"]),
+            scopes=frozenset(data["s"]),
+            verification_token=str(data["v"]),
+            created_at=float(data["c"]),
+            expires_at=float(data["x"]),
+            attempts=int(data["a"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _with_address(url: str, host: str, port: int) -> str:
+    """``url`` with another host and port, its scheme and credentials kept."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{port}", path=""))
+
+
+def _describe(error: BaseException) -> str:
+    """An error's kind, with Redis's error code (NOPERM, OOM, READONLY...) but no text."""
+    name = type(error).__name__
+    if isinstance(error, ResponseError):
+        code = str(error).split(" ", 1)[0]
+        if code.isupper() and code.isalpha():
+            return f"{name} {code}"
+    if isinstance(error, TimeoutError) and not isinstance(error, RedisError):
+        return "no answer within the deadline"
+    return name
+
+
+def new_key() -> str:
+    """A fresh store key in the form ``store.key`` takes."""
+    return base64.b64encode(os.urandom(32)).decode()
