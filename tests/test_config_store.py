@@ -64,7 +64,7 @@ def test_store_section_resolves_and_builds_a_store(tmp_path: Path) -> None:
     loaded = config.load(path)
     settings = loaded.model.store
     assert settings is not None
-    assert settings.operation_timeout_seconds == 0.1
+    assert settings.operation_timeout_seconds == 0.25
     assert settings.key_prefix == "unitgw:"
     assert settings.mint_lease_seconds == 15.0
     assert PASSWORD not in repr(loaded.secrets)
@@ -72,7 +72,7 @@ def test_store_section_resolves_and_builds_a_store(tmp_path: Path) -> None:
     # Built without connecting: nothing is reached until the first call.
     store = SharedStore.from_config(loaded)
     assert store is not None
-    assert store.timeout == 0.1
+    assert store.timeout == 0.25
     assert store._tls == {"ssl_ca_certs": str(tmp_path / "ca.pem")}
 
 

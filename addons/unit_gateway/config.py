@@ -377,10 +377,10 @@ class StoreSettings(_Model):
     written with it. Remove it once every replica runs with the new `key` and the values it
     wrote have expired (a token's lifetime). Replicas with different keys share no mint leases
     or verification windows: roll a new key out quickly."""
-    operation_timeout_seconds: float = Field(default=0.1, gt=0, le=5)
-    """Deadline of each call to Redis. A call that misses it counts as Redis being down: the
-    replica falls back to its own state (never failing a request for it) until Redis answers
-    again."""
+    operation_timeout_seconds: float = Field(default=0.25, gt=0, le=5)
+    """Deadline of each call to Redis. A call that misses it falls back to the replica's own
+    state (never failing a request for it); three in a row, or a refused connection, count as
+    Redis being down: the replica stops asking until a probe finds it back."""
     probe_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     """While Redis is down, how often the replica checks whether it is back."""
     key_prefix: str = "unitgw:"

@@ -315,6 +315,8 @@ MAX_CONNECTIONS = 64
 
 # What counts as the store failing (anything else is a bug and propagates).
 _FAILURES = (RedisError, OSError, TimeoutError)
+#: Calls in a row past their deadline that take the store down (each alone falls back).
+DOWN_AFTER_TIMEOUTS = 3
 
 
 class SharedStore:
@@ -350,6 +352,8 @@ class SharedStore:
         self.origin = secrets.token_hex(8)
         self._client: Redis | RedisCluster = self._connect()
         self._up = True
+        #: Calls in a row that failed (see DOWN_AFTER_TIMEOUTS).
+        self._failures = 0
         self._probe_task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -468,6 +472,7 @@ class SharedStore:
             except _FAILURES:
                 continue
             self._up = True
+            self._failures = 0
             logger.info("unit-gateway: the shared store (Redis) is back; replicas share again")
             self._notify_state(True)
             if self._on_gap is not None:
@@ -493,8 +498,12 @@ class SharedStore:
         except _FAILURES as e:
             outcome = "timeout" if isinstance(e, TimeoutError) else "error"
             self._record(op, outcome, time.perf_counter() - started)
-            self._went_down(e)
+            self._failures += 1
+            # One slow answer under load is not an outage; a refused connection is.
+            if not isinstance(e, TimeoutError) or self._failures >= DOWN_AFTER_TIMEOUTS:
+                self._went_down(e)
             return UNAVAILABLE
+        self._failures = 0
         self._record(op, "ok", time.perf_counter() - started)
         return result
 
