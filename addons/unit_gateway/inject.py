@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from unit_gateway.config import LoadedConfig, Upstream
+from unit_gateway.fleet import Fleet
 from unit_gateway.identity import (
     ORG,
     AmbiguousAuthorization,
@@ -45,6 +46,7 @@ from unit_gateway.routes import (
     UnreadableTarget,
     route_label,
 )
+from unit_gateway.shared_store import SharedStore
 from unit_gateway.token_cache import CachedToken
 from unit_gateway.token_guard import check_response
 
@@ -116,18 +118,30 @@ class TokenInjector:
                 config, two_factor_scopes=frozenset(self.routes.two_factor_scopes)
             )
 
-    def running(self) -> None:
+    async def running(self) -> None:
         config = self.core.config
         org_token = self.core.org_token
         if config is None or org_token is None:
             return
-        self.service = TokenService(
+        service = TokenService(
             config,
             org_token,
             ssl_context=self._ssl_context(),
             two_factor_scopes=frozenset(self.routes.two_factor_scopes),
             on_event=self.metrics.token_event,
         )
+        store = SharedStore.from_config(config)
+        if store is not None:
+            store.on_state = self._store_state
+            store.on_operation = self.metrics.store_operation
+            service.fleet = Fleet(store, service.cache, self.metrics.token_event)
+            await service.fleet.start()
+            self._store_state(store.up)
+        self.service = service
+
+    def _store_state(self, up: bool) -> None:
+        self.core.health.store = "up" if up else "down"
+        self.metrics.store_up.set(1 if up else 0)
 
     def _ssl_context(self) -> ssl.SSLContext:
         # The gateway's own calls trust what mitmproxy trusts for upstreams.
@@ -359,20 +373,24 @@ class TokenInjector:
         assert org is not None
         return org.reveal()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._flows.get(flow.id)
         if state is None or state.token_identity is None or flow.response is not None:
-            return
+            return None
         if self.service is None:
-            return
+            return None
         try:
-            self._take_token_request(flow, state)
+            return self._take_token_request(flow, state)
         except Exception:
-            # Half-way through, the flow may hold a real verification token: it keeps no body.
-            flow.request.content = None
-            self._fail_closed(flow, "reading the token request")
+            self._token_request_failed(flow)
+            return None
 
-    def _take_token_request(self, flow: http.HTTPFlow, state: FlowState) -> None:
+    def _token_request_failed(self, flow: http.HTTPFlow) -> None:
+        # Half-way through, the flow may hold a real verification token: it keeps no body.
+        flow.request.content = None
+        self._fail_closed(flow, "reading the token request")
+
+    def _take_token_request(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         """A create-token request: a challenge being completed gets the real verification
         token; what the new token may be cached for is noted."""
         assert self.service is not None and state.token_identity is not None
@@ -380,9 +398,9 @@ class TokenInjector:
             body = json.loads(self.redaction.real_request_content(flow) or b"null")
             attributes = body["data"]["attributes"]
         except (ValueError, KeyError, TypeError):
-            return  # Unit answers a malformed create-token request itself
+            return None  # Unit answers a malformed create-token request itself
         if not isinstance(attributes, dict):
-            return
+            return None
         if state.placeholder_caller and attributes.get("resources"):
             # The caller would get the placeholder back, and it names the whole customer or
             # card: the restriction could not be kept.
@@ -395,11 +413,20 @@ class TokenInjector:
                 "resources out",
                 meta={"pointer": "/data/attributes/resources"},
             )
-            return
+            return None
         offered = attributes.get("verificationToken")
         if isinstance(offered, str) and offered.startswith(CHALLENGE_PREFIX):
-            # A caller completing a challenge: swap in the real verification token.
-            challenge = self.service.open_challenge(offered, state.token_identity)
+            return self._complete_challenge(flow, state, body, offered)
+        self._note_learnable(state, attributes)
+        return None
+
+    async def _complete_challenge(
+        self, flow: http.HTTPFlow, state: FlowState, body: Any, offered: str
+    ) -> None:
+        """A caller completing a challenge: swap in the real verification token."""
+        assert self.service is not None and state.token_identity is not None
+        try:
+            challenge = await self.service.open_challenge(offered, state.token_identity)
             if challenge is None:
                 self.metrics.token_event(
                     "challenge", {"kind": state.token_identity.kind, "outcome": "unknown"}
@@ -416,9 +443,16 @@ class TokenInjector:
                 return
             state.challenge_id = offered
             state.verification_token = challenge.verification_token
+            attributes = body["data"]["attributes"]
             attributes["verificationToken"] = challenge.verification_token
             attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
             self.redaction.set_real_request_content(flow, json.dumps(body).encode())
+            self._note_learnable(state, attributes)
+        except Exception:
+            self._token_request_failed(flow)
+
+    @staticmethod
+    def _note_learnable(state: FlowState, attributes: dict[str, Any]) -> None:
         if not attributes.get("resources"):
             # A token restricted to some accounts or cards must not serve the identity's
             # other requests: the cache knows identities and scopes, not resources.
@@ -428,7 +462,11 @@ class TokenInjector:
 
     def finish(self, flow: http.HTTPFlow) -> FlowState | None:
         """What the gateway knew of a flow, handed over once it is done (to the metrics)."""
-        return self._flows.pop(flow.id, None)
+        state = self._flows.pop(flow.id, None)
+        if state is not None and state.challenge_id is not None and flow.response is None:
+            if self.service is not None:  # no answer came: the challenge is still open
+                self.service.reopen_challenge(state.challenge_id)
+        return state
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._flows.get(flow.id)
@@ -526,6 +564,7 @@ class TokenInjector:
             outcome = "completed"
         else:
             outcome = "error" if status >= 500 else "refused"
+            self.service.reopen_challenge(state.challenge_id)
             self._hide_verification_token(flow, state)
         kind = state.token_identity.kind
         self.metrics.token_event("challenge", {"kind": kind, "outcome": outcome})
@@ -607,7 +646,7 @@ class TokenInjector:
 
     async def _retry(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.service is not None and state.token is not None
-        self.service.evict(state.token)
+        await self.service.evict(state.token)
         state.retried = True
         kind = state.token.identity.kind
         if not await self._attach_token(flow, state):
@@ -635,7 +674,7 @@ class TokenInjector:
             "retry_401", {"kind": kind, "outcome": "refused" if refused_again else "ok"}
         )
         if refused_again and state.token is not None:
-            self.service.evict(state.token)  # refused twice: no use keeping it
+            await self.service.evict(state.token)  # refused twice: no use keeping it
 
 
 def _internal_error(flow: http.HTTPFlow, step: str, consequence: str) -> http.Response:

@@ -54,6 +54,8 @@ PREFIX = "unit_gateway"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: The gateway's own work is well under a millisecond per request when a token is cached.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
+#: Calls to the shared store: a deadline of 0.1 s by default.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 RATE_WINDOW_SECONDS = 60.0
 #: The key under which the token addon leaves the seconds a request waited for a mint.
 MINT_SECONDS_KEY = "unit_gateway.mint_seconds"
@@ -285,6 +287,32 @@ class GatewayMetrics:
             ["rule"],
             registry=r,
         )
+        self.store_up = Gauge(
+            f"{p}_store_up",
+            "1 while the shared store (Redis) answers, 0 while the replica runs on its own",
+            registry=r,
+        )
+        self.store_operations = Counter(
+            f"{p}_store_operations",
+            "Calls to the shared store by outcome (ok, error, timeout, skipped while down)",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.store_duration = Histogram(
+            f"{p}_store_operation_duration_seconds",
+            "Time calls to the shared store took",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.fleet_events = Counter(
+            f"{p}_fleet_events",
+            "What replicas share: tokens found in the store (shared_hit), waits for another "
+            "replica's mint (mint_wait), tokens dropped because another replica saw them "
+            "refused (invalidated)",
+            ["outcome"],
+            registry=r,
+        )
         self.redirect_loops = Counter(
             f"{p}_redirect_loops",
             "Connections of the gateway's own that a firewall rule sent back to it (closed)",
@@ -321,6 +349,14 @@ class GatewayMetrics:
             self.refreshes.labels(kind, labels["outcome"]).inc()
         elif name == "retry_401":
             self.retries_401.labels(kind, labels["outcome"]).inc()
+        elif name == "fleet":
+            self.fleet_events.labels(labels["outcome"]).inc()
+
+    def store_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        """What the shared store reports after each call."""
+        self.store_operations.labels(operation, outcome).inc()
+        if outcome != "skipped":
+            self.store_duration.labels(operation).observe(seconds)
 
 
 class RecentRequests:

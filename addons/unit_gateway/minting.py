@@ -24,9 +24,11 @@ from mitmproxy import http
 
 from unit_gateway import jsonapi
 from unit_gateway.config import LoadedConfig, Secret, TokenKindSettings, Upstream
+from unit_gateway.fleet import Fleet
 from unit_gateway.identity import Identity
 from unit_gateway.limits import SlidingWindow, retry_after_seconds, whole_seconds
 from unit_gateway.loops import own_socket
+from unit_gateway.shared_store import SharedChallenge, Unavailable
 from unit_gateway.token_cache import CachedToken, TokenCache, scopes_of, usable_lifetime
 
 logger = logging.getLogger(__name__)
@@ -407,6 +409,11 @@ class TokenService:
         self.limiter = VerificationLimiter()
         self.flights = SingleFlight()
         self.challenges: dict[str, Challenge] = {}
+        #: Shared challenges this replica took out of the store to complete: put back when
+        #: Unit refuses the code.
+        self._taken: dict[str, tuple[Challenge, SharedChallenge]] = {}
+        #: What the replicas share, when the configuration has a store.
+        self.fleet: Fleet | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._on_event = on_event or (lambda name, labels: None)
         jwt_settings = model.tokens.jwt
@@ -424,6 +431,8 @@ class TokenService:
         self.cache.refresh_ahead = model.tokens.refresh_ahead_seconds
         if model.tokens.cache_size != self.cache.maxsize:
             self.cache = self.cache.resized(model.tokens.cache_size)
+            if self.fleet is not None:
+                self.fleet.cache = self.cache
         org_token = config.org_token or self.org_token
         wanted = {up.url: up for up in model.unit.upstreams}
         for url in list(self.clients):
@@ -473,7 +482,26 @@ class TokenService:
         if wider is not None:
             return await asyncio.shield(wider)
         return await self.flights.run(
-            (identity, scopes), lambda: self._mint(identity, scopes, upstream)
+            (identity, scopes), lambda: self._obtain(identity, scopes, upstream)
+        )
+
+    async def _obtain(
+        self,
+        identity: Identity,
+        scopes: frozenset[str],
+        upstream: Upstream,
+        newer_than: float | None = None,
+    ) -> CachedToken:
+        """A new token: another replica's, if there is a store (one that expires after
+        ``newer_than``, for a refresh), else minted (once across the replicas)."""
+        fleet = self.fleet
+        if fleet is None:
+            return await self._mint(identity, scopes, upstream)
+        found = await fleet.fetch(identity, scopes)
+        if found is not None and (newer_than is None or found.expires_at > newer_than):
+            return found
+        return await fleet.mint_once(
+            identity, scopes, lambda: self._mint(identity, scopes, upstream)
         )
 
     def cached(
@@ -487,8 +515,17 @@ class TokenService:
                 self._refresh_in_background(cached, upstream)
         return cached
 
-    def evict(self, token: CachedToken) -> None:
+    async def evict(self, token: CachedToken) -> None:
+        """Unit refused ``token``: dropped here, and (with a store) on every replica before
+        this returns, so that a retry does not find it again."""
         self.cache.evict(token)
+        if self.fleet is not None:
+            await self.fleet.drop(token)
+
+    def _in_background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _mint(
         self, identity: Identity, scopes: frozenset[str], upstream: Upstream
@@ -500,7 +537,7 @@ class TokenService:
         verification = None
         jwt_token = None
         if strategy == "challenge":
-            reopened = self._live_challenge(identity, scopes)
+            reopened = await self._live_challenge(identity, scopes)
             if reopened is not None:
                 # A person already has a code for this: another one would only spend Unit's
                 # limit of 5 verifications in 10 minutes (and send another message).
@@ -511,7 +548,7 @@ class TokenService:
                 asked = time.monotonic()  # Unit's verification token lives from about now
                 verification_token = await self._verify(identity, client)
                 if strategy == "challenge":
-                    raise self._challenge(identity, scopes, verification_token, asked)
+                    raise await self._challenge(identity, scopes, verification_token, asked)
                 verification = (verification_token, SANDBOX_PASSCODE)
             elif strategy == "jwt":
                 jwt_token = self._sign_jwt(identity)
@@ -551,7 +588,7 @@ class TokenService:
         return token
 
     async def _verify(self, identity: Identity, client: UnitClient) -> str:
-        wait = self.limiter.acquire(identity)
+        wait = await self._verification_wait(identity)
         if wait is not None:
             self._on_event("verification_refused", {"kind": identity.kind})
             retry_after = whole_seconds(wait)
@@ -565,7 +602,17 @@ class TokenService:
         self._on_event("verification", {"kind": identity.kind})
         return await client.create_verification(identity)
 
-    def _challenge(
+    async def _verification_wait(self, identity: Identity) -> float | None:
+        """None: a verification may start; else seconds until one may (fleet-wide when the
+        store answers, else this replica's count)."""
+        if self.fleet is not None:
+            limiter = self.limiter
+            shared = await self.fleet.allow_verification(identity, limiter.limit, limiter.window)
+            if not isinstance(shared, Unavailable):
+                return shared
+        return self.limiter.acquire(identity)
+
+    async def _challenge(
         self,
         identity: Identity,
         scopes: frozenset[str],
@@ -574,13 +621,26 @@ class TokenService:
     ) -> VerificationRequired:
         self._expire_challenges()
         challenge_id = CHALLENGE_PREFIX + secrets.token_urlsafe(18)
-        self.challenges[challenge_id] = Challenge(identity, scopes, verification_token, created_at)
+        challenge = Challenge(identity, scopes, verification_token, created_at)
+        if self.fleet is None or not await self.fleet.put_challenge(
+            identity, _shared_challenge(challenge_id, challenge)
+        ):
+            self.challenges[challenge_id] = challenge  # this replica's alone
         return VerificationRequired(challenge_id, identity)
 
-    def open_challenge(self, challenge_id: str, identity: Identity) -> Challenge | None:
+    async def open_challenge(self, challenge_id: str, identity: Identity) -> Challenge | None:
         """The challenge a caller completes with a code, if it is live, for this identity and
         has attempts left. It stays open until Unit accepts a code (:meth:`close_challenge`):
-        a mistyped code can be sent again, ``CHALLENGE_ATTEMPTS`` codes in all."""
+        a mistyped code can be sent again (:meth:`reopen_challenge`), ``CHALLENGE_ATTEMPTS``
+        codes in all. A shared one is taken out of the store meanwhile: one replica at a
+        time completes it."""
+        if self.fleet is not None:
+            taken = await self.fleet.take_challenge(identity, challenge_id)
+            if isinstance(taken, SharedChallenge):
+                challenge = _local_challenge(identity, taken)
+                challenge.attempts += 1
+                self._taken[challenge_id] = (challenge, taken)
+                return challenge
         self._expire_challenges()
         challenge = self.challenges.get(challenge_id)
         if challenge is None or challenge.identity != identity:
@@ -592,8 +652,26 @@ class TokenService:
 
     def close_challenge(self, challenge_id: str) -> None:
         self.challenges.pop(challenge_id, None)
+        self._taken.pop(challenge_id, None)
 
-    def _live_challenge(self, identity: Identity, scopes: frozenset[str]) -> str | None:
+    def reopen_challenge(self, challenge_id: str) -> None:
+        """Unit refused the code sent for a shared challenge: back in the store for another
+        try, if it has attempts left."""
+        taken = self._taken.pop(challenge_id, None)
+        if taken is None or self.fleet is None:
+            return
+        challenge, shared = taken
+        if challenge.attempts < CHALLENGE_ATTEMPTS:
+            again = _shared_challenge(challenge_id, challenge, expires_at=shared.expires_at)
+            self._in_background(self.fleet.put_challenge(challenge.identity, again))
+
+    async def _live_challenge(self, identity: Identity, scopes: frozenset[str]) -> str | None:
+        if self.fleet is not None:
+            shared = await self.fleet.open_challenges(identity)
+            if not isinstance(shared, Unavailable):
+                for challenge in shared:
+                    if scopes <= challenge.scopes:
+                        return challenge.challenge_id
         self._expire_challenges()
         for challenge_id, challenge in self.challenges.items():
             if challenge.identity == identity and scopes <= challenge.scopes:
@@ -625,6 +703,8 @@ class TokenService:
         lifetime = usable_lifetime(value, expires_in)
         token = self.cache.make(identity, scopes_of(value) or scopes, value, lifetime, learned=True)
         self.cache.put(token)
+        if self.fleet is not None:
+            self._in_background(self.fleet.share(token))
         self._on_event("learned", {"kind": identity.kind})
         return token
 
@@ -636,7 +716,10 @@ class TokenService:
         async def refresh() -> None:
             try:
                 await self.flights.run(
-                    key, lambda: self._mint(token.identity, token.scopes, upstream)
+                    key,
+                    lambda: self._obtain(
+                        token.identity, token.scopes, upstream, newer_than=token.expires_at
+                    ),
                 )
                 self._on_event("refresh", {"kind": token.identity.kind, "outcome": "ok"})
             except TokenError:
@@ -655,7 +738,29 @@ class TokenService:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        if self.fleet is not None:
+            await self.fleet.close()
         for client in self.clients.values():
             await client.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _shared_challenge(
+    challenge_id: str, challenge: Challenge, *, expires_at: float | None = None
+) -> SharedChallenge:
+    """``challenge`` on the wall clock every replica shares (it keeps monotonic times)."""
+    created = time.time() - (time.monotonic() - challenge.created_at)
+    return SharedChallenge(
+        challenge_id,
+        challenge.scopes,
+        challenge.verification_token,
+        created,
+        expires_at if expires_at is not None else created + CHALLENGE_LIFETIME,
+        challenge.attempts,
+    )
+
+
+def _local_challenge(identity: Identity, shared: SharedChallenge) -> Challenge:
+    created = time.monotonic() - (time.time() - shared.created_at)
+    return Challenge(identity, shared.scopes, shared.verification_token, created, shared.attempts)

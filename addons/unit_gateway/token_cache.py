@@ -119,6 +119,13 @@ class TokenCache:
         if self._entries.get(key) is token:
             del self._entries[key]
 
+    def evict_where(self, drops: Callable[[CachedToken], bool]) -> int:
+        """Drop every entry ``drops`` says to; how many."""
+        gone = [key for key, token in list(self._entries.items()) if drops(token)]
+        for key in gone:
+            del self._entries[key]
+        return len(gone)
+
     @property
     def maxsize(self) -> float:
         return self._entries.maxsize
