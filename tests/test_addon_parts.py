@@ -556,7 +556,9 @@ async def test_a_bug_while_reading_a_token_request_refuses_it_and_keeps_no_body(
         flow.request.content = json.dumps({"data": {"attributes": attributes}}).encode()
 
         monkeypatch.setattr(request.redaction, "redact_body", a_bug)
-        request.tokens.request(flow)
+        completing = request.tokens.request(flow)  # the challenge is looked up: it waits
+        assert completing is not None
+        await completing
         assert flow.response is not None and flow.response.status_code == 500
         error = json.loads(flow.response.content or b"")["errors"][0]
         assert error["code"] == "gateway_internal_error"

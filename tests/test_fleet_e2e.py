@@ -6,8 +6,6 @@ fleet-wide, and a Redis that goes away fails no request."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,22 +15,16 @@ import pytest
 import requests
 
 from conftest import GatewayFactory, proxied_session
-from redis_fixtures import RedisProcess, redis_server  # noqa: F401 (a fixture)
+from redis_fixtures import RedisProcess, redis_server, store_overrides  # noqa: F401
 from test_tokens_e2e import CUSTOMER, challenge_of, created, customer_two_factor, get
 from unit_gateway.testing import harness
 
 REPLICAS = 3
 
 
-def _store_overrides(run_dir: Path, url: str) -> dict[str, Any]:
-    (run_dir / "store-url").write_text(url)
-    (run_dir / "store-key").write_text(base64.b64encode(os.urandom(32)).decode())
-    return {"store": {"url": {"file": "store-url"}, "key": {"file": "store-key"}}}
-
-
 @pytest.fixture
 def store(run_dir: Path, redis_server: RedisProcess) -> dict[str, Any]:  # noqa: F811
-    return _store_overrides(run_dir, redis_server.url)
+    return store_overrides(run_dir, redis_server.url)
 
 
 def _fleet(
@@ -78,7 +70,7 @@ def test_300_cold_requests_over_three_replicas_mint_once(
     ]
     assert created(sandbox)[0] == 1, "\n".join(counters)
     for gateway in gateways:  # each replica says it is sharing
-        assert "unit_gateway_store_up 1.0" in gateway.metrics_text()
+        assert 'unit_gateway_store_up{store="redis"} 1.0' in gateway.metrics_text()
 
 
 def test_a_token_refused_on_one_replica_is_dropped_on_all(
@@ -179,5 +171,5 @@ def test_a_redis_that_goes_away_fails_no_request(
     assert 1 <= created(sandbox)[0] <= REPLICAS, "each replica minted on its own, once"
     for gateway in gateways:
         text = gateway.metrics_text()
-        assert "unit_gateway_store_up 0.0" in text
+        assert 'unit_gateway_store_up{store="redis"} 0.0' in text
         gateway.process.wait_for(r"the shared store \(Redis\) is unavailable", timeout=5)

@@ -31,6 +31,7 @@ import requests
 import yaml
 
 from conftest import GatewayFactory, Planted, config_reloads, proxied_session, wait_until
+from redis_fixtures import RedisProcess, redis_server, store_overrides  # noqa: F401
 from unit_gateway.testing import harness
 from unit_gateway.testing import prometheus as prom
 
@@ -43,14 +44,16 @@ LEARNED_CUSTOMER = "10002"
 FAILING_CUSTOMER = "10003"  # first asked for while Unit answers 429: its mint fails
 CHALLENGE_CARD = "30001"
 REFRESH_CARD = "30002"
+SHARED_CUSTOMER = "10004"  # minted by a second replica, read from the store by the first
 #: Ids of the sandbox's seed data used here: none may ever be a label value.
-IDS = (CUSTOMER, LEARNED_CUSTOMER, FAILING_CUSTOMER, CHALLENGE_CARD, REFRESH_CARD)
+IDS = (CUSTOMER, LEARNED_CUSTOMER, FAILING_CUSTOMER, CHALLENGE_CARD, REFRESH_CARD, SHARED_CUSTOMER)
 
 HISTOGRAMS = {
     "unit_gateway_request_duration_seconds",
     "unit_gateway_upstream_duration_seconds",
     "unit_gateway_overhead_seconds",
     "unit_gateway_token_mint_duration_seconds",
+    "unit_gateway_store_operation_duration_seconds",
 }
 #: The metric catalogue (design.md, "Metrics"): the names dashboards and alerts may use.
 CATALOGUE = HISTOGRAMS | {
@@ -78,12 +81,16 @@ CATALOGUE = HISTOGRAMS | {
     "unit_gateway_config_last_reload_success_timestamp_seconds",
     "unit_gateway_redactions_total",
     "unit_gateway_redirect_loops_total",
+    "unit_gateway_store_up",
+    "unit_gateway_store_operations_total",
+    "unit_gateway_fleet_events_total",
 }
 REQUIRED_ALERTS = {
     "UnitGatewayDown",
     "Unit429s",
     "UnitRequestsFailing",
     "RateLimitHeadroomLow",
+    "SharedStoreDown",
     "TokenMintFailures",
     "LatencySLO",
     "VerificationLimitHit",
@@ -353,7 +360,9 @@ def error_code(response: requests.Response) -> str | None:
         return None
 
 
-def drive_one_off_events(gateway: harness.Gateway, sandbox: harness.Sandbox, run_dir: Path) -> None:
+def drive_one_off_events(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, run_dir: Path, overrides: dict[str, Any]
+) -> None:
     """The events steady traffic does not make, each checked to have happened."""
     url = sandbox.url
     customer = f"unitgw:customer:{CUSTOMER}"
@@ -432,17 +441,14 @@ def drive_one_off_events(gateway: harness.Gateway, sandbox: harness.Sandbox, run
     harness.write_gateway_config(
         config_path,
         upstream_url=sandbox.url,
-        overrides={**GATEWAY_OVERRIDES, "tokens": {**GATEWAY_OVERRIDES["tokens"], "cache_size": 0}},
+        overrides={**overrides, "tokens": {**overrides["tokens"], "cache_size": 0}},
     )
     # Soft wait: if the gateway never counts it, the reload panels report it below.
     wait_until(lambda: config_reloads(gateway, "error") > before, timeout=8)
     harness.write_gateway_config(
         config_path,
         upstream_url=sandbox.url,
-        overrides={
-            **GATEWAY_OVERRIDES,
-            "tokens": {**GATEWAY_OVERRIDES["tokens"], "cache_size": 5000},
-        },
+        overrides={**overrides, "tokens": {**overrides["tokens"], "cache_size": 5000}},
     )
 
 
@@ -472,10 +478,12 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
     run_dir: Path,
     tmp_path: Path,
     planted: Planted,
+    redis_server: RedisProcess,  # noqa: F811
 ) -> None:
     started = time.time()
     sandbox.faults(rate_limit_headers=True)
-    gateway = gateway_factory(sandbox, overrides=GATEWAY_OVERRIDES)
+    overrides = {**GATEWAY_OVERRIDES, **store_overrides(run_dir, redis_server.url)}
+    gateway = gateway_factory(sandbox, overrides=overrides)
     assert gateway.metrics_url is not None
     # Outside run_dir: the leak scan reads every file there, and the TSDB is binary.
     prometheus = prom.start_prometheus(
@@ -486,7 +494,14 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
         prometheus.wait_for_series(f'up{{job="{prom.JOB}"}} == 1', timeout=20)
         prometheus.wait_for_series("unit_gateway_build_info", timeout=10)
         traffic.start()
-        drive_one_off_events(gateway, sandbox, run_dir)
+        drive_one_off_events(gateway, sandbox, run_dir, overrides)
+        # A second replica mints for a customer; the first reads that token from the store.
+        replica = gateway_factory(sandbox, overrides=overrides, name="replica")
+        shared = f"unitgw:customer:{SHARED_CUSTOMER}"
+        for each in (replica, gateway):
+            with proxied_session(each) as session:
+                answer = call(session, "GET", f"{sandbox.url}/accounts", shared)
+                assert answer.status_code == 200, answer.text
 
         dashboard = load_dashboard()
         queries = panel_queries(dashboard)

@@ -141,7 +141,7 @@ class TokenInjector:
 
     def _store_state(self, up: bool) -> None:
         self.core.health.store = "up" if up else "down"
-        self.metrics.store_up.set(1 if up else 0)
+        self.metrics.store_up.labels("redis").set(1 if up else 0)
 
     def _ssl_context(self) -> ssl.SSLContext:
         # The gateway's own calls trust what mitmproxy trusts for upstreams.

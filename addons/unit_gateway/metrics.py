@@ -287,9 +287,11 @@ class GatewayMetrics:
             ["rule"],
             registry=r,
         )
+        # Labelled, so that a gateway without a store exports no series (and no alert fires).
         self.store_up = Gauge(
             f"{p}_store_up",
-            "1 while the shared store (Redis) answers, 0 while the replica runs on its own",
+            "1 while the shared store answers, 0 while the replica runs on its own",
+            ["store"],
             registry=r,
         )
         self.store_operations = Counter(
