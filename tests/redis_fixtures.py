@@ -5,10 +5,8 @@ Registered by the test modules with ``pytest_plugins``.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
-import os
 import shutil
 import signal
 import socket
@@ -17,7 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -336,11 +333,3 @@ def redis_cluster(redis_cluster_module: RedisCluster) -> RedisCluster:
     """The module's cluster, emptied for this test."""
     redis_cluster_module.flush()
     return redis_cluster_module
-
-
-def store_overrides(run_dir: Path, url: str) -> dict[str, Any]:
-    """A gateway configuration's ``store`` section for the Redis at ``url``: the URL and a new
-    key in files beside the configuration (secret references, as in production)."""
-    (run_dir / "store-url").write_text(url)
-    (run_dir / "store-key").write_text(base64.b64encode(os.urandom(32)).decode())
-    return {"store": {"url": {"file": "store-url"}, "key": {"file": "store-key"}}}

@@ -8,22 +8,26 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import requests
 
-from conftest import GatewayFactory, proxied_session
-from redis_fixtures import RedisProcess, redis_server, store_overrides  # noqa: F401
+from conftest import GatewayFactory, proxied_session, store_overrides
 from test_tokens_e2e import CUSTOMER, challenge_of, created, customer_two_factor, get
 from unit_gateway.testing import harness
+
+if TYPE_CHECKING:
+    from redis_fixtures import RedisProcess
+
+pytest_plugins = ["redis_fixtures"]
 
 REPLICAS = 3
 
 
 @pytest.fixture
-def store(run_dir: Path, redis_server: RedisProcess) -> dict[str, Any]:  # noqa: F811
+def store(run_dir: Path, redis_server: RedisProcess) -> dict[str, Any]:
     return store_overrides(run_dir, redis_server.url)
 
 
@@ -160,7 +164,7 @@ def test_a_redis_that_goes_away_fails_no_request(
     gateway_factory: GatewayFactory,
     sandbox: harness.Sandbox,
     store: dict[str, Any],
-    redis_server: RedisProcess,  # noqa: F811
+    redis_server: RedisProcess,
 ) -> None:
     gateways = _fleet(gateway_factory, sandbox, store)
     redis_server.kill()

@@ -24,16 +24,27 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 import yaml
 
-from conftest import GatewayFactory, Planted, config_reloads, proxied_session, wait_until
-from redis_fixtures import RedisProcess, redis_server, store_overrides  # noqa: F401
+from conftest import (
+    GatewayFactory,
+    Planted,
+    config_reloads,
+    proxied_session,
+    store_overrides,
+    wait_until,
+)
 from unit_gateway.testing import harness
 from unit_gateway.testing import prometheus as prom
+
+if TYPE_CHECKING:
+    from redis_fixtures import RedisProcess
+
+pytest_plugins = ["redis_fixtures"]
 
 DASHBOARD = prom.DASHBOARDS / "unit-gateway.json"
 ALERTS = prom.DASHBOARDS / "alerts.yml"
@@ -478,7 +489,7 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
     run_dir: Path,
     tmp_path: Path,
     planted: Planted,
-    redis_server: RedisProcess,  # noqa: F811
+    redis_server: RedisProcess,
 ) -> None:
     started = time.time()
     sandbox.faults(rate_limit_headers=True)

@@ -422,8 +422,8 @@ class GatewayConfig(_Model):
     access_log: AccessLogSettings = AccessLogSettings()
     """The JSON-lines access log of flows to Unit."""
     store: StoreSettings | None = None
-    """A Redis shared by gateway replicas (not yet used by the gateway: the replicas'
-    wiring is the next step of issue 21). Unset: each replica keeps its own state."""
+    """A Redis shared by gateway replicas: tokens, mints in flight, open challenges and
+    verification windows (docs/deployment.md). Unset: each replica keeps its own state."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> GatewayConfig:

@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 STALLED_AFTER_SECONDS = 30.0
 
 
+async def _waited(event: asyncio.Event, seconds: float) -> bool:
+    """True once ``event`` is set, False after ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 class Health:
     """What the probes report. Written in the proxy's event loop, read from the metrics
     thread (single attribute reads and writes)."""
@@ -60,11 +69,7 @@ class Health:
             return True
         if self._ready_event is None:
             self._ready_event = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._ready_event.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await _waited(self._ready_event, seconds)
 
     def serving(self) -> bool:
         return self.ready and not self.draining
@@ -122,11 +127,7 @@ class InFlight:
         if not self._flows:
             return True
         self._empty = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._empty.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await _waited(self._empty, seconds)
 
 
 class Lifecycle:
