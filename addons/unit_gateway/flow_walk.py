@@ -177,12 +177,20 @@ class _Walk:
             return
         self.seen.add(id(value))
         owned = self.vault.owned
+        clean = self.record.clean
+        headers_type = self.vault.headers_type
         for name, item in _attributes(value):
             kind = type(item)
             if kind in _SCALARS or name in SKIPPED or name == skipped:
                 continue
-            if (kind is str or kind is bytes) and owned(value, name):
-                continue
+            if kind is str or kind is bytes:
+                # most of a flow's leaves, already found clean: checked here, not in visit
+                if clean.get(id(item)) is item or owned(value, name):
+                    continue
+            elif kind is headers_type:
+                fields = item.fields
+                if clean.get(id(fields)) is fields:
+                    continue
             self.visit(value, name, item)
 
     def visit(self, holder: Any, key: Any, value: Any) -> None:
@@ -283,9 +291,20 @@ class _Walk:
                 if any(part in shown_entry.real for part in new):
                     del record.shown[id(shown_entry.message)]
 
+    def _clean_key(self, name: Any) -> bool:
+        if not isinstance(name, str | bytes):
+            return True
+        clean = self.record.clean
+        if clean.get(id(name)) is name:
+            return True
+        if self.vault.redact_leaf(name) != name:
+            return False
+        clean[id(name)] = name
+        return True
+
     def _visit_dict(self, holder: Any, key: Any, value: dict[Any, Any]) -> None:
         for name in list(value):
-            if isinstance(name, str | bytes) and self.vault.redact_leaf(name) != name:
+            if not self._clean_key(name):
                 # a secret as a key: the dict is shown without its keys
                 shown = {f"[key {i}]": item for i, item in enumerate(value.values())}
                 self._changed(holder, key, value, shown)

@@ -91,6 +91,9 @@ logger = logging.getLogger(__name__)
 HeaderSubstitutions = dict[bytes, dict[bytes, list[bytes]]]
 
 _ENCODING = ("utf-8", "surrogateescape")
+#: Clean leaves remembered across flows: at most this many, each at most this long.
+_CLEAN_LEAVES = 4096
+_CLEAN_LEAF_SIZE = 256
 #: The most of a real body the gateway decodes to read it itself (see ``real_request_content``).
 REAL_CONTENT_LIMIT = 1 << 20
 
@@ -421,6 +424,8 @@ class FlowRedaction:
         self._addons: Any = None  # mitmproxy's AddonManager, while LateHeaders is in it
         self._redactions = Children(metrics.redactions) if metrics is not None else None
         self._sweeper: asyncio.Task[None] | None = None
+        #: Short values found clean under the current rules, whichever flow held them.
+        self._clean_leaves: dict[str | bytes, None] = {}
         #: Every other value of every flow (see unit_gateway.flow_walk).
         self.vault = FlowVault(
             self._shown_leaf, self._shown_fields, http.Headers, _owned, self.redact_data
@@ -467,6 +472,7 @@ class FlowRedaction:
 
     def reconfigure(self, config: LoadedConfig) -> None:
         self.redactor = Redactor(config.model.redaction)
+        self._clean_leaves.clear()  # clean under the old rules
         if self._redactions is not None:
             # Every rule's series exists from the start (at 0), so rates and alerts see the
             # first redaction rather than a series appearing out of nothing.
@@ -570,10 +576,20 @@ class FlowRedaction:
         self.vault.reveal(flow)
 
     def _shown_leaf(self, value: str | bytes) -> str | bytes:
+        if value in self._clean_leaves:
+            return value
         if isinstance(value, str):
-            return self.redact_text(value)
-        shown = self.redact_data(value)
-        return unreadable(len(value)) if shown is None else shown
+            shown: str | bytes | None = self.redact_text(value)
+        else:
+            shown = self.redact_data(value)
+            if shown is None:
+                return unreadable(len(value))
+        if shown == value and len(value) <= _CLEAN_LEAF_SIZE:
+            # Every flow holds the same methods, hosts, versions, header names: read once.
+            if len(self._clean_leaves) >= _CLEAN_LEAVES:
+                self._clean_leaves.clear()
+            self._clean_leaves[value] = None
+        return shown
 
     def redact_data(self, data: bytes) -> bytes | None:
         counts: Counter[str] = Counter()
