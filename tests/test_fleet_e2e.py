@@ -177,3 +177,29 @@ def test_a_redis_that_goes_away_fails_no_request(
         text = gateway.metrics_text()
         assert 'unit_gateway_store_up{store="redis"} 0.0' in text
         gateway.process.wait_for(r"the shared store \(Redis\) is unavailable", timeout=5)
+
+
+def test_tokens_are_refreshed_ahead_of_expiry_once_for_the_fleet(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, store: dict[str, Any]
+) -> None:
+    # Tokens of 6 s (a 1 s margin): due for a refresh 2.5 s after they were minted.
+    short = {"tokens": {"expiry_margin_seconds": 1, "customer": {"expires_in": 6}}}
+    gateways = _fleet(gateway_factory, sandbox, store, **short)
+    sessions = [proxied_session(g) for g in gateways]
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    for session in sessions:
+        assert get(session, sandbox, "/cards", placeholder).status_code == 200
+    assert created(sandbox)[0] == 1
+    time.sleep(3)
+    for session in sessions:  # each finds the token due; one new token for all of them
+        assert get(session, sandbox, "/cards", placeholder).status_code == 200
+    deadline = time.monotonic() + 5
+    while created(sandbox)[0] < 2:
+        assert time.monotonic() < deadline, "the token was never refreshed"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the other replicas' refreshes found the new token: no third mint
+    for session in sessions:
+        assert get(session, sandbox, "/cards", placeholder).status_code == 200
+    stats = sandbox.stats()
+    assert stats["tokens_created"]["customer"] == 2
+    assert stats["responses"].get("401", 0) == 0

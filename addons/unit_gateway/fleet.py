@@ -55,13 +55,22 @@ class Fleet:
         keeps it on the monotonic clock, less its margin)."""
         return time.time() + (token.expires_at - self.cache.timer()) + self.cache.margin
 
-    async def fetch(self, identity: Identity, needed: frozenset[str]) -> CachedToken | None:
-        """A live shared token of ``identity`` covering ``needed``, now in the local cache."""
+    async def fetch(
+        self, identity: Identity, needed: frozenset[str], newer_than: float | None = None
+    ) -> CachedToken | None:
+        """A live shared token of ``identity`` covering ``needed`` (and expiring after
+        ``newer_than``, a local expiry, for a refresh), now in the local cache."""
         shared = await self.store.get_tokens(identity)
         if isinstance(shared, Unavailable) or not shared:
             return None
         now = time.time()
-        covering = [t for t in shared if needed <= t.scopes and t.expires_at > now]
+        after = now
+        if newer_than is not None:
+            # The wall-clock expiry the store keeps for the local token (the cache's are
+            # monotonic, less the margin), and a second for the clocks' drift: the same
+            # token is not newer.
+            after = now + newer_than - self.cache.timer() + self.cache.margin + 1.0
+        covering = [t for t in shared if needed <= t.scopes and t.expires_at > after]
         if not covering:
             return None
         best = max(covering, key=lambda t: t.expires_at)
@@ -92,17 +101,19 @@ class Fleet:
         identity: Identity,
         needed: frozenset[str],
         mint: Callable[[], Awaitable[CachedToken]],
+        newer_than: float | None = None,
     ) -> CachedToken:
         """``mint()`` unless another replica is minting for ``identity``: then its token,
-        once it has put it. A lease that expires (its holder died) or a store that stops
-        answering ends the wait, and this replica mints."""
+        once it has put it (for a refresh, one that expires after ``newer_than``). A lease
+        that expires (its holder died) or a store that stops answering ends the wait, and
+        this replica mints."""
         for _ in range(2):
             lease = await self.store.acquire_lease(identity, MINT_LEASE)
             if lease.status is not LeaseStatus.HELD:
                 try:
                     if lease.status is LeaseStatus.ACQUIRED:
                         # The last holder may have put its token and let go since we looked.
-                        found = await self.fetch(identity, needed)
+                        found = await self.fetch(identity, needed, newer_than)
                         if found is not None:
                             return found
                     token = await mint()
@@ -113,7 +124,7 @@ class Fleet:
                     await self.store.release_lease(lease.lease)
             self._on_event("fleet", {"kind": identity.kind, "outcome": "mint_wait"})
             waited = await self.store.wait_released(lease.lease, self.store.lease_seconds)
-            found = await self.fetch(identity, needed)
+            found = await self.fetch(identity, needed, newer_than)
             if found is not None:
                 return found
             if waited is not WaitOutcome.RELEASED:

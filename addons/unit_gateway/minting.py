@@ -497,11 +497,11 @@ class TokenService:
         fleet = self.fleet
         if fleet is None:
             return await self._mint(identity, scopes, upstream)
-        found = await fleet.fetch(identity, scopes)
-        if found is not None and (newer_than is None or found.expires_at > newer_than):
+        found = await fleet.fetch(identity, scopes, newer_than)
+        if found is not None:
             return found
         return await fleet.mint_once(
-            identity, scopes, lambda: self._mint(identity, scopes, upstream)
+            identity, scopes, lambda: self._mint(identity, scopes, upstream), newer_than
         )
 
     def cached(
