@@ -574,6 +574,10 @@ async def test_redis_absent_at_start_is_unavailable_not_an_error(make_store: Fac
     await store.start()
     assert await store.get_tokens(CUSTOMER) is UNAVAILABLE
     assert (await store.acquire_lease(CUSTOMER, "x")).status == LeaseStatus.UNAVAILABLE
+    # A refused connection takes it down at once; a client that retries until the deadline
+    # shows it as timeouts, which take it down after DOWN_AFTER_TIMEOUTS in a row.
+    for _ in range(DOWN_AFTER_TIMEOUTS):
+        assert await store.get_tokens(CUSTOMER) is UNAVAILABLE
     assert not store.up
 
 

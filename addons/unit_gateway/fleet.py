@@ -117,8 +117,9 @@ class Fleet:
                         if found is not None:
                             return found
                     token = await mint()
-                    if lease.status is LeaseStatus.ACQUIRED:
-                        await self.share(token)
+                    # Shared even when the lease's answer came too late: the lease may be
+                    # ours all the same, and the replicas waiting on it read this token.
+                    await self.share(token)
                     return token
                 finally:
                     await self.store.release_lease(lease.lease)
