@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 import requests
 
-from conftest import GatewayFactory, proxied_session, store_overrides
+from conftest import GatewayFactory, Planted, proxied_session, store_overrides
 from test_tokens_e2e import CUSTOMER, challenge_of, created, customer_two_factor, get
 from unit_gateway.testing import harness
 
@@ -24,6 +25,13 @@ if TYPE_CHECKING:
 pytest_plugins = ["redis_fixtures"]
 
 REPLICAS = 3
+
+
+@pytest.fixture(autouse=True)
+def issued_tokens_planted(planted: Planted, sandbox: harness.Sandbox) -> Iterator[None]:
+    """Every token the replicas minted is planted before the leak scan reads the outputs."""
+    yield
+    planted.add_issued(sandbox.url)
 
 
 @pytest.fixture
