@@ -16,7 +16,14 @@ import pytest
 import requests
 
 from conftest import GatewayFactory, Planted, proxied_session, store_overrides
-from test_tokens_e2e import CUSTOMER, challenge_of, created, customer_two_factor, get
+from test_tokens_e2e import (
+    CUSTOMER,
+    challenge_of,
+    complete_challenge,
+    created,
+    customer_two_factor,
+    get,
+)
 from unit_gateway.testing import harness
 
 if TYPE_CHECKING:
@@ -124,21 +131,7 @@ def test_a_challenge_started_on_one_replica_is_completed_on_another(
     assert created(sandbox)[2] == 1
 
     def complete(session: requests.Session, code: str) -> requests.Response:
-        body = {
-            "data": {
-                "type": "customerToken",
-                "attributes": {
-                    "scope": "customers accounts cards cards-sensitive",
-                    "verificationToken": challenge,
-                    "verificationCode": code,
-                },
-            }
-        }
-        return session.post(
-            f"{sandbox.url}/customers/{CUSTOMER}/token",
-            json=body,
-            headers={"Authorization": "Bearer unitgw:org"},
-        )
+        return complete_challenge(session, sandbox, challenge, code)
 
     mistyped = complete(second, "000002")  # a wrong code: the challenge stays open
     assert mistyped.json()["errors"][0]["code"] != "unknown_challenge"

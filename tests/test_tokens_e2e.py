@@ -59,6 +59,27 @@ def challenge_of(answer: requests.Response) -> str:
     return error["meta"]["challengeId"]
 
 
+def complete_challenge(
+    session: requests.Session, sandbox: harness.Sandbox, challenge_id: str, code: str
+) -> requests.Response:
+    """The customer's create-token request completing ``challenge_id`` with ``code``."""
+    body = {
+        "data": {
+            "type": "customerToken",
+            "attributes": {
+                "scope": "customers accounts cards cards-sensitive",
+                "verificationToken": challenge_id,
+                "verificationCode": code,
+            },
+        }
+    }
+    return session.post(
+        f"{sandbox.url}/customers/{CUSTOMER}/token",
+        json=body,
+        headers={"Authorization": "Bearer unitgw:org"},
+    )
+
+
 def first_card(session: requests.Session, sandbox: harness.Sandbox) -> str:
     """The id of the customer's first card, read through the gateway with the placeholder."""
     cards = get(session, sandbox, "/cards", f"unitgw:customer:{CUSTOMER}")
@@ -337,21 +358,7 @@ def test_an_open_challenge_is_handed_out_again_and_outlives_a_wrong_code(
     placeholder = f"unitgw:customer:{CUSTOMER}"
 
     def complete(challenge_id: str, code: str) -> requests.Response:
-        body = {
-            "data": {
-                "type": "customerToken",
-                "attributes": {
-                    "scope": "customers accounts cards cards-sensitive",
-                    "verificationToken": challenge_id,
-                    "verificationCode": code,
-                },
-            }
-        }
-        return session.post(
-            f"{sandbox.url}/customers/{CUSTOMER}/token",
-            json=body,
-            headers={"Authorization": "Bearer unitgw:org"},
-        )
+        return complete_challenge(session, sandbox, challenge_id, code)
 
     def code_of(answer: requests.Response) -> str:
         return answer.json()["errors"][0]["code"]
