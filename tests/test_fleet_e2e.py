@@ -27,7 +27,7 @@ from test_tokens_e2e import (
 from unit_gateway.testing import harness
 
 if TYPE_CHECKING:
-    from redis_fixtures import RedisProcess
+    from redis_fixtures import RedisCluster, RedisProcess
 
 pytest_plugins = ["redis_fixtures"]
 
@@ -73,9 +73,20 @@ async def _spread(gateways: list[harness.Gateway], url: str, token: str, count: 
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
+@pytest.mark.parametrize("backend", ["single", "cluster"])
 def test_300_cold_requests_over_three_replicas_mint_once(
-    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, store: dict[str, Any]
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    run_dir: Path,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
+    if backend == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        store = store_overrides(run_dir, cluster.url)
+        store["store"]["cluster"] = True
+    else:
+        store = request.getfixturevalue("store")
     gateways = _fleet(gateway_factory, sandbox, store)
     statuses = asyncio.run(
         _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 300)

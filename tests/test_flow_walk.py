@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from ipaddress import IPv6Address
 from typing import Any
 
 import pytest
+from mitmproxy import dns
 from mitmproxy import flow as mflow
 from mitmproxy.http import Headers
 from mitmproxy.test import tflow
@@ -143,9 +145,48 @@ def test_an_edit_made_after_concealing_wins_over_the_real_value() -> None:
     assert flow.messages[0].content == b"an addon's own edit"
 
 
-def test_a_clean_flow_is_left_as_it_is() -> None:
-    flow = tflow.tflow(resp=True)
+def _dns_with_addresses() -> mflow.Flow:
+    """A DNS flow whose answers are binary addresses, each with control bytes in it."""
+    flow = tflow.tdnsflow(resp=True)
+    flow.response.answers = [
+        dns.ResourceRecord("a.example", dns.types.A, dns.classes.IN, 60, bytes([8, 8, 4, 4])),
+        dns.ResourceRecord("a.example", dns.types.A, dns.classes.IN, 60, bytes([10, 0, 0, 1])),
+        dns.ResourceRecord(
+            "a.example", dns.types.AAAA, dns.classes.IN, 60, IPv6Address("2001:db8::1").packed
+        ),
+    ]
+    return flow
+
+
+@pytest.mark.parametrize("make", [*FLOWS.values(), _dns_with_addresses], ids=[*FLOWS, "dns a+aaaa"])
+def test_a_flow_without_secrets_is_left_as_it_is(make: Callable[[], mflow.Flow]) -> None:
+    """Concealing changes nothing that holds no secret: a DNS answer's binary address stays
+    an address (mitmweb shows it, a saved flow replays it)."""
+    flow = make()
     before = flow.get_state()
     redaction = FlowRedaction(GatewayCore())
     redaction.conceal(flow)
     assert flow.get_state() == before
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"ip=\x01\x02", b"\x01pin:1234\x02", b"\x02\x03ssn=12\x04"],
+)
+def test_a_short_binary_value_gets_the_text_rules(data: bytes) -> None:
+    """A binary value too short to be summarised (an address) is still read as text."""
+    flow = _dns_with_addresses()
+    flow.response.answers[0].data = data
+    redaction = FlowRedaction(GatewayCore())
+    redaction.conceal(flow)
+    assert flow.response.answers[0].data != data
+    redaction.reveal(flow)
+    assert flow.response.answers[0].data == data
+
+
+def test_a_longer_binary_value_is_summarised() -> None:
+    flow = _dns_with_addresses()
+    data = bytes(range(1, 18))
+    flow.response.answers[0].data = data
+    FlowRedaction(GatewayCore()).conceal(flow)
+    assert flow.response.answers[0].data.startswith(b"[stream data redacted: 17 bytes")

@@ -581,7 +581,7 @@ class FlowRedaction:
         if isinstance(value, str):
             shown: str | bytes | None = self.redact_text(value)
         else:
-            shown = self.redact_data(value)
+            shown = self.redact_data(value, value=True)
             if shown is None:
                 return unreadable(len(value))
         if shown == value and len(value) <= _CLEAN_LEAF_SIZE:
@@ -591,9 +591,9 @@ class FlowRedaction:
             self._clean_leaves[value] = None
         return shown
 
-    def redact_data(self, data: bytes) -> bytes | None:
+    def redact_data(self, data: bytes, *, value: bool = False) -> bytes | None:
         counts: Counter[str] = Counter()
-        shown = self.redactor.redact_data(data, counts=counts)
+        shown = self.redactor.redact_data(data, counts=counts, value=value)
         self.count(counts)
         return shown
 

@@ -168,6 +168,9 @@ _BINARY_MAGIC = (
     b"%!PS",
 )
 #: C0 controls other than whitespace, backspace and escape, plus DEL: rare in text.
+#: Binary values up to this size (an IPv6 address in a DNS record) get the text rules rather
+#: than a summary: no encoding that hides text from them fits a secret in so few bytes.
+SHORT_BINARY_VALUE = 16
 _CONTROL_BYTES = bytes(b for b in range(0x20) if b not in b"\t\n\r\f\b\x1b") + b"\x7f"
 _MAX_MULTIPART_DEPTH = 4
 
@@ -753,11 +756,15 @@ class Redactor:
         tally = counts if counts is not None else Counter()
         return self._detectors.scan(self._redact_keyed_text(text, tally), tally)
 
-    def redact_data(self, data: bytes, *, counts: Counter[str] | None = None) -> bytes | None:
+    def redact_data(
+        self, data: bytes, *, counts: Counter[str] | None = None, value: bool = False
+    ) -> bytes | None:
         """Bytes that carry no declared type (a TCP, UDP or WebSocket message, a DNS record)
         fit to show: the text rules over every way a viewer reads them; None for binary data
-        (as a body's) and when no reading settles: show a summary instead."""
-        if _looks_binary(data):
+        (as a body's) and when no reading settles: show a summary instead. ``value``: ``data``
+        is one value of its own, not part of a stream: binary of up to
+        :data:`SHORT_BINARY_VALUE` bytes gets the text rules too."""
+        if _looks_binary(data) and not (value and len(data) <= SHORT_BINARY_VALUE):
             return None
         tally = counts if counts is not None else Counter()
         return self._settle(data, (), self._text_rules, tally)
