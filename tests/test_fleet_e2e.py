@@ -6,7 +6,11 @@ fleet-wide, and a Redis that goes away fails no request."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 import requests
+import urllib3
 
 from conftest import GatewayFactory, Planted, proxied_session, store_overrides
 from test_tokens_e2e import (
@@ -215,3 +220,137 @@ def test_tokens_are_refreshed_ahead_of_expiry_once_for_the_fleet(
     stats = sandbox.stats()
     assert stats["tokens_created"]["customer"] == 2
     assert stats["responses"].get("401", 0) == 0
+
+
+def test_a_replica_killed_mid_mint_blocks_the_others_only_until_its_lease_expires(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, store: dict[str, Any]
+) -> None:
+    lease = 4.0
+    timing = {"unit": {"token_timeout_seconds": lease / 2}}
+    store = {"store": {**store["store"], "mint_lease_seconds": lease}}
+    first = gateway_factory(
+        sandbox, overrides={**store, **timing}, name="replica-0", exit_statuses=(-9,)
+    )
+    others = [
+        gateway_factory(sandbox, overrides={**store, **timing}, name=f"replica-{n}") for n in (1, 2)
+    ]
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    sandbox.faults(latency_ms=1500)  # every answer of Unit's, the token's too, takes 1.5 s
+
+    def through_first() -> None:
+        with contextlib.suppress(requests.RequestException):  # its gateway dies under it
+            get(proxied_session(first), sandbox, "/cards", placeholder)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(through_first)
+        deadline = time.monotonic() + 10
+        while sandbox.stats()["requests"].get("POST /customers/{customerId}/token", 0) == 0:
+            assert time.monotonic() < deadline, "replica 0 never asked Unit for the token"
+            time.sleep(0.02)
+        killed_at = time.monotonic()
+        assert first.process.proc is not None
+        first.process.proc.kill()  # holding the fleet's mint lease, its mint in flight
+
+        async def spread_and_count() -> list[int]:
+            answers = asyncio.ensure_future(
+                _spread(others, sandbox.url + "/cards", placeholder, 20)
+            )
+            await asyncio.sleep(lease / 2 + 0.5)  # the dead replica's mint has ended at Unit
+            nonlocal orphaned
+            orphaned = created(sandbox)[0]
+            return await answers
+
+        orphaned = 0
+        statuses = asyncio.run(spread_and_count())
+    assert statuses == [200] * 20
+    assert time.monotonic() - killed_at < lease + 10
+    assert orphaned <= 1
+    assert created(sandbox)[0] == orphaned + 1, "one replica minted once the lease expired"
+    waits = [
+        line
+        for gateway in others
+        for line in gateway.metrics_text().splitlines()
+        if line.startswith("unit_gateway_fleet_events_total") and 'outcome="mint_wait"' in line
+    ]
+    assert waits and any(not line.endswith(" 0.0") for line in waits), waits
+
+
+def test_a_rolling_restart_under_load_fails_no_request(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, store: dict[str, Any]
+) -> None:
+    """Each replica in turn gets SIGTERM and is started again while requests keep coming, as
+    a balancer sends them: to the replicas it has, the next one when a connection is refused
+    (nothing was sent). Every request gets its answer."""
+    fleet = _fleet(gateway_factory, sandbox, store, lifecycle={"drain_seconds": 10})
+    placeholders = [f"unitgw:customer:{CUSTOMER}", "unitgw:org"]
+    sandbox.faults(latency_ms=1000)  # requests are in flight when SIGTERM comes
+    in_rotation = list(fleet)
+    statuses: list[int] = []
+    drained: list[int] = []  # requests in flight on each replica when it got SIGTERM
+    stop = False
+
+    def balanced(index: int) -> int:
+        for attempt in range(20):
+            gateway = in_rotation[(index + attempt) % len(in_rotation)]
+            with proxied_session(gateway) as session:
+                try:
+                    answer = get(session, sandbox, "/cards", placeholders[index % 2])
+                except requests.ConnectionError as error:
+                    if not _refused(error):
+                        raise  # sent, and then lost: what draining must prevent
+                    time.sleep(0.01)  # refused: nothing was sent; the next replica
+                    continue
+            return answer.status_code
+        raise AssertionError("no replica accepted the connection")
+
+    def load(worker: int) -> None:
+        index = worker
+        while not stop:
+            statuses.append(balanced(index))
+            index += 8
+
+    def restart_each() -> None:
+        nonlocal stop
+        try:
+            for n, old in enumerate(list(fleet)):
+                time.sleep(1)
+                assert old.process.proc is not None
+                old.process.proc.send_signal(signal.SIGTERM)
+                in_rotation.remove(old)  # the balancer's check sees /readyz fail
+                assert old.process.proc.wait(timeout=30) == 0
+                drained.append(
+                    int(old.process.wait_for(r"draining: no new connections, (\d+)").group(1))
+                )
+                new = gateway_factory(
+                    sandbox,
+                    overrides={**store, "lifecycle": {"drain_seconds": 10}},
+                    name=f"replica-{n}-again",
+                )
+                in_rotation.append(new)  # at once: before /readyz says so
+        finally:
+            stop = True
+
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        workers = [pool.submit(load, worker) for worker in range(8)]
+        pool.submit(restart_each).result()
+        for worker in workers:
+            worker.result()
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, Counter(statuses)
+    assert len(drained) == REPLICAS and all(drained), drained
+
+
+def _refused(error: BaseException) -> bool:
+    """The connection to the proxy was refused (a replica that stopped listening)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError | urllib3.exceptions.NewConnectionError):
+            return True
+        seen = (
+            seen.__cause__
+            or seen.__context__
+            or next(
+                (arg for arg in getattr(seen, "args", ()) if isinstance(arg, BaseException)), None
+            )
+        )
+    return False
