@@ -70,10 +70,13 @@ def percentiles(bucket: str, by: str, legend: str) -> list[prometheus.Dataquery]
 
 def with_queries[P: AnyPanel](panel: P, queries: list[prometheus.Dataquery], description: str) -> P:
     """Shared by every panel: the data source, the queries (refIds A, B, …), the description."""
-    panel = panel.datasource(DATASOURCE)
+    # The SDK's builders change themselves and return themselves.
+    panel.datasource(DATASOURCE)
     for index, target in enumerate(queries):
-        panel = panel.with_target(target.ref_id(ascii_uppercase[index]))
-    return panel.description(description) if description else panel
+        panel.with_target(target.ref_id(ascii_uppercase[index]))
+    if description:
+        panel.description(description)
+    return panel
 
 
 def timeseries_panel(
@@ -818,21 +821,20 @@ def build() -> dict[str, Any]:
         )
     )
     placed: dict[str, model.GridPos] = {}
-    for title, panels in ROWS.items():
-        board = board.with_row(dash.Row(title))
+    for row, panels in ROWS.items():
+        board = board.with_row(dash.Row(row))
         for panel in panels():
             built = panel.build()
-            if built.title in BELOW:
-                above = placed[BELOW[built.title]]
-                built.grid_pos = model.GridPos(
-                    x=above.x, y=above.y + above.h, w=built.grid_pos.w, h=built.grid_pos.h
-                )
+            title, size = built.title or "", built.grid_pos or model.GridPos()
+            if title in BELOW:
+                above = placed[BELOW[title]]
+                built.grid_pos = model.GridPos(x=above.x, y=above.y + above.h, w=size.w, h=size.h)
             board = board.with_panel(panel)
-            placed[built.title] = built.grid_pos
+            placed[title] = built.grid_pos or size
     dashboard = board.build()
     dashboard.schema_version = SCHEMA_VERSION
-    for number, panel in enumerate(dashboard.panels or [], 1):
-        panel.id_val = number  # in page order, as the hand-written JSON had them
+    for number, item in enumerate(dashboard.panels or [], 1):
+        item.id_val = number  # in page order, as the hand-written JSON had them
     document: dict[str, Any] = json.loads(json.dumps(dashboard, cls=JSONEncoder))
     # The variable's query as Grafana's variable editor shows it; the SDK has no field for it.
     for variable in document["templating"]["list"]:
