@@ -121,7 +121,7 @@ store:
   ca_file: /etc/ssl/redis-ca.pem       # rediss:// with a private CA
   key: {file: /run/secrets/unit-gateway-store-key}   # openssl rand -base64 32
   # previous_key: {file: /run/secrets/unit-gateway-store-key.old}   # while rotating
-  operation_timeout_seconds: 0.1
+  operation_timeout_seconds: 0.25
   key_prefix: "unitgw:"
   mint_lease_seconds: 15
 """,

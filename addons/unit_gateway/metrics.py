@@ -54,7 +54,7 @@ PREFIX = "unit_gateway"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: The gateway's own work is well under a millisecond per request when a token is cached.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
-#: Calls to the shared store: a deadline of 0.1 s by default.
+#: Calls to the shared store (store.operation_timeout_seconds bounds them).
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 RATE_WINDOW_SECONDS = 60.0
 #: The key under which the token addon leaves the seconds a request waited for a mint.

@@ -185,7 +185,7 @@ def _check_proxyauth_modes(modes: Sequence[str]) -> None:
                 f"unit-gateway: proxyauth is refused with mode {spec}: there it takes Basic "
                 "credentials from Authorization, the header that carries the Unit placeholder. "
                 "Use it with regular, upstream or socks5 listeners only; limit who reaches "
-                "other listeners by network (see the README)"
+                "other listeners by network (see docs/security.md)"
             )
 
 
