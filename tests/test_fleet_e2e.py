@@ -9,11 +9,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ import requests
 import urllib3
 
 from conftest import GatewayFactory, Planted, proxied_session, store_overrides
+from redis_fixtures import RedisCluster, RedisProcess, redis_binary
 from test_tokens_e2e import (
     CUSTOMER,
     challenge_of,
@@ -30,9 +32,6 @@ from test_tokens_e2e import (
     get,
 )
 from unit_gateway.testing import harness
-
-if TYPE_CHECKING:
-    from redis_fixtures import RedisCluster, RedisProcess
 
 pytest_plugins = ["redis_fixtures"]
 
@@ -44,6 +43,39 @@ def issued_tokens_planted(planted: Planted, sandbox: harness.Sandbox) -> Iterato
     """Every token the replicas minted is planted before the leak scan reads the outputs."""
     yield
     planted.add_issued(sandbox.url)
+
+
+@pytest.fixture
+def redis_server(run_dir: Path) -> Iterator[RedisProcess]:
+    """Redis with persistence on, and a ``MONITOR`` client beside it: the files it writes and
+    every command it is sent stay in ``run_dir``, where the leak scan reads them. Nor may
+    they name the customer (keys hold a keyed hash of the identity)."""
+    server = RedisProcess(run_dir / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    monitored = run_dir / "redis-monitor.txt"
+    with monitored.open("wb") as out:
+        monitor = subprocess.Popen(
+            [redis_binary("redis-cli"), "-p", str(server.port), "monitor"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            yield server
+            if server.proc is not None and server.proc.poll() is None:
+                with server.client() as client:
+                    client.save()  # the RDB file as well as the AOF
+        finally:
+            monitor.terminate()
+            monitor.wait(10)
+            server.stop()
+    commands = [line.partition(b"] ")[2] for line in monitored.read_bytes().splitlines()]
+    assert len(commands) > 10, "MONITOR saw the replicas' commands"
+    written = [p for p in (run_dir / "redis").rglob("*") if p.is_file() and p.name != "redis.log"]
+    assert written, "Redis wrote its append-only file"
+    for name, data in [("MONITOR", b"\n".join(commands))] + [
+        (p.name, p.read_bytes()) for p in written
+    ]:
+        assert CUSTOMER.encode() not in data, f"the customer id is in Redis's {name}"
 
 
 @pytest.fixture

@@ -317,6 +317,9 @@ MAX_CONNECTIONS = 64
 _FAILURES = (RedisError, OSError, TimeoutError)
 #: Calls in a row past their deadline that take the store down (each alone falls back).
 DOWN_AFTER_TIMEOUTS = 3
+#: Connecting before the replica takes requests may take this long: a cluster client maps
+#: the cluster on its first call, which an operation's deadline does not allow for.
+WARM_UP_SECONDS = 5.0
 
 
 class SharedStore:
@@ -425,6 +428,25 @@ class SharedStore:
         self._on_gap = on_gap
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Connect to every node and load the scripts, so that the first requests pay
+        neither. A store that does not answer is down from the start (the probe follows)."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(WARM_UP_SECONDS):
+                if isinstance(self._client, RedisCluster):
+                    await self._client.initialize()
+                await self._client.ping()
+                for script in _SCRIPTS.values():
+                    await self._client.script_load(script.source)
+        except _FAILURES as e:
+            outcome = "timeout" if isinstance(e, TimeoutError) else "error"
+            self._record("warm_up", outcome, time.perf_counter() - started)
+            self._went_down(e)
+            return
+        self._record("warm_up", "ok", time.perf_counter() - started)
 
     async def wait_subscribed(self, seconds: float) -> bool:
         """Whether the subscription is up, waiting at most ``seconds`` for it."""
