@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import pytest
 import requests
 
-from conftest import GatewayFactory, Planted, proxied_session, store_overrides
+from conftest import GatewayFactory, Planted, proxied_session
 from test_tokens_e2e import (
     CUSTOMER,
     challenge_of,
@@ -27,7 +26,8 @@ from test_tokens_e2e import (
 from unit_gateway.testing import harness
 
 if TYPE_CHECKING:
-    from redis_fixtures import RedisCluster, RedisProcess
+    from redis_fixtures import RedisCluster
+    from unit_gateway.testing.redis_server import RedisProcess
 
 pytest_plugins = ["redis_fixtures"]
 
@@ -43,7 +43,7 @@ def issued_tokens_planted(planted: Planted, sandbox: harness.Sandbox) -> Iterato
 
 @pytest.fixture
 def store(run_dir: Path, redis_server: RedisProcess) -> dict[str, Any]:
-    return store_overrides(run_dir, redis_server.url)
+    return harness.store_overrides(run_dir, redis_server.url)
 
 
 def _fleet(
@@ -58,19 +58,9 @@ def _fleet(
     ]
 
 
-async def _spread(gateways: list[harness.Gateway], url: str, token: str, count: int) -> list[int]:
+def _spread(gateways: list[harness.Gateway], url: str, token: str, count: int) -> list[int]:
     """``count`` concurrent requests, dealt over the replicas in turn."""
-    connector = aiohttp.TCPConnector(limit=count)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-
-        async def one(index: int) -> int:
-            proxy = gateways[index % len(gateways)].proxy_url
-            headers = {"Authorization": f"Bearer {token}"}
-            async with session.get(url, proxy=proxy, headers=headers) as response:
-                await response.read()
-                return response.status
-
-        return await asyncio.gather(*(one(i) for i in range(count)))
+    return asyncio.run(harness.spread_requests([g.proxy_url for g in gateways], url, token, count))
 
 
 @pytest.mark.parametrize("backend", ["single", "cluster"])
@@ -83,14 +73,12 @@ def test_300_cold_requests_over_three_replicas_mint_once(
 ) -> None:
     if backend == "cluster":
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        store = store_overrides(run_dir, cluster.url)
+        store = harness.store_overrides(run_dir, cluster.url)
         store["store"]["cluster"] = True
     else:
         store = request.getfixturevalue("store")
     gateways = _fleet(gateway_factory, sandbox, store)
-    statuses = asyncio.run(
-        _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 300)
-    )
+    statuses = _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 300)
     assert statuses == [200] * 300
     counters = [
         line
@@ -180,9 +168,7 @@ def test_a_redis_that_goes_away_fails_no_request(
 ) -> None:
     gateways = _fleet(gateway_factory, sandbox, store)
     redis_server.kill()
-    statuses = asyncio.run(
-        _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 60)
-    )
+    statuses = _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 60)
     assert statuses == [200] * 60
     assert 1 <= created(sandbox)[0] <= REPLICAS, "each replica minted on its own, once"
     for gateway in gateways:
