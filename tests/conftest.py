@@ -3,7 +3,6 @@ it, a client that goes through the gateway, and a leak scan over every output of
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import re
@@ -446,11 +445,3 @@ def client(gateway: harness.Gateway) -> Iterator[requests.Session]:
 def _stop_leftover_processes() -> Iterator[None]:
     yield
     harness.stop_all()
-
-
-def store_overrides(run_dir: Path, url: str) -> dict[str, Any]:
-    """A gateway configuration's ``store`` section for the Redis at ``url``: the URL and a new
-    key in files beside the configuration (secret references, as in production)."""
-    (run_dir / "store-url").write_text(url)
-    (run_dir / "store-key").write_text(base64.b64encode(os.urandom(32)).decode())
-    return {"store": {"url": {"file": "store-url"}, "key": {"file": "store-key"}}}

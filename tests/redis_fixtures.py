@@ -1,19 +1,16 @@
 """Real Redis for the shared store's tests: ``redis-server`` on a free loopback port without
-persistence, a three-node Redis Cluster, and Redis with TLS. Processes are always stopped.
-Registered by the test modules with ``pytest_plugins``.
+persistence (``unit_gateway.testing.redis_server``, which the demo uses too), a three-node
+Redis Cluster, and Redis with TLS. Processes are always stopped. Registered by the test
+modules with ``pytest_plugins``.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,46 +20,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-INSTALL = (
-    "{name} is not installed; the shared-store tests need a real Redis: "
-    "apt-get install -y redis-server (Debian's package, with redis-cli; .ci/run installs it)"
+from unit_gateway.testing.redis_server import (
+    STARTUP_SECONDS,
+    RedisNotInstalled,
+    RedisProcess,
+    TlsFiles,
 )
-STARTUP_SECONDS = 15.0
+from unit_gateway.testing.redis_server import redis_binary as find_redis_binary
 
 
 def redis_binary(name: str = "redis-server") -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(INSTALL.format(name=name), pytrace=False)
-    return found
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(*, cluster_bus: bool = False) -> int:
-    """A free loopback port; with ``cluster_bus``, port + 10000 is free too (the cluster's
-    node-to-node port)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not cluster_bus or (port + 10000 < 65536 and _bindable(port + 10000)):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path
-    cert: Path
-    key: Path
+    """The binary on PATH; the test fails, saying how to install it, when it is missing."""
+    try:
+        return find_redis_binary(name)
+    except RedisNotInstalled as e:
+        pytest.fail(f"{e}; the shared-store tests need a real Redis (.ci/run installs it)")
 
 
 def make_tls_files(directory: Path) -> TlsFiles:
@@ -108,116 +80,6 @@ def make_tls_files(directory: Path) -> TlsFiles:
         )
     )
     return files
-
-
-class RedisProcess:
-    """One ``redis-server``: loopback only, no RDB or AOF file, its log in its directory."""
-
-    def __init__(
-        self,
-        directory: Path,
-        *extra: str,
-        port: int | None = None,
-        tls: TlsFiles | None = None,
-        password: str | None = None,
-    ) -> None:
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.extra = list(extra)
-        self.tls = tls
-        self.password = password
-        self.port = port or free_port(cluster_bus="--cluster-enabled" in extra)
-        self.log = directory / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
-
-    def command(self) -> list[str]:
-        args = [
-            redis_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            "--logfile",
-            str(self.log),
-        ]
-        if self.tls is not None:
-            args += [
-                "--port",
-                "0",
-                "--tls-port",
-                str(self.port),
-                "--tls-cert-file",
-                str(self.tls.cert),
-                "--tls-key-file",
-                str(self.tls.key),
-                "--tls-ca-cert-file",
-                str(self.tls.ca),
-                "--tls-auth-clients",
-                "no",
-            ]
-        else:
-            args += ["--port", str(self.port)]
-        if self.password:
-            args += ["--requirepass", self.password]
-        return args + self.extra
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"redis-server exited at start: {err}{self._log_tail()}")
-            text = self.log.read_bytes()[offset:] if self.log.exists() else b""
-            if b"Ready to accept connections" in text:
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not get ready: {self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-
-    def kill(self) -> None:
-        """``kill -9``: Redis goes away mid-run, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def client(self) -> redis.Redis:
-        """A plain synchronous client, to look at what the store wrote."""
-        kwargs: dict[str, object] = {}
-        if self.tls is not None:
-            kwargs["ssl_ca_certs"] = str(self.tls.ca)
-        return redis.Redis.from_url(self.url, **kwargs)  # type: ignore[arg-type]
 
 
 class RedisCluster:
@@ -316,6 +178,7 @@ def everything_in(clients: list[redis.Redis]) -> list[tuple[bytes, list[bytes]]]
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    redis_binary()  # a missing one fails the test with how to install it
     server = RedisProcess(tmp_path / "redis")
     yield server
     server.stop()
@@ -323,6 +186,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="module")
 def redis_cluster_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    redis_binary()
     cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     yield cluster
     cluster.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -11,14 +12,18 @@ from pathlib import Path
 import pytest
 
 from conftest import Planted, port_of
-from unit_gateway import demo
+from unit_gateway import cli, demo
 from unit_gateway.testing import harness
 
 STEPS = 8
 
 
 def run_demo(
-    run_dir: Path, planted: Planted, *args: str, timeout: float = 60.0
+    run_dir: Path,
+    planted: Planted,
+    *args: str,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str, float]:
     """Run the demo as a user does; its files (in ``run_dir``) and what it printed go
     through the test's leak scan too, not only through the demo's own."""
@@ -30,6 +35,7 @@ def run_demo(
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     output = result.stdout + result.stderr
     planted.blobs.append(("the demo's output", output.encode()))
@@ -155,6 +161,98 @@ def test_web_keeps_mitmweb_up_until_interrupted(run_dir: Path, planted: Planted)
     # The gateway went down with the demo.
     port = port_of(metrics_url.group(1))
     assert harness.port_is_free(port)
+
+
+def test_replicas_share_one_redis_and_mint_each_token_once(run_dir: Path, planted: Planted) -> None:
+    code, output, _ = run_demo(run_dir, planted, "--replicas", "3", timeout=180)
+    assert code == 0, output
+    for number in range(1, STEPS + 1):
+        assert re.search(rf"^\[{number}/{STEPS}\] .+\n      ok: ", output, re.MULTILINE), output
+    assert "FAILED" not in output
+    assert "30x 200, 1 customer token created at Unit, minted by replica 1" in output
+    assert "6 requests, 0 new tokens at Unit" in output
+    assert "via all 3 replicas: 1 verification (code 000001), 1 two-factor token" in output
+    assert "2 cardholder tokens: one minted via replica 1, its replacement via replica 2" in output
+    assert "Unit created (sandbox count): customer 2, cardholder 2; the replicas minted 4" in output
+    assert "Each token was minted once for all 3 replicas" in output
+    rows = re.findall(r"^  replica (\d)  +(\d+)  +(\d+)  +(\d+)  +(\d+)  +(\d)$", output, re.M)
+    assert [(n, up) for n, *_, up in rows] == [("1", "1"), ("2", "1"), ("3", "1")], output
+    assert not re.search(r"\b\d{15,16}\b", output)
+    assert "v2.public." not in output
+    # Redis and the gateways went down with the demo; Redis kept nothing on disk.
+    redis_url = re.search(r"^  redis +redis://127\.0\.0\.1:(\d+)/0 ", output, re.MULTILINE)
+    assert redis_url, output
+    assert harness.port_is_free(int(redis_url.group(1)))
+    for metrics_url in re.findall(r"metrics (http://\S+/metrics)$", output, re.MULTILINE):
+        assert harness.port_is_free(port_of(metrics_url))
+    assert sorted(p.name for p in (run_dir / "demo" / "redis").iterdir()) == ["redis.log"]
+
+
+def test_replicas_without_redis_server_say_how_to_install_it(
+    run_dir: Path, planted: Planted, tmp_path: Path
+) -> None:
+    no_redis = tmp_path / "bin"  # a PATH with no redis-server on it
+    no_redis.mkdir()
+    env = {**os.environ, "PATH": str(no_redis)}
+    code, output, _ = run_demo(run_dir, planted, "--replicas", "3", env=env)
+    assert code == demo.EXIT_NOT_STARTED, output
+    assert "--replicas 3 needs a Redis the replicas share: redis-server is not installed" in output
+    assert "apt-get install -y redis-server" in output
+    assert "listening" not in output and "[1/" not in output
+    assert not (run_dir / "demo").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "three"])
+def test_replicas_must_be_a_whole_number_from_one(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["demo", "--replicas", value])
+    assert exited.value.code == 2
+    assert "argument --replicas: " in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["demo"]).replicas == 1
+
+
+def test_replicas_with_web_is_refused_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = cli.build_parser().parse_args(["demo", "--replicas", "2", "--web"])
+    assert demo.run(args) == demo.EXIT_NOT_STARTED
+    assert "--web shows one gateway" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_redis_and_every_replica(run_dir: Path, planted: Planted) -> None:
+    planted.add_sandbox_inside("the demo's sandbox")
+    out = run_dir / "demo-replicas.out"
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            harness.python_command("demo", "--replicas", "2", "--run-dir", str(run_dir / "demo")),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "[5/8]" not in out.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, out.read_text()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)  # to the demo alone, not its process group
+        assert process.wait(timeout=60) == demo.EXIT_INTERRUPTED, out.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = out.read_text()
+    planted.blobs.append(("the demo's output", text.encode()))
+    assert "interrupted; everything it started is stopped" in text
+    redis_url = re.search(r"^  redis +redis://127\.0\.0\.1:(\d+)/0 ", text, re.MULTILINE)
+    sandbox_url = re.search(r"^  sandbox +(http://\S+)$", text, re.MULTILINE)
+    assert redis_url and sandbox_url, text
+    ports = [int(redis_url.group(1)), port_of(sandbox_url.group(1))]
+    ports += [port_of(url) for url in re.findall(r"(http://\S+) \(mitmdump\)", text)]
+    ports += [port_of(url) for url in re.findall(r"metrics (http://\S+/metrics)$", text, re.M)]
+    assert len(ports) == 6
+    assert all(harness.port_is_free(port) for port in ports), text
 
 
 @pytest.mark.parametrize(

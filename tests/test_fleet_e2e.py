@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import requests
 import urllib3
 
-from conftest import GatewayFactory, Planted, proxied_session, store_overrides
-from redis_fixtures import RedisCluster, RedisProcess, redis_binary
+from conftest import GatewayFactory, Planted, proxied_session
+from redis_fixtures import RedisCluster
 from test_tokens_e2e import (
     CUSTOMER,
     challenge_of,
@@ -32,6 +31,7 @@ from test_tokens_e2e import (
     get,
 )
 from unit_gateway.testing import harness
+from unit_gateway.testing.redis_server import RedisProcess, redis_binary
 
 pytest_plugins = ["redis_fixtures"]
 
@@ -80,7 +80,7 @@ def redis_server(run_dir: Path) -> Iterator[RedisProcess]:
 
 @pytest.fixture
 def store(run_dir: Path, redis_server: RedisProcess) -> dict[str, Any]:
-    return store_overrides(run_dir, redis_server.url)
+    return harness.store_overrides(run_dir, redis_server.url)
 
 
 def _fleet(
@@ -95,19 +95,9 @@ def _fleet(
     ]
 
 
-async def _spread(gateways: list[harness.Gateway], url: str, token: str, count: int) -> list[int]:
+def _spread(gateways: list[harness.Gateway], url: str, token: str, count: int) -> list[int]:
     """``count`` concurrent requests, dealt over the replicas in turn."""
-    connector = aiohttp.TCPConnector(limit=count)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-
-        async def one(index: int) -> int:
-            proxy = gateways[index % len(gateways)].proxy_url
-            headers = {"Authorization": f"Bearer {token}"}
-            async with session.get(url, proxy=proxy, headers=headers) as response:
-                await response.read()
-                return response.status
-
-        return await asyncio.gather(*(one(i) for i in range(count)))
+    return asyncio.run(harness.spread_requests([g.proxy_url for g in gateways], url, token, count))
 
 
 @pytest.mark.parametrize("backend", ["single", "cluster"])
@@ -120,14 +110,12 @@ def test_300_cold_requests_over_three_replicas_mint_once(
 ) -> None:
     if backend == "cluster":
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        store = store_overrides(run_dir, cluster.url)
+        store = harness.store_overrides(run_dir, cluster.url)
         store["store"]["cluster"] = True
     else:
         store = request.getfixturevalue("store")
     gateways = _fleet(gateway_factory, sandbox, store)
-    statuses = asyncio.run(
-        _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 300)
-    )
+    statuses = _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 300)
     assert statuses == [200] * 300
     counters = [
         line
@@ -217,9 +205,7 @@ def test_a_redis_that_goes_away_fails_no_request(
 ) -> None:
     gateways = _fleet(gateway_factory, sandbox, store)
     redis_server.kill()
-    statuses = asyncio.run(
-        _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 60)
-    )
+    statuses = _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 60)
     assert statuses == [200] * 60
     assert 1 <= created(sandbox)[0] <= REPLICAS, "each replica minted on its own, once"
     for gateway in gateways:
@@ -285,7 +271,9 @@ def test_a_replica_killed_mid_mint_blocks_the_others_only_until_its_lease_expire
 
         async def spread_and_count() -> list[int]:
             answers = asyncio.ensure_future(
-                _spread(others, sandbox.url + "/cards", placeholder, 20)
+                harness.spread_requests(
+                    [g.proxy_url for g in others], sandbox.url + "/cards", placeholder, 20
+                )
             )
             await asyncio.sleep(lease / 2 + 0.5)  # the dead replica's mint has ended at Unit
             nonlocal orphaned

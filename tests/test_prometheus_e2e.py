@@ -35,14 +35,13 @@ from conftest import (
     Planted,
     config_reloads,
     proxied_session,
-    store_overrides,
     wait_until,
 )
 from unit_gateway.testing import harness
 from unit_gateway.testing import prometheus as prom
 
 if TYPE_CHECKING:
-    from redis_fixtures import RedisProcess
+    from unit_gateway.testing.redis_server import RedisProcess
 
 pytest_plugins = ["redis_fixtures"]
 
@@ -493,7 +492,7 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
 ) -> None:
     started = time.time()
     sandbox.faults(rate_limit_headers=True)
-    overrides = {**GATEWAY_OVERRIDES, **store_overrides(run_dir, redis_server.url)}
+    overrides = {**GATEWAY_OVERRIDES, **harness.store_overrides(run_dir, redis_server.url)}
     gateway = gateway_factory(sandbox, overrides=overrides)
     assert gateway.metrics_url is not None
     # Outside run_dir: the leak scan reads every file there, and the TSDB is binary.

@@ -29,9 +29,11 @@ from unit_gateway.shared_store import (
     WindowDecision,
     _Keyring,
 )
+from unit_gateway.testing import harness
+from unit_gateway.testing.redis_server import RedisProcess
 
 if TYPE_CHECKING:
-    from redis_fixtures import RedisCluster, RedisProcess
+    from redis_fixtures import RedisCluster
 
 # Imported by pytest (not above) so its asserts are rewritten; tests import from it inside.
 pytest_plugins = ["redis_fixtures"]
@@ -469,8 +471,6 @@ async def test_one_identity_lives_in_one_hash_slot(
 async def test_redis_down_or_slow_falls_back_at_once_and_sharing_resumes(
     tmp_path: Path, make_store: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from redis_fixtures import RedisProcess
-
     password = "redis-pass-7f3e9"
     server = RedisProcess(tmp_path / "redis", password=password)
     try:
@@ -568,9 +568,7 @@ async def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
 
 
 async def test_redis_absent_at_start_is_unavailable_not_an_error(make_store: Factory) -> None:
-    from redis_fixtures import free_port
-
-    store = make_store(f"redis://127.0.0.1:{free_port()}/0", operation_timeout=0.1)
+    store = make_store(f"redis://127.0.0.1:{harness.free_port()}/0", operation_timeout=0.1)
     await store.start()
     assert await store.get_tokens(CUSTOMER) is UNAVAILABLE
     assert (await store.acquire_lease(CUSTOMER, "x")).status == LeaseStatus.UNAVAILABLE
@@ -586,7 +584,7 @@ async def test_redis_absent_at_start_is_unavailable_not_an_error(make_store: Fac
 
 
 async def test_rediss_with_a_private_ca(tmp_path: Path, make_store: Factory) -> None:
-    from redis_fixtures import RedisProcess, make_tls_files
+    from redis_fixtures import make_tls_files
 
     tls = make_tls_files(tmp_path / "tls")
     server = RedisProcess(tmp_path / "redis", tls=tls)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .testing.leakscan import Leak
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_NOT_STARTED = 0, 1, 2
+#: As a shell reports a command that SIGINT ended.
+EXIT_INTERRUPTED = 130
 #: The cardholder token's lifetime in the demo: short enough to watch it expire.
 CARDHOLDER_LIFETIME = 3
 EXPIRY_MARGIN = 1
@@ -43,9 +45,16 @@ class StepFailed(Exception):
     """A step of the story did not turn out as expected; the message says what was seen."""
 
 
-def demo_config(sandbox_port: int, metrics_port: int) -> dict[str, Any]:
-    """The local configuration (config/local.yaml) with a short-lived cardholder token."""
-    return {
+def demo_config(
+    sandbox_port: int,
+    metrics_port: int,
+    *,
+    embedded: bool = True,
+    store: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The local configuration (config/local.yaml) with a short-lived cardholder token: with
+    the sandbox embedded, or (replicas) in front of a sandbox of its own and with a store."""
+    config: dict[str, Any] = {
         "unit": {
             "upstreams": [{"url": f"http://127.0.0.1:{sandbox_port}", "environment": "sandbox"}],
             # Made up by the demo and shared with the embedded sandbox, so the output scan
@@ -72,6 +81,11 @@ def demo_config(sandbox_port: int, metrics_port: int) -> dict[str, Any]:
         },
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
     }
+    if not embedded:
+        del config["sandbox"]
+    if store is not None:
+        config["store"] = store
+    return config
 
 
 @dataclass
@@ -94,38 +108,73 @@ class Environment:
 
 
 def start(run_dir: Path, org_token: str, *, web: bool) -> Environment:
+    """One gateway with the sandbox embedded."""
     sandbox_port, metrics_port = harness.free_port(), harness.free_port()
-    config_path = run_dir / "demo.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(sandbox_port, metrics_port), sort_keys=False))
-    flows_path = run_dir / "flows.mitm"
+    config = demo_config(sandbox_port, metrics_port)
+    return attach(launch(run_dir, "gateway", config, org_token, web=web), web=web)
+
+
+@dataclass
+class Launched:
+    """A gateway process started, not yet listening."""
+
+    process: harness.ManagedProcess
+    flows_path: Path
+    sandbox_url: str | None
+
+
+def launch(
+    run_dir: Path,
+    name: str,
+    config: dict[str, Any],
+    org_token: str,
+    *,
+    web: bool = False,
+    sandbox_url: str | None = None,
+    extra_args: list[str] | None = None,
+) -> Launched:
+    """Start ``unit-gateway run`` with ``config`` (written to ``<run_dir>/<name>.yaml``; the
+    single gateway's is ``demo.yaml``); ``sandbox_url`` is a sandbox outside it, if any."""
+    config_path = run_dir / ("demo.yaml" if name == "gateway" else f"{name}.yaml")
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    flows_path = run_dir / ("flows.mitm" if name == "gateway" else f"{name}.flows.mitm")
     # flow_detail=3: headers and bodies in the output, so one can see what redaction leaves.
     mitmproxy_args = ["--set", f"save_stream_file={flows_path}", "--set", "flow_detail=3"]
     if web:
         mitmproxy_args += [
             "--set", f"web_port={harness.free_port()}", "--set", "web_open_browser=false",
         ]  # fmt: skip
+    mitmproxy_args += extra_args or []
     argv = harness.gateway_command(config_path, web=web, mitmproxy_args=mitmproxy_args)
     env = {ORG_TOKEN_ENV: org_token}
-    process = harness.ManagedProcess("gateway", argv, run_dir, env=env).start()
+    process = harness.ManagedProcess(name, argv, run_dir, env=env).start()
+    return Launched(process, flows_path, sandbox_url)
+
+
+def attach(launched: Launched, *, web: bool = False) -> Environment:
+    """Wait until a launched gateway listens; stopped if it does not."""
+    process = launched.process
     try:
         host, port = process.wait_for(
             r"unit-gateway: proxy listening on (\S+):(\d+)", START_TIMEOUT
         ).groups()
-        sandbox_url = process.wait_for(r"unit-gateway: embedded sandbox on (\S+)", START_TIMEOUT)
+        sandbox_url = launched.sandbox_url or process.wait_for(
+            r"unit-gateway: embedded sandbox on (\S+)", START_TIMEOUT
+        ).group(1)
         metrics_url = process.wait_for(r"unit-gateway: metrics on (\S+)", START_TIMEOUT)
         web_url = None
         if web:
             web_url = process.wait_for(r"Web server listening at (\S+)", START_TIMEOUT).group(1)
-    except harness.ProcessFailed:
+    except BaseException:  # it did not start, or Ctrl-C
         process.stop()
         raise
     return Environment(
-        run_dir,
+        process.run_dir,
         process,
         f"http://{host}:{port}",
-        sandbox_url.group(1),
+        sandbox_url,
         metrics_url.group(1),
-        flows_path,
+        launched.flows_path,
         web_url,
     )
 
@@ -486,6 +535,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="where the gateway's output, saved flows and config go (default: a new temp dir)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=replica_count,
+        default=1,
+        metavar="N",
+        help="run N gateways sharing one private Redis (needs redis-server) and show that "
+        "each token is minted once for all of them (default 1)",
+    )
+
+
+def replica_count(text: str) -> int:
+    """``--replicas``: a whole number from 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {count}")
+    return count
 
 
 def parse_faults(items: list[str]) -> dict[str, Any]:
@@ -528,6 +596,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"unit-gateway demo: {e}", file=sys.stderr)
         return EXIT_NOT_STARTED
+    runner = run_one
+    if args.replicas > 1:
+        from . import demo_replicas
+
+        problem = demo_replicas.cannot_start(args)
+        if problem:
+            print(f"unit-gateway demo: {problem}", file=sys.stderr)
+            return EXIT_NOT_STARTED
+        runner = demo_replicas.run
     try:
         import unit  # noqa: F401 - the SDK the story is told with
     except ImportError:
@@ -543,23 +620,48 @@ def run(args: argparse.Namespace) -> int:
     print_line("Callers hold placeholder tokens only (unitgw:org, unitgw:customer:<id>, ...).")
     started = time.monotonic()
     org_token = harness.make_org_token()
+    secrets = {"org token": org_token}
+    # SIGTERM as Ctrl-C: either way every process the demo started is stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        env = start(run_dir, org_token, web=args.web)
+        code = runner(args, faults, run_dir, secrets, started)
+    except KeyboardInterrupt:
+        print_line("unit-gateway demo: interrupted; everything it started is stopped.")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Once more over everything the run wrote, now that every process has stopped.
+    leaks = find_leaks_in_outputs(secrets, run_dir)
+    if leaks:
+        print_line("unit-gateway demo: found in the outputs: " + "; ".join(map(str, leaks)))
+        return EXIT_STEP_FAILED
+    return code
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_one(
+    args: argparse.Namespace,
+    faults: dict[str, Any],
+    run_dir: Path,
+    secrets: dict[str, str],
+    started: float,
+) -> int:
+    """One gateway with the sandbox embedded; the story adds what it saw to ``secrets``."""
+    try:
+        env = start(run_dir, secrets["org token"], web=args.web)
     except harness.ProcessFailed as e:
         print_line(f"unit-gateway demo: the gateway did not start:\n{e}")
         return EXIT_NOT_STARTED
-    story = Story(env, secrets={"org token": org_token})
+    story = Story(env, secrets=secrets)
     try:
         code = play(story, args, faults, started)
         if env.process.proc is not None and env.process.proc.poll() is None:
             story.collect_issued()
     finally:
         env.process.stop()
-    # Once more over everything the run wrote, now that the gateway has stopped.
-    leaks = find_leaks_in_outputs(story.secrets, run_dir)
-    if leaks:
-        print_line("unit-gateway demo: found in the outputs: " + "; ".join(map(str, leaks)))
-        return EXIT_STEP_FAILED
     return code
 
 
@@ -571,26 +673,10 @@ def play(story: Story, args: argparse.Namespace, faults: dict[str, Any], started
     print_line(f"  sandbox  {env.sandbox_url} (embedded)")
     print_line(f"  metrics  {env.metrics_url}")
     print_line(f"  outputs  {run_dir}")
-    if faults:
-        env.sandbox("POST", "/__sandbox/faults", faults)
-        print_line(f"  faults   {faults}")
-    print_line()
-    steps = story.steps()
+    apply_faults(env, faults)
     with proxied(env.proxy_url):
-        for number, (title, step) in enumerate(steps, 1):
-            print_line(f"[{number}/{len(steps)}] {title}")
-            step_started = time.monotonic()
-            try:
-                outcome = step()
-            except Exception as e:  # any failure is this step's failure
-                reason = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {e}"
-                print_line(f"      FAILED: {reason}")
-                print_line()
-                print_line(f"unit-gateway demo: step {number} failed ({title}).")
-                print_line(f"The gateway's output is in {env.process.stdout_path}.")
-                return EXIT_STEP_FAILED
-            elapsed = (time.monotonic() - step_started) * 1000
-            print_line(f"      ok: {outcome} ({elapsed:.0f} ms)")
+        if not play_steps(story.steps(), f"The gateway's output is in {env.process.stdout_path}."):
+            return EXIT_STEP_FAILED
     samples = metric_samples(env)
     (run_dir / "metrics.txt").write_text(
         "\n".join(f"{n} {labels} {v}" for n, labels, v in samples) + "\n"
@@ -609,7 +695,7 @@ def play(story: Story, args: argparse.Namespace, faults: dict[str, Any], started
     print_line(f"  saved flows (redacted)      {env.flows_path}")
     print_line(f"    open them in mitmweb:     uv run mitmweb -r {env.flows_path}")
     print_line(f"  metrics snapshot            {run_dir / 'metrics.txt'}")
-    print_line("  dashboards and alerts       dashboards/ (README: For SREs)")
+    print_line("  dashboards and alerts       dashboards/ (docs/metrics.md)")
     if args.web:
         print_line(f"  mitmweb                     {env.web_url}")
         print_line(f"  metrics                     {env.metrics_url}")
@@ -619,6 +705,33 @@ def play(story: Story, args: argparse.Namespace, faults: dict[str, Any], started
     else:
         print_line("  live: uv run unit-gateway demo --web  (mitmweb, kept up until Ctrl-C)")
     return EXIT_OK
+
+
+def apply_faults(env: Environment, faults: dict[str, Any]) -> None:
+    """The ``--fault`` switches, set at the sandbox before the story."""
+    if faults:
+        env.sandbox("POST", "/__sandbox/faults", faults)
+        print_line(f"  faults   {faults}")
+    print_line()
+
+
+def play_steps(steps: list[tuple[str, Callable[[], str]]], where_to_look: str) -> bool:
+    """Each step with its outcome, until one fails; whether all of them ran."""
+    for number, (title, step) in enumerate(steps, 1):
+        print_line(f"[{number}/{len(steps)}] {title}")
+        step_started = time.monotonic()
+        try:
+            outcome = step()
+        except Exception as e:  # any failure is this step's failure
+            reason = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {e}"
+            print_line(f"      FAILED: {reason}")
+            print_line()
+            print_line(f"unit-gateway demo: step {number} failed ({title}).")
+            print_line(where_to_look)
+            return False
+        elapsed = (time.monotonic() - step_started) * 1000
+        print_line(f"      ok: {outcome} ({elapsed:.0f} ms)")
+    return True
 
 
 def wait_for_interrupt(process: harness.ManagedProcess) -> None:

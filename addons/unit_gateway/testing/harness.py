@@ -5,6 +5,7 @@ run directory (so the leak scanner can read every byte of it) and is always stop
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -236,6 +237,39 @@ def _merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def store_overrides(directory: Path, url: str) -> dict[str, Any]:
+    """A gateway configuration's ``store`` section for the Redis at ``url``: the URL and a new
+    key in files in ``directory``, beside the configuration (secret references, as in
+    production)."""
+    from unit_gateway.shared_store import new_key
+
+    (directory / "store-url").write_text(url)
+    key_file = directory / "store-key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(new_key())
+    return {"store": {"url": {"file": "store-url"}, "key": {"file": "store-key"}}}
+
+
+async def spread_requests(
+    proxy_urls: Sequence[str], url: str, placeholder: str, count: int
+) -> list[int]:
+    """``count`` concurrent GETs of ``url`` with ``placeholder`` as the bearer token, dealt
+    over the proxies (gateway replicas) in turn; their statuses in that order."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=count)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+
+        async def one(index: int) -> int:
+            proxy = proxy_urls[index % len(proxy_urls)]
+            headers = {"Authorization": f"Bearer {placeholder}"}
+            async with session.get(url, proxy=proxy, headers=headers) as response:
+                await response.read()
+                return response.status
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
 
 
 @dataclass
