@@ -8,7 +8,10 @@
 - cold mint: ``TokenService.token_for`` against the local sandbox with an empty cache;
 - stampede: 500 concurrent ``token_for`` calls for one cold identity, counting the sandbox's
   token creations and verifications (plain and two-factor scopes);
-- memory: bytes per cached token, from tracemalloc over 10,000 entries.
+- memory: bytes per cached token, from tracemalloc over 10,000 entries;
+- shared-store hit: a token another replica put in a real ``redis-server`` on loopback, fetched
+  by this one (a local miss that the fleet answers: one Redis read and a decryption), in
+  microseconds; skipped where ``redis-server`` is not installed.
 
 Writes ``benchmarks/results/token_costs.json`` and ``.md``.
 """
@@ -30,10 +33,13 @@ from mitmproxy.test import taddons, tflow
 from report import heading, write
 from report import machine as report_machine
 from unit_gateway.core import GatewayCore
+from unit_gateway.fleet import Fleet
 from unit_gateway.identity import Identity
 from unit_gateway.inject import TokenInjector
 from unit_gateway.metrics import GatewayMetrics
+from unit_gateway.shared_store import SharedStore
 from unit_gateway.testing import harness
+from unit_gateway.testing.redis_server import RedisNotInstalled, RedisProcess
 from unit_gateway.token_cache import TokenCache
 
 CUSTOMER = Identity("customer", "10001")
@@ -148,7 +154,7 @@ async def measure(run_dir: Path) -> dict[str, Any]:
     try:
         with taddons.context(core, injector) as tctx:
             tctx.configure(core, unit_gateway_config=str(config))
-            injector.running()
+            await injector.running()
             results: dict[str, Any] = {}
             results.update(await hot_path(core, injector, sandbox.url))
             results.update(await cold_mints(injector, core))
@@ -160,7 +166,42 @@ async def measure(run_dir: Path) -> dict[str, Any]:
     finally:
         sandbox.process.stop()
     results["memory_bytes_per_cached_token"] = memory_per_token()
+    try:
+        results.update(await store_hit(run_dir))
+    except RedisNotInstalled as missing:
+        print(f"shared-store hit skipped: {missing}", file=sys.stderr)
     return results
+
+
+async def store_hit(run_dir: Path, calls: int = 2000) -> dict[str, float]:
+    server = RedisProcess(run_dir / "redis")
+    key = os.urandom(32)
+    putting = SharedStore(server.url, key)
+    fetching = SharedStore(server.url, key)
+    cache = TokenCache(1000)
+    fleet = Fleet(fetching, cache, lambda kind, labels: None)
+    try:
+        await putting.start()
+        await fleet.start()
+        await putting.put_token(
+            CUSTOMER, frozenset({"cards"}), "v2.public." + "x" * 120, time.time() + 3600
+        )
+        samples = []
+        for _ in range(calls):
+            cache.evict_where(lambda token: True)  # a local miss each time
+            started = time.perf_counter()
+            found = await fleet.fetch(CUSTOMER, frozenset({"cards"}))
+            samples.append(time.perf_counter() - started)
+            assert found is not None
+        samples.sort()
+        return {
+            "store_hit_us_median": round(statistics.median(samples) * 1e6, 1),
+            "store_hit_us_p99": round(samples[int(len(samples) * 0.99)] * 1e6, 1),
+        }
+    finally:
+        await fleet.close()
+        await putting.close()
+        server.stop()
 
 
 def main() -> int:
