@@ -19,6 +19,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        # other work on the machine skews every figure: the 1-minute load average as it began
+        "load_average": round(os.getloadavg()[0], 2),
     }
 
 
@@ -26,7 +28,12 @@ def heading(report: dict[str, Any]) -> str:
     """The line every results page starts with: command, time and machine."""
     return (
         f"Command: `{report['command']}`; recorded {report['recorded_at']} on "
-        f"{report['platform']}, Python {report['python']}, {report['cpus']} CPUs."
+        f"{report['platform']}, Python {report['python']}, {report['cpus']} CPUs"
+        + (
+            f", load average {report['load_average']} at the start."
+            if "load_average" in report
+            else "."
+        )
     )
 
 
