@@ -137,10 +137,7 @@ def main() -> int:
     report["command"] = "uv run python benchmarks/memory_soak.py" + (
         f" --minutes {args.minutes:g}" if args.minutes != 10.0 else ""
     )
-    markdown = render_markdown(report)
-    print(markdown)
-    if not args.quick:
-        write("memory_soak", report, markdown)
+    write("memory_soak", report, render_markdown(report), keep=not args.quick)
     return 0
 
 

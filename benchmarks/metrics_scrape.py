@@ -87,7 +87,6 @@ def main() -> int:
         f"{report['scrape_ms_max']} | 50 |\n"
     )
     write("metrics_scrape", report, markdown)
-    print(markdown)
     return 0
 
 

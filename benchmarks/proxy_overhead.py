@@ -350,10 +350,7 @@ def main() -> int:
     args.concurrency = tuple(args.concurrency or CONCURRENCIES)
     with tempfile.TemporaryDirectory(prefix="unit-gateway-bench-") as tmp:
         report = asyncio.run(measure(args, Path(tmp)))
-    markdown = render_markdown(report)
-    print(markdown)
-    if not partial:
-        write("proxy_overhead", report, markdown)
+    write("proxy_overhead", report, render_markdown(report), keep=not partial)
     return 0
 
 

@@ -102,7 +102,6 @@ def main() -> int:
         ),
     ]
     write("redaction_cost", report, "\n".join(lines) + "\n")
-    print("\n".join(lines))
     return 0
 
 

@@ -153,10 +153,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="unit-gateway-bench-") as tmp:
         report = {**machine(), **asyncio.run(measure(args.seconds, args.repeats, Path(tmp)))}
     report["command"] = "uv run python benchmarks/replica_scaling.py"
-    markdown = render_markdown(report)
-    print(markdown)
-    if not args.quick:
-        write("replica_scaling", report, markdown)
+    write("replica_scaling", report, render_markdown(report), keep=not args.quick)
     return 0
 
 

@@ -37,7 +37,11 @@ def heading(report: dict[str, Any]) -> str:
     )
 
 
-def write(name: str, report: dict[str, Any], markdown: str) -> None:
+def write(name: str, report: dict[str, Any], markdown: str, *, keep: bool = True) -> None:
+    """Print ``markdown``; with ``keep`` (a full run, not a quick one), record both files."""
+    print(markdown)
+    if not keep:
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)

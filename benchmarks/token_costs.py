@@ -224,7 +224,6 @@ def main() -> int:
     for key, value in results.items():
         lines.append(f"| {key} | {value} |")
     write("token_costs", report, "\n".join(lines) + "\n")
-    print("\n".join(lines))
     return 0
 
 
