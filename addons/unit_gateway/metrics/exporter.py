@@ -20,7 +20,6 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from mitmproxy import http
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    disable_created_metrics,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from unit_gateway.tokens.addon import TokenInjector
 
 logger = logging.getLogger(__name__)
-# The _created series double the size of a scrape and no dashboard uses them.
-disable_created_metrics()
 
 RATE_WINDOW_SECONDS = 60.0
 
