@@ -19,8 +19,9 @@ import urllib.request
 
 from report import heading, write
 from report import machine as report_machine
-from unit_gateway.metrics import GatewayMetrics, serve_metrics
-from unit_gateway.routes import RouteTable
+from unit_gateway.metrics.exporter import serve_metrics
+from unit_gateway.metrics.registry import GatewayMetrics
+from unit_gateway.unit_api.routes import RouteTable
 
 
 def populate(metrics: GatewayMetrics) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from report import heading, write
 from report import machine as report_machine
-from unit_gateway.redaction import Redactor
+from unit_gateway.redaction.engine import Redactor
 
 MEDIA_TYPE = "application/vnd.api+json"
 

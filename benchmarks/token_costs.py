@@ -32,15 +32,15 @@ from mitmproxy.test import taddons, tflow
 
 from report import heading, write
 from report import machine as report_machine
-from unit_gateway.core import GatewayCore
-from unit_gateway.fleet import Fleet
-from unit_gateway.identity import Identity
-from unit_gateway.inject import TokenInjector
-from unit_gateway.metrics import GatewayMetrics
-from unit_gateway.shared_store import SharedStore
+from unit_gateway.config.core import GatewayCore
+from unit_gateway.metrics.registry import GatewayMetrics
 from unit_gateway.testing import harness
 from unit_gateway.testing.redis_server import RedisNotInstalled, RedisProcess
-from unit_gateway.token_cache import TokenCache
+from unit_gateway.tokens.addon import TokenInjector
+from unit_gateway.tokens.cache import TokenCache
+from unit_gateway.tokens.fleet import Fleet
+from unit_gateway.tokens.store import SharedStore
+from unit_gateway.unit_api.identity import Identity
 
 CUSTOMER = Identity("customer", "10001")
 

@@ -24,14 +24,14 @@ from mitmproxy import flow as mflow
 from mitmproxy import http, io
 from unit import Unit
 
-from unit_gateway import jsonapi
-from unit_gateway.core import GatewayCore
-from unit_gateway.inject import TokenInjector
-from unit_gateway.metrics import GatewayMetrics
+from unit_gateway.config.core import GatewayCore
+from unit_gateway.metrics.registry import GatewayMetrics
 from unit_gateway.mitm import gate
-from unit_gateway.redact import FlowRedaction
+from unit_gateway.net import jsonapi
+from unit_gateway.redaction.addon import FlowRedaction
 from unit_gateway.testing import harness
 from unit_gateway.testing.leakscan import assert_no_leaks
+from unit_gateway.tokens.addon import TokenInjector
 
 
 @dataclass

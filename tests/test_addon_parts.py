@@ -30,15 +30,13 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons, tflow
 
 from conftest import ADDONS_ORG_TOKEN, gateway_addons, unit_config
-from unit_gateway import config
-from unit_gateway.config import Upstream
-from unit_gateway.core import GatewayCore
-from unit_gateway.identity import Identity
-from unit_gateway.inject import FlowState, TokenInjector
-from unit_gateway.metrics import MetricsExporter
-from unit_gateway.minting import Challenge, TokenError
+from unit_gateway.config import schema as config
+from unit_gateway.config.core import GatewayCore
+from unit_gateway.config.redaction import RedactionSettings
+from unit_gateway.config.schema import Upstream
+from unit_gateway.metrics.exporter import MetricsExporter
 from unit_gateway.mitm.patch_point import _json_api_error
-from unit_gateway.redact import (
+from unit_gateway.redaction.addon import (
     _PROXY_CREDENTIALS,
     _SECRETS,
     FlowRedaction,
@@ -46,9 +44,11 @@ from unit_gateway.redact import (
     _check_proxyauth_modes,
     _wire_fields,
 )
-from unit_gateway.redaction import Redactor
-from unit_gateway.redaction_rules import RedactionSettings
-from unit_gateway.token_cache import CachedToken
+from unit_gateway.redaction.engine import Redactor
+from unit_gateway.tokens.addon import FlowState, TokenInjector
+from unit_gateway.tokens.cache import CachedToken
+from unit_gateway.tokens.service import Challenge, TokenError
+from unit_gateway.unit_api.identity import Identity
 
 TOKEN = ADDONS_ORG_TOKEN
 CUSTOMER = Identity("customer", "10001")

@@ -1,4 +1,4 @@
-"""The gateway's addons shown to mitmproxy as one node (unit_gateway.chain), driven through
+"""The gateway's addons shown to mitmproxy as one node (unit_gateway.mitm.chain), driven through
 mitmproxy's own AddonManager: members run in order, each hook waits for the one before it,
 and mitmproxy walks one node instead of five."""
 
@@ -14,7 +14,7 @@ from mitmproxy.addonmanager import traverse
 from mitmproxy.proxy.layers.http import _hooks as http_hooks
 from mitmproxy.test import taddons, tflow
 
-from unit_gateway.chain import AddonChain
+from unit_gateway.mitm.chain import AddonChain
 
 
 class Recorder:

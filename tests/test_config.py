@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from unit_gateway import config
-from unit_gateway.config import ConfigError, Secret
+from unit_gateway.config import schema as config
+from unit_gateway.config.schema import ConfigError, Secret
 from unit_gateway.testing import harness
 
 UPSTREAM = {"url": "https://api.s.unit.sh", "environment": "sandbox"}

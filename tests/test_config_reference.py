@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 from pydantic.fields import FieldInfo
 
-from unit_gateway import config_reference
-from unit_gateway.config import GatewayConfig
+from unit_gateway.config import reference as config_reference
+from unit_gateway.config.schema import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / config_reference.DOC_PATH
@@ -216,7 +216,7 @@ def test_each_block_has_an_example_the_schema_accepts(block: str) -> None:
 
 def test_module_prints_the_reference(rendered: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "unit_gateway.config_reference"],
+        [sys.executable, "-m", "unit_gateway.config.reference"],
         capture_output=True,
         text=True,
         check=True,

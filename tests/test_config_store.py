@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from unit_gateway import config
-from unit_gateway.config import ConfigError
-from unit_gateway.shared_store import SharedStore
+from unit_gateway.config import schema as config
+from unit_gateway.config.schema import ConfigError
+from unit_gateway.tokens.store import SharedStore
 
 UPSTREAM = {"url": "https://api.s.unit.sh", "environment": "sandbox"}
 KEY = base64.b64encode(bytes(range(32))).decode()

@@ -13,9 +13,9 @@ from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow
 
 from conftest import gateway_addons, unit_config
-from unit_gateway.config import load
-from unit_gateway.deadlines import is_overdue, routable
-from unit_gateway.redact import _SECRETS
+from unit_gateway.config.schema import load
+from unit_gateway.net.deadlines import is_overdue, routable
+from unit_gateway.redaction.addon import _SECRETS
 
 
 def test_overdue_once_the_request_went_out_and_until_its_response_is_in() -> None:

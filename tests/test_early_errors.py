@@ -27,10 +27,10 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow
 
 from conftest import ADDONS_ORG_TOKEN
-from unit_gateway.core import GatewayCore
+from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import early_errors
 from unit_gateway.mitm.early_errors import MAX_REQUEST_HEAD_BYTES
-from unit_gateway.redact import FlowRedaction
+from unit_gateway.redaction.addon import FlowRedaction
 
 TOKEN = ADDONS_ORG_TOKEN
 #: What each replaced name is in mitmproxy itself.

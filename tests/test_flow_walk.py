@@ -15,9 +15,9 @@ from mitmproxy import flow as mflow
 from mitmproxy.http import Headers
 from mitmproxy.test import tflow
 
-from unit_gateway.core import GatewayCore
-from unit_gateway.flow_walk import SKIPPED
-from unit_gateway.redact import FlowRedaction
+from unit_gateway.config.core import GatewayCore
+from unit_gateway.redaction.addon import FlowRedaction
+from unit_gateway.redaction.flow_walk import SKIPPED
 
 Leaf = tuple[tuple[Any, ...], str | bytes]
 

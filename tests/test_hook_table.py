@@ -18,8 +18,8 @@ from mitmproxy.addons import script
 from mitmproxy.proxy.layers.http import _hooks as http_hooks
 from mitmproxy.test import taddons, tflow
 
-from unit_gateway.chain import AddonChain
 from unit_gateway.mitm import hook_table
+from unit_gateway.mitm.chain import AddonChain
 
 Calls = list[str]
 

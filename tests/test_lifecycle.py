@@ -7,7 +7,8 @@ import json
 
 from mitmproxy.test import tflow
 
-from unit_gateway.lifecycle import STALLED_AFTER_SECONDS, Health, InFlight, probe_answer
+from unit_gateway.config.health import STALLED_AFTER_SECONDS, Health, probe_answer
+from unit_gateway.lifecycle import InFlight
 
 
 def _answer(health: Health, path: str) -> tuple[str, bytes]:

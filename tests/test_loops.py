@@ -12,9 +12,9 @@ from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from unit_gateway import loops
-from unit_gateway.loops import RedirectLoopGuard, is_local_address
-from unit_gateway.metrics import GatewayMetrics
+from unit_gateway.metrics.registry import GatewayMetrics
+from unit_gateway.net import loops
+from unit_gateway.net.loops import RedirectLoopGuard, is_local_address
 
 UNIT = ("198.18.0.10", 443)
 

@@ -12,7 +12,8 @@ import requests
 from mitmproxy import http
 
 from conftest import GatewayFactory, proxied_session
-from unit_gateway.metrics import RecentRequests, reported_limits, retry_after_seconds
+from unit_gateway.metrics.exporter import RecentRequests, reported_limits
+from unit_gateway.net.limits import retry_after_seconds
 from unit_gateway.testing import harness
 
 

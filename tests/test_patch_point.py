@@ -21,9 +21,9 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as httplayer
 
-from unit_gateway.core import GatewayCore
+from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import early_errors, patch_point
-from unit_gateway.redact import _SECRETS, FlowRedaction
+from unit_gateway.redaction.addon import _SECRETS, FlowRedaction
 
 Hooks = dict[str, Callable[[http.HTTPFlow], None]]
 

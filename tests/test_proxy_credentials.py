@@ -21,9 +21,9 @@ from mitmproxy.tools.web.master import WebMaster
 
 from conftest import ADDONS_ORG_TOKEN
 from unit_gateway import cli
-from unit_gateway.core import GatewayCore
+from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import addon_order, option_masks
-from unit_gateway.redact import FlowRedaction, LateHeaders
+from unit_gateway.redaction.addon import FlowRedaction, LateHeaders
 
 TOKEN = ADDONS_ORG_TOKEN
 

@@ -27,15 +27,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from unit_gateway.redaction import MARKER, Redactor
-from unit_gateway.redaction_rules import (
+from unit_gateway.config.redaction import (
     DEFAULT_FIELDS,
     FINGERPRINTED_FIELDS,
     DetectorSettings,
     RedactionSettings,
-    card_spans,
-    luhn_valid,
 )
+from unit_gateway.redaction.engine import MARKER, Redactor
+from unit_gateway.redaction.rules import card_spans, luhn_valid
 from unit_gateway.testing.leakscan import encoded_forms
 
 #: unit-api.md, "Sensitive data that must never reach a log", written out independently of the
@@ -1256,7 +1255,7 @@ def test_json_the_fast_parser_refuses_is_still_redacted_as_json(
 
 
 def test_the_known_keys_cache_starts_over_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unit_gateway import redaction as module
+    from unit_gateway.redaction import engine as module
 
     monkeypatch.setattr(module, "_KNOWN_KEYS_LIMIT", 10)
     redactor = Redactor()
@@ -1536,7 +1535,7 @@ def test_visible_classes_match_unicodedata() -> None:
     """The generated character classes of redaction_rules, recomputed from this Python's
     unicodedata: a new Unicode version that adds a format character or a lookalike fails
     here (regenerate the classes from expected_unseen and expected_lookalike)."""
-    from unit_gateway.redaction_rules import _ASCII_UNSEEN, _LOOKALIKE, _UNSEEN, visible
+    from unit_gateway.redaction.rules import _ASCII_UNSEEN, _LOOKALIKE, _UNSEEN, visible
 
     ascii_chars = [chr(c) for c in range(128)]
     assert [c for c in ascii_chars if _UNSEEN.match(c)] == [
@@ -1602,7 +1601,7 @@ def test_utf16_and_utf32_readings_of_utf8_show_no_digit_and_no_j() -> None:
     UTF-16 or UTF-32, no character reads (visible()) as an ASCII digit or a "J", and every
     detector needs one (cards and SSNs digits, Unit tokens their version digit, JWTs the
     "J" of "eyJ")."""
-    from unit_gateway.redaction_rules import _LOOKALIKE, visible
+    from unit_gateway.redaction.rules import _LOOKALIKE, visible
 
     # only ASCII characters and lookalikes read as an ASCII letter or digit
     candidates = [chr(code) for code in range(0x110000) if _LOOKALIKE.match(chr(code))]

@@ -13,8 +13,9 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from unit_gateway import routes
-from unit_gateway.routes import (
+from unit_gateway.sandbox.scopes import ALL_SCOPES
+from unit_gateway.unit_api import routes
+from unit_gateway.unit_api.routes import (
     OTHER_ROUTE,
     Route,
     RouteMatch,
@@ -26,7 +27,6 @@ from unit_gateway.routes import (
     read_target,
     route_label,
 )
-from unit_gateway.sandbox.scopes import ALL_SCOPES
 
 DATA_DIR = Path(routes.__file__).parent / "data"
 SHARED_ROUTES = Path("/work/shared/data/unit-routes.txt")

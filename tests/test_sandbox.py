@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import error_of, port_of
-from unit_gateway import jsonapi, paseto
+from unit_gateway.net import jsonapi
 from unit_gateway.sandbox import server
 from unit_gateway.sandbox.data import luhn_valid
 from unit_gateway.sandbox.routes import lenient_path
+from unit_gateway.unit_api import paseto
 
 if TYPE_CHECKING:
     from sandbox_fixtures import SandboxFactory, SandboxProcess

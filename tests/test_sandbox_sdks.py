@@ -50,8 +50,8 @@ from unit_finance_sdk.models import (
     ErrorDocument,
 )
 
-from unit_gateway import paseto
 from unit_gateway.sandbox.data import luhn_valid
+from unit_gateway.unit_api import paseto
 
 if TYPE_CHECKING:
     from sandbox_fixtures import SandboxProcess

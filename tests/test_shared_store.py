@@ -18,8 +18,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from unit_gateway.identity import Identity
-from unit_gateway.shared_store import (
+from unit_gateway.testing import harness
+from unit_gateway.testing.redis_server import RedisProcess
+from unit_gateway.tokens.store import (
     DOWN_AFTER_TIMEOUTS,
     UNAVAILABLE,
     LeaseStatus,
@@ -29,8 +30,7 @@ from unit_gateway.shared_store import (
     WindowDecision,
     _Keyring,
 )
-from unit_gateway.testing import harness
-from unit_gateway.testing.redis_server import RedisProcess
+from unit_gateway.unit_api.identity import Identity
 
 if TYPE_CHECKING:
     from redis_fixtures import RedisCluster
@@ -483,7 +483,7 @@ async def test_redis_down_or_slow_falls_back_at_once_and_sharing_resumes(
 async def _down_and_back(
     server: RedisProcess, make_store: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="unit_gateway.shared_store")
+    caplog.set_level(logging.INFO, logger="unit_gateway.tokens.store")
     deadline = 0.1
     states: list[bool] = []
     gaps: list[int] = []
@@ -604,8 +604,8 @@ async def test_rediss_with_a_private_ca(tmp_path: Path, make_store: Factory) -> 
 
 
 def test_new_key_is_a_valid_store_key() -> None:
-    from unit_gateway import config
-    from unit_gateway.shared_store import new_key
+    from unit_gateway.config import schema as config
+    from unit_gateway.tokens.store import new_key
 
     assert len(base64.b64decode(new_key())) == 32
     assert config.store_key(config.Secret(new_key(), "test")) != KEY

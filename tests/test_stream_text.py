@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from mitmproxy import tcp
 from mitmproxy.test import tflow
 
-from unit_gateway import stream_text
-from unit_gateway.core import GatewayCore
-from unit_gateway.redact import FlowRedaction
+from unit_gateway.config.core import GatewayCore
+from unit_gateway.redaction import stream_text
+from unit_gateway.redaction.addon import FlowRedaction
 
 _MARKER = re.compile(rb"\[[^\[\]]*\]")
 

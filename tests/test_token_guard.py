@@ -10,8 +10,7 @@ import json
 import pytest
 from mitmproxy import http
 
-from unit_gateway import paseto
-from unit_gateway.token_guard import (
+from unit_gateway.tokens.guard import (
     MARK,
     WITHHELD,
     check_response,
@@ -19,6 +18,7 @@ from unit_gateway.token_guard import (
     placeholder_for,
     replace_tokens,
 )
+from unit_gateway.unit_api import paseto
 
 KEY = b"k" * 32
 LIMIT = 1 << 16

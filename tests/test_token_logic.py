@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from unit_gateway import paseto
-from unit_gateway.identity import (
+from unit_gateway.tokens.cache import TokenCache, scopes_of, usable_lifetime
+from unit_gateway.tokens.service import SingleFlight, VerificationLimiter, _upstream_refusal
+from unit_gateway.unit_api import paseto
+from unit_gateway.unit_api.identity import (
     ORG,
     AmbiguousAuthorization,
     Identity,
@@ -19,8 +21,6 @@ from unit_gateway.identity import (
     check_authorization_fields,
     parse_authorization,
 )
-from unit_gateway.minting import SingleFlight, VerificationLimiter, _upstream_refusal
-from unit_gateway.token_cache import TokenCache, scopes_of, usable_lifetime
 
 
 class FakeClock:

@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import GatewayFactory, Planted, address_of, planted_sandbox
-from unit_gateway import paseto
 from unit_gateway.testing import harness
+from unit_gateway.unit_api import paseto
 
 MARK = b"v2.public."
 CUSTOMER = "10001"

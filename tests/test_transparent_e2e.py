@@ -54,7 +54,7 @@ from conftest import (
     port_of,
     unit_stats,
 )
-from unit_gateway import jsonapi
+from unit_gateway.net import jsonapi
 from unit_gateway.sandbox.server import url_host
 from unit_gateway.sandbox.tls import CertificateFiles, write_certificates
 from unit_gateway.testing import harness

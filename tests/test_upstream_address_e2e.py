@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from conftest import GatewayFactory, Planted, planted_sandbox, proxied_session
-from unit_gateway import jsonapi
+from unit_gateway.net import jsonapi
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(60)

@@ -42,8 +42,8 @@ def test_the_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
         "unit_gateway/script.py",
         "unit_gateway/addon.py",
         "unit_gateway/mitm/gate.py",
-        "unit_gateway/data/route-scopes.yaml",
-        "unit_gateway/data/unit-routes.txt",
+        "unit_gateway/unit_api/data/route-scopes.yaml",
+        "unit_gateway/unit_api/data/unit-routes.txt",
     ):
         assert shipped in names
 

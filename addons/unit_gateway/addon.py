@@ -14,14 +14,15 @@ def make_addons() -> list[Any]:
         # Nothing that reaches into mitmproxy is even imported; the gate refuses to start.
         return [gate]
 
-    from unit_gateway.chain import AddonChain
-    from unit_gateway.core import GatewayCore
-    from unit_gateway.inject import TokenInjector
+    from unit_gateway.config.core import GatewayCore
     from unit_gateway.lifecycle import InFlight, Lifecycle
-    from unit_gateway.loops import RedirectLoopGuard
-    from unit_gateway.metrics import GatewayMetrics, MetricsExporter
+    from unit_gateway.metrics.exporter import MetricsExporter
+    from unit_gateway.metrics.registry import GatewayMetrics
+    from unit_gateway.mitm.chain import AddonChain
     from unit_gateway.mitm.hook_table import HookTable
-    from unit_gateway.redact import FlowRedaction
+    from unit_gateway.net.loops import RedirectLoopGuard
+    from unit_gateway.redaction.addon import FlowRedaction
+    from unit_gateway.tokens.addon import TokenInjector
 
     metrics = GatewayMetrics()
     core = GatewayCore(metrics)

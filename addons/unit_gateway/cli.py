@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import unit_gateway
-from unit_gateway import config, demo
-from unit_gateway.core import OPTION, describe_problems
+from unit_gateway import demo
+from unit_gateway.config import schema as config
+from unit_gateway.config.core import OPTION, describe_problems
 
 DEFAULT_CONFIG = Path("config/local.yaml")
 

@@ -2,99 +2,28 @@
 expect of a replica.
 
 mitmproxy listens before its addons' ``running`` hooks finish (the embedded sandbox, the token
-service), so a request can arrive before the gateway can serve it: it waits for
-:class:`Health` to say ready, for a bounded time. On SIGTERM the gateway stops listening,
-finishes the requests in flight within a deadline, then exits; a second SIGTERM exits at once.
-``/healthz`` and ``/readyz`` on the metrics port read :class:`Health`.
+service), so a request can arrive before the gateway can serve it: it waits for the core's
+:class:`~unit_gateway.config.health.Health` to say ready, for a bounded time. On SIGTERM the
+gateway stops listening, finishes the requests in flight within a deadline, then exits; a
+second SIGTERM exits at once. ``/healthz`` and ``/readyz`` on the metrics port read that
+:class:`~unit_gateway.config.health.Health`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, http
 
+from unit_gateway.config.health import waited
+
 if TYPE_CHECKING:
-    from unit_gateway.core import GatewayCore
+    from unit_gateway.config.core import GatewayCore
 
 logger = logging.getLogger(__name__)
-
-#: The event loop counts as stalled when it has not beaten for this long.
-STALLED_AFTER_SECONDS = 30.0
-
-
-async def _waited(event: asyncio.Event, seconds: float) -> bool:
-    """True once ``event`` is set, False after ``seconds``."""
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
-class Health:
-    """What the probes report. Written in the proxy's event loop, read from the metrics
-    thread (single attribute reads and writes)."""
-
-    def __init__(self) -> None:
-        self.ready = False
-        self.draining = False
-        self.beat_at = time.monotonic()
-        #: environment -> "reachable" | "unreachable", from the last exchange with it
-        self.unit: dict[str, str] = {}
-        #: "none" without a shared store, else "up" | "down"
-        self.store = "none"
-        self._ready_event: asyncio.Event | None = None
-
-    def beat(self) -> None:
-        self.beat_at = time.monotonic()
-
-    def alive(self, now: float | None = None) -> bool:
-        return (now if now is not None else time.monotonic()) - self.beat_at < STALLED_AFTER_SECONDS
-
-    def mark_ready(self) -> None:
-        self.ready = True
-        self.beat()
-        if self._ready_event is not None:
-            self._ready_event.set()
-
-    async def wait_ready(self, seconds: float) -> bool:
-        """True once ready (at once if it is), False after ``seconds``. In the event loop."""
-        if self.ready:
-            return True
-        if self._ready_event is None:
-            self._ready_event = asyncio.Event()
-        return await _waited(self._ready_event, seconds)
-
-    def serving(self) -> bool:
-        return self.ready and not self.draining
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "ready": self.serving(),
-            "started": self.ready,
-            "draining": self.draining,
-            "unit": dict(self.unit),
-            "store": self.store,
-        }
-
-
-def probe_answer(health: Health, path: str) -> tuple[str, bytes] | None:
-    """(status line, JSON body) for ``/healthz`` and ``/readyz``; None for any other path."""
-    if path == "/healthz":
-        alive = health.alive()
-        body = {"alive": alive} if alive else {"alive": False, "problem": "event loop stalled"}
-        return ("200 OK" if alive else "503 Service Unavailable"), json.dumps(body).encode()
-    if path == "/readyz":
-        report = health.report()
-        status = "200 OK" if report["ready"] else "503 Service Unavailable"
-        return status, json.dumps(report).encode()
-    return None
 
 
 class InFlight:
@@ -127,7 +56,7 @@ class InFlight:
         if not self._flows:
             return True
         self._empty = asyncio.Event()
-        return await _waited(self._empty, seconds)
+        return await waited(self._empty, seconds)
 
 
 class Lifecycle:

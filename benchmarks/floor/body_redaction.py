@@ -11,7 +11,7 @@ from typing import Any
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as httplayer
 
-from unit_gateway.redaction import Redactor
+from unit_gateway.redaction.engine import Redactor
 
 _original = httplayer.HttpStream.handle_event
 _redactor = Redactor()

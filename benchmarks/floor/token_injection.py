@@ -17,14 +17,14 @@ from typing import Any
 
 from mitmproxy import http
 
-from unit_gateway.chain import AddonChain
-from unit_gateway.config import LoadedConfig
-from unit_gateway.core import GatewayCore
-from unit_gateway.inject import TokenInjector
-from unit_gateway.loops import RedirectLoopGuard
-from unit_gateway.metrics import GatewayMetrics
-from unit_gateway.redact import FlowRedaction
-from unit_gateway.redaction import RedactedBody, Redactor
+from unit_gateway.config.core import GatewayCore
+from unit_gateway.config.schema import LoadedConfig
+from unit_gateway.metrics.registry import GatewayMetrics
+from unit_gateway.mitm.chain import AddonChain
+from unit_gateway.net.loops import RedirectLoopGuard
+from unit_gateway.redaction.addon import FlowRedaction
+from unit_gateway.redaction.engine import RedactedBody, Redactor
+from unit_gateway.tokens.addon import TokenInjector
 
 
 class NothingToRedact(Redactor):

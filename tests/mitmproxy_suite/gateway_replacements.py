@@ -1,8 +1,8 @@
 """A pytest plugin (``-p gateway_replacements``) for mitmproxy's own test suite: every part of
 mitmproxy the gateway replaces is replaced for the whole session, as a running gateway has it
-(``unit_gateway.redact.FlowRedaction.load`` and ``unit_gateway.mitm.hook_table.HookTable``),
-so that the suite tests mitmproxy as the gateway runs it. run.py compares that run with one
-without the plugin.
+(``unit_gateway.redaction.addon.FlowRedaction.load`` and
+``unit_gateway.mitm.hook_table.HookTable``), so that the suite tests mitmproxy as the gateway
+runs it. run.py compares that run with one without the plugin.
 
 The redaction addon is a real one with its default rules and no configuration: no flow is to
 Unit, and every flow is redacted all the same, as a gateway redacts flows to other hosts."""
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from unit_gateway.core import GatewayCore
+from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import early_errors, gate, hook_table, option_masks, patch_point
-from unit_gateway.redact import _SECRETS, FlowRedaction
+from unit_gateway.redaction.addon import _SECRETS, FlowRedaction
 
 #: The redaction addon the patch point and the early errors call, while installed.
 _guard: FlowRedaction | None = None

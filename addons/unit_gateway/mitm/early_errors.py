@@ -40,8 +40,8 @@ from mitmproxy.proxy.layers.http import (
 )
 from mitmproxy.utils import human
 
-from unit_gateway import jsonapi
 from unit_gateway.mitm import gate, patches
+from unit_gateway.net import jsonapi
 
 #: The most bytes of a request line and headers the gateway reads; a head whose end is not
 #: within them is refused (HTTP/2's limit on a header list is the same).

@@ -278,7 +278,7 @@ class MitmproxyGate:
                 setattr(self, hook, _halt)
 
     def _refuse(self, flow: Any) -> None:
-        from unit_gateway import jsonapi
+        from unit_gateway.net import jsonapi
 
         flow.response = jsonapi.error_response(
             503,

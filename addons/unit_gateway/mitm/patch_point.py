@@ -1,7 +1,7 @@
 """The patch point: every event into an HTTP stream and every command out of it passes
-through the gateway's redaction, synchronously (see ``unit_gateway.redact`` for what it does
-there). Also the stream's answers that mitmproxy would make an HTML page, and the routing of
-a :class:`~unit_gateway.deadlines.ResponseOverdue` to the stream of its flow."""
+through the gateway's redaction, synchronously (see ``unit_gateway.redaction.addon`` for what
+it does there). Also the stream's answers that mitmproxy would make an HTML page, and the routing of
+a :class:`~unit_gateway.net.deadlines.ResponseOverdue` to the stream of its flow."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from mitmproxy.proxy.layers import dns, tcp, udp, websocket
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.utils import human
 
-from unit_gateway import jsonapi
-from unit_gateway.deadlines import ResponseOverdue, UpstreamTimedOut, timeout_message
 from unit_gateway.mitm import early_errors, gate, patches
+from unit_gateway.net import jsonapi
+from unit_gateway.net.deadlines import ResponseOverdue, UpstreamTimedOut, timeout_message
 
 Commands = Generator[commands.Command, Any, None]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ..limits import Decision, whole_seconds
+from ..net.limits import Decision, whole_seconds
 from . import control, resource_api, token_api
 from .context import Call, SandboxState
 from .routes import Match, Route, Router, lenient_path

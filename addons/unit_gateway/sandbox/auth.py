@@ -16,8 +16,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .. import paseto
-from ..limits import SlidingWindow, whole_seconds
+from ..net.limits import SlidingWindow, whole_seconds
+from ..unit_api import paseto
 from . import scopes as unit_scopes
 from .clock import SandboxClock
 from .wire import ApiError

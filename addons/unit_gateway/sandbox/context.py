@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..limits import SlidingWindow
+from ..net.limits import SlidingWindow
 from .auth import JwtVerifier, Principal, TokenAuthority, Verifications
 from .clock import SandboxClock
 from .data import SandboxData

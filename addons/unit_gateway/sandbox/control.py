@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..paseto import format_time
+from ..unit_api.paseto import format_time
 from .context import SandboxState
 from .faults import FaultError
 from .wire import ApiError, error_response, plain_json, read_body

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..paseto import format_time
+from ..unit_api.paseto import format_time
 
 ORG = {"data": {"type": "org", "id": "1"}}
 ROUTING_NUMBER = "812345678"

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..paseto import format_time
+from ..unit_api.paseto import format_time
 from . import data as seeds
 from .context import (
     Call,

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import jsonapi
+from ..net import jsonapi
 
 # Success bodies are JSON:API documents, like Unit's.
 _API_HEADERS = {"Content-Type": jsonapi.MEDIA_TYPE}

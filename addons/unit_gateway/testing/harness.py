@@ -243,7 +243,7 @@ def store_overrides(directory: Path, url: str) -> dict[str, Any]:
     """A gateway configuration's ``store`` section for the Redis at ``url``: the URL and a new
     key in files in ``directory``, beside the configuration (secret references, as in
     production)."""
-    from unit_gateway.shared_store import new_key
+    from unit_gateway.tokens.store import new_key
 
     (directory / "store-url").write_text(url)
     key_file = directory / "store-key"

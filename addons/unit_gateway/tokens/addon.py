@@ -6,7 +6,7 @@ with the flow, and tokens must not be. Real tokens and real bodies never go into
 either: the flow keeps the caller's placeholder (``Bearer unitgw:customer:10001``: it names
 the identity a developer looks for in mitmweb; the access log has the token's fingerprint),
 and the token Unit gets, like every body this addon reads or rewrites, goes through
-:class:`~unit_gateway.redact.FlowRedaction`.
+:class:`~unit_gateway.redaction.addon.FlowRedaction`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
-from unit_gateway.config import LoadedConfig, Upstream
-from unit_gateway.fleet import Fleet
-from unit_gateway.identity import (
+from unit_gateway.config.schema import LoadedConfig, Upstream
+from unit_gateway.metrics.registry import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
+from unit_gateway.net.headers import authorization_name, has_header_field
+from unit_gateway.net.jsonapi import error_response
+from unit_gateway.redaction.addon import FlowRedaction
+from unit_gateway.tokens.cache import CachedToken
+from unit_gateway.tokens.fleet import Fleet
+from unit_gateway.tokens.guard import check_response
+from unit_gateway.tokens.service import CHALLENGE_PREFIX, TokenError, TokenService
+from unit_gateway.tokens.store import SharedStore
+from unit_gateway.unit_api.identity import (
     ORG,
     AmbiguousAuthorization,
     Identity,
@@ -34,11 +42,7 @@ from unit_gateway.identity import (
     check_authorization_fields,
     parse_authorization,
 )
-from unit_gateway.jsonapi import error_response
-from unit_gateway.metrics import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
-from unit_gateway.minting import CHALLENGE_PREFIX, TokenError, TokenService
-from unit_gateway.redact import FlowRedaction, authorization_name, has_header_field
-from unit_gateway.routes import (
+from unit_gateway.unit_api.routes import (
     CARDHOLDER_SCOPES,
     OTHER_ROUTE,
     RouteMatch,
@@ -46,12 +50,9 @@ from unit_gateway.routes import (
     UnreadableTarget,
     route_label,
 )
-from unit_gateway.shared_store import SharedStore
-from unit_gateway.token_cache import CachedToken
-from unit_gateway.token_guard import check_response
 
 if TYPE_CHECKING:
-    from unit_gateway.core import GatewayCore
+    from unit_gateway.config.core import GatewayCore
 
 logger = logging.getLogger(__name__)
 
@@ -495,7 +496,7 @@ class TokenInjector:
     def _guard(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The last word on any answer to a placeholder caller, whatever the route: a Unit
         token in it becomes its placeholder, and an answer that cannot be checked is
-        withheld (``unit_gateway.token_guard``)."""
+        withheld (``unit_gateway.tokens.guard``)."""
         if state.identity is None or flow.response is None:
             return  # the caller's own credential, or nothing Unit answered
         if flow.response.status_code == 101:

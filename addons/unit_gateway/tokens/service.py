@@ -22,14 +22,14 @@ import aiohttp
 import jwt
 from mitmproxy import http
 
-from unit_gateway import jsonapi
-from unit_gateway.config import LoadedConfig, Secret, TokenKindSettings, Upstream
-from unit_gateway.fleet import Fleet
-from unit_gateway.identity import Identity
-from unit_gateway.limits import SlidingWindow, retry_after_seconds, whole_seconds
-from unit_gateway.loops import own_socket
-from unit_gateway.shared_store import SharedChallenge, Unavailable
-from unit_gateway.token_cache import CachedToken, TokenCache, scopes_of, usable_lifetime
+from unit_gateway.config.schema import LoadedConfig, Secret, TokenKindSettings, Upstream
+from unit_gateway.net import jsonapi
+from unit_gateway.net.limits import SlidingWindow, retry_after_seconds, whole_seconds
+from unit_gateway.net.loops import own_socket
+from unit_gateway.tokens.cache import CachedToken, TokenCache, scopes_of, usable_lifetime
+from unit_gateway.tokens.fleet import Fleet
+from unit_gateway.tokens.store import SharedChallenge, Unavailable
+from unit_gateway.unit_api.identity import Identity
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from urllib.parse import unquote_to_bytes
 
 from mitmproxy import http
 
-from unit_gateway import paseto
-from unit_gateway.identity import ID_PATTERN, ORG, Identity
-from unit_gateway.redaction import UndecodableBody, decode_content
+from unit_gateway.net.bodies import UndecodableBody, decode_content
+from unit_gateway.unit_api import paseto
+from unit_gateway.unit_api.identity import ID_PATTERN, ORG, Identity
 
 #: The prefix of every Unit token (PASETO v2.public).
 MARK = paseto.PREFIX.encode("ascii")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from unit_gateway.config import LoadedConfig
+from unit_gateway.config.schema import LoadedConfig
 
 logger = logging.getLogger(__name__)
 

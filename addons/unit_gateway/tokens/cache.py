@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
 
-from unit_gateway import paseto
-from unit_gateway.identity import Identity
+from unit_gateway.unit_api import paseto
+from unit_gateway.unit_api.identity import Identity
 
 Key = tuple[Identity, frozenset[str]]
 

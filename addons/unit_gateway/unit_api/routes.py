@@ -488,7 +488,7 @@ class _Rules:
 
 
 def _read_data(name: str) -> str:
-    return resources.files(__package__ or "unit_gateway").joinpath("data", name).read_text("utf-8")
+    return resources.files("unit_gateway.unit_api").joinpath("data", name).read_text("utf-8")
 
 
 def parse_route_list(text: str) -> list[tuple[frozenset[str], str]]:

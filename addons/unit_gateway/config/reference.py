@@ -1,6 +1,6 @@
 """The configuration reference (``docs/configuration.md``), generated from the schema.
 
-:func:`render` walks :class:`~unit_gateway.config.GatewayConfig` and every model under it
+:func:`render` walks :class:`~unit_gateway.config.schema.GatewayConfig` and every model under it
 (nested sections, lists of sections, secret references, optional sections) and writes one
 Markdown section per top-level block: a YAML example and a table of every field with its dotted
 path, type, default, allowed values and description. The descriptions are the attribute
@@ -10,8 +10,8 @@ when a field has no description.
 
 Regenerate the file from the repository root with either of::
 
-    uv run python -m unit_gateway.config_reference --write
-    uv run python -m unit_gateway.config_reference > docs/configuration.md
+    uv run python -m unit_gateway.config.reference --write
+    uv run python -m unit_gateway.config.reference > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from unit_gateway import redaction_rules, routes
-from unit_gateway.config import GatewayConfig, SecretRef
-from unit_gateway.core import RESTART_SECTIONS
+from unit_gateway.config import redaction as redaction_section
+from unit_gateway.config.core import RESTART_SECTIONS
+from unit_gateway.config.schema import GatewayConfig, SecretRef
+from unit_gateway.unit_api import routes
 
 #: Where the generated reference lives, relative to the repository root.
 DOC_PATH = "docs/configuration.md"
-REGENERATE = "uv run python -m unit_gateway.config_reference --write"
+REGENERATE = "uv run python -m unit_gateway.config.reference --write"
 HEADER = (
-    f"<!-- Generated from the configuration schema by unit_gateway/config_reference.py; "
+    f"<!-- Generated from the configuration schema by unit_gateway/config/reference.py; "
     f"do not edit. Regenerate: {REGENERATE} -->"
 )
 
@@ -135,19 +136,19 @@ def _builtin_values() -> dict[str, tuple[str, Iterable[str]]]:
             "built-in two-factor scopes",
             sorted(routes.default_two_factor_scopes()),
         ),
-        "redaction.headers": ("built-in secret headers", redaction_rules.DEFAULT_HEADERS),
-        "redaction.fields": ("built-in secret fields", redaction_rules.DEFAULT_FIELDS),
+        "redaction.headers": ("built-in secret headers", redaction_section.DEFAULT_HEADERS),
+        "redaction.fields": ("built-in secret fields", redaction_section.DEFAULT_FIELDS),
         "redaction.query_params": (
             "built-in secret query parameters",
-            redaction_rules.DEFAULT_QUERY_PARAMS,
+            redaction_section.DEFAULT_QUERY_PARAMS,
         ),
         "redaction.binary_summary_routes": (
             "built-in summary-only routes",
-            redaction_rules.DEFAULT_BINARY_SUMMARY_ROUTES,
+            redaction_section.DEFAULT_BINARY_SUMMARY_ROUTES,
         ),
         "redaction.binary_summary_content_types": (
             "built-in summary-only content types",
-            redaction_rules.DEFAULT_BINARY_SUMMARY_CONTENT_TYPES,
+            redaction_section.DEFAULT_BINARY_SUMMARY_CONTENT_TYPES,
         ),
     }
 
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["--write"]):
         print(
-            "usage: python -m unit_gateway.config_reference [--write]\n"
+            "usage: python -m unit_gateway.config.reference [--write]\n"
             f"  prints the configuration reference; --write replaces {DOC_PATH}",
             file=sys.stderr,
         )

@@ -7,7 +7,7 @@ adds is walked too.
 handles an event: outside that synchronous step the flow holds only redacted values.
 
 The messages of a stream (TCP, UDP, WebSocket) are read together (see
-:mod:`unit_gateway.stream_text`): a secret may be split across them.
+:mod:`unit_gateway.redaction.stream_text`): a secret may be split across them.
 
 Left out: the flow's connections (addresses, SNI, TLS facts that mitmproxy itself reads while
 the flow is shown), and the bodies of HTTP messages (the redaction addon owns those).
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from unit_gateway import stream_text
+from unit_gateway.redaction import stream_text
 
 #: Attributes that are not walked: network facts mitmproxy's own addons read from the
 #: connection objects (shared by every flow of a connection), the id mitmweb indexes flows

@@ -4,7 +4,7 @@ Pure logic, no mitmproxy hooks: the addons call a :class:`Redactor` on copies of
 show, log or save, never on what goes to the caller or to Unit. Every method returns new
 objects and leaves its inputs alone.
 
-What gets redacted (rules and defaults live in :mod:`unit_gateway.redaction_rules`):
+What gets redacted (rules and defaults live in :mod:`unit_gateway.redaction.rules`):
 
 * Headers: credentials (``Authorization``, ``Proxy-Authorization``, ``Cookie``,
   ``Set-Cookie`` + configured) become keyed fingerprints; every other header value goes
@@ -22,7 +22,7 @@ What gets redacted (rules and defaults live in :mod:`unit_gateway.redaction_rule
 * Binary bodies, documents and bodies that cannot be decompressed: a one-line summary.
 
 The detectors read a string that is not ASCII also as a screen shows it
-(:func:`~unit_gateway.redaction_rules.visible`): without zero-width and control characters,
+(:func:`~unit_gateway.redaction.rules.visible`): without zero-width and control characters,
 every space and dash, and fullwidth and mathematical digits, as ASCII's.
 
 What is guaranteed for a body that is not JSON that parses (malformed JSON, invalid UTF-8,
@@ -64,38 +64,37 @@ import functools
 import hashlib
 import hmac
 import html.entities
-import io
 import json
 import re
 import secrets
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, unquote_plus
 
-import brotli
 import orjson
-import zstandard
 
-from unit_gateway.identity import PLACEHOLDER_PATTERN
-from unit_gateway.redaction_rules import (
+from unit_gateway.config.redaction import (
     DEFAULT_BINARY_SUMMARY_CONTENT_TYPES,
     DEFAULT_BINARY_SUMMARY_ROUTES,
     DEFAULT_FIELDS,
     DEFAULT_HEADERS,
     DEFAULT_QUERY_PARAMS,
-    DETECTOR_RULES,
     FINGERPRINTED_FIELDS,
-    Detectors,
     PathRule,
     RedactionSettings,
+)
+from unit_gateway.net.bodies import UndecodableBody, decode_content
+from unit_gateway.redaction.rules import (
+    DETECTOR_RULES,
+    Detectors,
     compile_content_types,
     compile_route_patterns,
     names_pattern,
     visible,
 )
+from unit_gateway.unit_api.identity import PLACEHOLDER_PATTERN
 
 __all__ = [
     "MARKER",
@@ -175,10 +174,6 @@ _CONTROL_BYTES = bytes(b for b in range(0x20) if b not in b"\t\n\r\f\b\x1b") + b
 _MAX_MULTIPART_DEPTH = 4
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _parse_content_type(content_type: str | None) -> tuple[str, dict[str, str]]:
     """(lower-case media type or "", parameters with lower-case names)."""
     if not content_type:
@@ -190,92 +185,6 @@ def _parse_content_type(content_type: str | None) -> tuple[str, dict[str, str]]:
         if eq:
             params[name.strip().lower()] = value.strip().strip('"')
     return media.strip().lower(), params
-
-
-def _zlib_decode(data: bytes, wbits: int, limit: int, members: bool) -> bytes:
-    out: list[bytes] = []
-    total = 0
-    while True:
-        decompressor = zlib.decompressobj(wbits)
-        chunk = decompressor.decompress(data, limit + 1 - total)
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge
-        out.append(chunk)
-        tail = decompressor.flush(limit + 1 - total)
-        total += len(tail)
-        if total > limit:
-            raise _TooLarge
-        out.append(tail)
-        data = decompressor.unused_data
-        # a gzip body may be several members back to back (RFC 1952, 2.2)
-        if not (members and decompressor.eof and data.startswith(b"\x1f\x8b")):
-            return b"".join(out)
-
-
-def _gunzip(data: bytes, limit: int) -> bytes:
-    return _zlib_decode(data, 16 + zlib.MAX_WBITS, limit, members=True)
-
-
-def _inflate(data: bytes, limit: int) -> bytes:
-    # "deflate" is meant to be zlib-wrapped; some servers send raw deflate instead.
-    try:
-        return _zlib_decode(data, zlib.MAX_WBITS, limit, members=False)
-    except zlib.error:
-        return _zlib_decode(data, -zlib.MAX_WBITS, limit, members=False)
-
-
-def _unbrotli(data: bytes, limit: int) -> bytes:
-    out = brotli.Decompressor().process(data, output_buffer_limit=limit + 1)
-    if len(out) > limit:
-        raise _TooLarge
-    return out
-
-
-def _unzstd(data: bytes, limit: int) -> bytes:
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
-    out: list[bytes] = []
-    total = 0
-    while True:
-        chunk = reader.read(min(1 << 20, limit + 1 - total))
-        if not chunk:
-            return b"".join(out)
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge
-        out.append(chunk)
-
-
-_DECODERS = {
-    "gzip": _gunzip,
-    "x-gzip": _gunzip,
-    "deflate": _inflate,
-    "br": _unbrotli,
-    "zstd": _unzstd,
-}
-
-
-class UndecodableBody(Exception):
-    """A body that cannot be decoded within the limit; the message says why."""
-
-
-def decode_content(content: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """``content`` with its ``Content-Encoding`` undone, never more than ``limit`` bytes: a few
-    kilobytes of gzip can decode to gigabytes, and this runs on the event loop."""
-    decoded = content
-    for coding in reversed([c.strip().lower() for c in (content_encoding or "").split(",")]):
-        if coding in ("", "identity"):
-            continue
-        decoder = _DECODERS.get(coding)
-        if decoder is None:
-            raise UndecodableBody("unsupported content-encoding")
-        try:
-            decoded = decoder(decoded, limit)
-        except _TooLarge:
-            raise UndecodableBody(f"over {limit} bytes decoded") from None
-        except Exception:  # any failure to decode
-            raise UndecodableBody(f"{coding} could not be decoded") from None
-    return decoded
 
 
 def _looks_binary(data: bytes) -> bool:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from unit_gateway.shared_store import (
+from unit_gateway.tokens.cache import CachedToken, TokenCache
+from unit_gateway.tokens.store import (
     UNAVAILABLE,
     LeaseStatus,
     SharedChallenge,
@@ -21,10 +22,9 @@ from unit_gateway.shared_store import (
     Unavailable,
     WaitOutcome,
 )
-from unit_gateway.token_cache import CachedToken, TokenCache
 
 if TYPE_CHECKING:
-    from unit_gateway.identity import Identity
+    from unit_gateway.unit_api.identity import Identity
 
 logger = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from unit_gateway.config import LoadedConfig, StoreSettings, store_key
-from unit_gateway.identity import Identity
+from unit_gateway.config.schema import LoadedConfig, StoreSettings, store_key
+from unit_gateway.unit_api.identity import Identity
 
 logger = logging.getLogger(__name__)
 

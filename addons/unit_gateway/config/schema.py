@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from unit_gateway.redaction_rules import RedactionSettings
-from unit_gateway.routes import RouteSettings
+from unit_gateway.config.redaction import RedactionSettings
+from unit_gateway.unit_api.routes import RouteSettings
 
 #: Hosts that are Unit's live environment: never a target for sandbox-only behaviour.
 LIVE_HOSTS = frozenset({"api.unit.co"})

@@ -38,10 +38,10 @@ from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.utils import human
 
-from unit_gateway.redact import TRANSPARENT_MODES
+from unit_gateway.net.modes import TRANSPARENT_MODES
 
 if TYPE_CHECKING:
-    from unit_gateway.metrics import GatewayMetrics
+    from unit_gateway.metrics.registry import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ command ``SendHttp(RequestData)``          the real body, if the flow still hold
 command ``SendHttp(Response…)`` to client  the same for the response
 event ``ResponseOverdue`` (injected)       Unit missed the flow's deadline: the request is
                                            cancelled upstream, the caller gets a 504
-                                           (see ``unit_gateway.deadlines``)
+                                           (see ``unit_gateway.net.deadlines``)
 =========================================  ================================================
 
 What the caller gets when mitmproxy refuses a request before a flow holds it (an HTTP/1
@@ -57,7 +57,6 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
@@ -65,24 +64,27 @@ from mitmproxy.net import encoding
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layers import http as httplayer
 
-from unit_gateway import jsonapi
-from unit_gateway.deadlines import (
+from unit_gateway.metrics.registry import Children
+from unit_gateway.mitm import addon_order, early_errors, option_masks, patch_point
+from unit_gateway.net import jsonapi
+from unit_gateway.net.bodies import UndecodableBody, decode_content
+from unit_gateway.net.deadlines import (
     SWEEP_SECONDS,
     ResponseOverdue,
     is_overdue,
     routable,
     timeout_message,
 )
-from unit_gateway.flow_walk import FlowVault
-from unit_gateway.metrics import Children
-from unit_gateway.mitm import addon_order, early_errors, option_masks, patch_point
-from unit_gateway.redaction import Redactor, UndecodableBody, decode_content
-from unit_gateway.stream_text import unreadable
+from unit_gateway.net.headers import authorization_name, has_header_field
+from unit_gateway.net.modes import TRANSPARENT_MODES
+from unit_gateway.redaction.engine import Redactor
+from unit_gateway.redaction.flow_walk import FlowVault
+from unit_gateway.redaction.stream_text import unreadable
 
 if TYPE_CHECKING:
-    from unit_gateway.config import LoadedConfig, Upstream
-    from unit_gateway.core import GatewayCore
-    from unit_gateway.metrics import GatewayMetrics
+    from unit_gateway.config.core import GatewayCore
+    from unit_gateway.config.schema import LoadedConfig, Upstream
+    from unit_gateway.metrics.registry import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ class FlowSecrets:
     #: The configured upstream, matched once per flow for every addon (see ``upstream_of``);
     #: None for a flow to any other host, which is redacted all the same but gets no token.
     upstream: Upstream | None = None
-    #: Seconds Unit has to answer once the request is sent (see ``unit_gateway.deadlines``);
+    #: Seconds Unit has to answer once the request is sent (see ``unit_gateway.net.deadlines``);
     #: None: mitmproxy's own timeouts (any other host).
     response_timeout: float | None = None
     #: time.monotonic() when the whole request had gone to the server.
@@ -124,15 +126,6 @@ class FlowSecrets:
     timed_out: bool = False
 
 
-#: Modes where a request is addressed to the IP the client dialed, not to a name it chose.
-TRANSPARENT_MODES = (
-    mode_specs.TransparentMode,
-    mode_specs.LocalMode,
-    mode_specs.WireGuardMode,
-    mode_specs.TunMode,
-)
-
-_FIELD_NAME = itemgetter(0)
 _PROXY_AUTH = b"proxy-authorization"
 _PROXY_CREDENTIALS = frozenset({_PROXY_AUTH})
 
@@ -276,21 +269,6 @@ def _upstream_fields(
 
 
 #: Protocols whose header names must be lower case.
-_LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")
-
-
-def authorization_name(request: http.Request) -> str:
-    """How an ``Authorization`` field the gateway adds is spelled: HTTP/2 and 3 allow only
-    lower-case names (mitmproxy would lowercase it, and log that it had to, every time)."""
-    return "authorization" if request.data.http_version in _LOWER_CASE_NAMES else "Authorization"
-
-
-def has_header_field(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> bool:
-    """Whether a field is named ``lowered`` (any case): asked for most headers of most
-    requests, and mostly no, so the walk stays in C (no Python frame per field)."""
-    return lowered in map(bytes.lower, map(_FIELD_NAME, fields))
-
-
 def _header_text(fields: tuple[tuple[bytes, bytes], ...], lowered: bytes) -> str | None:
     """What ``headers.get(name)`` returns (values of repeated fields joined by ", "); an
     absent field (the common case) costs one pass over the raw fields, in C."""
@@ -426,7 +404,7 @@ class FlowRedaction:
         self._sweeper: asyncio.Task[None] | None = None
         #: Short values found clean under the current rules, whichever flow held them.
         self._clean_leaves: dict[str | bytes, None] = {}
-        #: Every other value of every flow (see unit_gateway.flow_walk).
+        #: Every other value of every flow (see unit_gateway.redaction.flow_walk).
         self.vault = FlowVault(
             self._shown_leaf, self._shown_fields, http.Headers, _owned, self.redact_data
         )
@@ -496,7 +474,7 @@ class FlowRedaction:
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 
-    # --- deadlines (see unit_gateway.deadlines) --------------------------------------------
+    # --- deadlines (see unit_gateway.net.deadlines) --------------------------------------------
 
     async def _sweep(self) -> None:
         while True:
@@ -564,7 +542,7 @@ class FlowRedaction:
             if n:
                 self._redactions(rule).inc(n)
 
-    # --- every value of a flow (see unit_gateway.flow_walk) -----------------------------
+    # --- every value of a flow (see unit_gateway.redaction.flow_walk) -----------------------------
 
     def conceal(self, flow: Any, *, ended: bool = False) -> None:
         """Nothing ``flow`` holds is real any more (the patch point calls this when a layer

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions
 
-from unit_gateway import config
-from unit_gateway.config import ConfigError, LoadedConfig, Secret
-from unit_gateway.lifecycle import Health
+from unit_gateway.config import schema
+from unit_gateway.config.health import Health
+from unit_gateway.config.schema import ConfigError, LoadedConfig, Secret
 
 if TYPE_CHECKING:
     from mitmproxy.addonmanager import Loader
 
-    from unit_gateway.metrics import GatewayMetrics
+    from unit_gateway.metrics.registry import GatewayMetrics
     from unit_gateway.sandbox.server import RunningSandbox
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class GatewayCore:
             )
             return
         try:
-            loaded = config.load(path)
+            loaded = schema.load(path)
         except ConfigError as e:
             self._count_load("error")
             self._refuse(describe_problems(path, e))
@@ -212,7 +212,7 @@ class GatewayCore:
         assert self.config is not None and self.config.path is not None
         path = self.config.path
         try:
-            loaded = config.load(path)
+            loaded = schema.load(path)
         except ConfigError as e:
             self._count_load("error")
             logger.error(
