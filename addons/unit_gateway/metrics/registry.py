@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 
 from unit_gateway import __version__
+from unit_gateway.metrics import events
 
 PREFIX = "unit_gateway"
 #: Unit answers in tens to hundreds of milliseconds; token endpoints time out at 5 s and ACH
@@ -303,33 +304,30 @@ class GatewayMetrics:
         rendered = "".join(h.render() for h in self.route_histograms)
         return generate_latest(self.registry) + rendered.encode()
 
-    def token_event(self, name: str, labels: dict[str, str]) -> None:
-        """What the token service reports (see ``TokenService``)."""
-        kind = labels.get("kind", "customer")
-        if name == "cache_hit":  # on every request with a cached token
-            self._cache_hit(kind).inc()
-        elif name == "cache_miss":
-            self.cache_misses.labels(kind).inc()
-        elif name == "mint":
-            self.mints.labels(kind, labels["strategy"], labels["outcome"]).inc()
-            if "seconds" in labels:
-                self.mint_duration.labels(kind, labels["strategy"], labels["outcome"]).observe(
-                    float(labels["seconds"])
-                )
-        elif name == "verification":
-            self.verifications.labels(kind).inc()
-        elif name == "verification_refused":
-            self.verification_refusals.labels(kind).inc()
-        elif name == "challenge":
-            self.challenges.labels(kind, labels["outcome"]).inc()
-        elif name == "learned":
-            self.learned.labels(kind).inc()
-        elif name == "refresh":
-            self.refreshes.labels(kind, labels["outcome"]).inc()
-        elif name == "retry_401":
-            self.retries_401.labels(kind, labels["outcome"]).inc()
-        elif name == "fleet":
-            self.fleet_events.labels(labels["outcome"]).inc()
+    def token_event(self, event: events.TokenEvent) -> None:
+        """What the token features report (see :mod:`unit_gateway.metrics.events`)."""
+        match event:
+            case events.CacheLookup(kind, hit=True):  # on every request with a cached token
+                self._cache_hit(kind).inc()
+            case events.CacheLookup(kind, hit=False):
+                self.cache_misses.labels(kind).inc()
+            case events.Mint(kind, strategy, outcome, seconds):
+                self.mints.labels(kind, strategy, outcome).inc()
+                self.mint_duration.labels(kind, strategy, outcome).observe(seconds)
+            case events.Verification(kind, refused=False):
+                self.verifications.labels(kind).inc()
+            case events.Verification(kind, refused=True):
+                self.verification_refusals.labels(kind).inc()
+            case events.Challenge(kind, outcome):
+                self.challenges.labels(kind, outcome).inc()
+            case events.Learned(kind):
+                self.learned.labels(kind).inc()
+            case events.Refresh(kind, outcome):
+                self.refreshes.labels(kind, outcome).inc()
+            case events.Retry(kind, outcome):
+                self.retries_401.labels(kind, outcome).inc()
+            case events.Fleet(_, outcome):
+                self.fleet_events.labels(outcome).inc()
 
     def store_operation(self, operation: str, outcome: str, seconds: float) -> None:
         """What the shared store reports after each call."""

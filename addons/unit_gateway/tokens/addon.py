@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from unit_gateway.config.schema import LoadedConfig, Upstream
+from unit_gateway.metrics import events
 from unit_gateway.metrics.registry import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
 from unit_gateway.net.headers import authorization_name, has_header_field
 from unit_gateway.net.jsonapi import error_response
@@ -429,9 +430,7 @@ class TokenInjector:
         try:
             challenge = await self.service.open_challenge(offered, state.token_identity)
             if challenge is None:
-                self.metrics.token_event(
-                    "challenge", {"kind": state.token_identity.kind, "outcome": "unknown"}
-                )
+                self.metrics.token_event(events.Challenge(state.token_identity.kind, "unknown"))
                 flow.metadata[LOCAL_RESPONSE_KEY] = True
                 flow.response = error_response(
                     400,
@@ -568,7 +567,7 @@ class TokenInjector:
             self.service.reopen_challenge(state.challenge_id)
             self._hide_verification_token(flow, state)
         kind = state.token_identity.kind
-        self.metrics.token_event("challenge", {"kind": kind, "outcome": outcome})
+        self.metrics.token_event(events.Challenge(kind, outcome))
 
     def _hide_verification_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Unit's refusal goes to a caller who knows the challenge id, never the verification
@@ -642,7 +641,7 @@ class TokenInjector:
             self.redaction.set_real_response(
                 flow, _internal_error(flow, step, "Unit's first answer (401) is not passed on")
             )
-            self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
+            self.metrics.token_event(events.Retry(kind, "error"))
         self._guard(flow, state)  # the answer the caller gets now is the retry's
 
     async def _retry(self, flow: http.HTTPFlow, state: FlowState) -> None:
@@ -653,7 +652,7 @@ class TokenInjector:
         if not await self._attach_token(flow, state):
             assert flow.response is not None
             self.redaction.set_real_response(flow, flow.response)
-            self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
+            self.metrics.token_event(events.Retry(kind, "error"))
             return
         client = self.service.clients[state.upstream.url]
         try:
@@ -666,14 +665,12 @@ class TokenInjector:
             )
         except TokenError as e:
             self.redaction.set_real_response(flow, self._token_error_response(e))
-            self.metrics.token_event("retry_401", {"kind": kind, "outcome": "error"})
+            self.metrics.token_event(events.Retry(kind, "error"))
             return
         self.redaction.set_real_response(flow, response)
         assert flow.response is not None
         refused_again = flow.response.status_code == 401
-        self.metrics.token_event(
-            "retry_401", {"kind": kind, "outcome": "refused" if refused_again else "ok"}
-        )
+        self.metrics.token_event(events.Retry(kind, "refused" if refused_again else "ok"))
         if refused_again and state.token is not None:
             await self.service.evict(state.token)  # refused twice: no use keeping it
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from unit_gateway.metrics import events
 from unit_gateway.tokens.cache import CachedToken, TokenCache
 from unit_gateway.tokens.store import (
     UNAVAILABLE,
@@ -31,13 +32,11 @@ logger = logging.getLogger(__name__)
 #: The one lease per identity: a replica mints for it while the others wait for its token.
 MINT_LEASE = "mint"
 
-Event = Callable[[str, dict[str, str]], None]
-
 
 class Fleet:
     """One replica's view of the shared state, in front of its own :class:`TokenCache`."""
 
-    def __init__(self, store: SharedStore, cache: TokenCache, on_event: Event) -> None:
+    def __init__(self, store: SharedStore, cache: TokenCache, on_event: events.Report) -> None:
         self.store = store
         self.cache = cache
         self._on_event = on_event
@@ -80,7 +79,7 @@ class Fleet:
         if token.expires_at <= self.cache.timer():
             return None  # inside the margin: as good as expired
         self.cache.put(token)
-        self._on_event("fleet", {"kind": identity.kind, "outcome": "shared_hit"})
+        self._on_event(events.Fleet(identity.kind, "shared_hit"))
         return token
 
     async def share(self, token: CachedToken) -> None:
@@ -123,7 +122,7 @@ class Fleet:
                     return token
                 finally:
                     await self.store.release_lease(lease.lease)
-            self._on_event("fleet", {"kind": identity.kind, "outcome": "mint_wait"})
+            self._on_event(events.Fleet(identity.kind, "mint_wait"))
             waited = await self.store.wait_released(lease.lease, self.store.lease_seconds)
             found = await self.fetch(identity, needed, newer_than)
             if found is not None:
@@ -141,7 +140,7 @@ class Fleet:
             )
         )
         if gone:
-            self._on_event("fleet", {"kind": "any", "outcome": "invalidated"})
+            self._on_event(events.Fleet("any", "invalidated"))
 
     def _gap(self) -> None:
         # Drops may have been missed while the store was away: local copies could be tokens

@@ -23,6 +23,7 @@ import jwt
 from mitmproxy import http
 
 from unit_gateway.config.schema import LoadedConfig, Secret, TokenKindSettings, Upstream
+from unit_gateway.metrics import events
 from unit_gateway.net import jsonapi
 from unit_gateway.net.limits import SlidingWindow, retry_after_seconds, whole_seconds
 from unit_gateway.net.loops import own_socket
@@ -392,7 +393,7 @@ class TokenService:
         *,
         ssl_context: ssl.SSLContext | None = None,
         two_factor_scopes: frozenset[str],
-        on_event: Callable[[str, dict[str, str]], None] | None = None,
+        on_event: events.Report = events.ignore,
     ) -> None:
         model = config.model
         self.config = config
@@ -415,7 +416,7 @@ class TokenService:
         #: What the replicas share, when the configuration has a store.
         self.fleet: Fleet | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._on_event = on_event or (lambda name, labels: None)
+        self._on_event = on_event
         jwt_settings = model.tokens.jwt
         self._jwt_key = config.secrets.get("tokens.jwt.private_key")
         self._jwt_settings = jwt_settings
@@ -475,7 +476,7 @@ class TokenService:
         cached = self.cached(identity, needed, upstream)
         if cached is not None:
             return cached
-        self._on_event("cache_miss", {"kind": identity.kind})
+        self._on_event(events.CacheLookup(identity.kind, hit=False))
         scopes = self.scopes_for(identity, needed)
         # A mint in flight for a wider scope set serves this request too.
         wider = self.flights.find(lambda key: key[0] == identity and needed <= key[1])
@@ -510,7 +511,7 @@ class TokenService:
         """The cached token for a request, without waiting; starts a refresh when it is due."""
         cached = self.cache.get(identity, needed)
         if cached is not None:
-            self._on_event("cache_hit", {"kind": identity.kind})
+            self._on_event(events.CacheLookup(identity.kind, hit=True))
             if cached.refresh_at <= self.cache.timer():
                 self._refresh_in_background(cached, upstream)
         return cached
@@ -541,7 +542,7 @@ class TokenService:
             if reopened is not None:
                 # A person already has a code for this: another one would only spend Unit's
                 # limit of 5 verifications in 10 minutes (and send another message).
-                self._on_event("challenge", {"kind": identity.kind, "outcome": "reissued"})
+                self._on_event(events.Challenge(identity.kind, "reissued"))
                 raise VerificationRequired(reopened, identity)
         try:
             if strategy in ("sandbox-otp", "challenge"):
@@ -560,29 +561,18 @@ class TokenService:
                 jwt_token=jwt_token,
             )
         except VerificationRequired:
-            self._on_event("challenge", {"kind": identity.kind, "outcome": "issued"})
+            self._on_event(events.Challenge(identity.kind, "issued"))
             raise
         except TokenError as e:
             # Once per mint, however many requests wait for it; each gets e as its answer.
             logger.warning(
                 "unit-gateway: %s token call failed (%s): %s", identity.kind, e.code, e.detail
             )
-            seconds = f"{time.perf_counter() - started:.6f}"
-            self._on_event(
-                "mint",
-                {
-                    "kind": identity.kind,
-                    "strategy": strategy,
-                    "outcome": "error",
-                    "seconds": seconds,
-                },
-            )
+            seconds = time.perf_counter() - started
+            self._on_event(events.Mint(identity.kind, strategy, "error", seconds))
             raise
-        seconds = f"{time.perf_counter() - started:.6f}"
-        self._on_event(
-            "mint",
-            {"kind": identity.kind, "strategy": strategy, "outcome": "ok", "seconds": seconds},
-        )
+        seconds = time.perf_counter() - started
+        self._on_event(events.Mint(identity.kind, strategy, "ok", seconds))
         token = self.cache.make(identity, scopes_of(value) or scopes, value, lifetime)
         self.cache.put(token)
         return token
@@ -590,7 +580,7 @@ class TokenService:
     async def _verify(self, identity: Identity, client: UnitClient) -> str:
         wait = await self._verification_wait(identity)
         if wait is not None:
-            self._on_event("verification_refused", {"kind": identity.kind})
+            self._on_event(events.Verification(identity.kind, refused=True))
             retry_after = whole_seconds(wait)
             raise TokenError(
                 429,
@@ -599,7 +589,7 @@ class TokenService:
                 f"{int(self.limiter.window // 60)} minutes; retry in {retry_after} s",
                 headers={"Retry-After": str(retry_after)},
             )
-        self._on_event("verification", {"kind": identity.kind})
+        self._on_event(events.Verification(identity.kind))
         return await client.create_verification(identity)
 
     async def _verification_wait(self, identity: Identity) -> float | None:
@@ -705,7 +695,7 @@ class TokenService:
         self.cache.put(token)
         if self.fleet is not None:
             self._in_background(self.fleet.share(token))
-        self._on_event("learned", {"kind": identity.kind})
+        self._on_event(events.Learned(identity.kind))
         return token
 
     def _refresh_in_background(self, token: CachedToken, upstream: Upstream) -> None:
@@ -721,7 +711,7 @@ class TokenService:
                         token.identity, token.scopes, upstream, newer_than=token.expires_at
                     ),
                 )
-                self._on_event("refresh", {"kind": token.identity.kind, "outcome": "ok"})
+                self._on_event(events.Refresh(token.identity.kind, "ok"))
             except TokenError:
                 # (_mint logged why.) The current token stays in use until it expires; the next
                 # request tries again.
@@ -729,7 +719,7 @@ class TokenService:
                     "unit-gateway: refreshing a %s token failed; the current one stays in use",
                     token.identity.kind,
                 )
-                self._on_event("refresh", {"kind": token.identity.kind, "outcome": "error"})
+                self._on_event(events.Refresh(token.identity.kind, "error"))
 
         task = asyncio.ensure_future(refresh())
         self._background.add(task)
