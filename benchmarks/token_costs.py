@@ -33,6 +33,7 @@ from mitmproxy.test import taddons, tflow
 from report import heading, write
 from report import machine as report_machine
 from unit_gateway.config.core import GatewayCore
+from unit_gateway.metrics import events
 from unit_gateway.metrics.registry import GatewayMetrics
 from unit_gateway.testing import harness
 from unit_gateway.testing.redis_server import RedisNotInstalled, RedisProcess
@@ -179,7 +180,7 @@ async def store_hit(run_dir: Path, calls: int = 2000) -> dict[str, float]:
     putting = SharedStore(server.url, key)
     fetching = SharedStore(server.url, key)
     cache = TokenCache(1000)
-    fleet = Fleet(fetching, cache, lambda kind, labels: None)
+    fleet = Fleet(fetching, cache, events.ignore)
     try:
         await putting.start()
         await fleet.start()
