@@ -140,6 +140,17 @@ class RedisCluster:
             time.sleep(0.05)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
+    def crash(self) -> None:
+        """``kill -9`` of every node."""
+        for node in self.nodes:
+            node.kill()
+
+    def restart(self) -> None:
+        """Every node starts again from its ``nodes.conf``: the same cluster, empty."""
+        for node in self.nodes:
+            node.start()
+        self._wait_ok()
+
     def flush(self) -> None:
         for node in self.nodes:
             with node.client() as client:

@@ -25,6 +25,7 @@ from conftest import GatewayFactory, Planted, proxied_session
 from redis_fixtures import RedisCluster
 from test_tokens_e2e import (
     CUSTOMER,
+    OTHER_CUSTOMER,
     challenge_of,
     complete_challenge,
     created,
@@ -201,21 +202,53 @@ def test_the_verification_limit_holds_across_replicas(
     assert created(sandbox)[2] == 5, "Unit never saw the sixth, whichever replica asked"
 
 
-def test_a_redis_that_goes_away_fails_no_request(
+def test_a_redis_that_goes_away_under_load_fails_no_request_and_sharing_resumes(
     gateway_factory: GatewayFactory,
     sandbox: harness.Sandbox,
     store: dict[str, Any],
     redis_server: RedisProcess,
 ) -> None:
     gateways = _fleet(gateway_factory, sandbox, store)
-    redis_server.kill()
-    statuses = _spread(gateways, sandbox.url + "/cards", f"unitgw:customer:{CUSTOMER}", 60)
-    assert statuses == [200] * 60
-    assert 1 <= created(sandbox)[0] <= REPLICAS, "each replica minted on its own, once"
+    proxies = [g.proxy_url for g in gateways]
+    placeholder = f"unitgw:customer:{CUSTOMER}"
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:  # waves of requests over the replicas until told to stop
+        while not stop.is_set():
+            statuses.extend(
+                await harness.spread_requests(proxies, sandbox.url + "/cards", placeholder, 15)
+            )
+
+    async def scenario() -> None:
+        loader = asyncio.create_task(load())
+        await asyncio.sleep(0.5)
+        redis_server.kill()
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redis_server.start)
+        await asyncio.to_thread(_all_store_up, gateways)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await loader
+
+    asyncio.run(scenario())
+    assert len(statuses) > 60
+    assert Counter(statuses) == {200: len(statuses)}, "no request failed because of Redis"
     for gateway in gateways:
-        text = gateway.metrics_text()
-        assert 'unit_gateway_store_up{store="redis"} 0.0' in text
         gateway.process.wait_for(r"the shared store \(Redis\) is unavailable", timeout=5)
+    before = created(sandbox)[0]
+    # Sharing is back: a customer no replica has seen is minted once for the fleet.
+    other = f"unitgw:customer:{OTHER_CUSTOMER}"
+    assert _spread(gateways, sandbox.url + "/cards", other, 90) == [200] * 90
+    assert created(sandbox)[0] == before + 1
+
+
+def _all_store_up(gateways: list[harness.Gateway], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for gateway in gateways:
+        while 'unit_gateway_store_up{store="redis"} 1.0' not in gateway.metrics_text():
+            assert time.monotonic() < deadline, "a replica never found Redis back"
+            time.sleep(0.1)
 
 
 def test_tokens_are_refreshed_ahead_of_expiry_once_for_the_fleet(

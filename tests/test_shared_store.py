@@ -554,10 +554,21 @@ async def _down_and_back(
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(infos) == 2  # one per return
     assert len(gaps) >= 2
+    errors = sum(n for key, n in store.counts.items() if key.endswith((":error", ":timeout")))
     assert await store.get_tokens(CUSTOMER) == []
     assert await store.put_token(CUSTOMER, SCOPES, TOKEN, time.time() + 600) is True
     assert [t.value for t in await store.get_tokens(CUSTOMER)] == [TOKEN]
+    assert (await store.acquire_lease(CUSTOMER, "x")).status is LeaseStatus.ACQUIRED
     assert states == [False, True, False, True]
+    # The first calls after its return neither met a connection of the old server nor a
+    # script the new one lacked (EVAL is the fallback for a script Redis does not have).
+    assert sum(n for key, n in store.counts.items() if key.endswith((":error", ":timeout"))) == (
+        errors
+    )
+    with server.client() as client:
+        assert "cmdstat_eval" not in client.info("commandstats"), (
+            "a call fell back to EVAL: the scripts were not loaded when the store came back"
+        )
 
 
 async def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
@@ -618,3 +629,21 @@ def test_a_missing_redis_server_fails_and_says_how_to_install_it() -> None:
         redis_binary("redis-server-not-here")
     assert str(failed.value).startswith("redis-server-not-here is not installed")
     assert "apt-get install -y redis-server" in str(failed.value)
+
+
+async def test_a_restarted_cluster_is_mapped_and_given_the_scripts_again(
+    redis_cluster: RedisCluster, make_store: Factory
+) -> None:
+    store = make_store(redis_cluster.url, cluster=True, probe_interval=0.2)
+    await store.start()
+    assert await store.put_token(CUSTOMER, SCOPES, TOKEN, time.time() + 600) is True
+    redis_cluster.crash()
+    assert await store.get_tokens(CUSTOMER) is UNAVAILABLE
+    await asyncio.to_thread(redis_cluster.restart)
+    await _wait_for(lambda: store.up, 15)
+    assert await store.get_tokens(CUSTOMER) == []  # no persistence: the cluster came back empty
+    assert (await store.acquire_lease(CUSTOMER, "x")).status is LeaseStatus.ACQUIRED
+    assert store.counts["acquire_lease:ok"] == 1
+    for node in redis_cluster.nodes:
+        with node.client() as client:
+            assert "cmdstat_eval" not in client.info("commandstats")

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from unit_gateway.config.schema import LoadedConfig, StoreSettings, store_key
 from unit_gateway.unit_api.identity import Identity
@@ -313,8 +313,9 @@ LEASE_POLL_SECONDS = 0.25
 #: Connections per replica to a single Redis: requests wait for one (within the deadline).
 MAX_CONNECTIONS = 64
 
-# What counts as the store failing (anything else is a bug and propagates).
-_FAILURES = (RedisError, OSError, TimeoutError)
+# What counts as the store failing (anything else is a bug and propagates). The cluster
+# client's own errors (a cluster no node of which answers) do not derive from RedisError.
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 #: Calls in a row past their deadline that take the store down (each alone falls back).
 DOWN_AFTER_TIMEOUTS = 3
 #: Connecting before the replica takes requests may take this long: a cluster client maps
@@ -435,18 +436,21 @@ class SharedStore:
         neither. A store that does not answer is down from the start (the probe follows)."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(WARM_UP_SECONDS):
-                if isinstance(self._client, RedisCluster):
-                    await self._client.initialize()
-                await self._client.ping()
-                for script in _SCRIPTS.values():
-                    await self._client.script_load(script.source)
+            await self._prepare()
         except _FAILURES as e:
             outcome = "timeout" if isinstance(e, TimeoutError) else "error"
             self._record("warm_up", outcome, time.perf_counter() - started)
             self._went_down(e)
             return
         self._record("warm_up", "ok", time.perf_counter() - started)
+
+    async def _prepare(self) -> None:
+        async with asyncio.timeout(WARM_UP_SECONDS):
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            await self._client.ping()
+            for script in _SCRIPTS.values():
+                await self._client.script_load(script.source)
 
     async def wait_subscribed(self, seconds: float) -> bool:
         """Whether the subscription is up, waiting at most ``seconds`` for it."""
@@ -491,6 +495,10 @@ class SharedStore:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._client.ping()
+                # The pool's other connections died with the old server, and a restarted
+                # Redis has no scripts: replace both before requests use the store again.
+                await self._drop_connections()
+                await self._prepare()
             except _FAILURES:
                 continue
             self._up = True
@@ -500,6 +508,12 @@ class SharedStore:
             if self._on_gap is not None:
                 # Drops published while it was down reached nobody.
                 self._call_gap()
+
+    async def _drop_connections(self) -> None:
+        if isinstance(self._client, RedisCluster):
+            await self._client.aclose()  # the next call maps the cluster again
+        else:
+            await self._client.connection_pool.disconnect()
 
     def _call_gap(self) -> None:
         if self._on_gap is not None:
