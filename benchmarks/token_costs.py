@@ -35,6 +35,7 @@ from report import machine as report_machine
 from unit_gateway.config.core import GatewayCore
 from unit_gateway.metrics import events
 from unit_gateway.metrics.registry import GatewayMetrics
+from unit_gateway.redaction.addon import FlowRedaction
 from unit_gateway.testing import harness
 from unit_gateway.testing.redis_server import RedisNotInstalled, RedisProcess
 from unit_gateway.tokens.addon import TokenInjector
@@ -151,7 +152,8 @@ async def measure(run_dir: Path) -> dict[str, Any]:
     )
     os.environ["UNIT_ORG_TOKEN"] = sandbox.org_token
     core = GatewayCore()
-    injector = TokenInjector(core, GatewayMetrics())
+    metrics = GatewayMetrics()
+    injector = TokenInjector(core, metrics, FlowRedaction(core, metrics))
     try:
         with taddons.context(core, injector) as tctx:
             tctx.configure(core, unit_gateway_config=str(config))

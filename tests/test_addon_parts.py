@@ -34,6 +34,7 @@ from unit_gateway.config import schema as config
 from unit_gateway.config.core import GatewayCore
 from unit_gateway.config.redaction import RedactionSettings
 from unit_gateway.config.schema import Upstream
+from unit_gateway.flows import open_record
 from unit_gateway.metrics.exporter import MetricsExporter
 from unit_gateway.mitm.patch_point import _json_api_error
 from unit_gateway.redaction.addon import (
@@ -216,7 +217,7 @@ async def test_a_configuration_set_as_an_option_at_run_time_is_taken_up_once(
 
     monkeypatch.setattr(Redactor, "__init__", counting)
     metrics, core, redaction, tokens = gateway_addons()
-    exporter = MetricsExporter(core, metrics, tokens)
+    exporter = MetricsExporter(core, metrics, redaction)
     built.clear()  # the defaults FlowRedaction starts with
     with taddons.context(core, redaction, tokens, exporter) as tctx:
         tctx.configure(core, unit_gateway_config=str(first))
@@ -382,8 +383,9 @@ async def placeholder_token_request(
             assert core.config is not None and tokens.service is not None
             upstream = core.config.model.unit.upstreams[0]
             flow = tflow.tflow(resp=True)
-            tokens._flows[flow.id] = FlowState(
+            tokens._flows[flow] = FlowState(
                 upstream,
+                open_record(flow, upstream.environment),
                 placeholder_caller=True,
                 token_identity=CUSTOMER,
                 learnable_scopes=learnable_scopes,
@@ -503,7 +505,7 @@ def test_a_connect_flow_refused_by_mitmproxy_gets_json_api_too() -> None:
 def unit_refuses_a_challenge_code_quoting_the_verification_token(request: TokenRequest) -> None:
     """The flow completes challenge ``unitgw-challenge-abc`` (the gateway sent Unit the real
     verification token ``vt-REAL-123`` in its place), and Unit's refusal quotes that token."""
-    state = request.tokens._flows[request.flow.id]
+    state = request.tokens._flows[request.flow]
     state.challenge_id, state.verification_token = "unitgw-challenge-abc", "vt-REAL-123"
     refusal = {"errors": [{"status": "400", "detail": "bad code for vt-REAL-123"}]}
     request.flow.response = http.Response.make(400, json.dumps(refusal).encode())
@@ -571,7 +573,7 @@ async def test_a_bug_while_retrying_answers_500_not_units_401(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
-        state = request.tokens._flows[request.flow.id]
+        state = request.tokens._flows[request.flow]
         state.token_identity = None  # an ordinary request to Unit, with an injected token
         now = time.monotonic()
         state.token = CachedToken(CUSTOMER, frozenset({"cards"}), now + 600, now + 300, value=TOKEN)

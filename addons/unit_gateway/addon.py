@@ -43,7 +43,7 @@ def make_addons() -> list[Any]:
             in_flight,
             tokens,
             # After the token addon, so a retried request is recorded with its final answer.
-            MetricsExporter(core, metrics, tokens),
+            MetricsExporter(core, metrics, redaction),
             RedirectLoopGuard(metrics),
             # Last: its running hook marks the gateway ready, after every other one ran.
             Lifecycle(core, in_flight),

@@ -6,16 +6,13 @@ gateway's own addons: the core (configuration), the patch point and side table t
 the real ``Authorization`` out of the flow and put it on the wire, the token addon (route
 match, identity, cache) and the loop guard. Only two parts are left out: the Redactor finds
 nothing (no header, URL or body is redacted), and the metrics addon does not run (the token
-addon still counts into a registry nothing serves; the one duty of the metrics addon kept is
-to end the token addon's state of each flow).
+addon still counts into a registry nothing serves).
 proxy_overhead.py runs it with ``--set unit_gateway_config=…`` and the placeholder, like the
 gateway.
 """
 
 from collections import Counter
 from typing import Any
-
-from mitmproxy import http
 
 from unit_gateway.config.core import GatewayCore
 from unit_gateway.config.schema import LoadedConfig
@@ -46,22 +43,8 @@ class InjectionOnly(FlowRedaction):
         self.redactor = NothingToRedact()
 
 
-class FlowsEnd:
-    """What the metrics addon does first with a finished flow: take the token addon's state
-    of it (without this, that state is kept for ever)."""
-
-    def __init__(self, tokens: TokenInjector) -> None:
-        self.tokens = tokens
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self.tokens.finish(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.tokens.finish(flow)
-
-
 metrics = GatewayMetrics()  # the token addon counts into it; nothing serves it
 core = GatewayCore(metrics)
 redaction = InjectionOnly(core, metrics)
 tokens = TokenInjector(core, metrics, redaction)
-addons = [AddonChain(core, redaction, tokens, FlowsEnd(tokens), RedirectLoopGuard(metrics))]
+addons = [AddonChain(core, redaction, tokens, RedirectLoopGuard(metrics))]

@@ -24,13 +24,9 @@ from prometheus_client import (
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from unit_gateway.config.health import Health, probe_answer
+from unit_gateway.flows import FlowRecord, record_of
 from unit_gateway.metrics.access_log import AccessLog, log_path
-from unit_gateway.metrics.registry import (
-    LOCAL_RESPONSE_KEY,
-    MINT_SECONDS_KEY,
-    Children,
-    GatewayMetrics,
-)
+from unit_gateway.metrics.registry import Children, GatewayMetrics
 from unit_gateway.net.limits import retry_after_seconds
 from unit_gateway.unit_api import identity
 from unit_gateway.unit_api.routes import HTTP_METHODS
@@ -40,7 +36,7 @@ if TYPE_CHECKING:
 
     from unit_gateway.config.core import GatewayCore
     from unit_gateway.config.schema import LoadedConfig
-    from unit_gateway.tokens.addon import TokenInjector
+    from unit_gateway.flows import RealValues
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +88,10 @@ def _number(value: str | None) -> float | None:
 class MetricsExporter:
     """Counts and times every flow, and serves ``/metrics`` on its own port."""
 
-    def __init__(self, core: GatewayCore, metrics: GatewayMetrics, tokens: TokenInjector) -> None:
+    def __init__(self, core: GatewayCore, metrics: GatewayMetrics, real: RealValues) -> None:
         self.core = core
         self.metrics = metrics
-        self.tokens = tokens
+        self.real = real
         self.windows: dict[str, RecentRequests] = {}
         self._requests = Children(metrics.requests)
         self._refresher: asyncio.Task[None] | None = None
@@ -160,16 +156,8 @@ class MetricsExporter:
         while True:
             self.core.health.beat()  # /healthz: the loop turns
             self.update_window_gauges()
-            self.core_cache_gauges()
+            self.metrics.refresh()
             await asyncio.sleep(every)
-
-    def core_cache_gauges(self) -> None:
-        service = self.tokens.service
-        if service is None:
-            return
-        counts = service.cache.count_by_kind()
-        for kind in ("customer", "cardholder"):
-            self.metrics.cache_entries.labels(kind).set(counts.get(kind, 0))
 
     def update_window_gauges(self) -> None:
         config = self.core.config
@@ -189,14 +177,14 @@ class MetricsExporter:
         self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
-        # The token addon already matched the upstream and route; it hands them over here.
-        state = self.tokens.finish(flow)
-        if state is None:
+        # The token addon matched the upstream and route; its record says so.
+        record = record_of(flow)
+        if record is None:
             if self.core.config is not None:
                 self.metrics.non_unit_requests.inc()
             return
         request = flow.request
-        route = state.route
+        route = record.route
         method = request.method if request.method in HTTP_METHODS else "OTHER"
         response = flow.response
         status = str(response.status_code) if response is not None else "error"
@@ -205,15 +193,15 @@ class MetricsExporter:
         now = time.time()
         total = max(0.0, now - request.timestamp_start)
         m.request_duration.labels(route, method).observe(total)
-        mint = float(flow.metadata.get(MINT_SECONDS_KEY, 0.0))
+        mint = record.mint_seconds
         upstream_seconds = 0.0
-        if response is not None and not flow.metadata.get(LOCAL_RESPONSE_KEY):
+        if response is not None and not record.answered_locally:
             sent = request.timestamp_end or request.timestamp_start
             upstream_seconds = max(0.0, (response.timestamp_end or now) - sent)
             m.upstream_duration.labels(route, method).observe(upstream_seconds)
-            self._rate_limit(flow, state.upstream.environment, route)
+            self._rate_limit(flow, record.environment, route)
         m.overhead.labels(route, method).observe(max(0.0, total - upstream_seconds - mint))
-        self._note_reachability(flow, state.upstream.environment)
+        self._note_reachability(flow, record)
         if self.access_log is not None:
             self.access_log.write(
                 route=route,
@@ -222,32 +210,30 @@ class MetricsExporter:
                 duration=total,
                 upstream=upstream_seconds,
                 mint=mint,
-                identity=state.identity.kind if state.identity is not None else "caller",
+                identity=record.identity_kind or "caller",
                 token=self._token_fingerprint(flow),
-                environment=state.upstream.environment,
+                environment=record.environment,
             )
 
-    def _note_reachability(self, flow: http.HTTPFlow, environment: str) -> None:
+    def _note_reachability(self, flow: http.HTTPFlow, record: FlowRecord) -> None:
         """/readyz reports whether Unit answered the last request to each environment."""
         response = flow.response
-        if response is not None and not flow.metadata.get(LOCAL_RESPONSE_KEY):
-            self.core.health.unit[environment] = "reachable"
+        if response is not None and not record.answered_locally:
+            self.core.health.unit[record.environment] = "reachable"
         elif flow.error is not None or (response is not None and response.status_code >= 502):
-            self.core.health.unit[environment] = "unreachable"
+            self.core.health.unit[record.environment] = "unreachable"
 
     def _token_fingerprint(self, flow: http.HTTPFlow) -> str | None:
         """The fingerprint of the credential Unit got (injected, or the caller's own)."""
-        redaction = self.tokens.redaction
-        value = redaction.upstream_authorization(flow) or redaction.real_request_header(
-            flow, "Authorization"
-        )
+        real = self.real
+        value = real.upstream_authorization(flow) or real.real_request_header(flow, "Authorization")
         if not value:
             return None
         scheme, _, credential = value.strip().partition(" ")
         credential = credential.strip() or scheme
         if credential.startswith(identity.PREFIX):
             return None  # refused before a token was attached
-        return redaction.redactor.fingerprint(credential)
+        return real.fingerprint(credential)
 
     def _rate_limit(self, flow: http.HTTPFlow, environment: str, route: str) -> None:
         window = self.windows.get(environment)

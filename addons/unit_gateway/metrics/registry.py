@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -32,10 +33,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
 #: Calls to the shared store (store.operation_timeout_seconds bounds them).
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
-#: The key under which the token addon leaves the seconds a request waited for a mint.
-MINT_SECONDS_KEY = "unit_gateway.mint_seconds"
-#: Set on flows the gateway answered itself: they never reached Unit.
-LOCAL_RESPONSE_KEY = "unit_gateway.answered_locally"
 
 
 def _escape(value: str) -> str:
@@ -134,6 +131,8 @@ class GatewayMetrics:
         # of prometheus-client for the whole process: thrown here, not when this is imported.
         disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
+        #: Set gauges that follow state a feature owns; called in the event loop's thread.
+        self._refreshers: list[Callable[[], None]] = []
         p = PREFIX
         self.build = Info(f"{p}_build", "unit-gateway build", registry=r)
         self.build.info({"version": __version__})
@@ -298,6 +297,15 @@ class GatewayMetrics:
             "Connections of the gateway's own that a firewall rule sent back to it (closed)",
             registry=r,
         )
+
+    def add_refresher(self, refresh: Callable[[], None]) -> None:
+        self._refreshers.append(refresh)
+
+    def refresh(self) -> None:
+        """Bring the gauges that follow a feature's state up to date (the metrics addon
+        calls this in the loop every few seconds, never from the scrape thread)."""
+        for refresh in self._refreshers:
+            refresh()
 
     def exposition(self) -> bytes:
         """The whole scrape in Prometheus' text format."""

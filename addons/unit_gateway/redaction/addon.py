@@ -513,6 +513,10 @@ class FlowRedaction:
     def set_response_timeout(self, flow: http.HTTPFlow, seconds: float) -> None:
         self.secrets(flow).response_timeout = seconds
 
+    def response_timeout(self, flow: http.HTTPFlow) -> float | None:
+        found = _SECRETS.get(flow)
+        return found.response_timeout if found is not None else None
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Credentials for this proxy are never shown and never sent on to Unit.
         fields = flow.request.data.headers.fields
@@ -599,6 +603,9 @@ class FlowRedaction:
         redacted = self.redactor.redact_text(text, counts=counts)
         self.count(counts)
         return redacted
+
+    def fingerprint(self, credential: str) -> str:
+        return self.redactor.fingerprint(credential)
 
     def redact_headers(
         self,

@@ -1,12 +1,9 @@
 """The token addon: swaps a caller's placeholder for the real Unit token before a request
 leaves, handles Unit's token endpoints, and retries once when Unit rejects an injected token.
 
-State per flow lives here, keyed by flow id, never in ``flow.metadata``: metadata is saved
-with the flow, and tokens must not be. Real tokens and real bodies never go into the flow
-either: the flow keeps the caller's placeholder (``Bearer unitgw:customer:10001``: it names
-the identity a developer looks for in mitmweb; the access log has the token's fingerprint),
-and the token Unit gets, like every body this addon reads or rewrites, goes through
-:class:`~unit_gateway.redaction.addon.FlowRedaction`.
+Its per-flow state (tokens among it) stays here, never in ``flow.metadata``, which is saved
+with the flow. The flow keeps the caller's placeholder; the token Unit gets and every body
+this addon reads or rewrites go through :class:`~unit_gateway.flows.RealValues`.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ import logging
 import ssl
 import sys
 import time
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -24,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 
 from unit_gateway.config.schema import LoadedConfig, Upstream
+from unit_gateway.flows import FlowRecord, RealValues, open_record, record_of
 from unit_gateway.metrics import events
-from unit_gateway.metrics.registry import LOCAL_RESPONSE_KEY, MINT_SECONDS_KEY, GatewayMetrics
+from unit_gateway.metrics.registry import GatewayMetrics
 from unit_gateway.net.headers import authorization_name, has_header_field
 from unit_gateway.net.jsonapi import error_response
-from unit_gateway.redaction.addon import FlowRedaction
 from unit_gateway.tokens.cache import CachedToken
 from unit_gateway.tokens.fleet import Fleet
 from unit_gateway.tokens.guard import check_response
@@ -45,7 +43,6 @@ from unit_gateway.unit_api.identity import (
 )
 from unit_gateway.unit_api.routes import (
     CARDHOLDER_SCOPES,
-    OTHER_ROUTE,
     RouteMatch,
     RouteTable,
     UnreadableTarget,
@@ -68,8 +65,8 @@ class FlowState:
     """What the gateway learned about a request to Unit, for its response and its metrics."""
 
     upstream: Upstream
-    #: The route template, or "other" for a path Unit does not have.
-    route: str = OTHER_ROUTE
+    #: What the metrics addon reads of the flow (route, identity kind, mint time).
+    record: FlowRecord
     identity: Identity | None = None
     token: CachedToken | None = None
     needed: frozenset[str] = frozenset()
@@ -100,14 +97,17 @@ class TokenInjector:
         self,
         core: GatewayCore,
         metrics: GatewayMetrics,
-        redaction: FlowRedaction | None = None,
+        redaction: RealValues,
     ) -> None:
         self.core = core
         self.metrics = metrics
-        self.redaction = redaction if redaction is not None else FlowRedaction(core, metrics)
+        self.redaction = redaction
         self.routes = RouteTable.default()
         self.service: TokenService | None = None
-        self._flows: dict[str, FlowState] = {}
+        # Freed in response or error, and with the flow at the latest: tokens live here.
+        self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def load(self, loader: Any) -> None:
         self.core.listeners.append(self.reconfigure)
@@ -140,6 +140,14 @@ class TokenInjector:
             await service.fleet.start()
             self._store_state(store.up)
         self.service = service
+        self.metrics.add_refresher(self._cache_gauges)
+
+    def _cache_gauges(self) -> None:
+        if self.service is None:
+            return
+        counts = self.service.cache.count_by_kind()
+        for kind in ("customer", "cardholder"):
+            self.metrics.cache_entries.labels(kind).set(counts.get(kind, 0))
 
     def _store_state(self, up: bool) -> None:
         self.core.health.store = "up" if up else "down"
@@ -203,14 +211,14 @@ class TokenInjector:
             self._fail_closed(flow, "choosing the token")
             waiting = None
         if flow.response is not None:
-            flow.metadata[LOCAL_RESPONSE_KEY] = True
+            _answered_locally(flow)
         return waiting
 
     def _fail_closed(self, flow: http.HTTPFlow, step: str) -> None:
         # mitmproxy would log the exception and forward the request as it is: refuse instead.
         logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
         flow.response = _internal_error(flow, step, "the request was not forwarded")
-        flow.metadata[LOCAL_RESPONSE_KEY] = True
+        _answered_locally(flow)
 
     def _route_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert self.core.config is not None
@@ -220,7 +228,8 @@ class TokenInjector:
         state = None
         if upstream is not None:
             # From here on the flow counts as Unit's, refused or not.
-            state = self._flows[flow.id] = FlowState(upstream)
+            record = open_record(flow, upstream.environment)
+            state = self._flows[flow] = FlowState(upstream, record)
         try:
             check_authorization_fields(map(_FIELD_NAME, request.data.headers.fields))
             credential = self._credential(flow)
@@ -245,7 +254,7 @@ class TokenInjector:
                 400, "invalid_request", f"the gateway could not take this request: {e}"
             )
             return None
-        state.route = route_label(route)
+        state.record.route = route_label(route)
         if route is not None and route.token_endpoint is not None:
             # The token (or verification) is for this identity, whoever the caller speaks for.
             state.token_identity = token_endpoint_identity(route)
@@ -280,6 +289,7 @@ class TokenInjector:
             )
             return None
         state.identity = credential
+        state.record.identity_kind = credential.kind
         return self._inject(flow, state, route)
 
     def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
@@ -343,9 +353,9 @@ class TokenInjector:
             await self._attach_token(flow, state)
         except Exception:
             self._fail_closed(flow, "getting a token")
-        flow.metadata[MINT_SECONDS_KEY] = round(time.perf_counter() - started, 6)
+        state.record.mint_seconds = time.perf_counter() - started
         if flow.response is not None:
-            flow.metadata[LOCAL_RESPONSE_KEY] = True
+            state.record.answered_locally = True
 
     async def _attach_token(self, flow: http.HTTPFlow, state: FlowState) -> bool:
         assert self.service is not None and state.identity is not None
@@ -376,7 +386,7 @@ class TokenInjector:
         return org.reveal()
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        state = self._flows.get(flow.id)
+        state = self._flows.get(flow)
         if state is None or state.token_identity is None or flow.response is not None:
             return None
         if self.service is None:
@@ -406,7 +416,7 @@ class TokenInjector:
         if state.placeholder_caller and attributes.get("resources"):
             # The caller would get the placeholder back, and it names the whole customer or
             # card: the restriction could not be kept.
-            flow.metadata[LOCAL_RESPONSE_KEY] = True
+            state.record.answered_locally = True
             flow.response = error_response(
                 400,
                 "resources_not_supported",
@@ -431,7 +441,7 @@ class TokenInjector:
             challenge = await self.service.open_challenge(offered, state.token_identity)
             if challenge is None:
                 self.metrics.token_event(events.Challenge(state.token_identity.kind, "unknown"))
-                flow.metadata[LOCAL_RESPONSE_KEY] = True
+                state.record.answered_locally = True
                 flow.response = error_response(
                     400,
                     "unknown_challenge",
@@ -460,16 +470,14 @@ class TokenInjector:
 
     # --- responses -------------------------------------------------------------------------
 
-    def finish(self, flow: http.HTTPFlow) -> FlowState | None:
-        """What the gateway knew of a flow, handed over once it is done (to the metrics)."""
-        state = self._flows.pop(flow.id, None)
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow, None)
         if state is not None and state.challenge_id is not None and flow.response is None:
             if self.service is not None:  # no answer came: the challenge is still open
                 self.service.reopen_challenge(state.challenge_id)
-        return state
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        state = self._flows.get(flow.id)
+        state = self._flows.pop(flow, None)
         if state is None or flow.response is None or self.service is None:
             return None
         if state.token_identity is not None:
@@ -506,7 +514,7 @@ class TokenInjector:
                 "unit-gateway: Unit switched protocols (101) on %s %s for %s; the caller's "
                 "connection is closed",
                 flow.request.method,
-                state.route,
+                state.record.route,
                 state.identity.placeholder,
             )
             flow.kill()
@@ -524,7 +532,7 @@ class TokenInjector:
                 flow, _internal_error(flow, step, "Unit's answer is not passed on")
             )
             return
-        where = f"{flow.request.method} {state.route}"
+        where = f"{flow.request.method} {state.record.route}"
         if verdict.withheld is not None:
             logger.warning(
                 "unit-gateway: Unit's answer to %s for %s is withheld: %s",
@@ -658,11 +666,9 @@ class TokenInjector:
         try:
             # The real request (token, headers, body) exists only in this copy; Unit has the
             # first try's deadline again.
-            secrets = self.redaction.secrets(flow)
-            assert secrets.response_timeout is not None  # a flow to Unit
-            response = await client.forward(
-                self.redaction.real_request(flow), secrets.response_timeout
-            )
+            timeout = self.redaction.response_timeout(flow)
+            assert timeout is not None  # a flow to Unit
+            response = await client.forward(self.redaction.real_request(flow), timeout)
         except TokenError as e:
             self.redaction.set_real_response(flow, self._token_error_response(e))
             self.metrics.token_event(events.Retry(kind, "error"))
@@ -673,6 +679,12 @@ class TokenInjector:
         self.metrics.token_event(events.Retry(kind, "refused" if refused_again else "ok"))
         if refused_again and state.token is not None:
             await self.service.evict(state.token)  # refused twice: no use keeping it
+
+
+def _answered_locally(flow: http.HTTPFlow) -> None:
+    record = record_of(flow)
+    if record is not None:
+        record.answered_locally = True
 
 
 def _internal_error(flow: http.HTTPFlow, step: str, consequence: str) -> http.Response:
