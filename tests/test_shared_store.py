@@ -28,8 +28,8 @@ from unit_gateway.tokens.store import (
     SharedStore,
     WaitOutcome,
     WindowDecision,
-    _Keyring,
 )
+from unit_gateway.tokens.store_crypto import Keyring
 from unit_gateway.unit_api.identity import Identity
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ async def test_a_value_that_does_not_decrypt_is_a_miss(
     assert await store.get_tokens(CUSTOMER) == []
     # Sealed with another key (same key id slot, so only the cipher can tell).
     name = customer_key.decode()
-    foreign = _Keyring(OTHER_KEY).seal(b'{"v":"x","s":[],"e":9e9,"l":false}', name)
+    foreign = Keyring(OTHER_KEY).seal(b'{"v":"x","s":[],"e":9e9,"l":false}', name)
     raw.set(customer_key, fingerprint + b":" + foreign[:1] + sealed[1:5] + foreign[5:])
     assert await store.get_tokens(CUSTOMER) == []
     # Moved: another customer's (valid) entry copied under this customer's name.

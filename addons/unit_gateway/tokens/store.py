@@ -1,12 +1,9 @@
 """State that gateway replicas share through Redis: tokens, challenges, verification windows
-and mint leases.
+and mint leases, named and sealed as :mod:`.store_crypto` describes.
 
-Every key names an identity by a keyed hash (never a customer or card id in the clear) inside a
-Redis Cluster hash tag, so all keys of one identity share a slot and a Lua script can touch them
-together. Every value is encrypted and authenticated (AES-256-GCM, bound to its key name); one
-that does not decrypt is a miss. Every call has a deadline: when Redis is down, slow or failing,
-calls return :data:`UNAVAILABLE` (at once, without touching Redis, until a probe finds it back)
-and the caller falls back to its replica's own state. Nothing here raises for Redis's sake.
+Every call has a deadline: when Redis is down, slow or failing, calls return :data:`UNAVAILABLE`
+(at once, without touching Redis, until a probe finds it back) and the caller falls back to its
+replica's own state. Nothing here raises for Redis's sake.
 
 A cold request, fleet-wide: local cache, then :meth:`SharedStore.get_tokens`; on a miss
 :meth:`~SharedStore.acquire_lease`: ACQUIRED, mint, ``put_token``, ``release_lease``; HELD,
@@ -19,29 +16,25 @@ import asyncio
 import base64
 import contextlib
 import enum
-import hashlib
-import hmac
 import logging
 import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from unit_gateway.config.schema import LoadedConfig, StoreSettings, store_key
+from unit_gateway.tokens.store_crypto import Keyring, Names, unseal
+from unit_gateway.tokens.store_scripts import SCRIPTS
 from unit_gateway.unit_api.identity import Identity
 
 logger = logging.getLogger(__name__)
@@ -125,189 +118,6 @@ class WindowDecision:
     retry_after: float
 
 
-# ------------------------------------------------------------------------------------------
-# Keys and encryption
-
-_VERSION = b"\x01"
-_KID_BYTES = 4
-_NONCE_BYTES = 12
-
-
-def _derive(key: bytes, label: str, length: int = 32) -> bytes:
-    return HKDF(hashes.SHA256(), length, salt=None, info=b"unitgw-store " + label.encode()).derive(
-        key
-    )
-
-
-class _Keyring:
-    """What one store key gives: a cipher, its id, and the keyed hash that names things."""
-
-    def __init__(self, key: bytes) -> None:
-        self.kid = _derive(key, "key id", _KID_BYTES)
-        self.aead = AESGCM(_derive(key, "aead"))
-        self._names = _derive(key, "names")
-
-    def tag(self, kind: str, text: str, length: int = 32) -> str:
-        digest = hmac.new(self._names, f"{kind}\0{text}".encode(), hashlib.sha256).hexdigest()
-        return digest[:length]
-
-    def ref(self, identity: Identity) -> str:
-        return self.tag("identity", f"{identity.kind}:{identity.subject or ''}")
-
-    def seal(self, plain: bytes, name: str) -> bytes:
-        nonce = os.urandom(_NONCE_BYTES)
-        return _VERSION + self.kid + nonce + self.aead.encrypt(nonce, plain, name.encode())
-
-
-def _scope_text(scopes: Iterable[str]) -> str:
-    return " ".join(sorted(scopes))
-
-
-class _Names:
-    """The Redis names of one identity under one keyring. ``{ref}`` is the hash tag."""
-
-    def __init__(self, prefix: str, ring: _Keyring, identity: Identity) -> None:
-        self.ring = ring
-        self.ref = ring.ref(identity)
-        self.base = f"{prefix}{{{self.ref}}}:"
-
-    @property
-    def token_index(self) -> str:
-        return self.base + "ti"
-
-    @property
-    def token_prefix(self) -> str:
-        return self.base + "t:"
-
-    def token_member(self, scopes: Iterable[str]) -> str:
-        return self.ring.tag("scopes", _scope_text(scopes), 16)
-
-    def lease(self, what: str) -> str:
-        return self.base + "l:" + self.ring.tag("lease", what, 16)
-
-    @property
-    def window(self) -> str:
-        return self.base + "v"
-
-    @property
-    def challenge_index(self) -> str:
-        return self.base + "ci"
-
-    @property
-    def challenge_prefix(self) -> str:
-        return self.base + "c:"
-
-    def challenge_member(self, challenge_id: str) -> str:
-        return self.ring.tag("challenge", challenge_id, 32)
-
-
-# ------------------------------------------------------------------------------------------
-# Lua: each runs atomically on the node that holds the identity's slot. Keys read by name
-# inside a script (token and challenge entries listed in an index) share the slot of KEYS[1].
-
-_PUT_INDEXED = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return 1
-"""
-
-_LIST_INDEXED = """
-local out = {}
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local value = redis.call('GET', ARGV[1] .. member)
-  if value then
-    table.insert(out, member)
-    table.insert(out, value)
-  else
-    redis.call('SREM', KEYS[1], member)
-  end
-end
-return out
-"""
-
-# A token entry is "<fingerprint>:<sealed value>", so dropping compares without decrypting.
-_DROP_TOKEN = """
-local dropped = 0
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[2])
-  dropped = 1
-end
-if ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-end
-return dropped
-"""
-
-_TAKE_INDEXED = """
-local value = redis.call('GET', KEYS[1])
-if value then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[1])
-end
-return value
-"""
-
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return -1
-end
-return redis.call('PTTL', KEYS[1])
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# Redis's own clock, so replicas' clocks need not agree.
-_WINDOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {1, count + 1, 0}
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, count, tonumber(oldest[2]) + window - now}
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def of(cls, source: str) -> _Script:
-        return cls(source, hashlib.sha1(source.encode()).hexdigest())
-
-
-_SCRIPTS = {
-    name: _Script.of(source)
-    for name, source in {
-        "put_indexed": _PUT_INDEXED,
-        "list_indexed": _LIST_INDEXED,
-        "drop_token": _DROP_TOKEN,
-        "take_indexed": _TAKE_INDEXED,
-        "acquire": _ACQUIRE,
-        "release": _RELEASE,
-        "window": _WINDOW,
-    }.items()
-}
-
 #: How often a lease waiter looks again when no release message came (the lease may expire).
 LEASE_POLL_SECONDS = 0.25
 #: Connections per replica to a single Redis: requests wait for one (within the deadline).
@@ -343,9 +153,9 @@ class SharedStore:
         self._url = url
         self._cluster = cluster
         self._tls = {"ssl_ca_certs": ca_file} if ca_file else {}
-        self._ring = _Keyring(key)
+        self._ring = Keyring(key)
         #: Read with, never written with; its names are looked in too.
-        self._old_ring = _Keyring(previous_key) if previous_key else None
+        self._old_ring = Keyring(previous_key) if previous_key else None
         self._rings = {r.kid: r for r in (self._ring, self._old_ring) if r is not None}
         self.timeout = operation_timeout
         self.probe_interval = probe_interval
@@ -449,7 +259,7 @@ class SharedStore:
             if isinstance(self._client, RedisCluster):
                 await self._client.initialize()
             await self._client.ping()
-            for script in _SCRIPTS.values():
+            for script in SCRIPTS.values():
                 await self._client.script_load(script.source)
 
     async def wait_subscribed(self, seconds: float) -> bool:
@@ -552,7 +362,7 @@ class SharedStore:
                 logger.exception("unit-gateway: shared store metrics callback failed")
 
     async def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        script = _SCRIPTS[name]
+        script = SCRIPTS[name]
         try:
             return await self._client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -562,26 +372,19 @@ class SharedStore:
     # --------------------------------------------------------------------------------------
     # Encryption
 
-    def _names(self, identity: Identity) -> list[_Names]:
+    def _names(self, identity: Identity) -> list[Names]:
         """The identity's names: under the key, then under the previous key."""
         rings = [self._ring] if self._old_ring is None else [self._ring, self._old_ring]
-        return [_Names(self.prefix, ring, identity) for ring in rings]
+        return [Names(self.prefix, ring, identity) for ring in rings]
 
     def _open(self, blob: bytes, name: str) -> Any | None:
         """The JSON sealed in ``blob`` under ``name``, or None (wrong key, tampered, moved)."""
-        head = len(_VERSION) + _KID_BYTES
-        ring = self._rings.get(blob[len(_VERSION) : head]) if blob[:1] == _VERSION else None
-        if ring is None:
-            self.counts["undecryptable"] += 1
-            return None
-        nonce = blob[head : head + _NONCE_BYTES]
-        try:
-            return orjson.loads(
-                ring.aead.decrypt(nonce, blob[head + _NONCE_BYTES :], name.encode())
-            )
-        except (InvalidTag, ValueError):
-            self.counts["undecryptable"] += 1
-            return None
+        plain = unseal(self._rings, blob, name)
+        if plain is not None:
+            with contextlib.suppress(ValueError):
+                return orjson.loads(plain)
+        self.counts["undecryptable"] += 1
+        return None
 
     def identity_ref(self, identity: Identity) -> str:
         """The keyed hash that names ``identity`` in Redis and in drop messages."""
