@@ -48,7 +48,8 @@ from unit_gateway.redaction.addon import (
 from unit_gateway.redaction.engine import Redactor
 from unit_gateway.tokens.addon import FlowState, TokenInjector
 from unit_gateway.tokens.cache import CachedToken
-from unit_gateway.tokens.service import Challenge, TokenError
+from unit_gateway.tokens.errors import TokenError
+from unit_gateway.tokens.two_factor import Challenge
 from unit_gateway.unit_api.identity import Identity
 
 TOKEN = ADDONS_ORG_TOKEN

@@ -14,25 +14,23 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from unit_gateway.sandbox.scopes import ALL_SCOPES
-from unit_gateway.unit_api import routes
+from unit_gateway.unit_api import route_data, routes, templates
+from unit_gateway.unit_api.route_settings import RouteRule, RouteSettings
 from unit_gateway.unit_api.routes import (
     OTHER_ROUTE,
     Route,
     RouteMatch,
-    RouteRule,
-    RouteSettings,
     RouteTable,
-    UnreadableTarget,
-    canonical_spelling,
-    read_target,
     route_label,
 )
+from unit_gateway.unit_api.targets import UnreadableTarget, read_target
+from unit_gateway.unit_api.templates import canonical_spelling
 
 DATA_DIR = Path(routes.__file__).parent / "data"
 SHARED_ROUTES = Path("/work/shared/data/unit-routes.txt")
 
 TABLE = RouteTable.default()
-SPELLINGS = routes.parse_route_list((DATA_DIR / "unit-routes.txt").read_text())
+SPELLINGS = route_data.parse_route_list((DATA_DIR / "unit-routes.txt").read_text())
 LITERALS = frozenset(
     segment for route in TABLE.routes() for segment in route.shape if segment != "{}"
 )
@@ -86,7 +84,7 @@ def test_every_spelling_matches_its_route_with_sample_ids(
     assert spelling in route.spellings
     assert set(methods) <= route.methods
     # Parameters come back under the canonical names, in path order.
-    names = routes._parse_template(route.template)[1]
+    names = templates.parse_template(route.template)[1]
     assert found.params == {name: f"id{i}" for i, name in enumerate(names)}
     for method in methods:
         assert match(method, sample_path(spelling)).method_allowed
@@ -531,7 +529,7 @@ def test_every_route_is_listed_with_its_scopes() -> None:
 
 def test_packaged_rules_must_cover_every_route() -> None:
     # A route without any rule is refused at start-up instead of silently needing no scope.
-    rules = routes._default_rules()
+    rules = route_data.default_rules()
     without_cards = dataclasses.replace(
         rules, prefixes=tuple(p for p in rules.prefixes if p[0] != ("cards",))
     )
@@ -559,7 +557,7 @@ DEFAULT_TWO_FACTOR = {
 
 def test_default_two_factor_scopes() -> None:
     assert TABLE.two_factor_scopes == DEFAULT_TWO_FACTOR
-    assert routes.default_two_factor_scopes() == DEFAULT_TWO_FACTOR
+    assert route_data.default_two_factor_scopes() == DEFAULT_TWO_FACTOR
 
 
 @pytest.mark.parametrize(
@@ -933,7 +931,7 @@ def test_ids_never_change_the_matched_template(template: str, ids: list[str], ho
         return
     assert found is not None
     assert found.template == template
-    names = routes._parse_template(template)[1]
+    names = templates.parse_template(template)[1]
     assert found.params == dict(zip(names, ids, strict=False))
 
 

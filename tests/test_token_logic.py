@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from unit_gateway.tokens.cache import TokenCache, scopes_of, usable_lifetime
-from unit_gateway.tokens.service import SingleFlight, VerificationLimiter, _upstream_refusal
+from unit_gateway.tokens.client import _upstream_refusal
+from unit_gateway.tokens.single_flight import SingleFlight
+from unit_gateway.tokens.two_factor import VerificationLimiter
 from unit_gateway.unit_api import paseto
 from unit_gateway.unit_api.identity import (
     ORG,

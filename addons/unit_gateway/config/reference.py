@@ -31,7 +31,7 @@ from pydantic.fields import FieldInfo
 from unit_gateway.config import redaction as redaction_section
 from unit_gateway.config.core import RESTART_SECTIONS
 from unit_gateway.config.schema import GatewayConfig, SecretRef
-from unit_gateway.unit_api import routes
+from unit_gateway.unit_api import route_data
 
 #: Where the generated reference lives, relative to the repository root.
 DOC_PATH = "docs/configuration.md"
@@ -134,7 +134,7 @@ def _builtin_values() -> dict[str, tuple[str, Iterable[str]]]:
     return {
         "routes.two_factor_scopes": (
             "built-in two-factor scopes",
-            sorted(routes.default_two_factor_scopes()),
+            sorted(route_data.default_two_factor_scopes()),
         ),
         "redaction.headers": ("built-in secret headers", redaction_section.DEFAULT_HEADERS),
         "redaction.fields": ("built-in secret fields", redaction_section.DEFAULT_FIELDS),

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from unit_gateway.config.redaction import RedactionSettings
-from unit_gateway.unit_api.routes import RouteSettings
+from unit_gateway.unit_api.route_settings import RouteSettings
 
 #: Hosts that are Unit's live environment: never a target for sandbox-only behaviour.
 LIVE_HOSTS = frozenset({"api.unit.co"})

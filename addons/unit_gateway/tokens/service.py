@@ -1,386 +1,43 @@
-"""Getting customer and cardholder tokens from Unit: minting, two-factor, single-flight.
+"""Getting customer and cardholder tokens from Unit: cached, minted, verified, refreshed.
 
-The gateway's own calls go straight to the upstream with the org token, never through the
-proxy, through an async client with Unit's documented 5 s timeout. At most one mint per
-identity and scope set is in flight; every other request for it awaits that one.
+At most one mint per identity and scope set is in flight; every other request for it awaits
+that one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
-import aiohttp
 import jwt
-from mitmproxy import http
 
 from unit_gateway.config.schema import LoadedConfig, Secret, TokenKindSettings, Upstream
 from unit_gateway.metrics import events
-from unit_gateway.net import jsonapi
-from unit_gateway.net.limits import SlidingWindow, retry_after_seconds, whole_seconds
-from unit_gateway.net.loops import own_socket
+from unit_gateway.net.limits import whole_seconds
 from unit_gateway.tokens.cache import CachedToken, TokenCache, scopes_of, usable_lifetime
+from unit_gateway.tokens.client import UnitClient
+from unit_gateway.tokens.errors import TokenError, VerificationRequired
 from unit_gateway.tokens.fleet import Fleet
+from unit_gateway.tokens.single_flight import SingleFlight
 from unit_gateway.tokens.store import SharedChallenge, Unavailable
+from unit_gateway.tokens.two_factor import (
+    CHALLENGE_ATTEMPTS,
+    CHALLENGE_LIFETIME,
+    CHALLENGE_PREFIX,
+    SANDBOX_PASSCODE,
+    Challenge,
+    VerificationLimiter,
+    local_challenge,
+    shared_challenge,
+)
 from unit_gateway.unit_api.identity import Identity
 
 logger = logging.getLogger(__name__)
-
-SANDBOX_PASSCODE = "000001"
-CLOSE_TIMEOUT = 2.0
-#: How long after the redirect-loop guard closed a token call's connection a failure to
-#: connect is put down to the loop.
-LOOP_NAMED_SECONDS = 10.0
-_HOP_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
-VERIFICATION_LIMIT = 5
-VERIFICATION_WINDOW = 600.0
-CHALLENGE_LIFETIME = 600.0
-#: Codes a challenge takes before it is closed: a challenge that stays open after a wrong
-#: code must not allow more guesses than one code per verification (5 in 10 minutes) would.
-CHALLENGE_ATTEMPTS = 5
-
-
-class TokenError(Exception):
-    """A step of getting a token failed; becomes the caller's JSON:API error."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers or {}
-        self.meta = meta
-
-
-class VerificationRequired(TokenError):
-    """A person must enter the code Unit sent them; the caller completes the challenge."""
-
-    def __init__(self, challenge_id: str, identity: Identity) -> None:
-        super().__init__(
-            401,
-            "verification_required",
-            f"{identity} needs two-factor verification: send Unit's create-token request "
-            "through the gateway with verificationToken set to meta.challengeId and the code",
-            meta={"challengeId": challenge_id},
-        )
-        self.challenge_id = challenge_id
-
-
-#: How the gateway's challenge ids start (a caller sends one back as verificationToken).
-CHALLENGE_PREFIX = "unitgw-challenge-"
-
-
-class VerificationLimiter:
-    """Unit allows 5 verifications per 10 minutes per customer or card: refuse the sixth here,
-    before spending Unit's own limit."""
-
-    def __init__(
-        self,
-        limit: int = VERIFICATION_LIMIT,
-        window: float = VERIFICATION_WINDOW,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.attempts = SlidingWindow(limit, window)
-        self.timer = timer
-
-    @property
-    def limit(self) -> int:
-        return self.attempts.limit
-
-    @property
-    def window(self) -> float:
-        return self.attempts.window
-
-    def acquire(self, identity: Identity) -> float | None:
-        """Record an attempt and return None, or return seconds until one is allowed."""
-        decision = self.attempts.hit(identity, self.timer())
-        return None if decision.allowed else decision.reset_after
-
-
-class SingleFlight:
-    """One task per key; later callers await the running one. A caller that goes away does
-    not cancel the work others wait for."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[Any, asyncio.Task[Any]] = {}
-
-    def running(self, key: Any) -> asyncio.Task[Any] | None:
-        return self._tasks.get(key)
-
-    def find(self, matches: Callable[[Any], bool]) -> asyncio.Task[Any] | None:
-        """A running task whose key ``matches``."""
-        return next((task for key, task in self._tasks.items() if matches(key)), None)
-
-    async def run(self, key: Any, work: Callable[[], Awaitable[Any]]) -> Any:
-        task = self._tasks.get(key)
-        if task is None:
-            task = asyncio.ensure_future(work())
-            self._tasks[key] = task
-            task.add_done_callback(lambda t: self._done(key, t))
-        return await asyncio.shield(task)
-
-    def _done(self, key: Any, task: asyncio.Task[Any]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: nobody may be left awaiting it
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-
-@dataclass
-class Challenge:
-    identity: Identity
-    scopes: frozenset[str]
-    verification_token: str = field(repr=False)
-    created_at: float
-    #: Codes callers sent for it so far (see ``CHALLENGE_ATTEMPTS``).
-    attempts: int = 0
-
-
-_TOKEN_PATHS = {
-    "customer": ("/customers/{}/token", "customerToken", "customerTokenVerification"),
-    "cardholder": ("/cards/{}/cardholder/token", "cardholderToken", "cardholderTokenVerification"),
-}
-
-
-class UnitClient:
-    """The gateway's own connection to one Unit upstream: token and verification calls
-    with the org token, and the one retry of a request whose injected token Unit refused."""
-
-    def __init__(
-        self,
-        upstream: Upstream,
-        org_token: Secret,
-        *,
-        timeout: float,
-        ssl_context: ssl.SSLContext | None,
-    ) -> None:
-        self.upstream = upstream
-        self.org_token = org_token
-        #: Of the token and verification calls (``unit.token_timeout_seconds``).
-        self.timeout = timeout
-        self.ssl_context = ssl_context
-        self._session: aiohttp.ClientSession | None = None
-        #: time.monotonic() when the redirect-loop guard last closed one of its connections
-        self.looped_at: float | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(
-                    ssl=self.ssl_context or True,
-                    limit=64,
-                    socket_factory=functools.partial(own_socket, on_loop=self._looped),
-                ),
-                trust_env=False,  # never through a proxy: certainly not through ourselves
-                auto_decompress=True,
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            # Closing can wait on connections the upstream already dropped: bound it.
-            try:
-                await asyncio.wait_for(self._session.close(), CLOSE_TIMEOUT)
-            except TimeoutError:
-                logger.warning(
-                    "unit-gateway: closing the connection to %s timed out", self.upstream.url
-                )
-
-    async def create_token(
-        self,
-        identity: Identity,
-        scopes: frozenset[str],
-        expires_in: int,
-        *,
-        verification: tuple[str, str] | None = None,
-        jwt_token: str | None = None,
-    ) -> tuple[str, float]:
-        """Create a token; returns it with its usable lifetime in seconds."""
-        path, data_type, _ = _TOKEN_PATHS[identity.kind]
-        attributes: dict[str, Any] = {"scope": " ".join(sorted(scopes)), "expiresIn": expires_in}
-        if verification is not None:
-            attributes["verificationToken"], attributes["verificationCode"] = verification
-        if jwt_token is not None:
-            attributes["jwtToken"] = jwt_token
-        step = f"creating a {identity.kind} token for {identity}"
-        document = await self._post(path.format(identity.subject), data_type, attributes, step)
-        try:
-            token = document["data"]["attributes"]["token"]
-            lifetime = usable_lifetime(token, document["data"]["attributes"].get("expiresIn"))
-        except (KeyError, TypeError):
-            raise TokenError(
-                502, "token_response_invalid", f"{step}: Unit's answer had no token"
-            ) from None
-        return token, lifetime
-
-    async def create_verification(self, identity: Identity, channel: str = "sms") -> str:
-        path, _, data_type = _TOKEN_PATHS[identity.kind]
-        step = f"starting two-factor verification for {identity}"
-        document = await self._post(
-            path.format(identity.subject) + "/verification", data_type, {"channel": channel}, step
-        )
-        try:
-            return str(document["data"]["attributes"]["verificationToken"])
-        except (KeyError, TypeError):
-            raise TokenError(
-                502, "token_response_invalid", f"{step}: Unit's answer had no verificationToken"
-            ) from None
-
-    async def forward(self, request: http.Request, deadline_seconds: float) -> http.Response:
-        """Send a caller's request (with its new token) straight to this upstream, with
-        ``deadline_seconds`` for Unit's answer."""
-        headers = [
-            (k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _HOP_HEADERS
-        ]
-        try:
-            async with self.session.request(
-                request.method,
-                self.upstream.url + request.path,
-                headers=headers,
-                data=request.raw_content or None,
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=deadline_seconds),
-            ) as upstream_response:
-                content = await upstream_response.read()
-                status = upstream_response.status
-                raw_headers = [
-                    (k, v)
-                    for k, v in upstream_response.raw_headers
-                    if k.decode("latin-1").lower() not in _HOP_HEADERS
-                ]
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise self._connection_error(
-                e,
-                "retrying with a new token",
-                deadline_seconds,
-                "upstream",
-                unreachable=502,
-            ) from None
-        response = http.Response.make(status, b"", raw_headers)
-        # Keep the bytes exactly as Unit sent them, compressed or not.
-        response.raw_content = content
-        response.headers["Content-Length"] = str(len(content))
-        return response
-
-    def _connection_error(
-        self, error: Exception, step: str, timeout: float, code: str, *, unreachable: int
-    ) -> TokenError:
-        """The caller's error when Unit cannot be reached or does not answer in time."""
-        if isinstance(error, TimeoutError):
-            return TokenError(
-                504, f"{code}_timeout", f"{step}: Unit did not answer in {timeout:g} s"
-            )
-        detail = f"{step}: cannot reach {self.upstream.url}: {type(error).__name__}"
-        if self.looped_at is not None and time.monotonic() - self.looped_at < LOOP_NAMED_SECONDS:
-            detail += (
-                " (a redirect rule sent the gateway's own connection back to the gateway; "
-                "see its log)"
-            )
-        return TokenError(unreachable, f"{code}_unreachable", detail)
-
-    def _looped(self) -> None:
-        self.looped_at = time.monotonic()
-
-    async def _post(
-        self, path: str, data_type: str, attributes: dict[str, Any], step: str
-    ) -> dict[str, Any]:
-        body = json.dumps({"data": {"type": data_type, "attributes": attributes}})
-        headers = {
-            "Authorization": f"Bearer {self.org_token.reveal()}",
-            "Content-Type": jsonapi.MEDIA_TYPE,
-            "Accept": jsonapi.MEDIA_TYPE,
-        }
-        try:
-            async with self.session.post(
-                self.upstream.url + path,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as response:
-                content = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise self._connection_error(
-                e, step, self.timeout, "token_endpoint", unreachable=503
-            ) from None
-        if status in (200, 201):
-            try:
-                return json.loads(content)
-            except ValueError:
-                raise TokenError(
-                    502, "token_response_invalid", f"{step}: Unit's answer is not JSON"
-                ) from None
-        raise _upstream_refusal(step, status, content, attributes, retry_after)
-
-
-#: What a token call sends that is a secret: Unit's error text must not hand it back.
-_SECRET_ATTRIBUTES = ("verificationToken", "verificationCode", "jwtToken")
-
-
-def _upstream_refusal(
-    step: str, status: int, content: bytes, sent: dict[str, Any], retry_after: str | None = None
-) -> TokenError:
-    """Unit refused a token call: its error titles and details, for the caller, without any
-    secret the call sent (should Unit quote one). A 429 keeps Unit's ``Retry-After``."""
-    errors = jsonapi.errors_of(content) or []
-    reason = (
-        "; ".join(str(e.get("detail") or e.get("title")) for e in errors if isinstance(e, dict))
-        or f"HTTP {status}"
-    )
-    for name in _SECRET_ATTRIBUTES:
-        value = sent.get(name)
-        if isinstance(value, str) and value:
-            reason = reason.replace(value, f"[redacted:{name}]")
-    if status == 429:
-        wait = retry_after_seconds(retry_after) if retry_after else None
-        return TokenError(
-            429,
-            "token_endpoint_rate_limited",
-            f"{step}: Unit answered 429: {reason}",
-            headers={"Retry-After": str(whole_seconds(wait))} if wait is not None else None,
-        )
-    if status >= 500:
-        return TokenError(
-            503 if status == 503 else 502,
-            "token_endpoint_failed",
-            f"{step}: Unit answered {status}: {reason}",
-        )
-    return TokenError(502, "token_refused", f"{step}: Unit answered {status}: {reason}")
 
 
 class TokenService:
@@ -613,7 +270,7 @@ class TokenService:
         challenge_id = CHALLENGE_PREFIX + secrets.token_urlsafe(18)
         challenge = Challenge(identity, scopes, verification_token, created_at)
         if self.fleet is None or not await self.fleet.put_challenge(
-            identity, _shared_challenge(challenge_id, challenge)
+            identity, shared_challenge(challenge_id, challenge)
         ):
             self.challenges[challenge_id] = challenge  # this replica's alone
         return VerificationRequired(challenge_id, identity)
@@ -627,7 +284,7 @@ class TokenService:
         if self.fleet is not None:
             taken = await self.fleet.take_challenge(identity, challenge_id)
             if isinstance(taken, SharedChallenge):
-                challenge = _local_challenge(identity, taken)
+                challenge = local_challenge(identity, taken)
                 challenge.attempts += 1
                 self._taken[challenge_id] = (challenge, taken)
                 return challenge
@@ -652,7 +309,7 @@ class TokenService:
             return
         challenge, shared = taken
         if challenge.attempts < CHALLENGE_ATTEMPTS:
-            again = _shared_challenge(challenge_id, challenge, expires_at=shared.expires_at)
+            again = shared_challenge(challenge_id, challenge, expires_at=shared.expires_at)
             self._in_background(self.fleet.put_challenge(challenge.identity, again))
 
     async def _live_challenge(self, identity: Identity, scopes: frozenset[str]) -> str | None:
@@ -734,23 +391,3 @@ class TokenService:
             await client.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-
-
-def _shared_challenge(
-    challenge_id: str, challenge: Challenge, *, expires_at: float | None = None
-) -> SharedChallenge:
-    """``challenge`` on the wall clock every replica shares (it keeps monotonic times)."""
-    created = time.time() - (time.monotonic() - challenge.created_at)
-    return SharedChallenge(
-        challenge_id,
-        challenge.scopes,
-        challenge.verification_token,
-        created,
-        expires_at if expires_at is not None else created + CHALLENGE_LIFETIME,
-        challenge.attempts,
-    )
-
-
-def _local_challenge(identity: Identity, shared: SharedChallenge) -> Challenge:
-    created = time.monotonic() - (time.time() - shared.created_at)
-    return Challenge(identity, shared.scopes, shared.verification_token, created, shared.attempts)
