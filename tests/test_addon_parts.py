@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from mitmproxy import exceptions, http
+from mitmproxy import flow as flow_module
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.connection import Server
 from mitmproxy.hooks import DoneHook, RunningHook
@@ -602,3 +603,33 @@ def test_a_token_error_quoting_a_token_shows_only_its_fingerprint() -> None:
     detail = response.json()["errors"][0]["detail"]
     assert TOKEN not in detail
     assert detail.startswith("creating a token: ") and "[token …" in detail
+
+
+async def test_the_token_addon_frees_its_state_of_a_flow_when_it_ends_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its state holds tokens and verification tokens: gone when the flow is answered or
+    # fails, whatever other addons run (none here); a challenge whose request got no
+    # answer is put back for another try.
+    async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
+        tokens, flow = request.tokens, request.flow
+        assert tokens.service is not None
+        reopened: list[str] = []
+        monkeypatch.setattr(tokens.service, "reopen_challenge", reopened.append)
+        flow.response = http.Response.make(400, b'{"errors": []}')
+        tokens.response(flow)
+        assert flow not in tokens._flows and reopened == []
+
+        failed = tflow.tflow()
+        state = FlowState(
+            request.upstream,
+            open_record(failed, request.upstream.environment),
+            token_identity=CUSTOMER,
+            challenge_id="unitgw-challenge-abc",
+            verification_token="vt-REAL-123",
+        )
+        tokens._flows[failed] = state
+        failed.error = flow_module.Error("Client disconnected.")
+        tokens.error(failed)
+        assert failed not in tokens._flows
+        assert reopened == ["unitgw-challenge-abc"]
