@@ -210,8 +210,8 @@ def render() -> str:
 
 
 def repo_doc_path() -> Path:
-    """docs/configuration.md of the checkout this module is in (addons/unit_gateway/..)."""
-    return Path(__file__).resolve().parents[2] / DOC_PATH
+    """docs/configuration.md of the checkout this module is in (at addons/unit_gateway/config/)."""
+    return Path(__file__).resolve().parents[3] / DOC_PATH
 
 
 def main(argv: list[str] | None = None) -> int:
