@@ -37,7 +37,7 @@ from unit_gateway.config.redaction import RedactionSettings
 from unit_gateway.config.schema import Upstream
 from unit_gateway.flows import open_record
 from unit_gateway.metrics.exporter import MetricsExporter
-from unit_gateway.mitm.patch_point import _json_api_error
+from unit_gateway.mitm.stream_errors import _json_api_error
 from unit_gateway.redaction.addon import (
     _PROXY_CREDENTIALS,
     _SECRETS,

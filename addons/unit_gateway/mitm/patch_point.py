@@ -1,7 +1,7 @@
 """The patch point: every event into an HTTP stream and every command out of it passes
 through the gateway's redaction, synchronously (see ``unit_gateway.redaction.addon`` for what
-it does there). Also the stream's answers that mitmproxy would make an HTML page, and the routing of
-a :class:`~unit_gateway.net.deadlines.ResponseOverdue` to the stream of its flow."""
+it does there). Also the routing of a :class:`~unit_gateway.net.deadlines.ResponseOverdue` to
+the stream of its flow; a protocol error's answer is built in ``stream_errors``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from typing import Any, Protocol
 
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
-from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import dns, tcp, udp, websocket
 from mitmproxy.proxy.layers import http as httplayer
 from mitmproxy.utils import human
 
 from unit_gateway.mitm import early_errors, gate, patches
-from unit_gateway.net import jsonapi
+from unit_gateway.mitm.stream_errors import _RESPONDED, _answer_error
 from unit_gateway.net.deadlines import ResponseOverdue, UpstreamTimedOut, timeout_message
 
 Commands = Generator[commands.Command, Any, None]
@@ -63,8 +62,6 @@ _HOOKS = (
 _PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
 #: The server states of a stream that waits for its response.
 _WAITING = ("state_wait_for_response_headers", "state_consume_response_body")
-#: Set on a stream (its instance attribute) once a final response head went to its client.
-_RESPONDED = "_unit_gateway_responded"
 
 
 def install(guard: StreamGuard, store: weakref.WeakKeyDictionary[http.HTTPFlow, Any]) -> bool:
@@ -338,86 +335,7 @@ def _answer_overdue(stream: httplayer.HttpStream, event: ResponseOverdue) -> Com
     yield from _handle_event(stream, timed_out)
 
 
-#: mitmproxy's error codes that answer the client (the others close the stream: a killed
-#: flow, HTTP/2 resets) -> the JSON:API code and whose failure it is.
-_ERROR_CODES: dict[httplayer.ErrorCode, tuple[str, str]] = {
-    httplayer.ErrorCode.CONNECT_FAILED: ("upstream_unreachable", "unit"),
-    httplayer.ErrorCode.GENERIC_SERVER_ERROR: ("upstream_failed", "unit"),
-    httplayer.ErrorCode.RESPONSE_VALIDATION_FAILED: ("upstream_failed", "unit"),
-    httplayer.ErrorCode.RESPONSE_TOO_LARGE: ("upstream_failed", "unit"),
-    httplayer.ErrorCode.GENERIC_CLIENT_ERROR: ("invalid_request", "caller"),
-    httplayer.ErrorCode.REQUEST_VALIDATION_FAILED: ("invalid_request", "caller"),
-    httplayer.ErrorCode.DESTINATION_UNKNOWN: ("invalid_request", "caller"),
-    httplayer.ErrorCode.REQUEST_TOO_LARGE: ("request_too_large", "caller"),
-}
-
-
 def _final(status_code: int) -> bool:
     """A final response: not an interim one (100 Continue, 102, 103), after which the stream
     still answers. 101 is final: the connection is another protocol's from then on."""
     return status_code >= 200 or status_code == 101
-
-
-def _answer_error(
-    stream: httplayer.HttpStream,
-    command: httplayer.SendHttp,
-    flow: http.HTTPFlow,
-    redaction: StreamGuard,
-    *,
-    unit: bool,
-) -> Commands:
-    """The caller's answer to a protocol error: the JSON:API document where mitmproxy sends
-    its HTML page. mitmproxy answers only while no response has begun on the stream and the
-    caller can still be written to; otherwise it just ends the stream (HTTP/1 closes the
-    connection, HTTP/2 and HTTP/3 reset the stream), and so does the gateway. (After an
-    interim response, a 100 Continue, it answers: the final response is still to come.)"""
-    event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
-    client = command.connection
-    response = None
-    if not stream.__dict__.get(_RESPONDED) and client.state & ConnectionState.CAN_WRITE:
-        response = _json_api_error(event, flow, redaction, unit=unit)
-    if response is None:
-        yield command  # mitmproxy's own ending
-        return
-    stream.__dict__[_RESPONDED] = True
-    if not (flow.request.is_http2 or flow.request.is_http3):
-        # As mitmproxy's HTTP/1 server writes its page: the connection closes right after it,
-        # also while the request body is still arriving (ending a response would close it
-        # only once the whole request has been read).
-        yield commands.SendData(client, http1.assemble_response(response))
-        yield commands.CloseConnection(client)
-        return
-    stream_id = event.stream_id
-    yield httplayer.SendHttp(httplayer.ResponseHeaders(stream_id, response, False), client)
-    yield httplayer.SendHttp(httplayer.ResponseData(stream_id, response.raw_content or b""), client)
-    yield httplayer.SendHttp(httplayer.ResponseEndOfMessage(stream_id), client)
-
-
-def _json_api_error(
-    event: httplayer.ResponseProtocolError,
-    flow: http.HTTPFlow,
-    redaction: StreamGuard,
-    *,
-    unit: bool,
-) -> http.Response | None:
-    """The caller's answer when the server (Unit, if ``unit``) could not be reached or
-    answered garbage, or the request itself could not be taken, in the form every Unit
-    client parses. The message names the failure (address, reason); it can quote the peer's
-    bytes, so it is redacted. None for the codes mitmproxy answers without a response (a
-    killed flow)."""
-    status = event.code.http_status_code()
-    known = _ERROR_CODES.get(event.code)
-    note = ""
-    if type(event) is UpstreamTimedOut:
-        status, known = 504, ("upstream_timeout", "unit")
-        note = "; the request was sent, so Unit may have acted on it"
-    if status is None or known is None:
-        return None
-    code, whose = known
-    message = redaction.redact_text(event.message)
-    if whose == "unit":
-        server = f"{flow.request.host}:{flow.request.port}" + (" (Unit)" if unit else "")
-        detail = f"{server}: {message}{note}"
-    else:
-        detail = f"the gateway could not take this request: {message}"
-    return jsonapi.error_response(status, code, detail, headers={"Connection": "close"})
