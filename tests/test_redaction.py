@@ -1255,16 +1255,16 @@ def test_json_the_fast_parser_refuses_is_still_redacted_as_json(
 
 
 def test_the_known_keys_cache_starts_over_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unit_gateway.redaction import engine as module
+    from unit_gateway.redaction import json_walk as module
 
     monkeypatch.setattr(module, "_KNOWN_KEYS_LIMIT", 10)
     redactor = Redactor()
     unique = {f"tag{i}": i for i in range(25)}
     assert redactor.redact_body(json.dumps(unique).encode(), "application/json", None).counts == {}
-    assert len(redactor._known_keys) <= 10
+    assert len(redactor._json.known_keys) <= 10
     body = json.dumps({"ssn": "123-45-6789", "brandNewKey": "x"}).encode()
     assert redactor.redact_body(body, "application/json", None).counts == {"field:ssn": 1}
-    assert "brandNewKey" in redactor._known_keys  # still learning after it filled up
+    assert "brandNewKey" in redactor._json.known_keys  # still learning after it filled up
 
 
 # --- bodies as a person's viewer may read them ---------------------------------------------
