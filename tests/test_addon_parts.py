@@ -47,9 +47,10 @@ from unit_gateway.redaction.addon import (
     _wire_fields,
 )
 from unit_gateway.redaction.engine import Redactor
-from unit_gateway.tokens.addon import FlowState, TokenInjector
+from unit_gateway.tokens.addon import TokenInjector
 from unit_gateway.tokens.cache import CachedToken
 from unit_gateway.tokens.errors import TokenError
+from unit_gateway.tokens.flow_state import FlowState
 from unit_gateway.tokens.two_factor import Challenge
 from unit_gateway.unit_api.identity import Identity
 
@@ -532,7 +533,7 @@ async def test_a_bug_while_ending_a_challenge_answers_500_and_never_the_refusal(
     # The chain would log the failure and pass Unit's refusal on, with the real verification
     # token it quotes.
     async with placeholder_token_request(tmp_path, monkeypatch, None) as request:
-        monkeypatch.setattr(request.tokens, "_hide_verification_token", a_bug)
+        monkeypatch.setattr(request.tokens.token_requests, "_hide_verification_token", a_bug)
         unit_refuses_a_challenge_code_quoting_the_verification_token(request)
         assert request.tokens.response(request.flow) is None
         real = request.redaction.real_response_content(request.flow) or b""

@@ -8,30 +8,34 @@ this addon reads or rewrites go through :class:`~unit_gateway.flows.RealValues`.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
-import sys
 import time
 import weakref
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
-from unit_gateway.config.schema import LoadedConfig, Upstream
-from unit_gateway.flows import FlowRecord, RealValues, open_record, record_of
+from unit_gateway.config.schema import LoadedConfig
+from unit_gateway.flows import RealValues, open_record
 from unit_gateway.metrics import events
 from unit_gateway.metrics.registry import GatewayMetrics
 from unit_gateway.net.headers import authorization_name, has_header_field
 from unit_gateway.net.jsonapi import error_response
-from unit_gateway.tokens.cache import CachedToken
 from unit_gateway.tokens.fleet import Fleet
+from unit_gateway.tokens.flow_state import (
+    FlowState,
+    answered_locally,
+    fail_closed,
+    internal_error,
+    token_endpoint_identity,
+)
 from unit_gateway.tokens.guard import check_response
-from unit_gateway.tokens.service import CHALLENGE_PREFIX, TokenError, TokenService
+from unit_gateway.tokens.service import TokenError, TokenService
 from unit_gateway.tokens.store import SharedStore
+from unit_gateway.tokens.token_requests import TokenRequests
 from unit_gateway.unit_api.identity import (
     ORG,
     AmbiguousAuthorization,
@@ -60,38 +64,6 @@ _UPGRADE = b"upgrade"
 _FIELD_NAME = itemgetter(0)
 
 
-@dataclass
-class FlowState:
-    """What the gateway learned about a request to Unit, for its response and its metrics."""
-
-    upstream: Upstream
-    #: What the metrics addon reads of the flow (route, identity kind, mint time).
-    record: FlowRecord
-    identity: Identity | None = None
-    token: CachedToken | None = None
-    needed: frozenset[str] = frozenset()
-    #: The caller used a placeholder on a token endpoint: it gets a placeholder back.
-    placeholder_caller: bool = False
-    token_identity: Identity | None = None
-    retried: bool = False
-    #: The gateway's challenge a caller completes with this request, and the real
-    #: verification token sent to Unit in its place.
-    challenge_id: str | None = None
-    verification_token: str | None = field(default=None, repr=False)
-    #: The scopes a token request asked for, when the token may serve the identity's other
-    #: requests; None when the request could not be read or restricts it to ``resources``.
-    learnable_scopes: frozenset[str] | None = None
-
-
-def token_endpoint_identity(route: RouteMatch) -> Identity | None:
-    """The identity a token endpoint creates a token (or verification) for."""
-    if route.token_endpoint in ("customer", "customer-verification"):
-        return Identity("customer", route.params.get("customerId"))
-    if route.token_endpoint in ("cardholder", "cardholder-verification"):
-        return Identity("cardholder", route.params.get("cardId"))
-    return None
-
-
 class TokenInjector:
     def __init__(
         self,
@@ -104,6 +76,7 @@ class TokenInjector:
         self.redaction = redaction
         self.routes = RouteTable.default()
         self.service: TokenService | None = None
+        self.token_requests = TokenRequests(redaction, metrics)
         # Freed in response or error, and with the flow at the latest: tokens live here.
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
@@ -139,7 +112,7 @@ class TokenInjector:
             service.fleet = Fleet(store, service.cache, self.metrics.token_event)
             await service.fleet.start()
             self._store_state(store.up)
-        self.service = service
+        self.service = self.token_requests.service = service
         self.metrics.add_refresher(self._cache_gauges)
 
     def _cache_gauges(self) -> None:
@@ -208,17 +181,11 @@ class TokenInjector:
         try:
             waiting = self._route_request(flow)
         except Exception:
-            self._fail_closed(flow, "choosing the token")
+            fail_closed(flow, "choosing the token")
             waiting = None
         if flow.response is not None:
-            _answered_locally(flow)
+            answered_locally(flow)
         return waiting
-
-    def _fail_closed(self, flow: http.HTTPFlow, step: str) -> None:
-        # mitmproxy would log the exception and forward the request as it is: refuse instead.
-        logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
-        flow.response = _internal_error(flow, step, "the request was not forwarded")
-        _answered_locally(flow)
 
     def _route_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert self.core.config is not None
@@ -352,7 +319,7 @@ class TokenInjector:
         try:
             await self._attach_token(flow, state)
         except Exception:
-            self._fail_closed(flow, "getting a token")
+            fail_closed(flow, "getting a token")
         state.record.mint_seconds = time.perf_counter() - started
         if flow.response is not None:
             state.record.answered_locally = True
@@ -391,82 +358,7 @@ class TokenInjector:
             return None
         if self.service is None:
             return None
-        try:
-            return self._take_token_request(flow, state)
-        except Exception:
-            self._token_request_failed(flow)
-            return None
-
-    def _token_request_failed(self, flow: http.HTTPFlow) -> None:
-        # Half-way through, the flow may hold a real verification token: it keeps no body.
-        flow.request.content = None
-        self._fail_closed(flow, "reading the token request")
-
-    def _take_token_request(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
-        """A create-token request: a challenge being completed gets the real verification
-        token; what the new token may be cached for is noted."""
-        assert self.service is not None and state.token_identity is not None
-        try:
-            body = json.loads(self.redaction.real_request_content(flow) or b"null")
-            attributes = body["data"]["attributes"]
-        except (ValueError, KeyError, TypeError):
-            return None  # Unit answers a malformed create-token request itself
-        if not isinstance(attributes, dict):
-            return None
-        if state.placeholder_caller and attributes.get("resources"):
-            # The caller would get the placeholder back, and it names the whole customer or
-            # card: the restriction could not be kept.
-            state.record.answered_locally = True
-            flow.response = error_response(
-                400,
-                "resources_not_supported",
-                "a token restricted to resources cannot be handed out as a placeholder, which "
-                "names the whole customer or card: create it with your own org token, or leave "
-                "resources out",
-                meta={"pointer": "/data/attributes/resources"},
-            )
-            return None
-        offered = attributes.get("verificationToken")
-        if isinstance(offered, str) and offered.startswith(CHALLENGE_PREFIX):
-            return self._complete_challenge(flow, state, body, offered)
-        self._note_learnable(state, attributes)
-        return None
-
-    async def _complete_challenge(
-        self, flow: http.HTTPFlow, state: FlowState, body: Any, offered: str
-    ) -> None:
-        """A caller completing a challenge: swap in the real verification token."""
-        assert self.service is not None and state.token_identity is not None
-        try:
-            challenge = await self.service.open_challenge(offered, state.token_identity)
-            if challenge is None:
-                self.metrics.token_event(events.Challenge(state.token_identity.kind, "unknown"))
-                state.record.answered_locally = True
-                flow.response = error_response(
-                    400,
-                    "unknown_challenge",
-                    "verificationToken names no open challenge for this customer or card "
-                    "(a challenge lasts 10 minutes, takes 5 codes at most, and is used up once "
-                    "Unit accepts one)",
-                    meta={"pointer": "/data/attributes/verificationToken"},
-                )
-                return
-            state.challenge_id = offered
-            state.verification_token = challenge.verification_token
-            attributes = body["data"]["attributes"]
-            attributes["verificationToken"] = challenge.verification_token
-            attributes.setdefault("scope", " ".join(sorted(challenge.scopes)))
-            self.redaction.set_real_request_content(flow, json.dumps(body).encode())
-            self._note_learnable(state, attributes)
-        except Exception:
-            self._token_request_failed(flow)
-
-    @staticmethod
-    def _note_learnable(state: FlowState, attributes: dict[str, Any]) -> None:
-        if not attributes.get("resources"):
-            # A token restricted to some accounts or cards must not serve the identity's
-            # other requests: the cache knows identities and scopes, not resources.
-            state.learnable_scopes = frozenset(str(attributes.get("scope", "")).split())
+        return self.token_requests.take(flow, state)
 
     # --- responses -------------------------------------------------------------------------
 
@@ -481,20 +373,7 @@ class TokenInjector:
         if state is None or flow.response is None or self.service is None:
             return None
         if state.token_identity is not None:
-            step = "ending the challenge"
-            try:
-                if state.challenge_id is not None:
-                    self._end_challenge(flow, state)
-                step = "taking up Unit's new token"
-                self._learn(flow, state)
-            except Exception:
-                # mitmproxy would log it and pass Unit's answer on: a token, or a verification
-                # token the caller never sent.
-                logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
-                if state.placeholder_caller or state.challenge_id is not None:
-                    self.redaction.set_real_response(
-                        flow, _internal_error(flow, step, "Unit's answer is not passed on")
-                    )
+            self.token_requests.answered(flow, state)
         elif flow.response.status_code == 401 and state.token is not None and not state.retried:
             return self._retry_with_new_token(flow, state)
         self._guard(flow, state)
@@ -529,7 +408,7 @@ class TokenInjector:
             step = "checking Unit's answer for tokens"
             logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
             self.redaction.set_real_response(
-                flow, _internal_error(flow, step, "Unit's answer is not passed on")
+                flow, internal_error(flow, step, "Unit's answer is not passed on")
             )
             return
         where = f"{flow.request.method} {state.record.route}"
@@ -561,81 +440,6 @@ class TokenInjector:
             )
             self.redaction.set_real_response(flow, verdict.replacement)
 
-    def _end_challenge(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Unit accepted the code: the challenge is used. Refused (a mistyped code, say): it
-        stays open for another try, until it expires."""
-        assert flow.response is not None and self.service is not None
-        assert state.token_identity is not None and state.challenge_id is not None
-        status = flow.response.status_code
-        if status in (200, 201):
-            self.service.close_challenge(state.challenge_id)
-            outcome = "completed"
-        else:
-            outcome = "error" if status >= 500 else "refused"
-            self.service.reopen_challenge(state.challenge_id)
-            self._hide_verification_token(flow, state)
-        kind = state.token_identity.kind
-        self.metrics.token_event(events.Challenge(kind, outcome))
-
-    def _hide_verification_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Unit's refusal goes to a caller who knows the challenge id, never the verification
-        token the gateway sent in its place: should Unit quote it, the caller sees the id."""
-        assert state.challenge_id is not None and state.verification_token is not None
-        content = self.redaction.real_response_content(flow)
-        if content is None:
-            self._withhold_token_answer(flow)
-            return
-        real = state.verification_token.encode()
-        if real in content:
-            hidden = content.replace(real, state.challenge_id.encode())
-            self.redaction.set_real_response_content(flow, hidden)
-
-    def _learn(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Cache a token created through the gateway; a placeholder caller gets the
-        placeholder in place of the token."""
-        assert flow.response is not None and self.service is not None
-        identity = state.token_identity
-        if identity is None or flow.response.status_code not in (200, 201):
-            return
-        content = self.redaction.real_response_content(flow)
-        if content is None and state.placeholder_caller:
-            # Too large or in an encoding the gateway cannot read: it might hold a token,
-            # which a caller with a placeholder must never get.
-            self._withhold_token_answer(flow)
-            return
-        try:
-            body = json.loads(content or b"null")
-            attributes = body["data"]["attributes"]
-            value = attributes["token"]
-        except (ValueError, KeyError, TypeError):
-            return  # verification answers carry no token
-        if not isinstance(value, str):
-            return
-        if state.placeholder_caller:
-            # First, so that nothing below can leave the caller with the token itself.
-            attributes["token"] = identity.placeholder
-            self.redaction.set_real_response_content(flow, json.dumps(body).encode())
-        if state.learnable_scopes is None:
-            return
-        try:
-            self.service.learn(identity, value, state.learnable_scopes, attributes.get("expiresIn"))
-        except (TypeError, ValueError):  # an expiresIn that is no number
-            logger.warning(
-                "unit-gateway: Unit's new %s token has an unreadable expiresIn; not cached",
-                identity.kind,
-            )
-
-    def _withhold_token_answer(self, flow: http.HTTPFlow) -> None:
-        self.redaction.set_real_response(
-            flow,
-            error_response(
-                502,
-                "token_answer_unreadable",
-                "the gateway could not read Unit's answer to this token request, so it does "
-                "not pass it on",
-            ),
-        )
-
     async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Unit rejected an injected token: evict it, get another, and send the request once
         more. A second 401 goes back to the caller."""
@@ -647,7 +451,7 @@ class TokenInjector:
             step = "retrying with a new token"
             logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
             self.redaction.set_real_response(
-                flow, _internal_error(flow, step, "Unit's first answer (401) is not passed on")
+                flow, internal_error(flow, step, "Unit's first answer (401) is not passed on")
             )
             self.metrics.token_event(events.Retry(kind, "error"))
         self._guard(flow, state)  # the answer the caller gets now is the retry's
@@ -679,22 +483,3 @@ class TokenInjector:
         self.metrics.token_event(events.Retry(kind, "refused" if refused_again else "ok"))
         if refused_again and state.token is not None:
             await self.service.evict(state.token)  # refused twice: no use keeping it
-
-
-def _answered_locally(flow: http.HTTPFlow) -> None:
-    record = record_of(flow)
-    if record is not None:
-        record.answered_locally = True
-
-
-def _internal_error(flow: http.HTTPFlow, step: str, consequence: str) -> http.Response:
-    """The caller's answer to a bug in the gateway, while handling an exception: the step and
-    the kind of failure (the log has the traceback), and what became of the request."""
-    failure = sys.exc_info()[0]
-    kind = failure.__name__ if failure is not None else "error"
-    return error_response(
-        500,
-        "gateway_internal_error",
-        f"unit-gateway failed {step} for {flow.request.method} {flow.request.host} ({kind}); "
-        f"{consequence}; see the gateway log",
-    )
