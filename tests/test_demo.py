@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Planted, port_of
-from unit_gateway import cli, demo
+from unit_gateway import cli, demo, demo_output
 from unit_gateway.testing import harness
 
 STEPS = 8
@@ -101,11 +101,11 @@ def test_the_demo_scans_what_it_printed_with_its_files(
 ) -> None:
     """Its printed output is no file, and the gateway excerpt it prints comes from a log: the
     demo's own leak scan (its last step and its exit status) covers what it printed too."""
-    monkeypatch.setattr(demo, "_printed", [])  # the module's record: not for other tests
+    monkeypatch.setattr(demo_output, "_printed", [])  # the module's record: not for other tests
     secret = "9" + "31337" * 3
-    demo.print_line(f"a line that shows {secret}")
+    demo_output.print_line(f"a line that shows {secret}")
     (run_dir / "clean.log").write_text("nothing here\n")
-    leaks = demo.find_leaks_in_outputs({"SSN": secret}, run_dir)
+    leaks = demo_output.find_leaks_in_outputs({"SSN": secret}, run_dir)
     assert [(leak.source, leak.label) for leak in leaks] == [("the demo's output", "SSN")]
     capsys.readouterr()  # the line went to the test's captured stdout; nobody shows it
 
