@@ -38,15 +38,11 @@ from unit_gateway.config.schema import Upstream
 from unit_gateway.flows import open_record
 from unit_gateway.metrics.exporter import MetricsExporter
 from unit_gateway.mitm.stream_errors import _json_api_error
-from unit_gateway.redaction.addon import (
-    _PROXY_CREDENTIALS,
-    _SECRETS,
-    FlowRedaction,
-    HeaderSubstitutions,
-    _check_proxyauth_modes,
-    _wire_fields,
-)
+from unit_gateway.redaction.addon import FlowRedaction
 from unit_gateway.redaction.engine import Redactor
+from unit_gateway.redaction.proxy_auth import _PROXY_CREDENTIALS, _check_proxyauth_modes
+from unit_gateway.redaction.secrets import _SECRETS, HeaderSubstitutions
+from unit_gateway.redaction.wire import _wire_fields
 from unit_gateway.tokens.addon import TokenInjector
 from unit_gateway.tokens.cache import CachedToken
 from unit_gateway.tokens.errors import TokenError

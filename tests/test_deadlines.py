@@ -15,7 +15,7 @@ from mitmproxy.test import taddons, tflow
 from conftest import gateway_addons, unit_config
 from unit_gateway.config.schema import load
 from unit_gateway.net.deadlines import is_overdue, routable
-from unit_gateway.redaction.addon import _SECRETS
+from unit_gateway.redaction.secrets import _SECRETS
 
 
 def test_overdue_once_the_request_went_out_and_until_its_response_is_in() -> None:

@@ -23,7 +23,8 @@ from mitmproxy.proxy.layers import http as httplayer
 
 from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import early_errors, patch_point
-from unit_gateway.redaction.addon import _SECRETS, FlowRedaction
+from unit_gateway.redaction.addon import FlowRedaction
+from unit_gateway.redaction.secrets import _SECRETS
 
 Hooks = dict[str, Callable[[http.HTTPFlow], None]]
 

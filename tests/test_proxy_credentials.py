@@ -23,7 +23,8 @@ from conftest import ADDONS_ORG_TOKEN
 from unit_gateway import cli
 from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import addon_order, option_masks
-from unit_gateway.redaction.addon import FlowRedaction, LateHeaders
+from unit_gateway.redaction.addon import FlowRedaction
+from unit_gateway.redaction.late_headers import LateHeaders
 
 TOKEN = ADDONS_ORG_TOKEN
 

@@ -15,7 +15,8 @@ import pytest
 
 from unit_gateway.config.core import GatewayCore
 from unit_gateway.mitm import early_errors, gate, hook_table, option_masks, patch_point
-from unit_gateway.redaction.addon import _SECRETS, FlowRedaction
+from unit_gateway.redaction.addon import FlowRedaction
+from unit_gateway.redaction.secrets import _SECRETS
 
 #: The redaction addon the patch point and the early errors call, while installed.
 _guard: FlowRedaction | None = None
