@@ -20,8 +20,8 @@ import redis.asyncio
 
 from unit_gateway.testing import harness
 from unit_gateway.testing.redis_server import RedisProcess
+from unit_gateway.tokens.redis_link import DOWN_AFTER_TIMEOUTS
 from unit_gateway.tokens.store import (
-    DOWN_AFTER_TIMEOUTS,
     UNAVAILABLE,
     LeaseStatus,
     SharedChallenge,
@@ -483,7 +483,7 @@ async def test_redis_down_or_slow_falls_back_at_once_and_sharing_resumes(
 async def _down_and_back(
     server: RedisProcess, make_store: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="unit_gateway.tokens.store")
+    caplog.set_level(logging.INFO, logger="unit_gateway.tokens.redis_link")
     deadline = 0.1
     states: list[bool] = []
     gaps: list[int] = []

@@ -8,7 +8,10 @@ Modules, one concern each:
     app           the aiohttp app and the request pipeline
     routes        route templates -> handlers
     token_api     customer/cardholder tokens and verifications
-    resource_api  customers, accounts, cards, payments, transactions, applications
+    resource_api  customers, accounts, applications
+    card_api      cards and their secure data
+    payment_api   payments and transactions
+    resource_common  paging, filters, idempotent creates
     control       /__sandbox/* (stats, faults, clock, reset)
     auth          org token, minted tokens, verification tokens, JWTs
     data          the seeded resources
