@@ -1,7 +1,7 @@
 """mitmdump script: the gateway's patch point and nothing else (a benchmark floor).
 
 The gateway sees every event into mitmproxy's HTTP streams and every command out of them by
-wrapping ``HttpStream.handle_event`` (see ``unit_gateway.redaction.addon``). This wraps it the same
+wrapping ``HttpStream.handle_event`` (see docs/architecture.md). This wraps it the same
 way, as a generator that looks at each command and passes it on, so proxy_overhead.py can
 measure what the patch point alone costs a request.
 """

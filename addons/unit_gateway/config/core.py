@@ -55,11 +55,9 @@ def describe_problems(path: str, error: ConfigError) -> str:
 def _freeze_startup_objects() -> None:
     """Take what exists at start-up (mitmproxy, the configuration models, the route table,
     the metrics registry: it lives as long as the process) out of the garbage collector's
-    sight: a full collection walked all of it every few hundred requests. Measured on the
-    proxy_overhead benchmark (gc callbacks): full collections cost the gateway ~55 µs CPU per
-    request on average, ~13 µs after this; bare mitmdump spends ~40 µs per request on them,
-    so part of the gain is mitmproxy's own heap. Objects created later are collected as
-    before; garbage is collected first so it is not kept."""
+    sight: a full collection walked all of it every few hundred requests (the proxy_overhead
+    benchmark measures it). Objects created later are collected as before; garbage is
+    collected first so it is not kept."""
     gc.collect()
     gc.freeze()
 

@@ -123,8 +123,8 @@ class GatewayConfig(_Model):
                     )
         return self
 
-    #: (host, port) -> (upstream, its scheme). Read on every request: a pydantic private
-    #: attribute costs ~1 µs per read, so everything upstream_of needs is behind one read.
+    #: (host, port) -> (upstream, its scheme). Read on every request, and a pydantic private
+    #: attribute is slow to read: everything upstream_of needs is behind one read.
     _by_address: dict[tuple[str, int], tuple[Upstream, str]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context: Any) -> None:

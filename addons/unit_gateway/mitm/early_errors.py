@@ -1,25 +1,11 @@
 """What a caller gets when mitmproxy cannot take its request: a JSON:API error, redacted.
 
-mitmproxy refuses some requests before (or without) a flow that the redaction addon could
-guard, and answers them in ways that quote the caller's bytes, where a token may sit:
-
-==============================================  ===========================================
-HTTP/1 request line or header that does not     an HTML page quoting the bytes: made the
-parse (``_http1.make_error_response``)          gateway's JSON:API ``400 invalid_request``
-HTTP/1 request body whose framing is broken     no answer at all, the connection just
-(a bad chunk header: ``Http1Server.read_body``)  closes: now ``400 invalid_request`` first
-HTTP/1 request head that never ends             buffered without bound (mitmproxy's "FIXME:
-(``Http1Server.read_headers``)                  protect against header size DoS"): refused
-                                                past ``MAX_REQUEST_HEAD_BYTES`` with ``431``
-HTTP/2 protocol error                           hyper-h2's message (it quotes header values)
-(``Http2Connection.protocol_error``)            as a GOAWAY's debug text: redacted
-HTTP/3 request headers that do not parse        the message (it quotes pseudo-headers) as
-(``LayeredH3Connection.close_connection``)      QUIC's close reason: redacted
-==============================================  ===========================================
-
-The redaction addon installs these while it runs (``install``/``uninstall``); each stands
-aside again when it is done. (HTTP/2 already refuses a header list over 64 KiB, hyper-h2's
-default, which ``MAX_REQUEST_HEAD_BYTES`` matches.)
+mitmproxy refuses some requests before (or without) a flow the redaction addon could guard,
+and its answers quote the caller's bytes: an HTTP/1 request that does not parse (now
+``400 invalid_request``), a body with broken framing (no answer at all: now a ``400``), a
+request head that never ends (buffered without bound: now ``431`` past
+``MAX_REQUEST_HEAD_BYTES``, HTTP/2's own limit), HTTP/2 and HTTP/3 protocol errors (the
+message quotes header values: redacted). The redaction addon installs these while it runs.
 """
 
 from __future__ import annotations

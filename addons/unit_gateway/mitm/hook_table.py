@@ -1,32 +1,11 @@
 """Hooks dispatched from a table rather than by walking the addon tree for every event.
 
-For every event, mitmproxy's ``AddonManager.trigger_event`` runs a coroutine and a
-``safecall`` context manager for each of the ~45 addons in the chain, and walks each one's
-subtree looking every node up for the hook, whether it has one or not. A request through a
-proxy has about 17 events (its hooks, each followed by ``update``, and its share of the
-connection's), and that walk takes about a third of a bare mitmdump's CPU per request (1401
-against 919 µs at 32 concurrent requests, measured on mitmdump with and without this table).
-
-While the gateway runs, ``trigger_event`` looks the hook up in a table instead: per hook name,
-the callables of each top-level addon that has any, in mitmproxy's order. Calls are made as
-mitmproxy makes them: one ``safecall`` per top-level addon (a failing hook is logged and the
-next addon's still runs), an awaitable result is awaited before the next call, ``AddonHalt``
-stops the event, a module where a hook's name is expected is passed over and any other
-non-callable is an error.
-
-What the table leaves to mitmproxy's own walk:
-- the events in which addons set themselves up (``load``, ``configure``, ``running``,
-  ``done``): they are rare, and an addon may add hooks or addons in them;
-- an addon whose hooks cannot be looked up without an error (mitmproxy logs it per event);
-- an event that is not a hook at all (mitmproxy logs that for each addon, and returns);
-- the rest of an event after the tree changed while it ran (an addon added or removed, a
-  script reloaded while an earlier hook awaited), so the rest sees the tree as it now is.
-
-The table is dropped whenever the tree may change: an addon is registered, added or removed,
-the chain is cleared (a script reload does all of these), and around every setup event. An
-addon that grows or swaps a hook at any other time (a property, a module global rebound from a
-timer) keeps the one the table found until then; none of mitmproxy's addons does, nor the
-gateway's.
+mitmproxy's ``AddonManager.trigger_event`` walks every addon's subtree for every event, which
+costs a large share of a request's CPU (benchmarks/results/). While the gateway runs, it looks
+the hook up in a table (per hook name, the callables of each top-level addon, in mitmproxy's
+order) and calls them as mitmproxy would: one ``safecall`` per addon, awaiting results,
+stopping at ``AddonHalt``. Setup events, unknown events and an event during which the tree
+changed go through mitmproxy's own walk; the table is dropped whenever the tree may change.
 """
 
 from __future__ import annotations

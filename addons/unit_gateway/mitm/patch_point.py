@@ -1,5 +1,5 @@
 """The patch point: every event into an HTTP stream and every command out of it passes
-through the gateway's redaction, synchronously (see ``unit_gateway.redaction.addon`` for what
+through the gateway's redaction, synchronously (see docs/architecture.md for what
 it does there). Also the routing of a :class:`~unit_gateway.net.deadlines.ResponseOverdue` to
 the stream of its flow; a protocol error's answer is built in ``stream_errors``."""
 

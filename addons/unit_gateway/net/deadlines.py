@@ -1,24 +1,12 @@
 """How long the gateway waits for Unit's answer to a request it forwards.
 
-mitmproxy waits for a server as long as the connection is not idle for ``tcp_timeout`` (10
-minutes by default): a hung Unit keeps the caller waiting that long, or until its own
-timeout, with nothing that says why. The gateway gives each forwarded request to Unit a
-deadline, counted from when the request was sent: Unit's documented 5 s
-(``unit.token_timeout_seconds``) for its token endpoints, ``unit.response_timeout_seconds``
-(60 s, Unit's longest documented endpoint timeout) for everything else.
-
-Nothing runs per request beyond noting when it was sent. A sweep every
-:data:`SWEEP_SECONDS` looks at the flows in flight; each overdue one gets a
-:class:`ResponseOverdue` event through mitmproxy's ``inject_event``, which routes it to the
-flow's HTTP stream: the one way an addon reaches a stream that waits for its server. There the
-patch point (:mod:`unit_gateway.mitm.patch_point`) cancels the request upstream (an HTTP/1
-connection is closed) and the stream ends with :class:`UpstreamTimedOut`, which the caller gets
-as a JSON:API 504 ``upstream_timeout`` and mitmweb shows as the flow's error.
-
-The patch point also hands the event to the stream of its flow where mitmproxy's own routing
-cannot find it (an HTTP/2 connection to Unit carries many streams; only the overdue one is
-cancelled). Requests to Unit over HTTP/3 or through an upstream proxy are not routed: they keep
-mitmproxy's own timeouts (logged once each).
+mitmproxy waits for a server until the connection is idle for ``tcp_timeout`` (10 minutes):
+a hung Unit would keep the caller waiting with nothing that says why. Each forwarded request
+gets a deadline from when it was sent (``unit.token_timeout_seconds`` for token endpoints,
+``unit.response_timeout_seconds`` otherwise). A sweep every :data:`SWEEP_SECONDS` injects a
+:class:`ResponseOverdue` into each overdue flow's stream, where the patch point cancels the
+request upstream and the caller gets a JSON:API 504 ``upstream_timeout``. Requests over HTTP/3
+or through an upstream proxy cannot be reached that way and keep mitmproxy's timeouts.
 """
 
 from __future__ import annotations

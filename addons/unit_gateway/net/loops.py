@@ -1,26 +1,12 @@
 """The redirect-loop guard: a connection the gateway opened that a firewall rule sends back
-to the gateway itself is closed, and the log says why.
+to the gateway itself is closed, and the log says why (docs/transparent-mode.md).
 
-In transparent mode the host's firewall sends connections to Unit to the gateway. A rule in
-``OUTPUT`` that does not exclude the gateway's own user (docs/transparent-mode.md) also sends
-the gateway's own connections to Unit back to it; each of those makes the gateway connect
-again, and the gateway stops answering anything. mitmproxy cannot tell: the looped connection
-looks like any client. The gateway can: its two ends are those of one of the gateway's own
-server connections, swapped (its peer is that connection's local end, and where it was going,
-the original destination, is that connection's remote end). Both ends, because Linux lets
-connections to different places share a local port: a client on this host may well use the
-port of one of the gateway's connections to Unit.
-
-The local end of a server connection is known once it is connected, which races with the
-looped connection being accepted. A connection from an address of this host to a transparent
-listener therefore waits (briefly, and only while server connections that started opening
-shortly before it arrived are still opening) before it is let in. A connection to this host
-completes at once: one that has been opening for longer cannot be what came back. Other
-listeners get the check without the wait: no redirect rule feeds them.
-
-The gateway's own calls to Unit outside mitmproxy (token calls) make sockets through
-:func:`own_socket`, which keeps each with where it goes: such a socket has its local end from
-the moment it starts connecting, so a looped one is known at once.
+A looped connection's two ends are those of one of the gateway's own server connections,
+swapped; both ends are compared, since Linux lets connections to different places share a
+local port. A server connection's local end is known only once it is connected, so a
+connection from this host to a transparent listener waits briefly while server connections
+that started just before it are still opening. The gateway's own token calls use
+:func:`own_socket`, known from the moment it starts connecting.
 """
 
 from __future__ import annotations

@@ -1,45 +1,12 @@
 """The redaction addon: the flows mitmproxy keeps never hold a real secret.
 
-Everything a person or a file sees of a flow (mitmweb's REST API, websocket and downloads,
-the event log, ``-w``/``save_stream_file``, HAR, exports, the dumper at any ``flow_detail``)
-reads the live :class:`~mitmproxy.http.HTTPFlow`. Redacting in a hook is too late or too
-early: a token set in ``request`` stays in the flow for the whole upstream round trip. So a
-flow only ever holds redacted values (and, to a configured Unit upstream, the caller's
-placeholder), and the real bytes live in a side table keyed by the flow
-(:mod:`unit_gateway.redaction.secrets`), put back only inside mitmproxy's HTTP layer on the way
-to the wire (:mod:`unit_gateway.redaction.wire`): for a flow to Unit only on the way to that
-upstream, for any other flow wherever its request goes.
-
-The one patch point is :meth:`mitmproxy.proxy.layers.http.HttpStream.handle_event`: every
-event into a stream and every command out of it passes there, synchronously.
-
-=========================================  ================================================
-event ``ResponseHeaders`` from upstream    header values redacted before HttpStream stores
-                                           the response in the flow
-command ``HttpRequestHeadersHook``         request headers and URL redacted
-                                           (HttpStream has just stored them, no addon ran)
-command ``HttpRequestHook``/``…Response…``  HttpStream has just stored the body: it is
-                                           replaced by a redacted copy, the real bytes kept
-command ``HttpErrorHook``                  error text redacted (it can quote peer bytes)
-command ``SendHttp(ResponseProtocolError)``
-                                           mitmproxy's HTML error page: a JSON:API one
-command ``SendHttp(RequestHeaders)``       to the approved upstream: a private copy with the
-                                           real headers, path and ``Authorization``
-command ``SendHttp(RequestData)``          the real body, if the flow still holds ours
-command ``SendHttp(Response…)`` to client  the same for the response
-event ``ResponseOverdue`` (injected)       Unit missed the flow's deadline: the request is
-                                           cancelled upstream, the caller gets a 504
-                                           (see ``unit_gateway.net.deadlines``)
-=========================================  ================================================
-
-Also redacted: what mitmproxy answers before a flow holds a request
-(``unit_gateway.mitm.early_errors``), header values mitmproxy's own addons set after the
-gateway's hooks (:mod:`~unit_gateway.redaction.late_headers`), a CONNECT request (in
-``http_connect``) and log records (:mod:`~unit_gateway.redaction.log_records`). Options that
-would bypass redaction are refused (:mod:`~unit_gateway.redaction.options`).
-
-Other addons read and write real values through this addon (``real_request_content``,
-``set_upstream_authorization``, …), never through the flow.
+Every output (mitmweb, saved flows, HAR, the dumper, the event log) reads the live flow, and
+redacting in a hook is too late or too early. So a flow only ever holds redacted values (and,
+to a Unit upstream, the caller's placeholder); the real bytes live in a side table
+(:mod:`~unit_gateway.redaction.secrets`) and are put back only inside mitmproxy's HTTP layer on
+the way to the wire (:mod:`~unit_gateway.redaction.wire`), through the one patch point,
+``HttpStream.handle_event`` (what it does with each event and command: docs/architecture.md).
+Other addons read and write real values through this addon (:class:`unit_gateway.flows.RealValues`).
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """No real Unit token reaches a caller that used a placeholder, whatever route it took.
 
-The token addon hands a placeholder caller the placeholder in place of the token Unit created
-when it recognises a token endpoint. A path it did not recognise, a Unit endpoint nobody knew
-returns a token, or Unit quoting one must not hand out a credential all the same, so every
-answer from a Unit upstream to a placeholder caller passes :func:`check_response`:
-
-- a Unit token (``v2.public.`` and base64url) in the body, a header value, the reason phrase or
-  a trailer is replaced by the placeholder of the identity its claims name (``unitgw:org``,
-  ``unitgw:customer:<id>``, ``unitgw:cardholder:<cardId>``), or by :data:`WITHHELD` when they
-  name none;
-- the answer is withheld (the caller gets a 502) when it cannot be checked (a body whose
-  ``Content-Encoding`` the gateway cannot undo, or that decodes past the limit) or holds a
-  token in a form the gateway does not rewrite: JSON ``\\u`` escapes, percent-encoding,
-  UTF-16/32, a declared charset that does not spell ASCII as ASCII, a header name.
-
-An ordinary answer costs one substring search for the token prefix in its body (after
-undoing its ``Content-Encoding``), and a few more for the byte that starts an escape (``\\``,
-``%``, NUL), each in C; nothing is parsed unless one of them is found.
+Every answer from a Unit upstream to a placeholder caller passes :func:`check_response`, so a
+route-table gap cannot hand out a credential: a Unit token in the body, a header value, the
+reason or a trailer becomes the placeholder of the identity its claims name (or
+:data:`WITHHELD`), and an answer that cannot be checked (an encoding the gateway cannot undo,
+too large) or that holds a token in a form it does not rewrite (escapes, percent-encoding,
+UTF-16/32, a header name) is withheld with a 502. An ordinary answer costs a few substring
+searches, in C.
 """
 
 from __future__ import annotations
