@@ -30,8 +30,7 @@ logger = logging.getLogger(__name__)
 
 OPTION = "unit_gateway_config"
 RELOAD_CHECK_SECONDS = 1.0
-#: Sections whose listeners (ports, the embedded sandbox, the access log file) are only set
-#: up at start.
+#: Set up only at start: a reload cannot change them.
 RESTART_SECTIONS = ("metrics", "sandbox", "access_log", "store")
 
 
@@ -53,11 +52,8 @@ def describe_problems(path: str, error: ConfigError) -> str:
 
 
 def _freeze_startup_objects() -> None:
-    """Take what exists at start-up (mitmproxy, the configuration models, the route table,
-    the metrics registry: it lives as long as the process) out of the garbage collector's
-    sight: a full collection walked all of it every few hundred requests (the proxy_overhead
-    benchmark measures it). Objects created later are collected as before; garbage is
-    collected first so it is not kept."""
+    """Hide start-up objects, which live as long as the process, from the garbage collector,
+    so full collections stop walking them; garbage is collected first so it is not kept."""
     gc.collect()
     gc.freeze()
 
@@ -66,15 +62,13 @@ class GatewayCore:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self.metrics = metrics
         self.config: LoadedConfig | None = None
-        #: Called with each configuration applied: the first, each reload from the file, and
-        #: a new ``unit_gateway_config`` option. The one way other addons take it up.
+        #: Called with each configuration applied, reloads too.
         self.listeners: list[Callable[[LoadedConfig], None]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._stamp: tuple[int, int] | None = None
         self.sandbox: RunningSandbox | None = None
         self._org_token: Secret | None = None
         self._running = False
-        #: What the probes report (see unit_gateway.lifecycle).
         self.health = Health()
 
     @property
@@ -115,7 +109,7 @@ class GatewayCore:
         self._stamp = _stamp_of(loaded.path)
         self._count_load("ok")
         for listener in self.listeners:
-            # One addon failing to take it up must not keep it from the others.
+            # One failing addon must not keep it from the others.
             try:
                 listener(loaded)
             except Exception:
@@ -124,17 +118,16 @@ class GatewayCore:
     def _count_load(self, outcome: str) -> None:
         if self.metrics is None:
             return
-        if self._running:  # the first load at start-up is not a reload
+        if self._running:  # the first load is not a reload
             self.metrics.config_reloads.labels(outcome).inc()
         if outcome == "ok":
             self.metrics.config_reload_success.set_to_current_time()
 
     def _refuse(self, message: str) -> None:
         if self._running:
-            # A change at run time is rolled back by mitmproxy; the running config stays.
+            # mitmproxy rolls the change back; the running config stays.
             raise exceptions.OptionsError(message)
-        # At start-up a logged error makes mitmproxy's ErrorCheck exit with status 1 before
-        # any server binds, without an exception traceback burying the message.
+        # ErrorCheck exits before any server binds, with no traceback burying the message.
         logger.error(message)
 
     async def running(self) -> None:
@@ -146,7 +139,7 @@ class GatewayCore:
         if settings.embedded:
             await self._start_embedded_sandbox()
         self._announce()
-        # after every addon's running hook: what they set up is start-up state too
+        # after every addon's running hook: their state is start-up state too
         asyncio.get_running_loop().call_soon(_freeze_startup_objects)
 
     async def _start_embedded_sandbox(self) -> None:
@@ -181,7 +174,7 @@ class GatewayCore:
             for host, port, *_ in server.listen_addrs:
                 spec = server.mode
                 mode = f"{spec.type_name}:{spec.data}" if spec.data else spec.type_name
-                shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
+                shown = f"[{host}]" if ":" in host else host  # IPv6
                 logger.info("unit-gateway: proxy listening on %s:%s (%s)", shown, port, mode)
         for up in self.config.model.unit.upstreams:
             logger.info("unit-gateway: upstream %s (%s)", up.url, up.environment)
@@ -191,8 +184,7 @@ class GatewayCore:
         logger.info("unit-gateway: CA certificate %s", ca)
 
     async def _watch(self, every: float = RELOAD_CHECK_SECONDS) -> None:
-        """Reload the file when it changes. A broken file is reported and the running
-        configuration stays."""
+        """Reload the file when it changes; a broken one is reported, the running one stays."""
         while True:
             await asyncio.sleep(every)
             if self.config is None or self.config.path is None:
@@ -203,7 +195,7 @@ class GatewayCore:
             self._stamp = stamp
             try:
                 self.reload()
-            except Exception:  # a bug must not end the watch: later changes still apply
+            except Exception:  # a bug must not end the watch
                 logger.exception("unit-gateway: reloading %s failed", self.config.path)
 
     def reload(self) -> bool:

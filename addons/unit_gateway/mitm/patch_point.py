@@ -1,7 +1,5 @@
 """The patch point: every event into an HTTP stream and every command out of it passes
-through the gateway's redaction, synchronously (see docs/architecture.md for what
-it does there). Also the routing of a :class:`~unit_gateway.net.deadlines.ResponseOverdue` to
-the stream of its flow; a protocol error's answer is built in ``stream_errors``."""
+through redaction, synchronously (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -49,7 +47,6 @@ class StreamGuard(Protocol):
     def reveal(self, flow: Any) -> None: ...
 
 
-#: The running guard and its per-flow store; the patched stream does nothing extra while None.
 _GUARD: StreamGuard | None = None
 _SECRETS: weakref.WeakKeyDictionary[http.HTTPFlow, Any] = weakref.WeakKeyDictionary()
 
@@ -60,7 +57,6 @@ _HOOKS = (
     httplayer.HttpErrorHook,
 )
 _PROTOCOL_ERRORS = (httplayer.ResponseProtocolError, UpstreamTimedOut)
-#: The server states of a stream that waits for its response.
 _WAITING = ("state_wait_for_response_headers", "state_consume_response_body")
 
 
@@ -97,26 +93,20 @@ def _handle_event(self: httplayer.HttpStream, event: events.Event) -> Commands:
     if active is None:
         yield from _original_handle_event(self, event)
         return
-    # HttpStream sets self.flow once, on its first event (None before: no weak reference to
-    # None); it is read again only while still None.
+    # Absent until HttpStream's first event.
     flow = self.__dict__.get("flow")
     if "_handle_event" in self.__dict__ and flow is not None and flow not in _SECRETS:
-        # An open tunnel (HttpStream has switched itself to passthrough) of a flow with no
-        # real values: all it yields is its inner streams' commands, which those streams'
-        # own calls here have handled. Half of all calls per request are these. (A CONNECT
-        # flow is never protected, see before_hook: so a ResponseOverdue for a flow inside
-        # the tunnel passes here to the inner stream.)
+        # An open tunnel: its inner streams handle their commands.
         yield from _original_handle_event(self, event)
         return
     if type(event) is ResponseOverdue:
         yield from _answer_overdue(self, event)
         return
     if flow is not None:
-        # The real values of what the last event left redacted, for the stream to send.
         active.reveal(flow)
         if type(event) is httplayer.ResponseHeaders:
             secrets = _SECRETS.get(flow)
-            if secrets is not None:  # before HttpStream stores it as flow.response
+            if secrets is not None:  # before it is stored as flow.response
                 active.redact_headers(event.response.headers, secrets.response_headers)
     try:
         for command in _original_handle_event(self, event):
@@ -127,9 +117,8 @@ def _handle_event(self: httplayer.HttpStream, event: events.Event) -> Commands:
                 secrets = _SECRETS.get(flow) if flow is not None else None
                 sent = command.event  # type: ignore[attr-defined]
                 if type(sent) in _PROTOCOL_ERRORS and flow is not None:
-                    # mitmproxy's own error page is HTML and quotes peer bytes unredacted; also
-                    # for a flow with no secrets (a CONNECT), which HTTP/2 and /3 answer so too.
-                    _SECRETS.pop(flow, None)  # the flow ends here: egress never sees its end
+                    # mitmproxy's page quotes peer bytes unredacted, even for a CONNECT.
+                    _SECRETS.pop(flow, None)  # ends here
                     yield from _answer_error(
                         self,
                         command,  # type: ignore[arg-type]
@@ -143,13 +132,12 @@ def _handle_event(self: httplayer.HttpStream, event: events.Event) -> Commands:
                 if secrets is not None:
                     command = active.egress(self, secrets, command)  # type: ignore[arg-type]
             elif kind in _HOOKS:
-                # Only this stream's own flow: a tunnelled flow's hooks pass the CONNECT stream too.
+                # A tunnelled flow's hooks pass the CONNECT stream too.
                 hooked = command.flow  # type: ignore[attr-defined]
                 if hooked is flow:
                     active.before_hook(kind, hooked)
             elif kind is httplayer.DropStream and flow is not None:
-                # The flow has ended, also when it failed before its response: its real values go
-                # (mitmweb keeps the flow itself).
+                # Real values must not outlive the flow (mitmweb keeps it).
                 _SECRETS.pop(flow, None)
             if flow is None:
                 yield command
@@ -157,26 +145,24 @@ def _handle_event(self: httplayer.HttpStream, event: events.Event) -> Commands:
             if isinstance(command, commands.StartHook):
                 active.conceal(flow)
             yield command
-            # What ran meanwhile (a hook, this stream again for a reply) may have concealed it
+            # A hook or reply may have concealed it.
             active.reveal(flow)
 
     finally:
-        # Whatever this event stored in the flow is redacted before anything else runs.
+        # Nothing else may run while the flow holds real values.
         if (flow := self.__dict__.get("flow")) is not None:
             active.conceal(flow)
 
 
 def _layer_handle_event(self: httplayer.HttpLayer, event: events.Event) -> Commands:
-    """HttpLayer's own handling, except that a ResponseOverdue goes to the stream of its
-    flow, and that whatever mitmproxy or the gateway raises while handling a connection's
-    HTTP gets the caller an answer (see ``_answer_failure``)."""
+    """HttpLayer's own, except that a ResponseOverdue goes to its flow's stream and any
+    exception still gets the caller an answer."""
     if _BROKEN in self.__dict__:
-        return _nothing()  # answered and closed: what is still in flight is dropped
+        return _nothing()
     if type(event) is ResponseOverdue:
         return _route_overdue(self, event)
     if isinstance(event, events.Start):
-        # Setting the layer up, before any request: mitmproxy's own (client playback, for
-        # one, relies on carrying on past a failure here).
+        # Client playback carries on past a setup failure.
         return _original_layer_event(self, event)
     return _failures_answered(self, _original_layer_event(self, event))
 
@@ -185,7 +171,7 @@ def _nothing() -> Commands:
     yield from ()
 
 
-#: Set on an HttpLayer that failed: its connection has been answered and closed.
+#: Marks an HttpLayer answered and closed.
 _BROKEN = "_unit_gateway_broken"
 
 
@@ -199,9 +185,8 @@ def _failures_answered(layer: httplayer.HttpLayer, handled: Commands) -> Command
 
 
 def _answer_failure(layer: httplayer.HttpLayer, error: Exception) -> Commands:
-    """mitmproxy would log "mitmproxy has crashed!" (at start-up that ends the process) and
-    leave the caller without an answer. The caller gets a JSON:API error, unless a response
-    has begun, and the connection closes; the log says what failed, redacted."""
+    """Instead of mitmproxy's "has crashed!" (fatal at start-up) and no answer: a JSON:API
+    error unless a response has begun, then close; the log is redacted."""
     assert _GUARD is not None
     layer.__dict__[_BROKEN] = True
     client = layer.context.client
@@ -232,10 +217,8 @@ def _answer_failure(layer: httplayer.HttpLayer, error: Exception) -> Commands:
 
 
 def _route_overdue(layer: httplayer.HttpLayer, event: ResponseOverdue) -> Commands:
-    """mitmproxy routes an injected event by the flow's server connection, which finds the
-    stream only on an HTTP/1 connection (an HTTP/2 one carries many streams, and the lookup
-    fails). The layer that holds the flow's stream hands the event to it; a layer that does
-    not (the one a CONNECT tunnel runs in) passes it on as mitmproxy does."""
+    """mitmproxy routes an injected event by server connection, which fails on HTTP/2:
+    hand it to the stream holding the flow, else pass it on as mitmproxy does."""
     for stream in layer.streams.values():
         if stream.__dict__.get("flow") is event.flow:
             yield from layer.event_to_child(stream, event)
@@ -243,8 +226,6 @@ def _route_overdue(layer: httplayer.HttpLayer, event: ResponseOverdue) -> Comman
     yield from _original_layer_event(layer, event)
 
 
-#: The layers of the other flows mitmproxy keeps: WebSocket messages, TCP and UDP streams,
-#: DNS. They hold their flows in ``flow`` (``flows`` for DNS).
 FLOW_LAYERS: tuple[type[layer.Layer], ...] = (
     websocket.WebsocketLayer,
     tcp.TCPLayer,
@@ -253,8 +234,7 @@ FLOW_LAYERS: tuple[type[layer.Layer], ...] = (
 )
 
 
-#: Hooks after which a stream has nothing more to say (mitmproxy clears ``live`` only after
-#: they ran, and addons save and print the flow in them).
+#: Last hooks, where addons save and print the flow.
 _END_HOOKS = (
     tcp.TcpEndHook,
     tcp.TcpErrorHook,
@@ -272,10 +252,8 @@ def _flows_of(held: layer.Layer) -> list[Any]:
 
 
 def _flow_layer_handler(original: Callable[..., Commands]) -> Callable[..., Commands]:
-    """``original`` with the layer's flows real while it handles an event (it sends what
-    they hold), and redacted before it hands on a hook and once it is done: a hook may run
-    as soon as it is handed on (mitmproxy starts hooks as eager tasks), and hooks, mitmweb and
-    files read the flow afterwards."""
+    """``original`` with the flows real while it sends them, redacted before each hook
+    (hooks start as eager tasks) and once done."""
 
     def handle_event(self: layer.Layer, event: events.Event) -> Commands:
         active = _GUARD
@@ -302,7 +280,6 @@ def _flow_layer_handler(original: Callable[..., Commands]) -> Callable[..., Comm
     return handle_event
 
 
-#: What the patch point replaces in mitmproxy.
 _PATCH_POINT: tuple[patches.Patch, ...] = (
     (httplayer.HttpStream, "handle_event", _handle_event),
     (httplayer.HttpLayer, "_handle_event", _layer_handle_event),
@@ -314,12 +291,10 @@ _PATCH_POINT: tuple[patches.Patch, ...] = (
 
 
 def _answer_overdue(stream: httplayer.HttpStream, event: ResponseOverdue) -> Commands:
-    """Unit did not answer ``event.flow`` in time: cancel the request upstream (HTTP/1 closes
-    the connection, so no late answer is read as the next one's) and end the stream with
-    UpstreamTimedOut, which the caller gets as a 504."""
+    """Cancel upstream (HTTP/1 closes, so a late answer is not read as the next one's) and
+    end the stream with UpstreamTimedOut, a 504."""
     if event.flow is not stream.__dict__.get("flow"):
-        # This stream has moved on to the next request: that flow has ended. (A tunnel the
-        # flow is inside has passed the event on in _handle_event.)
+        # The stream has moved on; that flow ended.
         return
     waiting = getattr(stream.server_state, "__name__", None) in _WAITING
     if not waiting or stream.client_state == stream.state_errored:
@@ -336,6 +311,5 @@ def _answer_overdue(stream: httplayer.HttpStream, event: ResponseOverdue) -> Com
 
 
 def _final(status_code: int) -> bool:
-    """A final response: not an interim one (100 Continue, 102, 103), after which the stream
-    still answers. 101 is final: the connection is another protocol's from then on."""
+    """Not interim (1xx); 101 is final: the connection changes protocol."""
     return status_code >= 200 or status_code == 101

@@ -19,16 +19,15 @@ Commands = Generator[commands.Command, Any, None]
 
 
 class TextRedactor(Protocol):
-    """What the answers need of the redaction addon (the patch point's ``StreamGuard``)."""
+    """What the answers need of the redaction addon."""
 
     def redact_text(self, text: str) -> str: ...
 
 
-#: Set on a stream (its instance attribute) once a final response head went to its client.
+#: Set on a stream once a final response head went to its client.
 _RESPONDED = "_unit_gateway_responded"
 
-#: mitmproxy's error codes that answer the client (the others close the stream: a killed
-#: flow, HTTP/2 resets) -> the JSON:API code and whose failure it is.
+#: Codes answering the client -> JSON:API code and whose fault it is.
 _ERROR_CODES: dict[httplayer.ErrorCode, tuple[str, str]] = {
     httplayer.ErrorCode.CONNECT_FAILED: ("upstream_unreachable", "unit"),
     httplayer.ErrorCode.GENERIC_SERVER_ERROR: ("upstream_failed", "unit"),
@@ -49,24 +48,19 @@ def _answer_error(
     *,
     unit: bool,
 ) -> Commands:
-    """The caller's answer to a protocol error: the JSON:API document where mitmproxy sends
-    its HTML page. mitmproxy answers only while no response has begun on the stream and the
-    caller can still be written to; otherwise it just ends the stream (HTTP/1 closes the
-    connection, HTTP/2 and HTTP/3 reset the stream), and so does the gateway. (After an
-    interim response, a 100 Continue, it answers: the final response is still to come.)"""
+    """A JSON:API error where mitmproxy sends its HTML page; like mitmproxy, only while no
+    final response has begun and the caller is writable, else the stream just ends."""
     event: httplayer.ResponseProtocolError = command.event  # type: ignore[assignment]
     client = command.connection
     response = None
     if not stream.__dict__.get(_RESPONDED) and client.state & ConnectionState.CAN_WRITE:
         response = _json_api_error(event, flow, redaction, unit=unit)
     if response is None:
-        yield command  # mitmproxy's own ending
+        yield command
         return
     stream.__dict__[_RESPONDED] = True
     if not (flow.request.is_http2 or flow.request.is_http3):
-        # As mitmproxy's HTTP/1 server writes its page: the connection closes right after it,
-        # also while the request body is still arriving (ending a response would close it
-        # only once the whole request has been read).
+        # Close at once, as mitmproxy does, even mid-request-body.
         yield commands.SendData(client, http1.assemble_response(response))
         yield commands.CloseConnection(client)
         return
@@ -83,11 +77,8 @@ def _json_api_error(
     *,
     unit: bool,
 ) -> http.Response | None:
-    """The caller's answer when the server (Unit, if ``unit``) could not be reached or
-    answered garbage, or the request itself could not be taken, in the form every Unit
-    client parses. The message names the failure (address, reason); it can quote the peer's
-    bytes, so it is redacted. None for the codes mitmproxy answers without a response (a
-    killed flow)."""
+    """The error document, its message redacted as it can quote the peer's bytes; None for
+    codes mitmproxy answers without a response."""
     status = event.code.http_status_code()
     known = _ERROR_CODES.get(event.code)
     note = ""

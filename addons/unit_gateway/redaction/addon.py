@@ -1,12 +1,8 @@
 """The redaction addon: the flows mitmproxy keeps never hold a real secret.
 
-Every output (mitmweb, saved flows, HAR, the dumper, the event log) reads the live flow, and
-redacting in a hook is too late or too early. So a flow only ever holds redacted values (and,
-to a Unit upstream, the caller's placeholder); the real bytes live in a side table
-(:mod:`~unit_gateway.redaction.secrets`) and are put back only inside mitmproxy's HTTP layer on
-the way to the wire (:mod:`~unit_gateway.redaction.wire`), through the one patch point,
-``HttpStream.handle_event`` (what it does with each event and command: docs/architecture.md).
-Other addons read and write real values through this addon (:class:`unit_gateway.flows.RealValues`).
+Every output (mitmweb, saved flows, HAR, dumper, event log) reads the live flow, and a hook is
+too late or too early to redact in. So the flow holds only redacted values; the real bytes live
+in a side table (``secrets``) and are put back only on the way to the wire (``wire``).
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ if TYPE_CHECKING:
     from unit_gateway.config.schema import LoadedConfig, Upstream
     from unit_gateway.metrics.registry import GatewayMetrics
 
-#: Clean leaves remembered across flows: at most this many, each at most this long.
+#: Bounds of the cache of values found clean.
 _CLEAN_LEAVES = 4096
 _CLEAN_LEAF_SIZE = 256
 
@@ -49,8 +45,7 @@ def _owned(holder: Any, name: str) -> bool:
 
 
 class FlowRedaction:
-    """The addon. Load it first: its ``requestheaders`` view must exist before any other
-    addon sees a flow (it is set up by the HTTP layer, before any hook runs)."""
+    """Load it first: its redacted view must exist before any other addon sees a flow."""
 
     def __init__(self, core: GatewayCore, metrics: GatewayMetrics | None = None) -> None:
         self.core = core
@@ -58,17 +53,14 @@ class FlowRedaction:
         self.redactor = Redactor()
         self._factory: _RedactingFactory | None = None
         self._late_headers = LateHeaders(self)
-        self._addons: Any = None  # mitmproxy's AddonManager, while LateHeaders is in it
+        self._addons: Any = None
         self._redactions = Children(metrics.redactions) if metrics is not None else None
         self._sweeper: asyncio.Task[None] | None = None
-        #: Short values found clean under the current rules, whichever flow held them.
+        #: Short values clean under the current rules, from any flow.
         self._clean_leaves: dict[str | bytes, None] = {}
-        #: Every other value of every flow (see unit_gateway.redaction.flow_walk).
         self.vault = FlowVault(
             self._shown_leaf, self._shown_fields, http.Headers, _owned, self.redact_data
         )
-
-    # --- lifecycle -------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
         patch_point.install(self, _SECRETS)
@@ -90,8 +82,7 @@ class FlowRedaction:
         self.redactor = Redactor(config.model.redaction)
         self._clean_leaves.clear()  # clean under the old rules
         if self._redactions is not None:
-            # Every rule's series exists from the start (at 0), so rates and alerts see the
-            # first redaction rather than a series appearing out of nothing.
+            # Series start at 0 so rates and alerts see the first redaction.
             for rule in self.redactor.rule_names:
                 self._redactions(rule)
 
@@ -112,8 +103,6 @@ class FlowRedaction:
         if self._factory is not None and logging.getLogRecordFactory() is self._factory:
             logging.setLogRecordFactory(self._factory.previous)
 
-    # --- deadlines (see unit_gateway.net.deadlines) --------------------------------------------
-
     def time_out_overdue(self, now: float) -> None:
         overdue.time_out_overdue(now)
 
@@ -130,21 +119,16 @@ class FlowRedaction:
         if flow in _SECRETS and has_header_field(fields, _PROXY_AUTH):
             flow.request.headers.pop("Proxy-Authorization", None)
         _after_proxyauth(flow)
-        self._late_headers.seen(flow, flow.request)  # all redacted now
+        self._late_headers.seen(flow, flow.request)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:  # redacted as the HTTP layer stored it
+        if flow.response is not None:  # stored redacted
             self._late_headers.seen(flow, flow.response)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         _after_proxyauth(flow)
-        # A CONNECT is answered here and never forwarded (to an upstream proxy mitmproxy
-        # sends a CONNECT of its own): its headers are redacted in place like any request's,
-        # Proxy-Authorization too, now that proxyauth (a built-in addon, so it ran first) has
-        # read it. The target stays: the tunnel goes where it says.
+        # Never forwarded; proxyauth (built-in, ran first) has read Proxy-Authorization.
         self.redact_headers(flow.request.headers, {})
-
-    # --- redaction primitives --------------------------------------------------------------
 
     def count(self, counts: Counter[str] | dict[str, int]) -> None:
         if self._redactions is None:
@@ -153,12 +137,8 @@ class FlowRedaction:
             if n:
                 self._redactions(rule).inc(n)
 
-    # --- every value of a flow (see unit_gateway.redaction.flow_walk) -----------------------------
-
     def conceal(self, flow: Any, *, ended: bool = False) -> None:
-        """Nothing ``flow`` holds is real any more (the patch point calls this when a layer
-        is done with an event, ``reveal`` when it starts the next; ``ended`` before a stream's
-        end hook)."""
+        """Nothing ``flow`` holds is real any more; ``ended`` before a stream's end hook."""
         self.vault.conceal(flow, ended=ended)
 
     def reveal(self, flow: Any) -> None:
@@ -174,7 +154,7 @@ class FlowRedaction:
             if shown is None:
                 return unreadable(len(value))
         if shown == value and len(value) <= _CLEAN_LEAF_SIZE:
-            # Every flow holds the same methods, hosts, versions, header names: read once.
+            # Methods, hosts, header names repeat in every flow: scan once.
             if len(self._clean_leaves) >= _CLEAN_LEAVES:
                 self._clean_leaves.clear()
             self._clean_leaves[value] = None
@@ -215,8 +195,6 @@ class FlowRedaction:
         (stored, real) or None when nothing in it is secret."""
         return messages.redact_body(self.redactor, message, path, self.count)
 
-    # --- the HTTP layer ---------------------------------------------------------------------
-
     def _configured_upstream(self, request: http.Request) -> Upstream | None:
         config = self.core.config
         return config.model.upstream_of(request) if config is not None else None
@@ -224,10 +202,9 @@ class FlowRedaction:
     def before_hook(self, kind: type, flow: http.HTTPFlow) -> None:
         """HttpStream has just stored part of the flow; no addon has seen it yet."""
         if kind is httplayer.HttpRequestHeadersHook:
-            # (also yielded a second time on some error paths: protect a flow once)
+            # Yielded twice on some error paths.
             if flow not in _SECRETS and flow.request.method != "CONNECT":
-                # Every flow is redacted, whatever its host: a service's other egress can carry
-                # secrets and customer data too. Only a flow to a Unit upstream gets a token.
+                # Any egress can carry secrets: redact every flow; only Unit's gets a token.
                 upstream = self._configured_upstream(flow.request) or self.retarget(flow)
                 self.protect_request(flow, upstream)
             return
@@ -244,10 +221,8 @@ class FlowRedaction:
             secrets.response_body = self.redact_body(flow.response, flow.request.path)
 
     def retarget(self, flow: http.HTTPFlow) -> Upstream | None:
-        """In a transparent mode the request is addressed to the IP the client dialed, and
-        only its Host header names Unit. A token must never go to that IP (any server with a
-        certificate for the name would do), so a request whose Host names an upstream is sent
-        to that upstream by name, resolved by the gateway. The upstream it now goes to, if any."""
+        """Transparent mode: send a request whose Host names an upstream to it by name, never to
+        the dialed IP a token could leak to. Returns that upstream, if any."""
         config = self.core.config
         if config is None or not isinstance(flow.client_conn.proxy_mode, TRANSPARENT_MODES):
             return None
@@ -260,7 +235,6 @@ class FlowRedaction:
         request = flow.request
         timeout = None
         if upstream is not None:
-            # Unit's deadline for a forwarded request (a configured upstream has a config).
             assert self.core.config is not None
             timeout = self.core.config.model.unit.response_timeout_seconds
         secrets = FlowSecrets(
@@ -269,8 +243,7 @@ class FlowRedaction:
             response_timeout=timeout,
         )
         _SECRETS[flow] = secrets
-        # Proxy credentials stay for mitmproxy's proxyauth, a built-in addon whose
-        # requestheaders hook runs before ours; ``requestheaders`` removes what is left.
+        # Kept for proxyauth, which runs first; ``requestheaders`` then removes them.
         self.redact_headers(request.headers, secrets.request_headers, keep=_PROXY_CREDENTIALS)
         counts: Counter[str] = Counter()
         real_path = request.path
@@ -286,14 +259,14 @@ class FlowRedaction:
     ) -> httplayer.SendHttp:
         return wire.egress(stream, secrets, command)
 
-    # --- for other addons: real values, never through the flow -----------------------------
+    # --- for other addons: real values, never through the flow
 
     def upstream_of(self, flow: http.HTTPFlow) -> Upstream | None:
         """The upstream the flow goes to, as matched when it was protected."""
         found = _SECRETS.get(flow)
         if found is not None:
             return found.upstream
-        return self._configured_upstream(flow.request)  # addons driven without the HTTP layer
+        return self._configured_upstream(flow.request)  # driven without the HTTP layer
 
     def secrets(self, flow: http.HTTPFlow) -> FlowSecrets:
         found = _SECRETS.get(flow)
@@ -358,7 +331,7 @@ class FlowRedaction:
     def real_request(self, flow: http.HTTPFlow) -> http.Request:
         """A copy of the request as Unit gets it (for the gateway's own retry)."""
         found = self.secrets(flow)
-        self.vault.reveal(flow)  # the method, trailers, ... the walk redacted
+        self.vault.reveal(flow)
         try:
             real = wire.real_request_copy(flow.request, found)
         finally:
@@ -366,11 +339,10 @@ class FlowRedaction:
         return real
 
     def real_response(self, flow: http.HTTPFlow) -> http.Response:
-        """A copy of the response as the caller gets it (real reason, headers, trailers and
-        body), to read; change it with ``set_real_response``."""
+        """A copy of the response as the caller gets it, to read (see ``set_real_response``)."""
         assert flow.response is not None
         found = _SECRETS.get(flow)
-        self.vault.reveal(flow)  # the reason, trailers, ... the walk redacted
+        self.vault.reveal(flow)
         try:
             real = wire.real_response_copy(flow.response, found)
         finally:
@@ -384,4 +356,4 @@ class FlowRedaction:
         self.redact_headers(response.headers, secrets.response_headers)
         secrets.response_body = self.redact_body(response, flow.request.path)
         flow.response = response
-        self.vault.conceal(flow)  # its reason, trailers, ...: before anything else sees them
+        self.vault.conceal(flow)  # before anything else sees it

@@ -1,10 +1,7 @@
 """The redaction engine: what a person or a file may see of a flow.
 
-Pure logic, no mitmproxy hooks: the addons call a :class:`Redactor` on copies of what they
-show, log or save, never on what goes to the caller or to Unit. Every method returns new
-objects and leaves its inputs alone. The rules by concern live beside it (``markers``,
-``keyed_text``, ``readings``, ``urls``, ``bodies``, ``json_walk``); docs/security.md says
-what is guaranteed.
+Pure logic: called on copies of what is shown, logged or saved, never on what goes to the
+caller or to Unit; inputs are never modified. Guarantees: docs/security.md.
 """
 
 from __future__ import annotations
@@ -52,24 +49,22 @@ __all__ = [
     "Redactor",
 ]
 
-#: Binary values up to this size (an IPv6 address in a DNS record) get the text rules rather
-#: than a summary: no encoding that hides text from them fits a secret in so few bytes.
+#: Binary values this short get the text rules: no encoding hiding text fits a secret in them.
 SHORT_BINARY_VALUE = 16
 
 
 class Redactor:
-    """Applies :class:`RedactionSettings` (plus the defaults) to bodies, headers, URLs, text.
+    """Applies :class:`RedactionSettings` plus the defaults.
 
-    ``key``: the fingerprint key; by default a random key made once per process. Methods that
-    return ``str`` take an optional ``counts`` Counter and add what they redacted to it;
-    :meth:`redact_body` returns its counts. Count names come from :attr:`rule_names`.
+    ``key``: the fingerprint key (default: random per process). ``counts`` arguments are
+    incremented per rule in :attr:`rule_names`.
     """
 
     def __init__(self, settings: RedactionSettings | None = None, key: bytes | None = None) -> None:
         self.settings = settings if settings is not None else RedactionSettings()
         self._key = key if key is not None else PROCESS_KEY
         settings = self.settings
-        # lower-case name -> name as configured (used in markers and count names)
+        # lower-case -> as configured, for markers and count names
         self._fields: dict[str, str] = {}
         for name in (*DEFAULT_FIELDS, *settings.fields):
             self._fields.setdefault(name.lower(), name)
@@ -77,7 +72,6 @@ class Redactor:
         for name in (*DEFAULT_QUERY_PARAMS, *settings.query_params):
             self._params.setdefault(name.lower(), name)
         self._headers = frozenset(h.lower() for h in (*DEFAULT_HEADERS, *settings.headers))
-        # JSON keys: every field, and header names that are not also fields (by lower case)
         header_keys = self._headers - self._fields.keys()
         self._own_header_rules = self._headers | URL_HEADERS
         self._own_header_rules_raw = frozenset(h.encode() for h in self._own_header_rules)
@@ -121,21 +115,18 @@ class Redactor:
             | {f"field:{name}" for name in self._params.values()}
         )
 
-    # --- markers ---------------------------------------------------------------------------
+    # --- markers
 
     def fingerprint(self, token: str) -> str:
-        """``[token …a1b2c3]``: 24 bits of HMAC-SHA256(key, token). Stable within a run, tells
-        tokens apart, reveals nothing about the token without the key."""
+        """``[token …a1b2c3]``: a keyed HMAC, so it tells tokens apart without revealing them."""
         digest = hmac.new(
             self._key, token.encode("utf-8", "surrogatepass"), hashlib.sha256
         ).hexdigest()
         return f"[token …{digest[:6]}]"
 
     def _field_marker(self, name: str, value: Any, counts: Counter[str]) -> Any:
-        """What a value under the sensitive name ``name`` becomes. Redacting the result again
-        gives the same result, and counts nothing; a value that merely looks like some other
-        marker (``[redacted:Peter Parker]``) is replaced like any other."""
-        # null and "" hold nothing, and show that a field is absent: kept.
+        """A value under the sensitive ``name``, redacted idempotently (counted once)."""
+        # null and "" show that a field is absent, and hold nothing.
         marker = f"[redacted:{name}]"
         if value is None or value == "" or value == marker:
             return value
@@ -147,14 +138,11 @@ class Redactor:
         counts[f"field:{name}"] += 1
         return marker
 
-    # --- text ------------------------------------------------------------------------------
+    # --- text
 
     def text_is_clean(self, text: str) -> bool:
-        """True when :meth:`redact_text` is sure to return ``text`` unchanged: no sensitive
-        name stands in it as a word, and nothing a detector looks for is in it. When ``text``
-        is several values joined by newlines, True holds for each of them (a newline ends a
-        word and no detector spans one), so many values cost one check. ASCII only: case
-        rules for other scripts can change lengths and match names differently."""
+        """True if :meth:`redact_text` surely leaves ``text`` unchanged; holds for each of
+        newline-joined values. Non-ASCII is never clean: other case rules match differently."""
         return (
             text.isascii()
             and self._keys.finder.search(text.lower()) is None
@@ -169,11 +157,8 @@ class Redactor:
     def redact_data(
         self, data: bytes, *, counts: Counter[str] | None = None, value: bool = False
     ) -> bytes | None:
-        """Bytes that carry no declared type (a TCP, UDP or WebSocket message, a DNS record)
-        fit to show: the text rules over every way a viewer reads them; None for binary data
-        (as a body's) and when no reading settles: show a summary instead. ``value``: ``data``
-        is one value of its own, not part of a stream: binary of up to
-        :data:`SHORT_BINARY_VALUE` bytes gets the text rules too."""
+        """Untyped bytes (TCP/UDP/WebSocket message, DNS record) fit to show, or None: show a
+        summary. ``value``: a standalone value, so short binary gets the text rules too."""
         if looks_binary(data) and not (value and len(data) <= SHORT_BINARY_VALUE):
             return None
         tally = counts if counts is not None else Counter()
@@ -182,18 +167,16 @@ class Redactor:
     def _text_rules(self, text: str, counts: Counter[str]) -> str:
         return self.redact_text(text, counts=counts)
 
-    # --- headers ---------------------------------------------------------------------------
+    # --- headers
 
     def redact_headers(
         self, headers: Iterable[tuple[str, str]], *, counts: Counter[str] | None = None
     ) -> list[tuple[str, str]]:
-        """Credentials become fingerprints (``Bearer [token …a1b2c3]``; placeholders such as
-        ``unitgw:customer:123`` stay); URL headers get :meth:`redact_url`; the rest
-        :meth:`redact_text`."""
+        """Credentials become fingerprints (placeholders stay), URLs :meth:`redact_url`, the
+        rest :meth:`redact_text`."""
         tally = counts if counts is not None else Counter()
         headers = list(headers)
-        # Names get the detectors, values without rules of their own the text rules: most
-        # often nothing in either is secret, and one check over all of them says so.
+        # Usually nothing is secret, and one check over all of them says so.
         own_rules = self._own_header_rules
         plain = [value for name, value in headers if name.lower() not in own_rules]
         if self.text_is_clean("\n".join(plain)) and self._detectors.finds_nothing_in(
@@ -214,11 +197,8 @@ class Redactor:
         return redacted
 
     def header_fields_are_clean(self, fields: Iterable[tuple[bytes, bytes]]) -> bool:
-        """True when :meth:`redact_headers` would change nothing in these raw header fields
-        (and count nothing), told without decoding and redacting them one by one: every field
-        is ASCII, no URL header, credentials only as the gateway's placeholders (which stay),
-        and :meth:`text_is_clean` for the rest. False means "redact them": most requests and
-        responses take the True branch."""
+        """True if :meth:`redact_headers` would change and count nothing in these raw
+        fields; False means "redact them", not that something is secret."""
         names: list[bytes] = []
         values: list[bytes] = []
         for name, value in fields:
@@ -226,9 +206,9 @@ class Redactor:
             if lowered in self._own_header_rules_raw and not (
                 lowered in PLACEHOLDER_HEADERS and PLACEHOLDER_CREDENTIAL.fullmatch(value)
             ):
-                return False  # a credential or a URL: its own rules apply
+                return False
             names.append(name)
-            values.append(value)  # a placeholder credential only gets the detectors: stricter
+            values.append(value)
         text, names_text = b"\n".join(values), b"\n".join(names)
         return (
             text.isascii()
@@ -238,7 +218,7 @@ class Redactor:
         )
 
     def _redact_own_rules(self, lowered: str, value: str, counts: Counter[str]) -> str:
-        """A header value with the rules of its own name, if it has any (credentials, URLs)."""
+        """A header value under its name's own rules (credentials, URLs), if any."""
         if lowered in self._headers:
             return self._redact_header_value(lowered, value, counts)
         if lowered in URL_HEADERS:
@@ -249,7 +229,7 @@ class Redactor:
         """The value of a credential header (``name`` in lower case): a fingerprint."""
         return redact_credential(name, value, counts, self.fingerprint, self._detectors)
 
-    # --- URLs ------------------------------------------------------------------------------
+    # --- URLs
 
     def redact_query(self, query: str, *, counts: Counter[str] | None = None) -> str:
         """A query string (with or without its ``?``), parameter by parameter."""
@@ -262,7 +242,7 @@ class Redactor:
         """A URL or a request target: password, path segments, query and fragment."""
         return self._urls.redact_url(url, counts)
 
-    # --- bodies ----------------------------------------------------------------------------
+    # --- bodies
 
     def redact_body(
         self,
@@ -272,6 +252,5 @@ class Redactor:
         *,
         path: str | None = None,
     ) -> RedactedBody:
-        """A body fit to show. ``path`` (the request path, query or not) enables the
-        route-based document summaries; without it only content types and sniffing apply."""
+        """A body fit to show; ``path`` (the request path) enables route-based summaries."""
         return self._bodies.redact(content, content_type, content_encoding, path=path)

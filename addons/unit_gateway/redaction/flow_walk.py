@@ -1,16 +1,9 @@
-"""Every value a flow holds, found by walking the flow's own objects rather than a list of
-fields: what mitmproxy keeps of a flow is what its outputs show, so a field a later mitmproxy
-adds is walked too.
+"""Every value a flow holds, found by walking the flow's objects rather than a field list, so
+a field a later mitmproxy adds is redacted too.
 
-:class:`FlowVault` redacts each string a flow holds in place and keeps the real one beside it
-(``conceal``), and puts the real ones back (``reveal``) for mitmproxy's layer to send while it
-handles an event: outside that synchronous step the flow holds only redacted values.
-
-The messages of a stream (TCP, UDP, WebSocket) are read together (see
-:mod:`unit_gateway.redaction.stream_text`): a secret may be split across them.
-
-Left out: the flow's connections (addresses, SNI, TLS facts that mitmproxy itself reads while
-the flow is shown), and the bodies of HTTP messages (the redaction addon owns those).
+:class:`FlowVault` redacts in place (``conceal``) and puts the real values back (``reveal``)
+only while mitmproxy's layer handles an event. A stream's messages are read together: a
+secret may be split across them.
 """
 
 from __future__ import annotations
@@ -23,16 +16,12 @@ from typing import Any
 
 from unit_gateway.redaction import stream_text
 
-#: Attributes that are not walked: network facts mitmproxy's own addons read from the
-#: connection objects (shared by every flow of a connection), the id mitmweb indexes flows
-#: by (mitmproxy makes it), and runtime machinery.
+#: Not walked: connection facts mitmproxy itself reads, the id mitmweb indexes by.
 SKIPPED = frozenset({"client_conn", "server_conn", "id", "live", "_resume_event", "reply"})
 
-#: A string or bytes value -> the value a person may see.
 RedactLeaf = Callable[[str | bytes], str | bytes]
-#: Raw header fields -> the fields a person may see.
 RedactFields = Callable[[tuple[tuple[bytes, bytes], ...]], tuple[tuple[bytes, bytes], ...]]
-#: (object, attribute) -> True when another part of the gateway owns that value.
+#: (object, attribute) -> True when redacted elsewhere.
 Owned = Callable[[Any, str], bool]
 
 
@@ -54,14 +43,14 @@ def _set(holder: Any, key: Any, value: Any) -> None:
     if isinstance(holder, list | dict):
         holder[key] = value
     else:
-        object.__setattr__(holder, key, value)  # frozen dataclasses too: they hold text
+        object.__setattr__(holder, key, value)  # frozen dataclasses hold text too
 
 
 @dataclass
 class _Shown:
     """What one stream message was last shown as, for its content ``real``."""
 
-    message: Any  # held, so that its id stays its own
+    message: Any  # held so that its id is not reused
     real: bytes
     shown: bytes
 
@@ -69,24 +58,19 @@ class _Shown:
 @dataclass
 class _FlowRecord:
     edits: list[Edit] = field(default_factory=list)
-    #: id -> value of the strings, bytes and header tuples found clean (holding them keeps
-    #: their ids unique): a value seen before is not read again.
+    #: id -> value found clean (held so the id is not reused).
     clean: dict[int, Any] = field(default_factory=dict)
-    #: id(message) -> its shown content, for the messages of the flow's streams
     shown: dict[int, _Shown] = field(default_factory=dict)
-    #: id(first message of a direction) -> what its unsettled messages were read with
+    #: id(first message of a direction) -> inputs of its last read
     read: dict[int, tuple[tuple[int, ...], bool, int]] = field(default_factory=dict)
-    #: real parts of split secrets found in the flow's streams, hidden wherever they show
+    #: parts of split secrets, hidden wherever they show
     withheld: set[bytes] = field(default_factory=set)
-    #: each stream message's content, read alone
     alone: stream_text.AloneCache = field(default_factory=dict)
-    #: id -> stream message that holds nothing to redact but its content (not walked again)
+    #: id -> stream message with nothing to redact but its content
     plain: dict[int, Any] = field(default_factory=dict)
 
 
-#: Values that hold no text, passed over first (most of a flow's fields).
 _SCALARS = frozenset({int, float, bool, type(None)})
-#: type -> whether its objects are walked (mitmproxy's own classes), looked up once per type.
 _WALKED: dict[type, bool] = {}
 
 
@@ -135,8 +119,8 @@ class FlowVault:
         self._records: weakref.WeakKeyDictionary[Any, _FlowRecord] = weakref.WeakKeyDictionary()
 
     def conceal(self, flow: Any, *, ended: bool = False) -> int:
-        """Redact every value ``flow`` holds; return how many were changed now. ``ended``:
-        its streams are over even if the flow is still live (the end hook is next)."""
+        """Redact every value ``flow`` holds; return how many changed. ``ended``: its streams
+        are over even while the flow is live."""
         record = self._records.get(flow)
         if record is None:
             record = self._records[flow] = _FlowRecord()
@@ -146,8 +130,7 @@ class FlowVault:
         return len(record.edits) - before
 
     def reveal(self, flow: Any) -> None:
-        """The real values back where they were, unless something else has been set there
-        since (an addon's edit wins, as it would without the gateway)."""
+        """Put the real values back, except where an addon has set something since."""
         record = self._records.get(flow)
         if record is None or not record.edits:
             return
@@ -184,7 +167,6 @@ class _Walk:
             if kind in _SCALARS or name in SKIPPED or name == skipped:
                 continue
             if kind is str or kind is bytes:
-                # most of a flow's leaves, already found clean: checked here, not in visit
                 if clean.get(id(item)) is item or owned(value, name):
                     continue
             elif kind is headers_type:
@@ -235,10 +217,10 @@ class _Walk:
             if plain.get(id(message)) is not message:
                 before = len(record.edits)
                 self.visit_object(message, skipped="content")
-                if len(record.edits) == before:  # nothing but its content to redact
+                if len(record.edits) == before:
                     plain[id(message)] = message
         directions = [[m for m in messages if m.from_client is side] for side in (True, False)]
-        for _ in range(3):  # a part hidden in one direction is hidden in the other too
+        for _ in range(3):  # a part hidden in one direction is hidden in the other
             known = len(record.withheld)
             for direction in directions:
                 if direction:
@@ -248,7 +230,7 @@ class _Walk:
         for message in messages:
             entry = record.shown[id(message)]
             content = message.content
-            if entry.real is not content:  # an addon set it after it was read: alone, then
+            if entry.real is not content:  # set by an addon since: read alone
                 assert self.vault.redact_data is not None
                 alone = self.vault.redact_data(content)
                 shown = stream_text.unreadable(len(content)) if alone is None else alone
@@ -266,7 +248,6 @@ class _Walk:
         read = (tuple(id(c) for c in contents[start:]), self.open_end, len(record.withheld))
         if record.read.get(id(messages[0])) == read:
             return
-        # older messages keep their shown form unless their content changed
         first = next(
             (
                 i
@@ -286,7 +267,7 @@ class _Walk:
         record.read[id(messages[0])] = read
         if new:
             record.withheld |= new
-            # an older message that holds a part found hidden now is read again
+            # re-read older messages holding a newly hidden part
             for shown_entry in list(record.shown.values()):
                 if any(part in shown_entry.real for part in new):
                     del record.shown[id(shown_entry.message)]
@@ -304,8 +285,7 @@ class _Walk:
 
     def _visit_dict(self, holder: Any, key: Any, value: dict[Any, Any]) -> None:
         for name in list(value):
-            if not self._clean_key(name):
-                # a secret as a key: the dict is shown without its keys
+            if not self._clean_key(name):  # a secret as a key: hide all keys
                 shown = {f"[key {i}]": item for i, item in enumerate(value.values())}
                 self._changed(holder, key, value, shown)
                 for inner, item in list(shown.items()):
@@ -328,7 +308,7 @@ class _Walk:
             if len(edits) == before:
                 clean[id(value)] = value
             return
-        # A tuple cannot be edited in place: its items' edits become one edit of the tuple.
+        # Immutable: its items' edits become one edit of the tuple.
         for i in reversed(inner):
             del edits[i]
         shown = tuple(items) if type(value) is tuple else type(value)(*items)

@@ -1,9 +1,8 @@
 """The token addon: swaps a caller's placeholder for the real Unit token before a request
 leaves, handles Unit's token endpoints, and retries once when Unit rejects an injected token.
 
-Its per-flow state (tokens among it) stays here, never in ``flow.metadata``, which is saved
-with the flow. The flow keeps the caller's placeholder; the token Unit gets and every body
-this addon reads or rewrites go through :class:`~unit_gateway.flows.RealValues`.
+Per-flow state (tokens among it) stays here, never in ``flow.metadata``, which is saved
+with the flow; real values go through :class:`~unit_gateway.flows.RealValues`.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ class TokenInjector:
         self.routes = RouteTable.default()
         self.service: TokenService | None = None
         self.token_requests = TokenRequests(redaction, metrics)
-        # Freed in response or error, and with the flow at the latest: tokens live here.
+        # Holds tokens: freed in response or error, or with the flow.
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
         )
@@ -86,7 +85,7 @@ class TokenInjector:
         self.core.listeners.append(self.reconfigure)
 
     def reconfigure(self, config: LoadedConfig) -> None:
-        """Routes and scopes of each configuration applied; on a reload cached tokens stay."""
+        """Apply routes and scopes; cached tokens survive a reload."""
         self.routes = RouteTable.from_settings(config.model.routes)
         if self.service is not None:
             self.service.reconfigure(
@@ -142,10 +141,8 @@ class TokenInjector:
         if self.service is not None:
             await self.service.close()
 
-    # --- requests --------------------------------------------------------------------------
-
-    # Hooks return a coroutine only when they must wait (a mint): the common cached case
-    # stays synchronous, which saves the coroutine on every request.
+    # --- requests
+    # Hooks return a coroutine only when they must wait (a mint); cache hits stay synchronous.
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
@@ -158,7 +155,7 @@ class TokenInjector:
         return self._route(flow)
 
     async def _when_started(self, flow: http.HTTPFlow) -> None:
-        """A request that arrived while the gateway was starting (mitmproxy listens first)."""
+        """A request that arrived while starting (mitmproxy listens first)."""
         assert self.core.config is not None
         seconds = self.core.config.model.lifecycle.start_wait_seconds
         if not await self.core.health.wait_ready(seconds) or self.service is None:
@@ -194,7 +191,7 @@ class TokenInjector:
         upstream = self.redaction.upstream_of(flow)
         state = None
         if upstream is not None:
-            # From here on the flow counts as Unit's, refused or not.
+            # Counted as Unit's from here, refused or not.
             record = open_record(flow, upstream.environment)
             state = self._flows[flow] = FlowState(upstream, record)
         try:
@@ -214,7 +211,7 @@ class TokenInjector:
                 )
             return None
         try:
-            # The path as Unit gets it: the flow may hold it redacted.
+            # The flow may hold the path redacted.
             route = self.routes.match(request.method, self.redaction.real_request_path(flow))
         except UnreadableTarget as e:
             flow.response = error_response(
@@ -223,16 +220,13 @@ class TokenInjector:
             return None
         state.record.route = route_label(route)
         if route is not None and route.token_endpoint is not None:
-            # The token (or verification) is for this identity, whoever the caller speaks for.
             state.token_identity = token_endpoint_identity(route)
-            # Unit's documented timeout for its token endpoints, also for the callers' own calls
             self.redaction.set_response_timeout(flow, model.unit.token_timeout_seconds)
         if isinstance(credential, PlaceholderError):
             flow.response = error_response(401, "invalid_placeholder", str(credential))
             return None
         if isinstance(credential, RealToken):
-            # The caller's own credential goes through untouched; a token it creates with it
-            # is learned for the identity it names.
+            # The caller's own credential goes through untouched.
             return None
         if credential is None:
             if model.unit.missing_authorization == "reject":
@@ -246,8 +240,7 @@ class TokenInjector:
             credential = ORG
             flow.request.headers[authorization_name(flow.request)] = f"Bearer {ORG.placeholder}"
         if has_header_field(request.data.headers.fields, _UPGRADE):
-            # After a switch (WebSocket, raw TCP) Unit's bytes are no longer answers that
-            # the token check sees; Unit has no such endpoint.
+            # After a switch Unit's bytes escape the token check; Unit has no such endpoint.
             flow.response = error_response(
                 400,
                 "upgrade_refused",
@@ -260,7 +253,7 @@ class TokenInjector:
         return self._inject(flow, state, route)
 
     def _credential(self, flow: http.HTTPFlow) -> Identity | RealToken | PlaceholderError | None:
-        """Raises AmbiguousAuthorization (a 400 whatever the host)."""
+        """Raises AmbiguousAuthorization."""
         try:
             return parse_authorization(self.redaction.real_request_header(flow, "Authorization"))
         except PlaceholderError as e:
@@ -336,8 +329,7 @@ class TokenInjector:
         return True
 
     def _token_error_response(self, error: TokenError) -> http.Response:
-        """The caller's JSON:API error for a failed token step. Its detail can quote Unit's
-        error text: it goes through the redaction rules like every text a peer sent."""
+        """The caller's JSON:API error; redacted, as the detail may quote Unit's text."""
         detail = self.redaction.redact_text(error.detail)
         return error_response(
             error.status, error.code, detail, headers=error.headers, meta=error.meta
@@ -360,12 +352,12 @@ class TokenInjector:
             return None
         return self.token_requests.take(flow, state)
 
-    # --- responses -------------------------------------------------------------------------
+    # --- responses
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow, None)
         if state is not None and state.challenge_id is not None and flow.response is None:
-            if self.service is not None:  # no answer came: the challenge is still open
+            if self.service is not None:  # no answer: the challenge is still open
                 self.service.reopen_challenge(state.challenge_id)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -380,15 +372,12 @@ class TokenInjector:
         return None
 
     def _guard(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """The last word on any answer to a placeholder caller, whatever the route: a Unit
-        token in it becomes its placeholder, and an answer that cannot be checked is
-        withheld (``unit_gateway.tokens.guard``)."""
+        """Last word on any answer to a placeholder caller: Unit tokens become placeholders,
+        an answer that cannot be checked is withheld."""
         if state.identity is None or flow.response is None:
-            return  # the caller's own credential, or nothing Unit answered
+            return  # the caller's own credential, or no answer
         if flow.response.status_code == 101:
-            # mitmproxy already pipes what Unit sends after a 101 (rawtcp): no answer can
-            # take its place, so the caller's connection is closed. Unit had no Upgrade to
-            # answer (a placeholder caller's is refused).
+            # mitmproxy already pipes what follows a 101: nothing can be checked, so close.
             logger.warning(
                 "unit-gateway: Unit switched protocols (101) on %s %s for %s; the caller's "
                 "connection is closed",
@@ -429,7 +418,7 @@ class TokenInjector:
                 ),
             )
         elif verdict.replacement is not None:
-            # The route table did not see this one coming: say so, it is a gap to close.
+            # A gap in the route table: say so.
             logger.warning(
                 "unit-gateway: Unit's answer to %s for %s held %d Unit token(s); the caller "
                 "got %s in their place",
@@ -441,8 +430,7 @@ class TokenInjector:
             self.redaction.set_real_response(flow, verdict.replacement)
 
     async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Unit rejected an injected token: evict it, get another, and send the request once
-        more. A second 401 goes back to the caller."""
+        """Evict the rejected token and send once more with another; a second 401 is passed on."""
         assert state.token is not None
         kind = state.token.identity.kind
         try:
@@ -454,7 +442,7 @@ class TokenInjector:
                 flow, internal_error(flow, step, "Unit's first answer (401) is not passed on")
             )
             self.metrics.token_event(events.Retry(kind, "error"))
-        self._guard(flow, state)  # the answer the caller gets now is the retry's
+        self._guard(flow, state)  # the retry's answer needs checking too
 
     async def _retry(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.service is not None and state.token is not None
@@ -468,10 +456,9 @@ class TokenInjector:
             return
         client = self.service.clients[state.upstream.url]
         try:
-            # The real request (token, headers, body) exists only in this copy; Unit has the
-            # first try's deadline again.
+            # The real request exists only in this copy.
             timeout = self.redaction.response_timeout(flow)
-            assert timeout is not None  # a flow to Unit
+            assert timeout is not None
             response = await client.forward(self.redaction.real_request(flow), timeout)
         except TokenError as e:
             self.redaction.set_real_response(flow, self._token_error_response(e))
@@ -482,4 +469,4 @@ class TokenInjector:
         refused_again = flow.response.status_code == 401
         self.metrics.token_event(events.Retry(kind, "refused" if refused_again else "ok"))
         if refused_again and state.token is not None:
-            await self.service.evict(state.token)  # refused twice: no use keeping it
+            await self.service.evict(state.token)

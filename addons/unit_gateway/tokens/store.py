@@ -1,13 +1,11 @@
 """State that gateway replicas share through Redis: tokens, challenges, verification windows
 and mint leases, named and sealed as :mod:`.store_crypto` describes.
 
-Every call has a deadline: when Redis is down, slow or failing, calls return :data:`UNAVAILABLE`
-(at once, without touching Redis, until a probe finds it back) and the caller falls back to its
-replica's own state. Nothing here raises for Redis's sake.
+Every call has a deadline and never raises for Redis's sake: when Redis fails, calls return
+:data:`UNAVAILABLE` (at once until a probe finds it back) and the replica uses its own state.
 
-A cold request, fleet-wide: local cache, then :meth:`SharedStore.get_tokens`; on a miss
-:meth:`~SharedStore.acquire_lease`: ACQUIRED, mint, ``put_token``, ``release_lease``; HELD,
-``wait_released`` then ``get_tokens`` again (or acquire again); UNAVAILABLE, mint locally.
+On a miss, :meth:`~SharedStore.acquire_lease`: ACQUIRED, mint, ``put_token``, ``release_lease``;
+HELD, ``wait_released`` then ``get_tokens`` again; UNAVAILABLE, mint locally.
 """
 
 from __future__ import annotations
@@ -43,13 +41,12 @@ from unit_gateway.unit_api.identity import Identity
 logger = logging.getLogger(__name__)
 
 
-#: How often a lease waiter looks again when no release message came (the lease may expire).
+#: A lease waiter looks again this often: the lease may expire without a release message.
 LEASE_POLL_SECONDS = 0.25
 
 
 class SharedStore:
-    """The shared store of one replica. Create it, ``await start()`` to receive other replicas'
-    invalidations and releases, ``await close()`` at the end."""
+    """One replica's shared store; ``await start()`` to hear the fleet, ``close()`` at the end."""
 
     def __init__(
         self,
@@ -66,7 +63,7 @@ class SharedStore:
     ) -> None:
         self._tls = {"ssl_ca_certs": ca_file} if ca_file else {}
         self._ring = Keyring(key)
-        #: Read with, never written with; its names are looked in too.
+        #: Read with, never written with (key rotation).
         self._old_ring = Keyring(previous_key) if previous_key else None
         self._rings = {r.kid: r for r in (self._ring, self._old_ring) if r is not None}
         self.prefix = key_prefix
@@ -82,14 +79,12 @@ class SharedStore:
             operation_timeout=operation_timeout,
             probe_interval=probe_interval,
         )
-        #: Seconds each call may take (then it falls back).
         self.timeout = operation_timeout
         self._run = self._link.run
         self._eval = self._link.eval
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._on_dropped: Callable[[str, str], None] | None = None
-        #: The link's ``op:outcome`` counts, and undecryptable, lease_waits,
-        #: invalidations_sent, invalidations_received.
+        #: ``op:outcome`` counts, plus undecryptable, lease_waits, invalidations_sent/_received.
         self.counts: Counter[str] = self._link.counts
 
     @classmethod
@@ -114,15 +109,11 @@ class SharedStore:
             mint_lease_seconds=settings.mint_lease_seconds,
         )
 
-    # --------------------------------------------------------------------------------------
-    # Life cycle and state
-
-    # --------------------------------------------------------------------------------------
-    # Life cycle and state (the link's)
+    # --- Life cycle and state
 
     @property
     def up(self) -> bool:
-        """Whether the replica shares through Redis now (False: it runs on its own state)."""
+        """Whether the replica shares through Redis now."""
         return self._link.up
 
     @property
@@ -132,7 +123,7 @@ class SharedStore:
 
     @property
     def on_operation(self) -> Callable[[str, str, float], None] | None:
-        """Called with (operation, outcome, seconds) after every call: the metrics hook."""
+        """Called with (operation, outcome, seconds) after every call."""
         return self._link.on_operation
 
     @on_operation.setter
@@ -154,10 +145,8 @@ class SharedStore:
         on_dropped: Callable[[str, str], None] | None = None,
         on_gap: Callable[[], None] | None = None,
     ) -> None:
-        """Listen to the fleet's messages. ``on_dropped(identity_ref, fingerprint)``: another
-        replica dropped that token (compare with :meth:`identity_ref` and
-        :meth:`fingerprint`); ``on_gap()``: messages may have been missed (the subscription
-        was down), so local copies of shared tokens may be stale."""
+        """Listen to the fleet. ``on_dropped(identity_ref, fingerprint)``: another replica
+        dropped that token; ``on_gap()``: messages may have been missed, copies may be stale."""
         self._on_dropped = on_dropped
         await self._link.start(self._dispatch, on_gap)
 
@@ -168,11 +157,10 @@ class SharedStore:
     async def close(self) -> None:
         await self._link.close()
 
-    # --------------------------------------------------------------------------------------
-    # Encryption
+    # --- Encryption
 
     def _names(self, identity: Identity) -> list[Names]:
-        """The identity's names: under the key, then under the previous key."""
+        """The identity's names under the key, then the previous key."""
         rings = [self._ring] if self._old_ring is None else [self._ring, self._old_ring]
         return [Names(self.prefix, ring, identity) for ring in rings]
 
@@ -193,8 +181,7 @@ class SharedStore:
         """A token's keyed fingerprint, as drop messages carry it."""
         return self._ring.tag("token", value, 24)
 
-    # --------------------------------------------------------------------------------------
-    # Tokens
+    # --- Tokens
 
     async def put_token(
         self,
@@ -205,8 +192,7 @@ class SharedStore:
         *,
         learned: bool = False,
     ) -> bool | Unavailable:
-        """Share a token until ``expires_at`` (wall clock, margin applied by the caller).
-        False: already expired, nothing stored."""
+        """Share a token until ``expires_at`` (wall clock, caller's margin); False if expired."""
         ttl_ms = int((expires_at - time.time()) * 1000)
         if ttl_ms <= 0:
             return False
@@ -222,8 +208,7 @@ class SharedStore:
         return result if isinstance(result, Unavailable) else True
 
     async def get_tokens(self, identity: Identity) -> list[SharedToken] | Unavailable:
-        """Every live shared token of ``identity`` (the caller picks one covering its
-        scopes). An entry that does not decrypt is left out."""
+        """Every live shared token of ``identity`` that decrypts; the caller picks by scope."""
         found: list[SharedToken] = []
         now = time.time()
         for names in self._names(identity):
@@ -247,15 +232,14 @@ class SharedStore:
                 if token.expires_at > now:
                     found.append(token)
             if found:
-                break  # names of the previous key only matter when the current have nothing
+                break  # the previous key's names matter only when the current have nothing
         return found
 
     async def drop_token(
         self, identity: Identity, scopes: frozenset[str], value: str
     ) -> bool | Unavailable:
-        """Drop this token (Unit refused it, or it ended early) if it is still the shared one
-        (a newer token put meanwhile stays), and tell every replica to drop its copy.
-        True: it was the shared one."""
+        """Drop this token unless a newer one replaced it, and tell every replica to drop its
+        copy. True: it was the shared one."""
         dropped = False
         all_names = self._names(identity)
         message = orjson.dumps(
@@ -265,7 +249,7 @@ class SharedStore:
                 "k": [[n.ref, n.ring.tag("token", value, 24)] for n in all_names],
             }
         )
-        # Previous names first: the message goes with the last (current) drop.
+        # Previous names first: the message is published with the last (current) drop.
         for names in reversed(all_names):
             member = names.token_member(scopes)
             last = names is all_names[0]
@@ -284,12 +268,10 @@ class SharedStore:
         self.counts["invalidations_sent"] += 1
         return dropped
 
-    # --------------------------------------------------------------------------------------
-    # Mint leases
+    # --- Mint leases
 
     def lease_for(self, identity: Identity, what: str) -> Lease:
-        """The lease on minting ``what`` (e.g. the scope set) for ``identity``, with a fresh
-        holder id."""
+        """The lease on minting ``what`` for ``identity``, with a fresh holder id."""
         return Lease(self._names(identity)[0].lease(what), secrets.token_hex(12))
 
     async def acquire_lease(self, identity: Identity, what: str) -> LeaseResult:
@@ -306,8 +288,7 @@ class SharedStore:
         return LeaseResult(LeaseStatus.HELD, lease, max(0, int(result)) / 1000)
 
     async def release_lease(self, lease: Lease) -> bool | Unavailable:
-        """Release the lease if this holder still has it (not after it expired and another
-        took it); wakes the replicas waiting on it. Safe to call for a lease not held."""
+        """Release the lease if this holder still has it, waking its waiters; safe if not held."""
         message = orjson.dumps({"o": self.origin, "t": "r", "n": lease.name})
         result = await self._run(
             "release_lease",
@@ -343,14 +324,13 @@ class SharedStore:
                     if not waiting:
                         del self._waiters[lease.name]
 
-    # --------------------------------------------------------------------------------------
-    # Verification windows
+    # --- Verification windows
 
     async def allow_verification(
         self, identity: Identity, limit: int, window: float
     ) -> WindowDecision | Unavailable:
-        """Count one verification for ``identity`` if fewer than ``limit`` were counted in
-        the last ``window`` seconds, fleet-wide; otherwise say when one will be allowed."""
+        """Count one verification if fewer than ``limit`` in ``window`` seconds, fleet-wide;
+        otherwise say when one will be allowed."""
         key = self._names(identity)[0].window
         window_ms = max(1, int(window * 1000))
         member = secrets.token_hex(8)
@@ -363,14 +343,12 @@ class SharedStore:
         allowed, count, wait_ms = (int(x) for x in result)
         return WindowDecision(bool(allowed), count, max(0, wait_ms) / 1000)
 
-    # --------------------------------------------------------------------------------------
-    # Challenges
+    # --- Challenges
 
     async def put_challenge(
         self, identity: Identity, challenge: SharedChallenge
     ) -> bool | Unavailable:
-        """Share an open challenge until its ``expires_at``; also to put one back after a
-        wrong code (with ``attempts`` counted). False: already expired."""
+        """Share (or put back after a wrong code) an open challenge; False if expired."""
         ttl_ms = int((challenge.expires_at - time.time()) * 1000)
         if ttl_ms <= 0:
             return False
@@ -399,8 +377,8 @@ class SharedStore:
     async def take_challenge(
         self, identity: Identity, challenge_id: str
     ) -> SharedChallenge | Unavailable | None:
-        """Take the challenge out: of concurrent takers on any replicas, exactly one gets it.
-        None: unknown, expired, taken, or not this identity's."""
+        """Take the challenge out, atomically fleet-wide. None: unknown, expired, taken, or
+        not this identity's."""
         for names in self._names(identity):
             member = names.challenge_member(challenge_id)
             key = names.challenge_prefix + member
@@ -420,8 +398,7 @@ class SharedStore:
         return None
 
     async def challenges_of(self, identity: Identity) -> list[SharedChallenge] | Unavailable:
-        """The identity's open challenges (to send a person's pending one again rather than
-        start another verification)."""
+        """The identity's open challenges."""
         found: list[SharedChallenge] = []
         now = time.time()
         for names in self._names(identity):
@@ -441,8 +418,7 @@ class SharedStore:
                     found.append(challenge)
         return found
 
-    # --------------------------------------------------------------------------------------
-    # Messages from the fleet
+    # --- Messages from the fleet
 
     def _dispatch(self, data: bytes) -> None:
         try:
