@@ -23,6 +23,7 @@ from unit_gateway.metrics import events
 from unit_gateway.metrics.registry import GatewayMetrics
 from unit_gateway.net.headers import authorization_name, has_header_field
 from unit_gateway.net.jsonapi import error_response
+from unit_gateway.tokens.answer_guard import guard_answer
 from unit_gateway.tokens.fleet import Fleet
 from unit_gateway.tokens.flow_state import (
     FlowState,
@@ -31,7 +32,6 @@ from unit_gateway.tokens.flow_state import (
     internal_error,
     token_endpoint_identity,
 )
-from unit_gateway.tokens.guard import check_response
 from unit_gateway.tokens.service import TokenError, TokenService
 from unit_gateway.tokens.store import SharedStore
 from unit_gateway.tokens.token_requests import TokenRequests
@@ -372,62 +372,8 @@ class TokenInjector:
         return None
 
     def _guard(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Last word on any answer to a placeholder caller: Unit tokens become placeholders,
-        an answer that cannot be checked is withheld."""
-        if state.identity is None or flow.response is None:
-            return  # the caller's own credential, or no answer
-        if flow.response.status_code == 101:
-            # mitmproxy already pipes what follows a 101: nothing can be checked, so close.
-            logger.warning(
-                "unit-gateway: Unit switched protocols (101) on %s %s for %s; the caller's "
-                "connection is closed",
-                flow.request.method,
-                state.record.route,
-                state.identity.placeholder,
-            )
-            flow.kill()
-            return
-        try:
-            assert self.core.config is not None
-            verdict = check_response(
-                self.redaction.real_response(flow),
-                self.core.config.model.redaction.max_body_bytes,
-            )
-        except Exception:
-            step = "checking Unit's answer for tokens"
-            logger.exception("unit-gateway: internal error %s for %s", step, flow.request.path)
-            self.redaction.set_real_response(
-                flow, internal_error(flow, step, "Unit's answer is not passed on")
-            )
-            return
-        where = f"{flow.request.method} {state.record.route}"
-        if verdict.withheld is not None:
-            logger.warning(
-                "unit-gateway: Unit's answer to %s for %s is withheld: %s",
-                where,
-                state.identity.placeholder,
-                verdict.withheld,
-            )
-            self.redaction.set_real_response(
-                flow,
-                error_response(
-                    502,
-                    "unit_answer_withheld",
-                    f"Unit's answer is not passed on to a caller that used a placeholder: "
-                    f"{verdict.withheld}",
-                ),
-            )
-        elif verdict.replacement is not None:
-            # A gap in the route table: say so.
-            logger.warning(
-                "unit-gateway: Unit's answer to %s for %s held %d Unit token(s); the caller "
-                "got %s in their place",
-                where,
-                state.identity.placeholder,
-                len(verdict.placeholders),
-                ", ".join(sorted(set(verdict.placeholders))),
-            )
-            self.redaction.set_real_response(flow, verdict.replacement)
+        assert self.core.config is not None
+        guard_answer(flow, state, self.redaction, self.core.config.model.redaction.max_body_bytes)
 
     async def _retry_with_new_token(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Evict the rejected token and send once more with another; a second 401 is passed on."""
