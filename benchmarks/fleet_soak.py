@@ -13,6 +13,7 @@ Writes benchmarks/results/fleet_soak.json|.md (not with --quick)."""
 from __future__ import annotations
 
 import argparse
+import http.client
 import statistics
 import sys
 import tempfile
@@ -68,7 +69,8 @@ class Balancer:
                     status = response.status
             except urllib.error.HTTPError as answer:
                 status = answer.code
-            except (urllib.error.URLError, OSError) as error:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                # HTTPException: an answer cut short (IncompleteRead) by a replica that died
                 reason = getattr(error, "reason", error)
                 if isinstance(reason, ConnectionRefusedError):
                     time.sleep(0.01)  # refused: nothing was sent; the next replica
@@ -111,7 +113,11 @@ def measure(minutes: float, run_dir: Path) -> dict[str, Any]:
     def work(worker: int) -> None:
         index = worker
         while not stop.is_set():
-            balancer.one(sandbox.url, index)
+            try:
+                balancer.one(sandbox.url, index)
+            except Exception as error:  # counted, and the worker goes on: its load stays
+                with balancer.lock:
+                    balancer.lost[f"client error {type(error).__name__}"] += 1
             index += WORKERS
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(WORKERS)]
