@@ -263,7 +263,10 @@ class RedisLink:
                     await pubsub.subscribe(self.channel)
                 self._subscribed.set()
                 if broken:
-                    self._call_gap()
+                    # While the store is down the replica runs on its local tokens; dropping
+                    # them now would mint per replica. The probe reports the gap on return.
+                    if self._up:
+                        self._call_gap()
                     broken = False
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
