@@ -63,13 +63,23 @@ def _planted(state: Any, path: tuple[Any, ...], secret: str) -> Any:
 
 
 FLOWS: dict[str, Callable[[], mflow.Flow]] = {
-    "http": lambda: tflow.tflow(resp=True, err=True),
+    "http": lambda: _with_connections(tflow.tflow(resp=True, err=True)),
     "http with trailers": lambda: _with_trailers(tflow.tflow(resp=True)),
-    "websocket": lambda: tflow.twebsocketflow(),
-    "tcp": lambda: tflow.ttcpflow(err=True),
-    "udp": lambda: tflow.tudpflow(err=True),
-    "dns": lambda: tflow.tdnsflow(resp=True, err=True),
+    "websocket": lambda: _with_connections(tflow.twebsocketflow()),
+    "tcp": lambda: _with_connections(tflow.ttcpflow(err=True)),
+    "udp": lambda: _with_connections(tflow.tudpflow(err=True)),
+    "dns": lambda: _with_connections(tflow.tdnsflow(resp=True, err=True)),
 }
+
+
+def _with_connections(flow: Any) -> Any:
+    """Text in every field of the connections that a TLS handshake or a failure fills."""
+    for conn in (flow.client_conn, flow.server_conn):
+        conn.error = "connection reset"
+        conn.tls_version = "TLSv1.3"
+        conn.alpn_offers = [b"h2", b"http/1.1"]
+        conn.cipher_list = ["TLS_AES_128_GCM_SHA256"]
+    return flow
 
 
 def _with_trailers(flow: Any) -> Any:
@@ -191,3 +201,29 @@ def test_a_longer_binary_value_is_summarised() -> None:
     flow.response.answers[0].data = data
     FlowRedaction(GatewayCore()).conceal(flow)
     assert flow.response.answers[0].data.startswith(b"[stream data redacted: 17 bytes")
+
+
+def test_a_connection_with_a_secret_is_shown_as_a_copy_and_never_edited() -> None:
+    """mitmproxy reads a flow's connections itself (the address it connects to, the name it
+    sends upstream), so one with a secret is replaced in the flow by a redacted copy that
+    addons still find as the same connection, and the connection itself is left as it is."""
+    flow = tflow.tflow(resp=True)
+    client, server = flow.client_conn, flow.server_conn
+    client.sni = "4111111111111111.example"
+    authenticated = {client: "user"}  # as mitmproxy's proxyauth keeps it
+    redaction = FlowRedaction(GatewayCore())
+
+    redaction.conceal(flow)
+    shown = flow.client_conn
+    assert shown is not client and shown.sni is not None and "4111" not in shown.sni
+    assert client.sni == "4111111111111111.example"
+    assert authenticated[shown] == "user"
+    assert flow.server_conn is server  # nothing to redact: not copied
+    redaction.conceal(flow)
+    assert flow.client_conn is shown
+
+    redaction.reveal(flow)
+    assert flow.client_conn is client
+    client.sni = "api.s.unit.sh"  # what mitmproxy sets later is read again
+    redaction.conceal(flow)
+    assert flow.client_conn is client

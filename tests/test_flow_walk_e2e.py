@@ -611,3 +611,38 @@ def test_http2_trailers_are_redacted_and_both_ends_get_them(
     assert saved.request.http_version == "HTTP/2.0"
     assert saved.request.trailers is not None and saved.response is not None
     assert saved.response.trailers is not None, "the flow kept both trailers, redacted"
+
+
+def test_a_secret_in_a_connection_is_shown_nowhere_and_the_request_is_answered(
+    run_dir: Path,
+    sandbox: harness.Sandbox,
+    gateway_factory: GatewayFactory,
+    peers: Peers,
+    planted: Planted,
+) -> None:
+    """A client names a card number as its TLS server name and offers a token as an ALPN
+    protocol. mitmproxy keeps both with the flow's connections and passes the name on to the
+    server; the console, saved flows and HAR show neither, and the caller gets the answer it
+    would get without the redaction: the server's certificate is not for that name."""
+    card = planted.add("card number as a TLS server name", _card_number())
+    alpn = planted.add("token as an ALPN protocol offered", _token()[:60])
+    gateway = gateway_factory(
+        sandbox,
+        extra_args=(
+            *_every_output(run_dir),
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={peers.tls.ca_cert}",
+        ),
+    )
+    tls = ssl.create_default_context(cafile=gateway.ca_path)
+    tls.set_alpn_protocols(["http/1.1", alpn])
+    tunnel = _tunnel(gateway, peers.h2_port)
+    with tls.wrap_socket(tunnel, server_hostname=f"{card}.example") as conn:
+        conn.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{peers.h2_port}\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (data := conn.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:200]
+    assert gateway.process.stop() == 0
+    (saved,) = saved_flows_of(run_dir / "flows.mitm", http.HTTPFlow)
+    assert saved.client_conn.sni is not None and card not in saved.client_conn.sni

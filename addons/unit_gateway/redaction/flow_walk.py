@@ -9,6 +9,7 @@ secret may be split across them.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from typing import Any
 
 from unit_gateway.redaction import stream_text
 
-#: Not walked: connection facts mitmproxy itself reads, the id mitmweb indexes by.
-SKIPPED = frozenset({"client_conn", "server_conn", "id", "live", "_resume_event", "reply"})
+#: Not walked: the id mitmweb indexes by, and the flow's live machinery.
+SKIPPED = frozenset({"id", "live", "_resume_event", "reply"})
+#: A flow's connections: mitmproxy reads them itself, so they are never edited in place.
+CONNECTIONS = frozenset({"client_conn", "server_conn"})
 
 RedactLeaf = Callable[[str | bytes], str | bytes]
 RedactFields = Callable[[tuple[tuple[bytes, bytes], ...]], tuple[tuple[bytes, bytes], ...]]
@@ -70,6 +73,15 @@ class _FlowRecord:
     plain: dict[int, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _ShownConnection:
+    """A connection whose attributes were ``values`` when last read; ``shown`` is its
+    redacted copy, or the connection itself when it holds nothing to redact."""
+
+    values: tuple[Any, ...]
+    shown: Any
+
+
 _SCALARS = frozenset({int, float, bool, type(None)})
 _WALKED: dict[type, bool] = {}
 
@@ -94,10 +106,17 @@ def _is_stream(messages: list[Any]) -> bool:
     )
 
 
+#: type -> its dataclass fields' names, for objects without a __dict__
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _attributes(value: Any) -> list[tuple[str, Any]]:
     if hasattr(value, "__dict__"):
         return list(vars(value).items())
-    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    names = _FIELD_NAMES.get(type(value))
+    if names is None:
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    return [(name, getattr(value, name)) for name in names]
 
 
 class FlowVault:
@@ -117,6 +136,9 @@ class FlowVault:
         self.owned = owned
         self.redact_data = redact_data
         self._records: weakref.WeakKeyDictionary[Any, _FlowRecord] = weakref.WeakKeyDictionary()
+        #: id(connection) -> how it is shown, for as long as the connection lives
+        self._connections: dict[int, _ShownConnection] = {}
+        self._copies: set[int] = set()  # ids of the copies shown
 
     def conceal(self, flow: Any, *, ended: bool = False) -> int:
         """Redact every value ``flow`` holds; return how many changed. ``ended``: its streams
@@ -142,6 +164,43 @@ class FlowVault:
     def forget(self, flow: Any) -> None:
         self._records.pop(flow, None)
 
+    def shown_connection(self, connection: Any, clean: dict[int, Any]) -> Any:
+        """A connection with a secret (an SNI, an address, an error) as a redacted copy: the
+        layers and the proxy server read the connection itself, and the flow gets it back
+        while a layer handles an event. The copy equals the connection (same id), so addons
+        that look a connection up still find it. Read again only when an attribute changed."""
+        if id(connection) in self._copies:
+            return connection  # the copy shown since the last reveal
+        known = self._connections
+        entry = known.get(id(connection))
+        values = tuple(vars(connection).values())
+        if entry is None:
+            weakref.finalize(connection, self._forget_connection, id(connection))
+        elif len(entry.values) == len(values) and all(map(operator.is_, entry.values, values)):
+            return entry.shown
+        else:
+            self._copies.discard(id(entry.shown))
+        entry = known[id(connection)] = _ShownConnection(values, connection)
+        found = _FlowRecord(clean=clean)
+        _Walk(self, found, False).visit_object(connection)
+        if found.edits:
+            for edit in reversed(found.edits):  # read in place, so put back at once
+                _set(edit.holder, edit.key, edit.real)
+            copy = type(connection).from_state(connection.get_state())
+            # certificates are DER the walk cannot read (mitmproxy's names the client's SNI)
+            copy.certificate_list = []
+            if hasattr(copy, "mitmcert"):
+                copy.mitmcert = None
+            _Walk(self, _FlowRecord(clean=clean), False).visit_object(copy)
+            entry.shown = copy
+            self._copies.add(id(copy))
+        return entry.shown
+
+    def _forget_connection(self, key: int) -> None:
+        entry = self._connections.pop(key, None)
+        if entry is not None:
+            self._copies.discard(id(entry.shown))
+
 
 class _Walk:
     def __init__(self, vault: FlowVault, record: _FlowRecord, open_end: bool) -> None:
@@ -165,6 +224,9 @@ class _Walk:
         for name, item in _attributes(value):
             kind = type(item)
             if kind in _SCALARS or name in SKIPPED or name == skipped:
+                continue
+            if name in CONNECTIONS:
+                self._visit_connection(value, name, item)
                 continue
             if kind is str or kind is bytes:
                 if clean.get(id(item)) is item or owned(value, name):
@@ -209,6 +271,13 @@ class _Walk:
             self._visit_tuple(holder, key, value)
         elif _is_walked_object(value):
             self.visit_object(value)
+
+    def _visit_connection(self, flow: Any, key: str, connection: Any) -> None:
+        if not _is_walked_object(connection):
+            return
+        shown = self.vault.shown_connection(connection, self.record.clean)
+        if shown is not connection:
+            self._changed(flow, key, connection, shown)
 
     def _visit_stream(self, messages: list[Any]) -> None:
         record = self.record
