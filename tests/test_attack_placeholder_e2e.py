@@ -1,0 +1,423 @@
+"""Attack probes on the placeholder promise (branch attack-a): a caller that used a
+placeholder never obtains a real Unit token, and no real token (or placeholder turned into
+one) goes to a host that is not a configured Unit upstream.
+
+Response side: a Unit upstream of the test's own (``Scripted``) answers each path with
+scripted bytes, as a buggy or hostile Unit would; a raw HTTP/1.1 caller goes through the
+gateway in regular mode and everything it receives is read every way a client may read it
+(transfer codings undone, content codings undone, JSON escapes and percent-encoding
+resolved, folded header lines joined). No reading may hold a token's secret part.
+
+Request side: a recorder of the test's own plays "another host" and keeps every byte it
+receives; no placeholder and no real token may reach it, and the sandbox (Unit) must get the
+token only on requests really sent to it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import secrets
+import socket
+import socketserver
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import brotli
+import pytest
+import zstandard
+
+from conftest import GatewayFactory, Planted, address_of
+from test_token_path_e2e import CARD, CUSTOMER, unit_token
+from unit_gateway.testing import harness
+
+pytestmark = pytest.mark.timeout(120)
+
+MARK = b"v2.public."
+ORG = "Authorization: Bearer unitgw:org\r\n"
+
+
+# --- a scripted Unit ------------------------------------------------------------------------
+
+
+class Scripted:
+    """A plain-http Unit upstream answering each path with scripted bytes (or a callable of
+    the request head), then closing the connection."""
+
+    def __init__(self, answers: dict[str, bytes | Callable[[bytes], bytes]], org: str) -> None:
+        self.answers = answers
+        self.org_token = org
+        self.cert_path: Path | None = None
+        self.seen: list[bytes] = []
+        box = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := self.request.recv(65536)):
+                    head += chunk
+                if not head:
+                    return
+                box.seen.append(head)
+                path = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+                answer = box.answers.get(
+                    path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                )
+                if callable(answer):
+                    answer = answer(head)
+                self.request.sendall(answer)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def answer(
+    body: bytes = b"{}",
+    *,
+    status: str = "200 OK",
+    headers: tuple[str, ...] = (),
+    length: bool = True,
+) -> bytes:
+    lines = [f"HTTP/1.1 {status}", "Content-Type: application/vnd.api+json", *headers]
+    if length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chunked(body: bytes, trailers: bytes = b"") -> bytes:
+    return b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(body), body, trailers)
+
+
+# --- what a caller can read ------------------------------------------------------------------
+
+
+def _undo(data: bytes, codings: list[str]) -> list[bytes]:
+    """Every reading of ``data`` a lenient client gets undoing ``codings`` (outermost last),
+    including what follows the first compressed member."""
+    out = [data]
+    for coding in reversed(codings):
+        nxt = []
+        for d in out:
+            nxt.append(d)
+            if coding in ("gzip", "x-gzip", "deflate"):
+                for wbits in (16 + zlib.MAX_WBITS, zlib.MAX_WBITS, -zlib.MAX_WBITS):
+                    rest = d
+                    while rest:
+                        try:
+                            dec = zlib.decompressobj(wbits)
+                            nxt.append(dec.decompress(rest) + dec.flush())
+                            nxt.append(dec.unused_data)
+                            rest = dec.unused_data.lstrip(b"\x00X")
+                        except zlib.error:
+                            break
+        out = nxt
+    return out
+
+
+def readings(raw: bytes) -> list[bytes]:
+    """What a caller can make of the bytes the gateway sent it."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    unfolded = re.sub(rb"\r\n[ \t]+", b" ", head)
+    squashed = re.sub(rb"\r\n[ \t]+", b"", head)
+    fields = [line.partition(b":") for line in lines[1:]]
+    te = b",".join(v for n, _, v in fields if n.strip().lower() == b"transfer-encoding")
+    ce = b",".join(v for n, _, v in fields if n.strip().lower() == b"content-encoding")
+    if b"chunked" in te.lower():
+        plain, rest = b"", body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            try:
+                size = int(size_line.split(b";")[0], 16)
+            except ValueError:
+                break
+            if size == 0:
+                break
+            plain, rest = plain + rest[:size], rest[size + 2 :]
+        body = plain + b"\n" + rest  # trailers after
+    te_codings = [
+        c.strip().decode() for c in te.lower().split(b",") if c.strip() not in (b"", b"chunked")
+    ]
+    ce_codings = [c.strip().decode() for c in ce.lower().split(b",") if c.strip()]
+    bodies = _undo(body, ce_codings + te_codings)
+    more = []
+    for coding in ("br", "zstd"):
+        for b in list(bodies):
+            try:
+                more.append(brotli.decompress(b) if coding == "br" else zstandard.decompress(b))
+            except Exception:
+                pass
+    found = [raw, head, unfolded, squashed, *bodies, *more]
+    for item in list(found):
+        found.append(unquote_to_bytes(item))
+        found.append(
+            re.sub(rb"\\u([0-9A-Fa-f]{4})", lambda m: chr(int(m.group(1), 16)).encode(), item)
+        )
+    return found
+
+
+def secret_parts(token: str) -> list[bytes]:
+    """What of a token a caller must never see: its payload and signature (the part after
+    ``v2.public.``, which is the whole of its secret)."""
+    return [token.split(".")[2].encode()]
+
+
+def exchange(proxy_url: str, request: bytes, planted: Planted, label: str) -> bytes:
+    received = b""
+    with socket.create_connection(address_of(proxy_url), timeout=20) as conn:
+        conn.sendall(request)
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    planted.blobs.append((label, received))
+    return received
+
+
+def get_raw(
+    proxy_url: str,
+    url: str,
+    path: str,
+    planted: Planted,
+    *,
+    method: str = "GET",
+    headers: str = ORG,
+) -> bytes:
+    host = url.split("://", 1)[1]
+    request = (
+        f"{method} {url}{path} HTTP/1.1\r\nHost: {host}\r\n{headers}"
+        "Accept-Encoding: gzip, deflate, br, zstd\r\nTE: trailers, gzip\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    return exchange(proxy_url, request, planted, f"{method} {path}")
+
+
+def leaked(raw: bytes, tokens: dict[str, str]) -> list[str]:
+    """The kinds of token whose secret part a caller can read in ``raw``."""
+    got = readings(raw)
+    return [
+        kind
+        for kind, token in tokens.items()
+        if any(part in r for part in secret_parts(token) for r in got)
+    ]
+
+
+@pytest.fixture
+def tokens(planted: Planted) -> dict[str, str]:
+    key = secrets.token_bytes(32)
+    made = {
+        "org": unit_token(key, role="org", userId="1"),
+        "customer": unit_token(key, role="customer", customerId=CUSTOMER),
+        "cardholder": unit_token(key, role="cardholder", cardId=CARD),
+    }
+    for kind, token in made.items():
+        planted.add(f"scripted Unit's {kind} token", token)
+        # its secret part on its own too: the leak scan must find it however it is framed
+        planted.add(f"scripted Unit's {kind} token (secret part)", token.split(".")[2])
+    return made
+
+
+def _body(token: str) -> bytes:
+    return json.dumps({"data": {"attributes": {"note": token}}}).encode()
+
+
+# Answers where the gateway is expected to keep its promise today (and does).
+def holding_answers(t: dict[str, str]) -> dict[str, bytes | Callable[[bytes], bytes]]:
+    c, o, h = t["customer"], t["org"], t["cardholder"]
+    body = _body(c)
+    return {
+        "/ce-gzip-gzip": answer(
+            gzip.compress(gzip.compress(body)), headers=("Content-Encoding: gzip, gzip",)
+        ),
+        "/ce-two-fields": answer(
+            gzip.compress(gzip.compress(body)),
+            headers=("Content-Encoding: gzip", "Content-Encoding: gzip"),
+        ),
+        "/ce-upper": answer(gzip.compress(body), headers=("Content-Encoding: GZIP",)),
+        "/ce-identity-gzip": answer(
+            gzip.compress(body), headers=("Content-Encoding: identity, gzip",)
+        ),
+        "/ce-x-gzip": answer(gzip.compress(body), headers=("Content-Encoding: x-gzip",)),
+        "/ce-deflate-zlib": answer(zlib.compress(body), headers=("Content-Encoding: deflate",)),
+        "/ce-deflate-raw": answer(
+            _raw_deflate(body),
+            headers=("Content-Encoding: deflate",),
+        ),
+        "/ce-br": answer(brotli.compress(body), headers=("Content-Encoding: br",)),
+        "/ce-zstd": answer(zstandard.compress(body), headers=("Content-Encoding: zstd",)),
+        "/ce-gzip-multimember": answer(
+            gzip.compress(b'{"a":"') + gzip.compress(c.encode() + b'"}'),
+            headers=("Content-Encoding: gzip",),
+        ),
+        "/set-cookie": answer(headers=(f"Set-Cookie: unit={c}; Path=/; HttpOnly",)),
+        "/location": answer(
+            status="302 Found", headers=(f"Location: https://x.test/cb?token={o}",)
+        ),
+        "/link": answer(headers=(f'Link: <https://x.test/{h}>; rel="next"',)),
+        "/json-slash-escape": answer(json.dumps({"t": c + "/x"}).replace("/", "\\/").encode()),
+        "/chunked-trailer": answer(
+            chunked(b"{}", f"X-Token: {c}\r\n".encode()),
+            headers=("Transfer-Encoding: chunked", "Trailer: X-Token"),
+            length=False,
+        ),
+        "/chunked-gzip": answer(
+            chunked(gzip.compress(body)),
+            headers=("Transfer-Encoding: chunked", "Content-Encoding: gzip"),
+            length=False,
+        ),
+        "/early-hints": (
+            f"HTTP/1.1 103 Early Hints\r\nLink: <https://x.test/{c}>\r\n\r\n".encode()
+            + answer(body)
+        ),
+        "/no-content-with-body": answer(body, status="204 No Content"),
+        "/not-modified": answer(status="304 Not Modified", headers=(f'ETag: "{c}"',), length=False),
+        "/head": answer(headers=(f"X-Token: {c}",)),
+        "/close-delimited": answer(body, length=False),
+        "/multipart": answer(
+            b"--b\r\nContent-Type: text/plain\r\n\r\n" + c.encode() + b"\r\n--b--\r\n",
+            headers=(),
+        ).replace(b"application/vnd.api+json", b"multipart/mixed; boundary=b"),
+        "/large-plain": answer(b'{"x":"' + b"a" * (3 << 20) + b'","t":"' + c.encode() + b'"}'),
+        "/over-limit-gzip": answer(
+            gzip.compress(b'{"x":"' + b"a" * (3 << 20) + b'","t":"' + c.encode() + b'"}'),
+            headers=("Content-Encoding: gzip",),
+        ),
+        "/ce-in-mixed-case-name": answer(gzip.compress(body), headers=("cOnTeNt-EnCoDiNg: gzip",)),
+    }
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+@pytest.fixture
+def scripted(tokens: dict[str, str]) -> Iterator[Scripted]:
+    c = tokens["customer"]
+    payload = c.split(".", 2)[2]
+    body = _body(c)
+    answers = holding_answers(tokens) | {
+        # Transfer codings other than chunked: mitmproxy undoes only the chunking.
+        "/te-gzip-chunked": answer(
+            chunked(gzip.compress(body)),
+            headers=("Transfer-Encoding: gzip, chunked",),
+            length=False,
+        ),
+        "/te-gzip-close": answer(
+            gzip.compress(body), headers=("Transfer-Encoding: gzip",), length=False
+        ),
+        "/te-deflate-chunked": answer(
+            chunked(zlib.compress(body)),
+            headers=("Transfer-Encoding: deflate, chunked",),
+            length=False,
+        ),
+        # Bytes after the compressed stream: the gateway decodes the stream only.
+        "/gzip-then-plain": answer(
+            gzip.compress(b"{}") + c.encode(), headers=("Content-Encoding: gzip",)
+        ),
+        "/deflate-then-plain": answer(
+            zlib.compress(b"{}") + c.encode(), headers=("Content-Encoding: deflate",)
+        ),
+        "/gzip-then-junk-then-gzip": answer(
+            gzip.compress(b"{}") + b"X" + gzip.compress(body), headers=("Content-Encoding: gzip",)
+        ),
+        # The prefix in plain bytes, the rest of the token escaped: the plain prefix is
+        # replaced, and the escape check then no longer sees a prefix.
+        "/json-escape-after-prefix": answer(
+            b'{"t": "v2.public.\\u00'
+            + f"{ord(payload[0]):02x}".encode()
+            + payload[1:].encode()
+            + b'"}'
+        ),
+        "/percent-after-prefix": answer(
+            headers=(f"Link: <https://x.test/?t=v2.public.%{ord(payload[0]):02X}{payload[1:]}>",)
+        ),
+        # A header line folded right after the prefix.
+        "/folded-after-prefix": answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
+    }
+    box = Scripted(answers, tokens["org"])
+    yield box
+    box.close()
+
+
+HOLDING = [
+    "/ce-gzip-gzip",
+    "/ce-two-fields",
+    "/ce-upper",
+    "/ce-identity-gzip",
+    "/ce-x-gzip",
+    "/ce-deflate-zlib",
+    "/ce-deflate-raw",
+    "/ce-br",
+    "/ce-zstd",
+    "/ce-gzip-multimember",
+    "/set-cookie",
+    "/location",
+    "/link",
+    "/json-slash-escape",
+    "/chunked-trailer",
+    "/chunked-gzip",
+    "/early-hints",
+    "/no-content-with-body",
+    "/not-modified",
+    "/close-delimited",
+    "/multipart",
+    "/large-plain",
+    "/over-limit-gzip",
+    "/ce-in-mixed-case-name",
+]
+
+
+@pytest.fixture
+def scripted_gateway(gateway_factory: GatewayFactory, scripted: Scripted) -> harness.Gateway:
+    return gateway_factory(scripted, overrides={"redaction": {"max_body_bytes": 1 << 20}})
+
+
+def test_answers_the_guard_handles(
+    scripted_gateway: harness.Gateway, scripted: Scripted, tokens: dict[str, str], planted: Planted
+) -> None:
+    outcomes = {}
+    for path in HOLDING:
+        raw = get_raw(scripted_gateway.proxy_url, scripted.url, path, planted)
+        outcomes[path] = (raw.split(b"\r\n", 1)[0].decode(), leaked(raw, tokens))
+    raw = get_raw(scripted_gateway.proxy_url, scripted.url, "/head", planted, method="HEAD")
+    outcomes["HEAD /head"] = (raw.split(b"\r\n", 1)[0].decode(), leaked(raw, tokens))
+    print(json.dumps(outcomes, indent=1))
+    assert {p: o for p, o in outcomes.items() if o[1]} == {}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/te-gzip-chunked",
+        "/te-gzip-close",
+        "/te-deflate-chunked",
+        "/gzip-then-plain",
+        "/deflate-then-plain",
+        "/gzip-then-junk-then-gzip",
+        "/json-escape-after-prefix",
+        "/percent-after-prefix",
+        "/folded-after-prefix",
+    ],
+)
+def test_a_token_the_guard_does_not_see_is_not_passed_on(
+    scripted_gateway: harness.Gateway,
+    scripted: Scripted,
+    tokens: dict[str, str],
+    planted: Planted,
+    path: str,
+) -> None:
+    raw = get_raw(scripted_gateway.proxy_url, scripted.url, path, planted)
+    status = raw.split(b"\r\n", 1)[0]
+    assert leaked(raw, tokens) == [], f"{path}: the caller can read a Unit token ({status!r})"
