@@ -25,7 +25,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import brotli
 import pytest
@@ -160,6 +160,10 @@ def readings(raw: bytes) -> list[bytes]:
     found = [raw, head, unfolded, squashed, *bodies, *more]
     for item in list(found):
         found.append(unquote_to_bytes(item))
+        try:
+            found.append(item.decode("utf-7").encode("utf-8", "replace"))
+        except UnicodeError:
+            pass
         found.append(
             re.sub(rb"\\u([0-9A-Fa-f]{4})", lambda m: chr(int(m.group(1), 16)).encode(), item)
         )
@@ -343,6 +347,11 @@ def scripted(tokens: dict[str, str]) -> Iterator[Scripted]:
         "/percent-after-prefix": answer(
             headers=(f"Link: <https://x.test/?t=v2.public.%{ord(payload[0]):02X}{payload[1:]}>",)
         ),
+        # UTF-7 spells the prefix in ASCII too, so the charset check skipped it; but "+AHY-"
+        # is a "v" to any client that decodes the declared charset (httpx's .text does).
+        "/utf-7": answer(b'{"t": "+AHY-' + c[1:].encode() + b'"}').replace(
+            b"application/vnd.api+json", b"application/json; charset=utf-7"
+        ),
         # A header line folded right after the prefix.
         "/folded-after-prefix": answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
     }
@@ -409,6 +418,7 @@ def test_answers_the_guard_handles(
         "/json-escape-after-prefix",
         "/percent-after-prefix",
         "/folded-after-prefix",
+        "/utf-7",
     ],
 )
 def test_a_token_the_guard_does_not_see_is_not_passed_on(
@@ -421,3 +431,279 @@ def test_a_token_the_guard_does_not_see_is_not_passed_on(
     raw = get_raw(scripted_gateway.proxy_url, scripted.url, path, planted)
     status = raw.split(b"\r\n", 1)[0]
     assert leaked(raw, tokens) == [], f"{path}: the caller can read a Unit token ({status!r})"
+
+
+# --- request side: another host that records what it gets --------------------------------
+
+
+class Recorder:
+    """Another host: keeps every byte it receives, answers each request head with 200 {}."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.received = bytearray()
+        box = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                pending = b""
+                while chunk := self.request.recv(65536):
+                    box.received += chunk
+                    pending += chunk
+                    while b"\r\n\r\n" in pending:
+                        _, _, pending = pending.partition(b"\r\n\r\n")
+                        self.request.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 2\r\n\r\n{}"
+                        )
+
+        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    box = Recorder()
+    yield box
+    box.close()
+
+
+def status_of(raw: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def codes_of(raw: bytes) -> list[str]:
+    return [m.decode() for m in re.findall(rb'"code": ?"([a-z_]+)"', raw)]
+
+
+def test_where_a_placeholder_request_goes_in_regular_mode(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    recorder: Recorder,
+    planted: Planted,
+) -> None:
+    gateway = gateway_factory(sandbox)
+    proxy = gateway.proxy_url
+    unit = urlsplit(sandbox.url)
+    unit_hostport = unit.netloc
+    outcomes: dict[str, object] = {}
+
+    def send(label: str, request: bytes) -> bytes:
+        raw = exchange(proxy, request, planted, label)
+        outcomes[label] = (status_of(raw), codes_of(raw))
+        assert MARK not in raw, label
+        return raw
+
+    # Unit's address spelled otherwise: never matched as Unit, so no token.
+    for spelling in (
+        f"localhost:{unit.port}",
+        f"127.0.0.1.:{unit.port}",
+        f"[::ffff:127.0.0.1]:{unit.port}",
+        f"2130706433:{unit.port}",
+        f"127.1:{unit.port}",
+        f"user:pw@127.0.0.1:{unit.port}",
+        f"127.0.0.1:{unit.port}:{unit.port}",
+    ):
+        send(
+            f"absolute-form http://{spelling}",
+            f"GET http://{spelling}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+            "Connection: close\r\n\r\n".encode(),
+        )
+
+    # The other host, with Unit named in Host; placeholders in headers other than
+    # Authorization, in a cookie, in the query.
+    other = recorder.url
+    send(
+        "other host, Host names Unit",
+        f"GET {other}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    for label, extra, query in (
+        ("Proxy-Authorization placeholder", "Proxy-Authorization: Bearer unitgw:org\r\n", ""),
+        ("X-Authorization placeholder", "X-Authorization: Bearer unitgw:org\r\n", ""),
+        ("Cookie placeholder", "Cookie: auth=unitgw:org\r\n", ""),
+        ("query placeholder", "", "?access_token=unitgw:org"),
+        ("Authorization: Token placeholder", "Authorization: Token unitgw:org\r\n", ""),
+        ("Authorization: Bearer%20 placeholder", "Authorization: Bearer%20unitgw:org\r\n", ""),
+        ('Authorization: Bearer "quoted"', 'Authorization: Bearer "unitgw:org"\r\n', ""),
+        ("Authorization: Bearer unitgw%3Aorg", "Authorization: Bearer unitgw%3Aorg\r\n", ""),
+        ("Authorization: Bearer base64", "Authorization: Basic dW5pdGd3Om9yZw==\r\n", ""),
+    ):
+        send(
+            label,
+            f"GET {other}/cards{query} HTTP/1.1\r\nHost: {unit_hostport}\r\n{extra}"
+            "Connection: close\r\n\r\n".encode(),
+        )
+
+    # CONNECT to the other host, then requests naming Unit inside the tunnel.
+    send(
+        "CONNECT other; inside absolute-form to Unit",
+        f"CONNECT 127.0.0.1:{recorder.port} HTTP/1.1\r\nHost: 127.0.0.1:{recorder.port}\r\n\r\n"
+        f"GET {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    send(
+        "CONNECT other; inside origin-form, Host: Unit",
+        f"CONNECT 127.0.0.1:{recorder.port} HTTP/1.1\r\nHost: {unit_hostport}\r\n\r\n"
+        f"GET /cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}Connection: close\r\n\r\n".encode(),
+    )
+    # CONNECT to Unit, then a request naming the other host inside the tunnel.
+    send(
+        "CONNECT Unit; inside absolute-form to other",
+        f"CONNECT {unit_hostport} HTTP/1.1\r\nHost: {unit_hostport}\r\n\r\n"
+        f"GET /cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}\r\n"
+        f"GET {other}/cards HTTP/1.1\r\nHost: 127.0.0.1:{recorder.port}\r\n{ORG}"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    # A CONNECT inside a tunnel.
+    send(
+        "CONNECT Unit; CONNECT other inside",
+        f"CONNECT {unit_hostport} HTTP/1.1\r\nHost: {unit_hostport}\r\n\r\n"
+        f"CONNECT 127.0.0.1:{recorder.port} HTTP/1.1\r\nHost: 127.0.0.1:{recorder.port}\r\n\r\n"
+        f"GET /cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}Connection: close\r\n\r\n".encode(),
+    )
+    # Pipelining: Unit, then the other host, in one packet.
+    send(
+        "pipelined Unit then other",
+        f"GET {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}\r\n"
+        f"GET {other}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    # Smuggling: CL and TE on a request to Unit whose body is a request to the other host.
+    inner = f"GET {other}/cards HTTP/1.1\r\nHost: x\r\n{ORG}\r\n".encode()
+    send(
+        "CL+TE smuggling",
+        f"POST {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+        f"Content-Length: {len(inner) + 5}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode()
+        + inner,
+    )
+    send(
+        "TE chunked with a second request after the body",
+        f"POST {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode()
+        + inner.replace(b"\r\n\r\n", b"Connection: close\r\n\r\n"),
+    )
+    # Upgrade / WebSocket to the other host and to Unit.
+    ws = (
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    send(
+        "WebSocket to other",
+        f"GET {other}/ws HTTP/1.1\r\nHost: 127.0.0.1:{recorder.port}\r\n{ORG}{ws}\r\n".encode(),
+    )
+    send(
+        "h2c upgrade to Unit",
+        f"GET {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n{ORG}"
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        "\r\n".encode(),
+    )
+    # Callers without a placeholder.
+    send(
+        "no Authorization to Unit",
+        f"GET {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    send(
+        "real-looking invalid token to Unit",
+        f"GET {sandbox.url}/cards HTTP/1.1\r\nHost: {unit_hostport}\r\n"
+        "Authorization: Bearer v2.public.bm90IGEgdG9rZW4\r\nConnection: close\r\n\r\n".encode(),
+    )
+    # A customer's placeholder on another customer's token endpoint.
+    body = json.dumps(
+        {"data": {"type": "customerToken", "attributes": {"scope": "customers"}}}
+    ).encode()
+    send(
+        "customer 10001 placeholder on /customers/10002/token",
+        f"POST {sandbox.url}/customers/10002/token HTTP/1.1\r\nHost: {unit_hostport}\r\n"
+        "Authorization: Bearer unitgw:customer:10001\r\nContent-Type: application/vnd.api+json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body,
+    )
+    print(json.dumps(outcomes, indent=1))
+    got = bytes(recorder.received)
+    print("other host received:", got)
+    unit_stats = sandbox.stats()
+    print("Unit stats:", json.dumps(unit_stats))
+    assert MARK not in got, "a real Unit token reached the other host"
+    assert sandbox.org_token.encode() not in got
+    # Placeholders in Authorization never reach the other host (in other headers they are
+    # just text: see the report).
+    auth_lines = re.findall(rb"(?im)^authorization:[^\r\n]*unitgw[^\r\n]*$", got)
+    assert auth_lines == [], auth_lines
+
+
+def test_reverse_mode_sends_every_request_to_unit_and_checks_its_answers(
+    gateway_factory: GatewayFactory,
+    scripted: Scripted,
+    tokens: dict[str, str],
+    recorder: Recorder,
+    planted: Planted,
+) -> None:
+    gateway = gateway_factory(
+        scripted,
+        mode=f"reverse:{scripted.url}",
+        name="reverse",
+        overrides={"redaction": {"max_body_bytes": 1 << 20}},
+    )
+    other = f"127.0.0.1:{recorder.port}"
+    outcomes = {}
+    for label, target, host in (
+        ("absolute-form to other", f"http://{other}/te-gzip-chunked", other),
+        ("origin-form, Host other", "/gzip-then-plain", other),
+        ("origin-form", "/json-escape-after-prefix", "x"),
+        ("origin-form", "/folded-after-prefix", "x"),
+        ("origin-form", "/ce-gzip-gzip", "x"),
+    ):
+        raw = exchange(
+            gateway.proxy_url,
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{ORG}Connection: close\r\n\r\n".encode(),
+            planted,
+            f"reverse {target}",
+        )
+        outcomes[f"{label} {target}"] = (status_of(raw), codes_of(raw), leaked(raw, tokens))
+    print(json.dumps(outcomes, indent=1))
+    assert bytes(recorder.received) == b"", "nothing reached the other host"
+    assert [o for o in outcomes.values() if o[2]] == []
+    # Each went to the scripted Unit, with the org token it was given.
+    assert len(scripted.seen) == 5
+    assert all(tokens["org"].encode() in head for head in scripted.seen)
+
+
+def test_http2_over_tls_authority_naming_the_other_host(
+    gateway_factory: GatewayFactory,
+    tls_sandbox: harness.Sandbox,
+    run_dir: Path,
+    planted: Planted,
+) -> None:
+    from conftest import planted_sandbox
+    from test_http2_e2e import http2_client
+
+    gateway = gateway_factory(tls_sandbox)
+    unit = urlsplit(tls_sandbox.url).netloc
+    with planted_sandbox(
+        run_dir, planted, "org token (other tls)", tls=True, name="other-tls"
+    ) as other:
+        other_netloc = urlsplit(other.url).netloc
+        with http2_client(gateway) as client:
+            to_other = client.get(
+                f"{other.url}/cards",
+                headers={"Host": unit, "Authorization": "Bearer unitgw:org"},
+            )
+            to_unit = client.get(
+                f"{tls_sandbox.url}/cards",
+                headers={"Host": other_netloc, "Authorization": "Bearer unitgw:org"},
+            )
+        print(to_other.http_version, to_other.status_code, to_other.text[:200])
+        print(to_unit.http_version, to_unit.status_code, to_unit.text[:100])
+        assert to_other.status_code == 403
+        assert "v2.public." not in to_other.text + to_unit.text
+        assert other.stats()["total_requests"] == 0
+    assert tls_sandbox.stats()["unauthenticated"] == {}
