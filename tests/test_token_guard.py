@@ -99,6 +99,11 @@ def test_every_token_is_replaced() -> None:
             "in the charset its Content-Type declares",
         ),
         (b"{}", "application/json; charset=x-unheard-of", "in a charset the gateway does not know"),
+        (
+            b'{"t": "+AHY-2.public.abc"}',
+            "application/json; charset=utf-7",
+            "in the charset its Content-Type declares",
+        ),
     ],
 )
 def test_tokens_spelled_otherwise_are_found(

@@ -67,16 +67,21 @@ def replace_tokens(data: bytes, used: list[str]) -> bytes:
     return _TOKEN.sub(placeholder, data)
 
 
+#: Every ASCII byte: in a charset that reads each as itself, a token is in the plain bytes.
+_ASCII = bytes(range(128))
+
+
 @functools.lru_cache(maxsize=64)
 def _charset_spells_ascii(charset: str) -> bool | None:
-    """Whether the token prefix has the same bytes in ``charset`` (UTF-8, Latin-1...);
-    None for a charset Python does not know."""
+    """Whether ``charset`` reads ASCII bytes as ASCII and has no other spelling of the token
+    prefix (UTF-8, Latin-1...); None for a charset Python does not know. UTF-7 spells the
+    prefix in ASCII too, but reads "+AHY-" as a "v": it is read to be sure."""
     try:
         name = codecs.lookup(charset).name
     except LookupError:
         return None
     try:
-        return _TEXT_MARK.encode(name) == MARK
+        return _TEXT_MARK.encode(name) == MARK and codecs.decode(_ASCII, name) == _ASCII.decode()
     except (UnicodeError, LookupError, TypeError):
         return False  # a codec that is not a text encoding (base64...): read it to be sure
 
