@@ -707,3 +707,63 @@ def test_http2_over_tls_authority_naming_the_other_host(
         assert "v2.public." not in to_other.text + to_unit.text
         assert other.stats()["total_requests"] == 0
     assert tls_sandbox.stats()["unauthenticated"] == {}
+
+
+def test_the_retry_after_a_401_follows_no_redirect_elsewhere(
+    gateway_factory: GatewayFactory,
+    tokens: dict[str, str],
+    recorder: Recorder,
+    planted: Planted,
+) -> None:
+    """Unit refuses the injected customer token (401); the gateway mints another and sends
+    the request again itself (aiohttp). Unit then answers with a redirect to another host."""
+    customer = tokens["customer"]
+    minted = json.dumps(
+        {
+            "data": {
+                "type": "customerBearerToken",
+                "attributes": {"token": customer, "expiresIn": 3600},
+            }
+        }
+    ).encode()
+    calls: list[int] = []
+
+    def accounts(head: bytes) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            return answer(status="401 Unauthorized")
+        return answer(
+            status="307 Temporary Redirect",
+            headers=(f"Location: {recorder.url}/stolen",),
+        )
+
+    box = Scripted(
+        {
+            f"/customers/{CUSTOMER}/token": answer(minted, status="201 Created"),
+            "/accounts": accounts,
+        },
+        tokens["org"],
+    )
+    try:
+        gateway = gateway_factory(box)
+        body = b'{"data": {"type": "x", "attributes": {"note": "caller data"}}}'
+        raw = exchange(
+            gateway.proxy_url,
+            f"POST {box.url}/accounts HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer unitgw:customer:{CUSTOMER}\r\n"
+            f"Content-Type: application/vnd.api+json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body,
+            planted,
+            "retry",
+        )
+    finally:
+        box.close()
+    got = bytes(recorder.received)
+    print("caller got:", raw[:300])
+    print("Unit saw:", [h.split(b"\r\n", 1)[0] for h in box.seen])
+    print("other host received:", got)
+    assert MARK not in raw
+    assert MARK not in got and tokens["org"].encode() not in got
+    # The caller gets Unit's redirect; the gateway does not take its request elsewhere.
+    assert got == b"", "the gateway's retry followed Unit's redirect to another host"
