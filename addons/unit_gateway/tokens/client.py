@@ -148,6 +148,9 @@ class UnitClient:
                 headers=headers,
                 data=request.raw_content or None,
                 auto_decompress=False,
+                # Unit's answer is the caller's, redirect or not: following it would send the
+                # caller's request (its real body) to whatever host Unit names.
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=deadline_seconds),
             ) as upstream_response:
                 content = await upstream_response.read()
@@ -204,6 +207,8 @@ class UnitClient:
                 self.upstream.url + path,
                 data=body,
                 headers=headers,
+                # A redirect is no token: nothing of a token request (a JWT, a code) goes on.
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 content = await response.read()
