@@ -767,3 +767,71 @@ def test_the_retry_after_a_401_follows_no_redirect_elsewhere(
     assert MARK not in got and tokens["org"].encode() not in got
     # The caller gets Unit's redirect; the gateway does not take its request elsewhere.
     assert got == b"", "the gateway's retry followed Unit's redirect to another host"
+
+
+@pytest.mark.parametrize(
+    "second",
+    ["te-gzip", "gzip-then-plain", "folded", "header"],
+)
+def test_the_answer_to_the_resend_after_a_401_is_checked(
+    gateway_factory: GatewayFactory, tokens: dict[str, str], planted: Planted, second: str
+) -> None:
+    """The resend's answer comes through the gateway's own client (aiohttp), not mitmproxy:
+    it must be checked as strictly as the first answer."""
+    customer = tokens["customer"]
+    payload = customer.split(".", 2)[2]
+    minted = json.dumps(
+        {
+            "data": {
+                "type": "customerBearerToken",
+                "attributes": {"token": customer, "expiresIn": 3600},
+            }
+        }
+    ).encode()
+    body = _body(customer)
+    answers = {
+        "te-gzip": answer(
+            chunked(gzip.compress(body)),
+            headers=("Transfer-Encoding: gzip, chunked",),
+            length=False,
+        ),
+        "gzip-then-plain": answer(
+            gzip.compress(b"{}") + customer.encode(), headers=("Content-Encoding: gzip",)
+        ),
+        "folded": answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
+        "header": answer(headers=(f"X-Token: {customer}",)),
+    }
+    calls: list[int] = []
+
+    def accounts(head: bytes) -> bytes:
+        calls.append(1)
+        return answer(status="401 Unauthorized") if len(calls) == 1 else answers[second]
+
+    box = Scripted(
+        {
+            f"/customers/{CUSTOMER}/token": answer(minted, status="201 Created"),
+            "/accounts": accounts,
+        },
+        tokens["org"],
+    )
+    try:
+        gateway = gateway_factory(box)
+        raw = get_raw(
+            gateway.proxy_url,
+            box.url,
+            "/accounts",
+            planted,
+            headers=f"Authorization: Bearer unitgw:customer:{CUSTOMER}\r\n",
+        )
+    finally:
+        box.close()
+    print("caller got:", raw[:400])
+    assert len(calls) == 2, "the gateway resent the request"
+    bodies = [raw.partition(b"\r\n\r\n")[2]]
+    # What a caller that sniffs a gzip stream gets (no header may declare it any more).
+    try:
+        bodies.append(gzip.decompress(bodies[0]))
+    except Exception:
+        pass
+    assert leaked(raw, tokens) == []
+    assert not any(payload.encode() in b for b in bodies)
