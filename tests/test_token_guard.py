@@ -203,6 +203,15 @@ def test_a_body_needing_no_decoding_is_searched_past_the_limit() -> None:
             "a header folded over lines holds a Unit token",
         ),
         (
+            # As aiohttp (the resend after a 401) passes a folded line on: joined by a space.
+            response(headers={"X-Token": "v2.public. " + CUSTOMER.split(".", 2)[2]}),
+            "its head holds a Unit token split by white space",
+        ),
+        (
+            response(b'{"t": "v2.public.\n' + CUSTOMER.encode()[10:] + b'"}'),
+            "its body holds a Unit token split by white space",
+        ),
+        (
             response(b'{"t": "v2.public.\\u0065' + CUSTOMER.encode()[11:] + b'"}'),
             "its body holds a Unit token in JSON \\u escapes",
         ),

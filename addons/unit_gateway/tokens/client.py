@@ -155,6 +155,12 @@ class UnitClient:
             ) as upstream_response:
                 content = await upstream_response.read()
                 status = upstream_response.status
+                codings = {
+                    coding.strip().lower()
+                    for name, value in upstream_response.raw_headers
+                    if name.lower() == b"transfer-encoding"
+                    for coding in value.split(b",")
+                }
                 raw_headers = [
                     (k, v)
                     for k, v in upstream_response.raw_headers
@@ -168,6 +174,15 @@ class UnitClient:
                 "upstream",
                 unreachable=502,
             ) from None
+        if codings - {b"chunked", b"identity", b""}:
+            # aiohttp undoes only the chunking and the header goes (a hop header): the body
+            # would reach the token check, and the caller, still in a coding nothing declares.
+            raise TokenError(
+                502,
+                "unit_answer_withheld",
+                "retrying with a new token: Unit's answer has a Transfer-Encoding other than "
+                "chunked, which the gateway cannot check",
+            )
         response = http.Response.make(status, b"", raw_headers)
         # Keep the bytes exactly as Unit sent them, compressed or not.
         response.raw_content = content

@@ -32,6 +32,10 @@ _TEXT_MARK = paseto.PREFIX
 _TOKEN = re.compile(rb"v2\.public\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
 _ID = re.compile(ID_PATTERN)
 _JSON_ESCAPE = re.compile(rb"\\u([0-9A-Fa-f]{4})")
+#: A prefix and what reads as the rest of a token after white space (a folded header line,
+#: joined with a space by a client, or a line break in a body): a token's payload is over 32
+#: characters, words after a prefix quoted in an error text are not.
+_SPLIT = re.compile(rb"v2\.public\.[A-Za-z0-9_-]*\s+[A-Za-z0-9_-]{32}")
 #: What of a Transfer-Encoding mitmproxy undoes itself (or that changes nothing).
 _TRANSFER_CODINGS = re.compile(r"\b(?:chunked|identity)\b", re.IGNORECASE)
 _CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
@@ -189,6 +193,10 @@ def check_response(response: http.Response, limit: int) -> Verdict:
             # A folded line (obs-fold, kept as is): a caller joins what follows the prefix
             # replaced to it.
             return Verdict(withheld="a header folded over lines holds a Unit token")
+        if _SPLIT.search(head):
+            return Verdict(withheld="its head holds a Unit token split by white space")
+    if in_body and _SPLIT.search(body):
+        return Verdict(withheld="its body holds a Unit token split by white space")
     # Read before the plain tokens are replaced: an escape right after a plain prefix
     # makes a longer token than the one that would be replaced.
     how = hidden_token(head)
