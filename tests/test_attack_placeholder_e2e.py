@@ -835,3 +835,38 @@ def test_the_answer_to_the_resend_after_a_401_is_checked(
         pass
     assert leaked(raw, tokens) == []
     assert not any(payload.encode() in b for b in bodies)
+
+
+def test_mitmproxys_errors_about_units_answer_hold_no_token(
+    gateway_factory: GatewayFactory, tokens: dict[str, str], planted: Planted
+) -> None:
+    """mitmproxy quotes the bytes it could not read in its error ("unexpected server
+    response: b'...'", "Invalid header line: b'...'"), and that error is the caller's answer."""
+    c = tokens["customer"]
+    payload = c.split(".", 2)[2]
+    box = Scripted(
+        {
+            "/partial-head": f"HTTP/1.1 200 OK\r\nX-Token: {c}\r\n".encode(),
+            "/bad-header-line": f"HTTP/1.1 200 OK\r\n{c}\r\n\r\n".encode(),
+            "/bad-header-line-escaped": (
+                f"HTTP/1.1 200 OK\r\nv2.public.\\u00{ord(payload[0]):02x}{payload[1:]}\r\n\r\n"
+            ).encode(),
+            "/bad-status": f"HTTP/1.1 2x0 {c}\r\n\r\n".encode(),
+            "/short-body": f"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n{c}".encode(),
+            "/bad-chunk": (
+                f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz{c}\r\n".encode()
+            ),
+        },
+        tokens["org"],
+    )
+    outcomes = {}
+    try:
+        gateway = gateway_factory(box)
+        for path in box.answers:
+            raw = get_raw(gateway.proxy_url, box.url, path, planted)
+            outcomes[path] = (raw[:1200], leaked(raw, tokens))
+    finally:
+        box.close()
+    for path, (raw, kinds) in outcomes.items():
+        print(path, kinds, raw)
+    assert {p: o[1] for p, o in outcomes.items() if o[1]} == {}
