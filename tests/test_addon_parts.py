@@ -84,6 +84,19 @@ def test_bytes_of_the_peer_quoted_in_the_message_are_redacted() -> None:
     assert "(Unit)" in error["detail"]
 
 
+def test_units_bytes_are_not_quoted_to_the_caller() -> None:
+    # No redaction finds a token spelled with an escape after its prefix: Unit's bytes go.
+    hidden = "v2.public.\\\\u0065" + TOKEN.split(".", 2)[2][1:]
+    _, body = document(
+        answer(
+            httplayer.ErrorCode.GENERIC_SERVER_ERROR,
+            f"Cannot parse HTTP response: Invalid header line: b'{hidden}'",
+        )
+    )
+    detail = body["errors"][0]["detail"]
+    assert detail.endswith("Invalid header line: [Unit's bytes not shown]"), detail
+
+
 @pytest.mark.parametrize(
     ("code", "status", "json_code", "names_unit"),
     [

@@ -99,6 +99,11 @@ def test_every_token_is_replaced() -> None:
             "in the charset its Content-Type declares",
         ),
         (b"{}", "application/json; charset=x-unheard-of", "in a charset the gateway does not know"),
+        (
+            b'{"t": "+AHY-2.public.abc"}',
+            "application/json; charset=utf-7",
+            "in the charset its Content-Type declares",
+        ),
     ],
 )
 def test_tokens_spelled_otherwise_are_found(
@@ -185,6 +190,35 @@ def test_a_body_needing_no_decoding_is_searched_past_the_limit() -> None:
         ),
         (response(b"\x1f\x8b broken", {"Content-Encoding": "gzip"}), "cannot undo"),
         (response(headers={f"X-{CUSTOMER}": "1"}), "a header name holds a Unit token"),
+        (
+            response(gzip.compress(CUSTOMER.encode()), {"Transfer-Encoding": "gzip, chunked"}),
+            "a Transfer-Encoding other than chunked",
+        ),
+        (
+            response(gzip.compress(b"{}") + CUSTOMER.encode(), {"Content-Encoding": "gzip"}),
+            "cannot undo its Content-Encoding",
+        ),
+        (
+            response(headers={"X-Token": "v2.public.\r\n " + CUSTOMER.split(".", 2)[2]}),
+            "a header folded over lines holds a Unit token",
+        ),
+        (
+            # As aiohttp (the resend after a 401) passes a folded line on: joined by a space.
+            response(headers={"X-Token": "v2.public. " + CUSTOMER.split(".", 2)[2]}),
+            "its head holds a Unit token split by white space",
+        ),
+        (
+            response(b'{"t": "v2.public.\n' + CUSTOMER.encode()[10:] + b'"}'),
+            "its body holds a Unit token split by white space",
+        ),
+        (
+            response(b'{"t": "v2.public.\\u0065' + CUSTOMER.encode()[11:] + b'"}'),
+            "its body holds a Unit token in JSON \\u escapes",
+        ),
+        (
+            response(headers={"Link": "<https://x/?t=v2.public.%65" + CUSTOMER[11:] + ">"}),
+            "its head holds a Unit token percent-encoded",
+        ),
         (
             response(headers={"Link": f"<https://x/?t={CUSTOMER.replace('.', '%2E')}>"}),
             "its head holds a Unit token percent-encoded",

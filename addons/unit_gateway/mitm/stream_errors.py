@@ -3,6 +3,7 @@ client parses, where mitmproxy would send an HTML page quoting the peer's bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from typing import Any, Protocol
 
@@ -23,6 +24,10 @@ class TextRedactor(Protocol):
 
     def redact_text(self, text: str) -> str: ...
 
+
+#: The bytes mitmproxy quotes in its errors (``b'...'``, ``bytearray(b'...')``), as repr spells
+#: them.
+_QUOTED_BYTES = re.compile(r"""(?:bytearray\()?b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\)?""")
 
 #: Set on a stream once a final response head went to its client.
 _RESPONDED = "_unit_gateway_responded"
@@ -88,7 +93,12 @@ def _json_api_error(
     if status is None or known is None:
         return None
     code, whose = known
-    message = redaction.redact_text(event.message)
+    message = event.message
+    if whose == "unit" and unit:
+        # Unit's own bytes, quoted: a token in them may be spelled so that no redaction
+        # finds it (an escape after its prefix), and the caller may have used a placeholder.
+        message = _QUOTED_BYTES.sub("[Unit's bytes not shown]", message)
+    message = redaction.redact_text(message)
     if whose == "unit":
         server = f"{flow.request.host}:{flow.request.port}" + (" (Unit)" if unit else "")
         detail = f"{server}: {message}{note}"

@@ -15,6 +15,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _TrailingData(Exception):
+    pass
+
+
 def _zlib_decode(data: bytes, wbits: int, limit: int, members: bool) -> bytes:
     out: list[bytes] = []
     total = 0
@@ -33,6 +37,10 @@ def _zlib_decode(data: bytes, wbits: int, limit: int, members: bool) -> bytes:
         data = decompressor.unused_data
         # a gzip body may be several members back to back (RFC 1952, 2.2)
         if not (members and decompressor.eof and data.startswith(b"\x1f\x8b")):
+            if data:
+                # Bytes after the stream: a lenient client still reads them (as they are, or
+                # as another member), so a body decoded without them is not the whole body.
+                raise _TrailingData
             return b"".join(out)
 
 
@@ -96,6 +104,8 @@ def decode_content(content: bytes, content_encoding: str | None, limit: int) -> 
             decoded = decoder(decoded, limit)
         except _TooLarge:
             raise UndecodableBody(f"over {limit} bytes decoded") from None
+        except _TrailingData:
+            raise UndecodableBody(f"{coding} is followed by data it does not hold") from None
         except Exception:  # any failure to decode
             raise UndecodableBody(f"{coding} could not be decoded") from None
     return decoded

@@ -148,10 +148,19 @@ class UnitClient:
                 headers=headers,
                 data=request.raw_content or None,
                 auto_decompress=False,
+                # Unit's answer is the caller's, redirect or not: following it would send the
+                # caller's request (its real body) to whatever host Unit names.
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=deadline_seconds),
             ) as upstream_response:
                 content = await upstream_response.read()
                 status = upstream_response.status
+                codings = {
+                    coding.strip().lower()
+                    for name, value in upstream_response.raw_headers
+                    if name.lower() == b"transfer-encoding"
+                    for coding in value.split(b",")
+                }
                 raw_headers = [
                     (k, v)
                     for k, v in upstream_response.raw_headers
@@ -165,6 +174,15 @@ class UnitClient:
                 "upstream",
                 unreachable=502,
             ) from None
+        if codings - {b"chunked", b"identity", b""}:
+            # aiohttp undoes only the chunking and the header goes (a hop header): the body
+            # would reach the token check, and the caller, still in a coding nothing declares.
+            raise TokenError(
+                502,
+                "unit_answer_withheld",
+                "retrying with a new token: Unit's answer has a Transfer-Encoding other than "
+                "chunked, which the gateway cannot check",
+            )
         response = http.Response.make(status, b"", raw_headers)
         # Keep the bytes exactly as Unit sent them, compressed or not.
         response.raw_content = content
@@ -204,6 +222,8 @@ class UnitClient:
                 self.upstream.url + path,
                 data=body,
                 headers=headers,
+                # A redirect is no token: nothing of a token request (a JWT, a code) goes on.
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 content = await response.read()

@@ -4,8 +4,9 @@ Every answer from a Unit upstream to a placeholder caller passes :func:`check_re
 route-table gap cannot hand out a credential: a Unit token in the body, a header value, the
 reason or a trailer becomes the placeholder of the identity its claims name (or
 :data:`WITHHELD`), and an answer that cannot be checked (an encoding the gateway cannot undo,
-too large) or that holds a token in a form it does not rewrite (escapes, percent-encoding,
-UTF-16/32, a header name) is withheld with a 502. An ordinary answer costs a few substring
+too large, followed by bytes it does not hold, a transfer coding mitmproxy does not undo) or
+that holds a token in a form it does not rewrite (escapes, percent-encoding, UTF-16/32, a
+header name, a folded header) is withheld with a 502. An ordinary answer costs a few substring
 searches, in C.
 """
 
@@ -20,6 +21,7 @@ from urllib.parse import unquote_to_bytes
 from mitmproxy import http
 
 from unit_gateway.net.bodies import UndecodableBody, decode_content
+from unit_gateway.net.headers import has_header_field
 from unit_gateway.unit_api import paseto
 from unit_gateway.unit_api.identity import ID_PATTERN, ORG, Identity
 
@@ -30,6 +32,12 @@ _TEXT_MARK = paseto.PREFIX
 _TOKEN = re.compile(rb"v2\.public\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
 _ID = re.compile(ID_PATTERN)
 _JSON_ESCAPE = re.compile(rb"\\u([0-9A-Fa-f]{4})")
+#: A prefix and what reads as the rest of a token after white space (a folded header line,
+#: joined with a space by a client, or a line break in a body): a token's payload is over 32
+#: characters, words after a prefix quoted in an error text are not.
+_SPLIT = re.compile(rb"v2\.public\.[A-Za-z0-9_-]*\s+[A-Za-z0-9_-]{32}")
+#: What of a Transfer-Encoding mitmproxy undoes itself (or that changes nothing).
+_TRANSFER_CODINGS = re.compile(r"\b(?:chunked|identity)\b", re.IGNORECASE)
 _CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 #: What stands in for a token whose claims name no identity the gateway has a placeholder for.
 WITHHELD = "unitgw:token-withheld"
@@ -63,27 +71,35 @@ def replace_tokens(data: bytes, used: list[str]) -> bytes:
     return _TOKEN.sub(placeholder, data)
 
 
+#: Every ASCII byte: in a charset that reads each as itself, a token is in the plain bytes.
+_ASCII = bytes(range(128))
+
+
 @functools.lru_cache(maxsize=64)
 def _charset_spells_ascii(charset: str) -> bool | None:
-    """Whether the token prefix has the same bytes in ``charset`` (UTF-8, Latin-1...);
-    None for a charset Python does not know."""
+    """Whether ``charset`` reads ASCII bytes as ASCII and has no other spelling of the token
+    prefix (UTF-8, Latin-1...); None for a charset Python does not know. UTF-7 spells the
+    prefix in ASCII too, but reads "+AHY-" as a "v": it is read to be sure."""
     try:
         name = codecs.lookup(charset).name
     except LookupError:
         return None
     try:
-        return _TEXT_MARK.encode(name) == MARK
+        return _TEXT_MARK.encode(name) == MARK and codecs.decode(_ASCII, name) == _ASCII.decode()
     except (UnicodeError, LookupError, TypeError):
         return False  # a codec that is not a text encoding (base64...): read it to be sure
 
 
 def hidden_token(data: bytes, content_type: str | None = None) -> str | None:
-    """How ``data`` spells a Unit token that is not in it as plain bytes, or None. Called on
-    data without the plain prefix; each reading costs only when its escape byte is there
+    """How ``data`` spells a Unit token that is not in it as plain bytes, or None. ``data``
+    is what Unit sent, plain tokens and all: a reading must hold no token but those, each
+    exactly as long (an escape just after a plain prefix makes the token a reader gets
+    longer than the one replaced). Each reading costs only when its escape byte is there
     (one memchr each, otherwise)."""
-    if b"\\" in data and MARK in _JSON_ESCAPE.sub(_unescape, data):
+    plain = frozenset(_TOKEN.findall(data)) if MARK in data else frozenset()
+    if b"\\" in data and _new_token(_JSON_ESCAPE.sub(_unescape, data), plain):
         return "in JSON \\u escapes"
-    if b"%" in data and MARK in unquote_to_bytes(data):
+    if b"%" in data and _new_token(unquote_to_bytes(data), plain):
         return "percent-encoded"
     if b"\x00" in data and any(wide in data for wide in _WIDE):
         return "in UTF-16 or UTF-32"
@@ -103,6 +119,11 @@ def hidden_token(data: bytes, content_type: str | None = None) -> str | None:
             if not isinstance(text, str):
                 return "in a charset the gateway cannot read (it cannot check the body)"
     return None
+
+
+def _new_token(reading: bytes, plain: frozenset[bytes]) -> bool:
+    """Whether ``reading`` holds a token that is not one of the ``plain`` ones."""
+    return MARK in reading and not plain.issuperset(_TOKEN.findall(reading))
 
 
 def _unescape(escape: re.Match[bytes]) -> bytes:
@@ -137,6 +158,17 @@ def check_response(response: http.Response, limit: int) -> Verdict:
     body = b""
     raw = response.raw_content
     fields = response.data.headers.fields
+    transfer = (
+        _field(fields, b"transfer-encoding")
+        if has_header_field(fields, b"transfer-encoding")
+        else None
+    )
+    if transfer is not None and _TRANSFER_CODINGS.sub("", transfer).strip(" \t,"):
+        # mitmproxy undoes only "chunked": a gzip transfer coding reaches the caller as Unit
+        # sent it, to be undone by the caller's client.
+        return Verdict(
+            withheld="its body could not be checked: it has a Transfer-Encoding other than chunked"
+        )
     if raw:
         coding = (_field(fields, b"content-encoding") or "").strip().lower()
         if coding and coding != "identity":
@@ -157,10 +189,16 @@ def check_response(response: http.Response, limit: int) -> Verdict:
         trailers = response.trailers.fields if response.trailers is not None else ()
         if any(MARK in name for name, _ in fields + trailers):
             return Verdict(withheld="a header name holds a Unit token")
-        head = replace_tokens(head, used)
-    if in_body:
-        body = replace_tokens(body, used)
-    # Plain tokens are gone from head and body now: any token left is spelled otherwise.
+        if any(b"\r" in value or b"\n" in value for _, value in fields + trailers):
+            # A folded line (obs-fold, kept as is): a caller joins what follows the prefix
+            # replaced to it.
+            return Verdict(withheld="a header folded over lines holds a Unit token")
+        if _SPLIT.search(head):
+            return Verdict(withheld="its head holds a Unit token split by white space")
+    if in_body and _SPLIT.search(body):
+        return Verdict(withheld="its body holds a Unit token split by white space")
+    # Read before the plain tokens are replaced: an escape right after a plain prefix
+    # makes a longer token than the one that would be replaced.
     how = hidden_token(head)
     if how is not None:
         return Verdict(withheld=f"its head holds a Unit token {how}")
@@ -168,6 +206,10 @@ def check_response(response: http.Response, limit: int) -> Verdict:
         how = hidden_token(body, _field(fields, b"content-type"))
         if how is not None:
             return Verdict(withheld=f"its body holds a Unit token {how}")
+    if in_head:
+        head = replace_tokens(head, used)
+    if in_body:
+        body = replace_tokens(body, used)
     if not in_head and not in_body:
         return verdict
     replaced = response.copy()
