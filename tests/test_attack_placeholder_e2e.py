@@ -895,8 +895,8 @@ def test_the_log_of_an_unreadable_answer_holds_no_token(
     gateway_factory: GatewayFactory, whole_tokens: dict[str, str], planted: Planted
 ) -> None:
     """The same error in the gateway's own log (the "nothing shown holds a secret" promise,
-    not the caller's): fails today, not fixed on this branch. The redactor finds no token in
-    ``v2.public.\\\\u0065<rest>`` (the repr of an escape just after the prefix)."""
+    not the caller's): the redactor takes a token that goes on escaped (``v2.public.\\\\u0065``
+    in the repr of an escape just after the prefix) as a token up to the next white space."""
     _, output = _unreadable_answers(gateway_factory, whole_tokens, planted)
     secret = whole_tokens["customer"].split(".", 2)[2]
     assert secret[1:] not in output, "the gateway's log holds the token's secret part"

@@ -1753,3 +1753,25 @@ def test_no_reading_of_what_is_kept_shows_a_planted_secret(
     if result.kind in ("text", "form"):  # what is kept, redacted again, has nothing more
         again = redactor.redact_body(stored, content_type, None)
         assert set(again.counts) <= {"binary"}  # (EBCDIC's quotes may look binary, shorter)
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        "v2.public.\\u0065yJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJl",  # an escape just after
+        "v2.public.\\\\u0065yJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJl",  # as a repr shows it
+        "v2.public.eyJyb2xlIjoiY3\\u0056zdG9tZXIifQ.c2lnbmF0dXJl",  # one in the middle
+        "v2.public.%65yJyb2xlIjoiY3VzdG9tZXIifQ.c2lnbmF0dXJl",  # percent-encoded
+    ],
+)
+def test_a_token_that_goes_on_escaped_is_redacted_whole(redactor: Redactor, spelled: str) -> None:
+    shown = redactor.redact_text(f"Invalid header line: b'X-Token: {spelled}' (at 2)")
+    assert "c2lnbmF0dXJl" not in shown and "yJyb2xl" not in shown, shown
+    assert shown.endswith("' (at 2)") and shown.startswith("Invalid header line: b'X-Token: ")
+
+
+def test_a_token_ends_where_its_characters_end(redactor: Redactor) -> None:
+    assert redactor.redact_text(f"a={TOKEN}, b") == f"a={redactor.fingerprint(TOKEN)}, b"
+    assert redactor.redact_text("tokens look like v2.public. and go on") == (
+        "tokens look like v2.public. and go on"
+    )

@@ -96,7 +96,12 @@ _DIGIT_CANDIDATES = {
     "bare": r"(?P<bare>[0-9]{8}(?![0-9]))",
 }
 _B64 = r"[A-Za-z0-9_-]"
-_UNIT_TOKEN = re.compile(rf"v[1-4]\.(?:public|local)\.{_B64}+(?:\.{_B64}+)?")
+#: A token's characters may go on escaped (``\u0065``, ``\\u0065`` in a repr, ``%65``): from
+#: an escape on, everything up to white space or a quote is taken as the token's.
+_ESCAPED_REST = r"""(?:[\\%][^\s"'<>]*)"""
+_UNIT_TOKEN = re.compile(
+    rf"v[1-4]\.(?:public|local)\.(?:{_B64}+(?:\.{_B64}+)?{_ESCAPED_REST}?|{_ESCAPED_REST})"
+)
 # The second part is not required to start with eyJ: JWE's second part (the encrypted key)
 # does not, and a wider net costs nothing in the common case.
 _JWT = re.compile(rf"eyJ{_B64}+\.{_B64}+\.{_B64}*(?:\.{_B64}*\.{_B64}*)?")
