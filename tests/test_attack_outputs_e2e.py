@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -164,6 +165,44 @@ def test_a_protobuf_varint_is_shown_by_the_console(
     note = b"a note on the account of a customer, nothing secret in it at all."
     body = b"\x08" + varint(int(pan)) + b"\x12" + bytes([len(note)]) + note
     post_echoed(gateway, {"protobuf": ("application/x-protobuf", body)})
+    assert gateway.process.stop() == 0
+
+
+# --- card numbers and SSNs written with other separators ----------------------------------
+
+
+def grouped(pan: str, separator: str) -> str:
+    return separator.join(pan[i : i + 4] for i in range(0, len(pan), 4))
+
+
+SEPARATORS = {
+    "dots": ".",
+    "two spaces": "  ",
+    "slashes": "/",
+    "tabs": "\t",
+    "newlines": "\n",
+    "CRLF": "\r\n",
+    "space dash space": " - ",
+    "underscores": "_",
+}
+
+
+@pytest.mark.parametrize("separator", list(SEPARATORS))
+def test_a_card_number_grouped_with_other_separators(
+    gateway_factory: GatewayFactory,
+    sandbox: harness.Sandbox,
+    run_dir: Path,
+    planted: Planted,
+    separator: str,
+) -> None:
+    """A card number as people write it, in a text body and in a query string."""
+    gateway = gateway_factory(sandbox, extra_args=every_output(run_dir, "separators"))
+    pan = pan16()
+    written = planted.add(f"PAN with {separator}", grouped(pan, SEPARATORS[separator]))
+    post_echoed(gateway, {"text": ("text/plain", f"card: {written} exp 12/29".encode())})
+    with echo_server() as host, proxied_session(gateway) as session:
+        got = session.get(f"{host}/cards?number={quote(written)}", timeout=30)
+        assert got.status_code == 200
     assert gateway.process.stop() == 0
 
 
