@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -431,11 +431,12 @@ def test_websocket_binary_msgpack_and_close_reason_in_mitmweb(
 # --- the event log at debug verbosity, protocol errors --------------------------------------
 
 
-def raw_exchange(gateway: harness.Gateway, data: bytes) -> bytes:
+def raw_exchange(gateway: harness.Gateway, data: bytes, *, half_close: bool = True) -> bytes:
     host, port = gateway.proxy_url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         answer = b""
         try:
             while chunk := sock.recv(65536):
@@ -692,3 +693,75 @@ def test_access_log_and_metrics_of_paths_no_route_knows(
     planted.blobs.append(("metrics", gateway.metrics_text().encode()))
     assert gateway.process.stop() == 0
     assert (run_dir / "access.jsonl").read_text().count("\n") == 5
+
+
+@contextmanager
+def raw_server(answers: list[bytes]) -> Iterator[str]:
+    """A TCP server that reads a request head and answers each connection with the next of
+    ``answers`` as raw bytes, then closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        index = 0
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(answers[min(index, len(answers) - 1)])
+                except OSError:
+                    pass
+            index += 1
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_malformed_answers_of_another_host(
+    gateway_factory: GatewayFactory, sandbox: harness.Sandbox, run_dir: Path, planted: Planted
+) -> None:
+    """A host's answers that do not parse, with secrets where mitmproxy's error messages
+    quote bytes: the status line, a header line, a chunk size, a bad Content-Length; and a
+    status code of 16 digits, which mitmproxy takes (an int the walk did not read)."""
+    gateway = gateway_factory(
+        sandbox,
+        extra_args=("--set", "termlog_verbosity=debug", *every_output(run_dir, "badanswers")),
+    )
+    pans = [planted.add(f"PAN {i}", pan16()) for i in range(6)]
+    token = planted.add("token", "v2.public." + secrets.token_urlsafe(30))
+    answers = [
+        f"HTTX/1.1 200 {pans[0]} {token}\r\n\r\n".encode(),
+        f"HTTP/1.1 200 OK\r\nBad header {pans[1]}\r\nContent-Length: 0\r\n\r\n".encode(),
+        f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{pans[2]}zz\r\nab\r\n".encode(),
+        f"HTTP/1.1 200 OK\r\nContent-Length: {pans[3]}x\r\n\r\n".encode(),
+        f"HTTP/1.1 {pans[4]} OK\r\nContent-Length: 0\r\n\r\n".encode(),
+        f"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\ncard {pans[5]}".encode(),  # cut short
+    ]
+    with raw_server(answers) as host, proxied_session(gateway) as session:
+        for i in range(len(answers)):
+            # what the caller gets is the host's bytes, not an output: not scanned
+            with suppress(requests.RequestException):
+                session.get(f"{host}/a{i}", timeout=15)
+    # the caller still gets the status line as the host sent it
+    with raw_server([answers[4]]) as host:
+        request = f"GET {host}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        got = raw_exchange(gateway, request.encode(), half_close=False)
+        assert got.startswith(f"HTTP/1.1 {pans[4]} OK\r\n".encode()), got[:100]
+    assert gateway.process.stop() == 0
