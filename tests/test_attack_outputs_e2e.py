@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -765,3 +766,30 @@ def test_malformed_answers_of_another_host(
         got = raw_exchange(gateway, request.encode(), half_close=False)
         assert got.startswith(f"HTTP/1.1 {pans[4]} OK\r\n".encode()), got[:100]
     assert gateway.process.stop() == 0
+
+
+@dataclass
+class _FakeUnit:
+    url: str
+    org_token: str
+    cert_path: Path | None = None
+
+
+def test_a_status_code_from_unit_that_holds_a_card_number(
+    gateway_factory: GatewayFactory, run_dir: Path, planted: Planted
+) -> None:
+    """The Unit upstream (a raw server here) answers with a 16-digit status code: the access
+    log, /metrics (status labels), the console and saved flows."""
+    pan = planted.add("PAN as Unit's status code", pan16())
+    org = planted.add("org token", "v2.public." + secrets.token_urlsafe(40))
+    answer = f"HTTP/1.1 {pan} OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    with raw_server([answer.encode()]) as host:
+        gateway = gateway_factory(
+            _FakeUnit(host, org),
+            overrides={"access_log": {"path": "access.jsonl"}},
+            extra_args=every_output(run_dir, "unit-status"),
+        )
+        with proxied_session(gateway) as session, suppress(requests.RequestException):
+            session.get(f"{host}/accounts", headers={"Authorization": "Bearer unitgw:org"})
+        planted.blobs.append(("metrics", gateway.metrics_text().encode()))
+        assert gateway.process.stop() == 0
