@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from unit_gateway.net.bodies import UndecodableBody, decode_content
+from unit_gateway.redaction.decoding_views import decoded_texts
 from unit_gateway.redaction.json_walk import JsonWalker
 from unit_gateway.redaction.markers import FieldMarker
 from unit_gateway.redaction.readings import Rules, declared_codecs, reads_ascii_as_ascii, settle
@@ -140,8 +141,15 @@ class BodyRedactor:
             return self._summary(media_type, len(content), counts, "body", str(e))
         route = path.partition("?")[0] if path else None
         out, kind = self._redact_decoded(decoded, media_type, params, counts, route, 0)
+        if kind != "binary" and self.views_show_a_secret(out):
+            note = "a content view decodes it to a secret"
+            return self._summary(media_type, len(content), counts, "body", note)
         changed = bool(counts) or (kind in _RESERIALIZED and out != decoded)
         return RedactedBody(out, kind, dict(counts), changed)
+
+    def views_show_a_secret(self, shown: bytes) -> bool:
+        """Whether a decoding content view of ``shown`` shows what a detector finds."""
+        return any(not self._detectors.finds_nothing_in(text) for text in decoded_texts(shown))
 
     def _summary(
         self, media_type: str, size: int, counts: Counter[str], what: str, note: str = ""

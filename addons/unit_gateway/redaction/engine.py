@@ -162,7 +162,10 @@ class Redactor:
         if looks_binary(data) and not (value and len(data) <= SHORT_BINARY_VALUE):
             return None
         tally = counts if counts is not None else Counter()
-        return settle(data, (), self._text_rules, tally)
+        shown = settle(data, (), self._text_rules, tally)
+        if shown is not None and self._bodies.views_show_a_secret(shown):
+            return None
+        return shown
 
     def _text_rules(self, text: str, counts: Counter[str]) -> str:
         return self.redact_text(text, counts=counts)

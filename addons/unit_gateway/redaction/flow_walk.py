@@ -83,6 +83,12 @@ class _ShownConnection:
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
+#: Integers this far from zero have the 13 digits a card number needs at least (mitmproxy
+#: takes any digits as a response's status code: ``HTTP/1.1 4111111111111111 OK``).
+_LONG_INT = 10**12
+#: What an integer that holds a secret shows as (it must stay an int: the console compares
+#: a status code, HAR and mitmweb write it as a number).
+SHOWN_INT = 0
 _WALKED: dict[type, bool] = {}
 
 
@@ -223,6 +229,9 @@ class _Walk:
         headers_type = self.vault.headers_type
         for name, item in _attributes(value):
             kind = type(item)
+            if kind is int and not -_LONG_INT < item < _LONG_INT and name not in SKIPPED:
+                self._visit_long_int(value, name, item)
+                continue
             if kind in _SCALARS or name in SKIPPED or name == skipped:
                 continue
             if name in CONNECTIONS:
@@ -237,8 +246,15 @@ class _Walk:
                     continue
             self.visit(value, name, item)
 
+    def _visit_long_int(self, holder: Any, key: Any, value: int) -> None:
+        if self.vault.redact_leaf(str(value)) != str(value):
+            self._changed(holder, key, value, SHOWN_INT)
+
     def visit(self, holder: Any, key: Any, value: Any) -> None:
         kind = type(value)
+        if kind is int and not -_LONG_INT < value < _LONG_INT:
+            self._visit_long_int(holder, key, value)
+            return
         if kind in _SCALARS:
             return
         clean = self.record.clean

@@ -95,6 +95,16 @@ _DIGIT_CANDIDATES = {
     "ssn": r"(?P<ssn>[0-9]{2}-[0-9]{2}-[0-9]{4}(?![0-9]))",
     "bare": r"(?P<bare>[0-9]{8}(?![0-9]))",
 }
+#: A card number written in its printed groups (4-4-4-4 with up to 7 digits in the last
+#: group, or 4-6-5) with one separator the run above does not take, the same between every
+#: two groups: dots, slashes, underscores, tabs, two or more spaces, a dash between spaces,
+#: a line break (a match across newline-joined values only sends finds_nothing_in's callers
+#: to their per-value path). Not commas: a list of years. As an alternative after the
+#: candidate head's first digit.
+_GROUPED_CARD = (
+    r"(?P<grouped>[0-9]{3}(?P<sep>[./_]|\t+|  +| - |\r?\n)"
+    r"(?:[0-9]{4}(?P=sep)[0-9]{4}(?P=sep)[0-9]{1,7}|[0-9]{6}(?P=sep)[0-9]{5})(?![0-9]))"
+)
 _B64 = r"[A-Za-z0-9_-]"
 #: A token's characters may go on escaped (``\u0065``, ``\\u0065`` in a repr, ``%65``): from
 #: an escape on, everything up to white space or a quote is taken as the token's.
@@ -223,6 +233,8 @@ class Detectors:
             )
             if enabled
         ]
+        if settings.card_numbers:
+            wanted.append(_GROUPED_CARD)
         self._digit_candidates = (
             re.compile(_DIGIT_CANDIDATE_HEAD + "(?:" + "|".join(wanted) + ")") if wanted else None
         )
@@ -291,6 +303,11 @@ class Detectors:
         for candidate in candidates.finditer(text):
             if candidate.lastgroup == "run":
                 found = self._run_spans(candidate.group())
+            elif candidate.lastgroup == "grouped":
+                written = candidate.group()
+                digits = "".join(_DIGIT_GROUP.findall(written))
+                card = MIN_CARD_DIGITS <= len(digits) <= MAX_CARD_DIGITS and luhn_valid(digits)
+                found = [(0, len(written), "card_number")] if card else []
             else:  # an SSN (dashed, or bare if enabled) outside any long run
                 found = [(0, candidate.end() - candidate.start(), "ssn")]
             for start, end, rule in found:
