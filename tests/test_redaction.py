@@ -1775,3 +1775,37 @@ def test_a_token_ends_where_its_characters_end(redactor: Redactor) -> None:
     assert redactor.redact_text("tokens look like v2.public. and go on") == (
         "tokens look like v2.public. and go on"
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "secret"),
+    [
+        ("Basic {}", b"svc:" + TOKEN.encode()),
+        ("data:text/plain;base64,{}", b"card 4111111111111111 on file"),
+        ("{}", b"ssn=123-45-6789"),
+        ("nested {}", base64.b64encode(b"pan 4111 1111 1111 1111")),
+    ],
+)
+def test_base64_that_holds_a_secret_is_redacted(
+    redactor: Redactor, written: str, secret: bytes
+) -> None:
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        text = written.format(encode(secret).decode())
+        shown = redactor.redact_text(text)
+        assert shown == written.format("[redacted:base64]"), shown
+
+
+def test_base64_that_holds_no_secret_is_shown(redactor: Redactor) -> None:
+    for text in (
+        base64.b64encode(b"hello, world of many words").decode(),
+        base64.b64encode(bytes(range(256)) * 4).decode(),  # binary
+        "customers/10001/accounts/20001/transactions",
+        "internationalization",
+    ):
+        assert redactor.redact_text(text) == text
+
+
+def test_a_card_number_grouped_with_commas_is_redacted(redactor: Redactor) -> None:
+    assert redactor.redact_text("card 4111,1111,1111,1111 x") == "card [redacted:card_number] x"
+    assert redactor.redact_text("pan 4111, 1111, 1111, 1111.") == "pan [redacted:card_number]."
+    assert redactor.redact_text("1,234,567,890,123") == "1,234,567,890,123"

@@ -10,6 +10,8 @@ numbers, SSNs, Unit tokens, JWTs) that are secret whatever their name.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import unicodedata
 from collections import Counter
@@ -97,15 +99,27 @@ _DIGIT_CANDIDATES = {
 }
 #: A card number written in its printed groups (4-4-4-4 with up to 7 digits in the last
 #: group, or 4-6-5) with one separator the run above does not take, the same between every
-#: two groups: dots, slashes, underscores, tabs, two or more spaces, a dash between spaces,
-#: a line break (a match across newline-joined values only sends finds_nothing_in's callers
-#: to their per-value path). Not commas: a list of years. As an alternative after the
-#: candidate head's first digit.
+#: two groups: dots, slashes, underscores, commas, tabs, two or more spaces, a dash between
+#: spaces, a line break (a match across newline-joined values only sends finds_nothing_in's
+#: callers to their per-value path). A list of years that passes Luhn is redacted too: the
+#: safe side. As an alternative after the candidate head's first digit.
 _GROUPED_CARD = (
-    r"(?P<grouped>[0-9]{3}(?P<sep>[./_]|\t+|  +| - |\r?\n)"
+    r"(?P<grouped>[0-9]{3}(?P<sep>[./_,]|, |\t+|  +| - |\r?\n)"
     r"(?:[0-9]{4}(?P=sep)[0-9]{4}(?P=sep)[0-9]{1,7}|[0-9]{6}(?P=sep)[0-9]{5})(?![0-9]))"
 )
 _B64 = r"[A-Za-z0-9_-]"
+#: A run of base64 (either alphabet) long enough to spell a secret (13 digits take 20).
+_BASE64_MIN = 20
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+#: Bytes -> "a" for a base64 character, "." for any other: a run is then found by a substring
+#: search, many times faster than the pattern above on text that has none.
+_BASE64_MAP = bytes(
+    0x61 if chr(i).isascii() and (chr(i).isalnum() or chr(i) in "+/_-") else 0x2E
+    for i in range(256)
+)
+_BASE64_NEEDLE = b"a" * _BASE64_MIN
+#: How deep base64 inside base64 is read.
+_BASE64_DEPTH = 2
 #: A token's characters may go on escaped (``\u0065``, ``\\u0065`` in a repr, ``%65``): from
 #: an escape on, everything up to white space or a quote is taken as the token's.
 _ESCAPED_REST = r"""(?:[\\%][^\s"'<>]*)"""
@@ -249,14 +263,18 @@ class Detectors:
         # isascii is O(1) on str: JSON from Unit, nearly all ASCII, pays nothing more
         return text.isascii() or self._plain_finds_nothing_in(visible(text))
 
-    def _plain_finds_nothing_in(self, text: str) -> bool:
+    def _plain_finds_nothing_in(self, text: str, depth: int = 0) -> bool:
         settings = self._settings
         if settings.unit_tokens and (".public." in text or ".local." in text):
             return False
         if settings.jwts and "eyJ" in text:
             return False
         candidates = self._digit_candidates
-        return candidates is None or candidates.search(text) is None
+        if candidates is not None and candidates.search(text) is not None:
+            return False
+        return depth >= _BASE64_DEPTH or all(
+            self._plain_finds_nothing_in(decoded, depth + 1) for _, decoded in _base64_runs(text)
+        )
 
     def scan(self, text: str, counts: Counter[str]) -> str:
         """``text`` with every detected value replaced by its marker (``text`` itself if none).
@@ -275,7 +293,7 @@ class Detectors:
                     text = redacted
         return text
 
-    def _plain_scan(self, text: str, counts: Counter[str]) -> str:
+    def _plain_scan(self, text: str, counts: Counter[str], depth: int = 0) -> str:
         settings = self._settings
         # Tokens first: a Unit token's claims are base64url JSON (eyJ…), which the JWT detector
         # would otherwise take for a JWT and cut in two. A substring test rules most text out.
@@ -286,7 +304,26 @@ class Detectors:
         candidates = self._digit_candidates
         if candidates is not None and candidates.search(text) is not None:
             text = self._replace_digits(candidates, text, counts)
-        return text
+        return self._replace_base64(text, counts, depth)
+
+    def _replace_base64(self, text: str, counts: Counter[str], depth: int) -> str:
+        """Base64 that decodes to text holding a secret (Basic credentials, a ``data:`` URL,
+        an encoded field) is shown as a marker: a person decodes it in a second."""
+        if depth >= _BASE64_DEPTH:
+            return text
+        pieces: list[str] = []
+        done = 0
+        for run, decoded in _base64_runs(text):
+            if not self._plain_finds_nothing_in(decoded, depth + 1) and (
+                self._plain_scan(decoded, Counter(), depth + 1) != decoded
+            ):
+                pieces += [text[done : run.start()], "[redacted:base64]"]
+                counts["detector:base64"] += 1
+                done = run.end()
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
 
     def _replace_tokens(
         self, pattern: re.Pattern[str], text: str, counts: Counter[str], rule: str
@@ -340,6 +377,29 @@ class Detectors:
                 ]
             found.sort()
         return found
+
+
+def _base64_runs(text: str) -> Iterable[tuple[re.Match[str], str]]:
+    """Each base64 run in ``text`` that decodes, with its bytes read as Latin-1 (every byte a
+    character, so an ASCII secret inside binary data reads as itself)."""
+    if len(text) < _BASE64_MIN:
+        return
+    if _BASE64_NEEDLE not in text.encode("utf-8", "surrogatepass").translate(_BASE64_MAP):
+        return
+    for run in _BASE64_RUN.finditer(text):
+        written = run.group().rstrip("=")
+        url_safe = "-" in written or "_" in written
+        if url_safe and ("+" in written or "/" in written):
+            continue  # two alphabets: not base64
+        if len(written) % 4 == 1:  # a lone last character decodes to no byte
+            written = written[:-1]
+        try:
+            data = base64.b64decode(
+                written + "=" * (-len(written) % 4), altchars=b"-_" if url_safe else None
+            )
+        except (binascii.Error, ValueError):
+            continue
+        yield run, data.decode("latin-1")
 
 
 def _gaps(spans: list[tuple[int, int, str]], length: int) -> list[tuple[int, int]]:
