@@ -1313,3 +1313,177 @@ def test_a_clienthello_that_does_not_parse_is_not_logged_with_the_callers_secret
     assert answer.closed
     gateway.process.wait_for("Cannot parse ClientHello")
     assert TOKEN.encode().hex() not in gateway.process.output()
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_one_callers_large_body_does_not_take_the_gateway_past_its_memory_limit(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    """No body_size_limit is set: mitmproxy buffers a body of any size. deployment.md gives a
+    replica a 512 MiB memory limit; one caller's 600 MiB body (Content-Length 700 MiB, still
+    coming) takes the process past it, and the orchestrator kills the gateway with every
+    request in flight."""
+    assert gateway.process.proc is not None
+    pid = gateway.process.proc.pid
+    url = sandbox.url
+    host = urlsplit(url).netloc
+    head = (
+        f"POST {url}/applications HTTP/1.1\r\nHost: {host}\r\n{ORG}"
+        f"Content-Type: application/json\r\nContent-Length: {700 * 2**20}\r\n\r\n"
+    ).encode()
+    peak = _rss_mib(pid)
+    with connect(gateway) as conn:
+        conn.sendall(head)
+        chunk = b"0" * 2**20
+        for i in range(600):
+            try:
+                conn.sendall(chunk)
+            except OSError:
+                break  # refused: what a limit would do
+            if i % 50 == 0:
+                peak = max(peak, _rss_mib(pid))
+        time.sleep(1)
+        peak = max(peak, _rss_mib(pid))
+    with RESULTS.open("a") as f:
+        f.write(f"\n## memory\n\npeak RSS {peak:.0f} MiB while one caller sent 600 MiB\n")
+    assert ordinary_ok(gateway, url, planted)
+    assert peak < 512, f"the gateway's RSS reached {peak:.0f} MiB on one caller's body"
+
+
+def test_body_size_limit_slow_and_vanishing_callers(
+    gateway_factory: GatewayFactory, tls_sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    """With body_size_limit set: a body over it (Content-Length, chunked, HTTP/2, after
+    100-continue) gets 413 request_too_large; a caller that vanishes mid-response or sends
+    its head slowly does not stop the gateway."""
+    gateway = gateway_factory(tls_sandbox, extra_args=("--set", "body_size_limit=1k"))
+    host = urlsplit(tls_sandbox.url).netloc
+    app = f"POST /applications HTTP/1.1\r\nHost: {host}\r\n{ORG}X-Secret: {TOKEN}\r\n"
+    big = json.dumps({"t": TOKEN, "pad": "x" * 5000}).encode()
+    cases: dict[str, Callable[[], Answer]] = {
+        "CL over the limit": lambda: exchange(
+            gateway, (app + cl(big) + "\r\n").encode() + big, planted=planted, tls_host=host
+        ),
+        "chunked over the limit": lambda: exchange(
+            gateway,
+            (app + "Transfer-Encoding: chunked\r\n\r\n").encode()
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big),
+            planted=planted,
+            tls_host=host,
+        ),
+        "100-continue over the limit": lambda: exchange(
+            gateway,
+            (app + "Expect: 100-continue\r\n" + cl(big) + "\r\n").encode(),
+            big,
+            planted=planted,
+            tls_host=host,
+            delay=0.3,
+        ),
+    }
+    outcomes = run_cases(gateway, "/cards?page[limit]=1", {}, planted, (TOKEN,))
+
+    def tls_ok() -> bool:
+        raw = f"GET /cards?page[limit]=1 HTTP/1.1\r\nHost: {host}\r\n{ORG}Connection: close\r\n\r\n"
+        return exchange(gateway, raw.encode(), planted=planted, tls_host=host).status == 200
+
+    for name, send in cases.items():
+        answer = send()
+        outcomes.append(Outcome(name, answer, tls_ok(), TOKEN.encode() in answer.raw))
+
+    def h2_big(c: h2.connection.H2Connection, send: Callable[[bytes], None]) -> None:
+        c.send_headers(
+            1,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", host),
+                (":path", "/applications"),
+                ("authorization", "Bearer unitgw:org"),
+            ],
+        )
+        c.send_data(1, big[:4000])
+        send(c.data_to_send())
+        c.send_data(1, big[4000:], end_stream=True)
+
+    h2_answer = h2_exchange(gateway, host, h2_big, planted)
+    h2_line = h2_answer.line()
+
+    # Vanishing callers: ask for a large answer, read a little, reset.
+    for _ in range(30):
+        conn = connect(gateway, host)
+        conn.sendall(f"GET /cards?page[limit]=100 HTTP/1.1\r\nHost: {host}\r\n{ORG}\r\n".encode())
+        conn.recv(10)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+    vanishing_ok = tls_ok()
+
+    # A slow head: one byte a second for 12 s; is the connection closed, and do others wait?
+    slow = connect(gateway)
+    slow.settimeout(0.5)
+    started = time.monotonic()
+    closed_at = None
+    for byte in f"GET {tls_sandbox.url}/cards HTTP/1.1\r\nX-A: ".encode()[:12]:
+        try:
+            slow.sendall(bytes([byte]))
+            if slow.recv(100) == b"":
+                closed_at = time.monotonic() - started
+                break
+        except TimeoutError:
+            pass
+        except OSError:
+            closed_at = time.monotonic() - started
+            break
+        time.sleep(0.5)
+    slow_others_ok = tls_ok()
+    slow.close()
+    with RESULTS.open("a") as f:
+        f.write("\n## body_size_limit=1k, vanishing and slow callers\n\n")
+        for o in outcomes:
+            f.write(o.row() + "\n")
+        f.write(f"| h2 body over the limit | {h2_line} | leaked={TOKEN in h2_answer.text} |\n")
+        f.write(f"| 30 callers reset mid-response | serving={vanishing_ok} |\n")
+        f.write(
+            f"| slow head (1 byte / ~1 s for 12 s) | closed by gateway after {closed_at} | "
+            f"others served={slow_others_ok} |\n"
+        )
+    for o in outcomes:
+        assert (o.answer.status, o.answer.code, o.answer.closed) == (
+            413,
+            "request_too_large",
+            True,
+        ), (o.name, o.answer.raw[:400])
+        assert o.serving and not o.leaked, o.name
+    assert h2_answer.status == 413 and h2_answer.code == "request_too_large", h2_answer.text
+    assert vanishing_ok and slow_others_ok
+
+
+def test_a_connect_to_an_odd_authority_then_a_request_gets_an_answer(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    """mitmproxy accepts ``CONNECT /cards`` (200): what happens to a request in that tunnel."""
+    host = urlsplit(sandbox.url).netloc
+    results = {}
+    for authority in ("/cards", "unit", host.split(":")[0] + ":", f"{host}/x"):
+        answer = exchange(
+            gateway,
+            f"CONNECT {authority} HTTP/1.1\r\n\r\n".encode(),
+            f"GET /cards HTTP/1.1\r\nHost: {host}\r\n{ORG}Connection: close\r\n\r\n".encode(),
+            planted=planted,
+            delay=0.3,
+        )
+        results[authority] = answer
+    with RESULTS.open("a") as f:
+        f.write("\n## CONNECT odd authority then a request\n\n")
+        for authority, a in results.items():
+            f.write(f"| CONNECT {authority} | {a.raw[:60]!r} ... {a.line()} |\n")
+    assert sandbox.stats()["requests"] == {}
+    assert sandbox.stats()["unauthenticated"] == {}
+    for a in results.values():
+        assert a.closed and a.raw.count(b"HTTP/1.1 ") >= 1
+    assert ordinary_ok(gateway, sandbox.url, planted)
