@@ -1260,10 +1260,10 @@ def test_unit_answering_with_http1_trailers_gets_the_caller_a_502(
         unit.close()
 
 
-def _h2_trailers(authority: str) -> H2Script:
+def _h2_trailers(authority: str, stream_id: int = 1) -> H2Script:
     def script(c: h2.connection.H2Connection, send: Callable[[bytes], None]) -> None:
         c.send_headers(
-            1,
+            stream_id,
             [
                 (":method", "POST"),
                 (":scheme", "https"),
@@ -1273,8 +1273,9 @@ def _h2_trailers(authority: str) -> H2Script:
                 ("content-type", "application/json"),
             ],
         )
-        c.send_data(1, b"{}")
-        c.send_headers(1, [("x-checksum", TOKEN)], end_stream=True)
+        c.send_data(stream_id, b"{}")
+        c.send_headers(stream_id, [("x-checksum", TOKEN)], end_stream=True)
+        send(c.data_to_send())
 
     return script
 
@@ -1487,3 +1488,64 @@ def test_a_connect_to_an_odd_authority_then_a_request_gets_an_answer(
     for a in results.values():
         assert a.closed and a.raw.count(b"HTTP/1.1 ") >= 1
     assert ordinary_ok(gateway, sandbox.url, planted)
+
+
+def test_an_http2_failure_answers_every_stream_still_waiting_and_only_those(
+    gateway_factory: GatewayFactory, tls_sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    """Stream 1 is answered; stream 3 waits on a slow Unit; stream 5 makes the layer raise
+    (request trailers to an HTTP/1 Unit). Streams 3 and 5 get the JSON:API error, stream 1
+    keeps its answer, then the connection closes."""
+    gateway = gateway_factory(tls_sandbox)
+    host = urlsplit(tls_sandbox.url).netloc
+    get = [(":method", "GET"), (":scheme", "https"), (":authority", host),
+           (":path", "/cards?page[limit]=1"), ("authorization", "Bearer unitgw:org")]  # fmt: skip
+    tunnel = h2_tunnel(gateway, host, reverse=False)
+    caller = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    caller.initiate_connection()
+    statuses: dict[int, int] = {}
+    bodies: dict[int, bytes] = {}
+    ended = False
+
+    def pump(until: Callable[[], bool], wait: float = 15) -> None:
+        nonlocal ended
+        deadline = time.monotonic() + wait
+        while not until() and time.monotonic() < deadline and not ended:
+            tunnel.sendall(caller.data_to_send())
+            tunnel.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = tunnel.recv(65536)
+            except (TimeoutError, OSError):
+                break
+            if not chunk:
+                ended = True
+                break
+            planted.blobs.append(("h2 answer", chunk))
+            for event in caller.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+                    caller.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    ended = True
+
+    with tunnel:
+        caller.send_headers(1, get, end_stream=True)
+        pump(lambda: 1 in statuses)
+        tls_sandbox.faults(latency_ms=3000)
+        try:
+            caller.send_headers(3, get, end_stream=True)
+            tunnel.sendall(caller.data_to_send())
+            time.sleep(0.5)  # stream 3 is at Unit
+            _h2_trailers(host, 5)(caller, tunnel.sendall)
+        except h2.exceptions.ProtocolError:
+            pass
+        pump(lambda: False, wait=8)
+        tls_sandbox.faults(latency_ms=0)
+    codes = {sid: json.loads(b)["errors"][0]["code"] for sid, b in bodies.items() if sid != 1}
+    with RESULTS.open("a") as f:
+        f.write(f"\n## h2 failure with streams in flight\n\nstatuses {statuses} codes {codes}\n")
+    assert statuses.get(1) == 200
+    assert statuses.get(3) == 502 and codes.get(3) == "upstream_failed", (statuses, bodies)
+    assert statuses.get(5) == 502 and codes.get(5) == "upstream_failed", (statuses, bodies)
