@@ -11,6 +11,8 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1549,3 +1551,41 @@ def test_an_http2_failure_answers_every_stream_still_waiting_and_only_those(
     assert statuses.get(1) == 200
     assert statuses.get(3) == 502 and codes.get(3) == "upstream_failed", (statuses, bodies)
     assert statuses.get(5) == 502 and codes.get(5) == "upstream_failed", (statuses, bodies)
+
+
+def test_three_large_form_bodies_do_not_fail_the_liveness_probe(
+    gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
+) -> None:
+    """/healthz turns 503 once the event loop has not turned for 30 s, and deployment.md
+    makes it the liveness probe: three callers' 10 MB form bodies at once stall the loop that
+    long, and the orchestrator restarts the gateway with every request in flight."""
+    assert gateway.metrics_url is not None
+    healthz = gateway.metrics_url.replace("/metrics", "/healthz")
+    url = sandbox.url
+    host = urlsplit(url).netloc
+    form = b"&".join(b"f%d=v" % i for i in range(1_000_000)) + b"&t=" + TOKEN.encode()
+    big = (
+        f"POST {url}/applications HTTP/1.1\r\nHost: {host}\r\n{ORG}Connection: close\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n"
+    ).encode() + form
+    threads = [
+        threading.Thread(target=exchange, args=(gateway, big), kwargs={"planted": planted,
+                                                                         "wait": 180})
+        for _ in range(3)
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    seen: list[int] = []
+    while any(t.is_alive() for t in threads):
+        try:
+            with opener.open(healthz, timeout=5) as answer:
+                seen.append(answer.status)
+        except urllib.error.HTTPError as e:
+            seen.append(e.code)
+        time.sleep(2)
+    for t in threads:
+        t.join()
+    with RESULTS.open("a") as f:
+        f.write(f"\n## liveness during three 10 MB forms\n\n/healthz statuses: {seen}\n")
+    assert 503 not in seen, f"/healthz said the gateway is dead: {seen}"
