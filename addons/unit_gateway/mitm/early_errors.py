@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Generator
 from typing import Any
 
+from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
@@ -70,14 +71,17 @@ def error_page(status_code: int, message: str = "") -> bytes:
     redact = _redact
     if redact is None:
         return _original_error_page(status_code, message)
-    message = redact(message)
+    return http1.assemble_response(error_response(status_code, redact(message)))
+
+
+def error_response(status_code: int, message: str) -> http.Response:
+    """The JSON:API error for a request that could not be handled; ``message`` is redacted."""
     if status_code < 500:
         code = "request_too_large" if status_code in (413, 431) else "invalid_request"
         detail = f"the gateway could not take this request: {message}"
     else:  # a flow the patch point does not hold
         code, detail = "upstream_failed", message
-    response = jsonapi.error_response(status_code, code, detail, headers={"Connection": "close"})
-    return http1.assemble_response(response)
+    return jsonapi.error_response(status_code, code, detail, headers={"Connection": "close"})
 
 
 def _read_headers(self: _http1.Http1Server, event: events.Event) -> Commands:

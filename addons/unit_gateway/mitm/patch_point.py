@@ -9,7 +9,7 @@ from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 from mitmproxy import http
-from mitmproxy.connection import ConnectionState
+from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import dns, tcp, udp, websocket
 from mitmproxy.proxy.layers import http as httplayer
@@ -191,20 +191,29 @@ def _answer_failure(layer: httplayer.HttpLayer, error: Exception) -> Commands:
     layer.__dict__[_BROKEN] = True
     client = layer.context.client
     message = _GUARD.redact_text(f"{type(error).__name__}: {error}")
-    connected = layer.context.server.timestamp_start is not None
-    status = 502 if connected else 400
-    answered = any(
-        stream.__dict__.get("flow") is not None and stream.flow.response is not None
-        for stream in layer.streams.values()
+    # The layer's own server, or one it opened for a stream (reverse mode, HTTP/2).
+    connected = any(
+        isinstance(peer, Server) and peer.timestamp_start is not None
+        for peer in (layer.context.server, *layer.connections)
     )
+    status = 502 if connected else 400
+    streams = list(layer.streams.items())
+    # Begun for the caller: a response received but not yet sent (not streamed) has not.
+    answered = any(stream.__dict__.get(_RESPONDED) for _, stream in streams)
     http1 = (
         client.alpn in (None, b"", b"http/1.1", b"http/1.0") and client.transport_protocol == "tcp"
     )
-    if http1 and not answered and client.state & ConnectionState.CAN_WRITE:
-        yield commands.SendData(client, early_errors.error_page(status, message))
-        outcome = f"answered {status} and closed the connection"
-    else:
-        outcome = "closed the connection"
+    outcome = "closed the connection"
+    if not client.state & ConnectionState.CAN_WRITE:
+        pass
+    elif http1:
+        if not answered:
+            yield commands.SendData(client, early_errors.error_page(status, message))
+            outcome = f"answered {status} and closed the connection"
+    elif (answers := _answer_streams(layer, streams, status, message)) is not None:
+        count = yield from answers
+        if count:
+            outcome = f"answered {status} on {count} stream(s) and closed the connection"
     yield commands.Log(
         f"unit-gateway: {human.format_address(client.peername)}: the request could not be "
         f"handled ({message}); {outcome}",
@@ -214,6 +223,48 @@ def _answer_failure(layer: httplayer.HttpLayer, error: Exception) -> Commands:
     for connection in list(layer.connections):
         if connection is not client and connection.state is not ConnectionState.CLOSED:
             yield commands.CloseConnection(connection)
+
+
+def _answer_streams(
+    layer: httplayer.HttpLayer, streams: list[tuple[int, Any]], status: int, message: str
+) -> Generator[commands.Command, Any, int] | None:
+    """HTTP/2 (or 3): the error on each of the caller's streams no final response has begun
+    on, through the connection's own layer; None if the caller's connection has none."""
+    connection = layer.connections.get(layer.context.client)
+    if connection is None or isinstance(connection, httplayer.HttpStream):
+        return None
+    return _send_answers(layer, connection, streams, status, message)
+
+
+def _send_answers(
+    layer: httplayer.HttpLayer,
+    connection: Any,
+    streams: list[tuple[int, Any]],
+    status: int,
+    message: str,
+) -> Generator[commands.Command, Any, int]:
+    count = 0
+    for stream_id, stream in streams:
+        if stream.__dict__.get(_RESPONDED):
+            continue
+        response = early_errors.error_response(status, message)
+        try:
+            # all of it or nothing: the layer that raised may be in any state
+            sent = [
+                *layer.event_to_child(
+                    connection, httplayer.ResponseHeaders(stream_id, response, False)
+                ),
+                *layer.event_to_child(
+                    connection, httplayer.ResponseData(stream_id, response.raw_content or b"")
+                ),
+                *layer.event_to_child(connection, httplayer.ResponseEndOfMessage(stream_id)),
+            ]
+        except Exception:
+            continue
+        stream.__dict__[_RESPONDED] = True
+        count += 1
+        yield from sent
+    return count
 
 
 def _route_overdue(layer: httplayer.HttpLayer, event: ResponseOverdue) -> Commands:

@@ -4,6 +4,7 @@ redaction addon installs :class:`_RedactingFactory` as logging's LogRecord facto
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,6 +18,21 @@ class TextRedactor(Protocol):
 #: mitmweb prints its own access token (``?token=…``) once at start: that URL is for the
 #: operator, and it holds no Unit secret.
 _UNREDACTED_LOGGERS = frozenset({"mitmproxy.tools.web.master"})
+
+#: A hex dump of wire bytes, as mitmproxy logs a ClientHello it cannot parse (16+ bytes).
+_HEX_RUN = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-fA-F]{2}){16,}(?![0-9a-fA-F])")
+HEX_WITH_SECRET = "[redacted: hex bytes that hold a secret]"
+
+
+def redact_hex(text: str, redact: Callable[[str], str]) -> str:
+    """Each hex dump in ``text`` whose bytes hold a secret, replaced whole."""
+
+    def one(match: re.Match[str]) -> str:
+        wire = bytes.fromhex(match.group(0)).decode("latin-1")
+        return match.group(0) if redact(wire) == wire else HEX_WITH_SECRET
+
+    return _HEX_RUN.sub(one, text)
+
 
 #: Formats a record's traceback as logging's own formatters (and mitmproxy's) do.
 _TRACEBACKS = logging.Formatter()
@@ -49,7 +65,7 @@ class _RedactingFactory:
             message = f"{message}\n{_TRACEBACKS.formatException(record.exc_info)}"
             record.exc_info = None
         # The message is final: handlers that read msg and args see the redacted text only.
-        record.msg, record.args = redact(message), ()
+        record.msg, record.args = redact_hex(redact(message), redact), ()
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
