@@ -1121,8 +1121,9 @@ def _timed_exchange(
 def test_a_large_form_body_does_not_stall_every_other_caller(
     gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
 ) -> None:
-    """One caller's 10 MB form body (1M fields, 64 MiB is the redaction limit) is redacted on
-    the event loop: while it is, no other caller is served."""
+    """One caller's 10 MB form body (1M fields) would take the event loop for seconds to read
+    every way a viewer may: text that is not JSON over 512 KiB is shown as its summary, so
+    another caller is served meanwhile."""
     url = sandbox.url
     host = urlsplit(url).netloc
     form = b"&".join(b"f%d=v" % i for i in range(1_000_000)) + b"&t=" + TOKEN.encode()
@@ -1328,10 +1329,10 @@ def _rss_mib(pid: int) -> float:
 def test_one_callers_large_body_does_not_take_the_gateway_past_its_memory_limit(
     gateway: harness.Gateway, sandbox: harness.Sandbox, planted: Planted
 ) -> None:
-    """No body_size_limit is set: mitmproxy buffers a body of any size. deployment.md gives a
-    replica a 512 MiB memory limit; one caller's 600 MiB body (Content-Length 700 MiB, still
-    coming) takes the process past it, and the orchestrator kills the gateway with every
-    request in flight."""
+    """With no body_size_limit mitmproxy buffers a body of any size, so the gateway sets one
+    unless the operator did. deployment.md gives a replica a 512 MiB memory limit: one
+    caller's 600 MiB body (Content-Length 700 MiB) must not take the process past it, where
+    the orchestrator would kill the gateway with every request in flight."""
     assert gateway.process.proc is not None
     pid = gateway.process.proc.pid
     url = sandbox.url

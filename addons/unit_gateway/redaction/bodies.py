@@ -62,6 +62,9 @@ _BINARY_MAGIC = (
 #: C0 controls other than whitespace, backspace and escape, plus DEL: rare in text.
 _CONTROL_BYTES = bytes(b for b in range(0x20) if b not in b"\t\n\r\f\b\x1b") + b"\x7f"
 _MAX_MULTIPART_DEPTH = 4
+#: Text that is not JSON is read every way a viewer may read it, on the event loop: past this
+#: size (about a quarter of a second of reading) it is shown as its summary.
+MAX_TEXT_READ_BYTES = 512 * 1024
 _DISPOSITION_PARAM = re.compile(
     r""";\s*(?P<name>[A-Za-z*-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)""", re.DOTALL
 )
@@ -230,6 +233,8 @@ class BodyRedactor:
         summary: Callable[[str], tuple[bytes, BodyKind]],
     ) -> tuple[bytes, BodyKind]:
         """``settle``, or the summary when the charset or the readings leave doubt."""
+        if len(content) > MAX_TEXT_READ_BYTES:
+            return summary(f"over {MAX_TEXT_READ_BYTES} bytes of text")
         if declared is None:
             return summary("charset not readable")
         shown = settle(content, declared, rules, counts)

@@ -22,7 +22,12 @@ from unit_gateway.config.redaction import (
     PathRule,
     RedactionSettings,
 )
-from unit_gateway.redaction.bodies import BodyRedactor, RedactedBody, looks_binary
+from unit_gateway.redaction.bodies import (
+    MAX_TEXT_READ_BYTES,
+    BodyRedactor,
+    RedactedBody,
+    looks_binary,
+)
 from unit_gateway.redaction.json_walk import JsonWalker
 from unit_gateway.redaction.keyed_text import KeyRules
 from unit_gateway.redaction.markers import (
@@ -160,6 +165,8 @@ class Redactor:
         """Untyped bytes (TCP/UDP/WebSocket message, DNS record) fit to show, or None: show a
         summary. ``value``: a standalone value, so short binary gets the text rules too."""
         if looks_binary(data) and not (value and len(data) <= SHORT_BINARY_VALUE):
+            return None
+        if len(data) > MAX_TEXT_READ_BYTES:
             return None
         tally = counts if counts is not None else Counter()
         shown = settle(data, (), self._text_rules, tally)

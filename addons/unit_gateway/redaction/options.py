@@ -7,10 +7,17 @@ from mitmproxy import ctx, exceptions
 
 from unit_gateway.redaction.proxy_auth import _check_proxyauth_modes
 
+#: mitmproxy's body_size_limit when none is set: mitmproxy holds a whole body in memory (the
+#: gateway a redacted copy beside it), so one caller's upload must not outgrow a replica.
+#: Room for a document upload (an image or a PDF); --set body_size_limit=... to change it.
+DEFAULT_BODY_SIZE_LIMIT = "32m"
+
 
 def check_options(updated: set[str]) -> None:
     """Refuse the options in ``updated`` that would let real values past redaction; keep
-    connections lazy."""
+    connections lazy and bodies bounded."""
+    if "body_size_limit" in updated and ctx.options.body_size_limit is None:
+        ctx.options.update(body_size_limit=DEFAULT_BODY_SIZE_LIMIT)
     if "proxy_debug" in updated and ctx.options.proxy_debug:
         raise exceptions.OptionsError(
             "unit-gateway: proxy_debug logs raw wire data (real tokens); it is refused"
