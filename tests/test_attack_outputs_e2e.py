@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from conftest import GatewayFactory, Planted, proxied_session
+from mitmweb_client import updates_of, web_session
 from unit_gateway.testing import harness
 
 
@@ -219,52 +220,6 @@ VIEWS = (
     "url-encoded", "multipart-form", "msgpack", "protobuf", "grpc", "image", "query",
     "graphql", "socket.io", "wbxml", "zip-archive", "dns", "mqtt", "http-3-frames",
 )  # fmt: skip
-
-
-def web_session(bearer: str) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    xsrf = secrets.token_hex(16)
-    session.headers.update(
-        {
-            "Authorization": f"Bearer {bearer}",
-            "X-XSRFToken": xsrf,
-            "Cookie": f"_mitmproxy_xsrf={xsrf}",
-        }
-    )
-    return session
-
-
-@contextmanager
-def updates_of(base: str, bearer: str) -> Iterator[list[bytes]]:
-    received: list[bytes] = []
-    connected, stop = threading.Event(), threading.Event()
-
-    async def record() -> None:
-        headers = {"Authorization": f"Bearer {bearer}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.ws_connect(f"{base}/updates") as ws:
-                connected.set()
-                while not stop.is_set():
-                    try:
-                        message = await ws.receive(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        data = message.data
-                        received.append(data.encode() if isinstance(data, str) else data)
-                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-
-    recorder = threading.Thread(target=lambda: asyncio.run(record()), daemon=True)
-    recorder.start()
-    assert connected.wait(10), "websocket /updates did not connect"
-    try:
-        yield received
-    finally:
-        time.sleep(0.5)
-        stop.set()
-        recorder.join(10)
 
 
 def web_gateway(

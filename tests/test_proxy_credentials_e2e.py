@@ -14,17 +14,11 @@ or shows, while every one of them still works.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 import requests
 
@@ -35,6 +29,7 @@ from conftest import (
     saved_flows,
     unit_stats,
 )
+from mitmweb_client import updates_of, web_session
 from unit_gateway.testing import harness
 
 PLACEHOLDER = {"Authorization": "Bearer unitgw:customer:10001"}
@@ -54,54 +49,6 @@ def session_through(gateway: harness.Gateway, credentials: str | None = None) ->
     session.proxies = {"http": proxy, "https": proxy}
     session.verify = str(gateway.ca_path)
     return session
-
-
-def web_session(bearer: str) -> requests.Session:
-    """mitmweb's REST API, with tornado's double-submit XSRF token for writes."""
-    session = requests.Session()
-    session.trust_env = False
-    xsrf = secrets.token_hex(16)
-    session.headers.update(
-        {
-            "Authorization": f"Bearer {bearer}",
-            "X-XSRFToken": xsrf,
-            "Cookie": f"_mitmproxy_xsrf={xsrf}",
-        }
-    )
-    return session
-
-
-@contextmanager
-def updates_of(base: str, bearer: str) -> Iterator[list[bytes]]:
-    """Every message mitmweb's ``/updates`` websocket sends while the block runs."""
-    received: list[bytes] = []
-    connected, stop = threading.Event(), threading.Event()
-
-    async def record() -> None:
-        headers = {"Authorization": f"Bearer {bearer}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.ws_connect(f"{base}/updates") as ws:
-                connected.set()
-                while not stop.is_set():
-                    try:
-                        message = await ws.receive(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        data = message.data
-                        received.append(data.encode() if isinstance(data, str) else data)
-                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-
-    recorder = threading.Thread(target=lambda: asyncio.run(record()), daemon=True)
-    recorder.start()
-    assert connected.wait(10), "websocket /updates did not connect"
-    try:
-        yield received
-    finally:
-        time.sleep(0.5)  # the last messages
-        stop.set()
-        recorder.join(10)
 
 
 def web_gateway(

@@ -17,7 +17,6 @@ The callers must still get the real values, byte for byte, and Unit the real tok
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-import aiohttp
 import jwt
 import pytest
 import requests
@@ -47,6 +45,7 @@ from conftest import (
     proxied_session,
     sdk,
 )
+from mitmweb_client import updates_of
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
@@ -229,32 +228,8 @@ def test_mitmweb_holds_no_secret(
     base = f"http://127.0.0.1:{web_port}"
     headers = {"Authorization": f"Bearer {web_token}"}
 
-    updates: list[bytes] = []
-    connected = threading.Event()
-    stop = threading.Event()
-
-    async def record() -> None:
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.ws_connect(f"{base}/updates") as ws:
-                connected.set()
-                while not stop.is_set():
-                    try:
-                        message = await ws.receive(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        data = message.data
-                        updates.append(data.encode() if isinstance(data, str) else data)
-                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-
-    recorder = threading.Thread(target=lambda: asyncio.run(record()), daemon=True)
-    recorder.start()
-    assert connected.wait(10), "websocket /updates did not connect"
-    run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
-    time.sleep(0.5)  # the last updates
-    stop.set()
-    recorder.join(10)
+    with updates_of(base, web_token) as updates:
+        run_traffic(gateway, jwt_sandbox, planted, jwt_key, monkeypatch)
     assert len(updates) > 20
     planted.blobs.append(("mitmweb /updates websocket", b"\n".join(updates)))
 
