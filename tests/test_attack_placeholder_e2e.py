@@ -2,7 +2,7 @@
 placeholder never obtains a real Unit token, and no real token (or placeholder turned into
 one) goes to a host that is not a configured Unit upstream.
 
-Response side: a Unit upstream of the test's own (``Scripted``) answers each path with
+Response side: a Unit upstream of the test's own (``ScriptedUnit``) answers each path with
 scripted bytes, as a buggy or hostile Unit would; a raw HTTP/1.1 caller goes through the
 gateway in regular mode and everything it receives is read every way a client may read it
 (transfer codings undone, content codings undone, JSON escapes and percent-encoding
@@ -32,6 +32,7 @@ import pytest
 import zstandard
 
 from conftest import GatewayFactory, Planted, address_of
+from scripted_unit import ScriptedUnit, http_answer
 from test_token_path_e2e import CARD, CUSTOMER, unit_token
 from unit_gateway.testing import harness
 
@@ -42,56 +43,6 @@ ORG = "Authorization: Bearer unitgw:org\r\n"
 
 
 # --- a scripted Unit ------------------------------------------------------------------------
-
-
-class Scripted:
-    """A plain-http Unit upstream answering each path with scripted bytes (or a callable of
-    the request head), then closing the connection."""
-
-    def __init__(self, answers: dict[str, bytes | Callable[[bytes], bytes]], org: str) -> None:
-        self.answers = answers
-        self.org_token = org
-        self.cert_path: Path | None = None
-        self.seen: list[bytes] = []
-        box = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                head = b""
-                while b"\r\n\r\n" not in head and (chunk := self.request.recv(65536)):
-                    head += chunk
-                if not head:
-                    return
-                box.seen.append(head)
-                path = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
-                answer = box.answers.get(
-                    path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-                )
-                if callable(answer):
-                    answer = answer(head)
-                self.request.sendall(answer)
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def answer(
-    body: bytes = b"{}",
-    *,
-    status: str = "200 OK",
-    headers: tuple[str, ...] = (),
-    length: bool = True,
-) -> bytes:
-    lines = [f"HTTP/1.1 {status}", "Content-Type: application/vnd.api+json", *headers]
-    if length:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def chunked(body: bytes, trailers: bytes = b"") -> bytes:
@@ -241,63 +192,69 @@ def holding_answers(t: dict[str, str]) -> dict[str, bytes | Callable[[bytes], by
     c, o, h = t["customer"], t["org"], t["cardholder"]
     body = _body(c)
     return {
-        "/ce-gzip-gzip": answer(
+        "/ce-gzip-gzip": http_answer(
             gzip.compress(gzip.compress(body)), headers=("Content-Encoding: gzip, gzip",)
         ),
-        "/ce-two-fields": answer(
+        "/ce-two-fields": http_answer(
             gzip.compress(gzip.compress(body)),
             headers=("Content-Encoding: gzip", "Content-Encoding: gzip"),
         ),
-        "/ce-upper": answer(gzip.compress(body), headers=("Content-Encoding: GZIP",)),
-        "/ce-identity-gzip": answer(
+        "/ce-upper": http_answer(gzip.compress(body), headers=("Content-Encoding: GZIP",)),
+        "/ce-identity-gzip": http_answer(
             gzip.compress(body), headers=("Content-Encoding: identity, gzip",)
         ),
-        "/ce-x-gzip": answer(gzip.compress(body), headers=("Content-Encoding: x-gzip",)),
-        "/ce-deflate-zlib": answer(zlib.compress(body), headers=("Content-Encoding: deflate",)),
-        "/ce-deflate-raw": answer(
+        "/ce-x-gzip": http_answer(gzip.compress(body), headers=("Content-Encoding: x-gzip",)),
+        "/ce-deflate-zlib": http_answer(
+            zlib.compress(body), headers=("Content-Encoding: deflate",)
+        ),
+        "/ce-deflate-raw": http_answer(
             _raw_deflate(body),
             headers=("Content-Encoding: deflate",),
         ),
-        "/ce-br": answer(brotli.compress(body), headers=("Content-Encoding: br",)),
-        "/ce-zstd": answer(zstandard.compress(body), headers=("Content-Encoding: zstd",)),
-        "/ce-gzip-multimember": answer(
+        "/ce-br": http_answer(brotli.compress(body), headers=("Content-Encoding: br",)),
+        "/ce-zstd": http_answer(zstandard.compress(body), headers=("Content-Encoding: zstd",)),
+        "/ce-gzip-multimember": http_answer(
             gzip.compress(b'{"a":"') + gzip.compress(c.encode() + b'"}'),
             headers=("Content-Encoding: gzip",),
         ),
-        "/set-cookie": answer(headers=(f"Set-Cookie: unit={c}; Path=/; HttpOnly",)),
-        "/location": answer(
+        "/set-cookie": http_answer(headers=(f"Set-Cookie: unit={c}; Path=/; HttpOnly",)),
+        "/location": http_answer(
             status="302 Found", headers=(f"Location: https://x.test/cb?token={o}",)
         ),
-        "/link": answer(headers=(f'Link: <https://x.test/{h}>; rel="next"',)),
-        "/json-slash-escape": answer(json.dumps({"t": c + "/x"}).replace("/", "\\/").encode()),
-        "/chunked-trailer": answer(
+        "/link": http_answer(headers=(f'Link: <https://x.test/{h}>; rel="next"',)),
+        "/json-slash-escape": http_answer(json.dumps({"t": c + "/x"}).replace("/", "\\/").encode()),
+        "/chunked-trailer": http_answer(
             chunked(b"{}", f"X-Token: {c}\r\n".encode()),
             headers=("Transfer-Encoding: chunked", "Trailer: X-Token"),
             length=False,
         ),
-        "/chunked-gzip": answer(
+        "/chunked-gzip": http_answer(
             chunked(gzip.compress(body)),
             headers=("Transfer-Encoding: chunked", "Content-Encoding: gzip"),
             length=False,
         ),
         "/early-hints": (
             f"HTTP/1.1 103 Early Hints\r\nLink: <https://x.test/{c}>\r\n\r\n".encode()
-            + answer(body)
+            + http_answer(body)
         ),
-        "/no-content-with-body": answer(body, status="204 No Content"),
-        "/not-modified": answer(status="304 Not Modified", headers=(f'ETag: "{c}"',), length=False),
-        "/head": answer(headers=(f"X-Token: {c}",)),
-        "/close-delimited": answer(body, length=False),
-        "/multipart": answer(
+        "/no-content-with-body": http_answer(body, status="204 No Content"),
+        "/not-modified": http_answer(
+            status="304 Not Modified", headers=(f'ETag: "{c}"',), length=False
+        ),
+        "/head": http_answer(headers=(f"X-Token: {c}",)),
+        "/close-delimited": http_answer(body, length=False),
+        "/multipart": http_answer(
             b"--b\r\nContent-Type: text/plain\r\n\r\n" + c.encode() + b"\r\n--b--\r\n",
             headers=(),
         ).replace(b"application/vnd.api+json", b"multipart/mixed; boundary=b"),
-        "/large-plain": answer(b'{"x":"' + b"a" * (3 << 20) + b'","t":"' + c.encode() + b'"}'),
-        "/over-limit-gzip": answer(
+        "/large-plain": http_answer(b'{"x":"' + b"a" * (3 << 20) + b'","t":"' + c.encode() + b'"}'),
+        "/over-limit-gzip": http_answer(
             gzip.compress(b'{"x":"' + b"a" * (3 << 20) + b'","t":"' + c.encode() + b'"}'),
             headers=("Content-Encoding: gzip",),
         ),
-        "/ce-in-mixed-case-name": answer(gzip.compress(body), headers=("cOnTeNt-EnCoDiNg: gzip",)),
+        "/ce-in-mixed-case-name": http_answer(
+            gzip.compress(body), headers=("cOnTeNt-EnCoDiNg: gzip",)
+        ),
     }
 
 
@@ -307,55 +264,55 @@ def _raw_deflate(data: bytes) -> bytes:
 
 
 @pytest.fixture
-def scripted(tokens: dict[str, str]) -> Iterator[Scripted]:
+def scripted(tokens: dict[str, str]) -> Iterator[ScriptedUnit]:
     c = tokens["customer"]
     payload = c.split(".", 2)[2]
     body = _body(c)
     answers = holding_answers(tokens) | {
         # Transfer codings other than chunked: mitmproxy undoes only the chunking.
-        "/te-gzip-chunked": answer(
+        "/te-gzip-chunked": http_answer(
             chunked(gzip.compress(body)),
             headers=("Transfer-Encoding: gzip, chunked",),
             length=False,
         ),
-        "/te-gzip-close": answer(
+        "/te-gzip-close": http_answer(
             gzip.compress(body), headers=("Transfer-Encoding: gzip",), length=False
         ),
-        "/te-deflate-chunked": answer(
+        "/te-deflate-chunked": http_answer(
             chunked(zlib.compress(body)),
             headers=("Transfer-Encoding: deflate, chunked",),
             length=False,
         ),
         # Bytes after the compressed stream: the gateway decodes the stream only.
-        "/gzip-then-plain": answer(
+        "/gzip-then-plain": http_answer(
             gzip.compress(b"{}") + c.encode(), headers=("Content-Encoding: gzip",)
         ),
-        "/deflate-then-plain": answer(
+        "/deflate-then-plain": http_answer(
             zlib.compress(b"{}") + c.encode(), headers=("Content-Encoding: deflate",)
         ),
-        "/gzip-then-junk-then-gzip": answer(
+        "/gzip-then-junk-then-gzip": http_answer(
             gzip.compress(b"{}") + b"X" + gzip.compress(body), headers=("Content-Encoding: gzip",)
         ),
         # The prefix in plain bytes, the rest of the token escaped: the plain prefix is
         # replaced, and the escape check then no longer sees a prefix.
-        "/json-escape-after-prefix": answer(
+        "/json-escape-after-prefix": http_answer(
             b'{"t": "v2.public.\\u00'
             + f"{ord(payload[0]):02x}".encode()
             + payload[1:].encode()
             + b'"}'
         ),
-        "/percent-after-prefix": answer(
+        "/percent-after-prefix": http_answer(
             headers=(f"Link: <https://x.test/?t=v2.public.%{ord(payload[0]):02X}{payload[1:]}>",)
         ),
         # UTF-7 spells the prefix in ASCII too, so the charset check skipped it; but "+AHY-"
         # is a "v" to any client that decodes the declared charset (httpx's .text does).
-        "/utf-7": answer(b'{"t": "+AHY-' + c[1:].encode() + b'"}').replace(
+        "/utf-7": http_answer(b'{"t": "+AHY-' + c[1:].encode() + b'"}').replace(
             b"application/vnd.api+json", b"application/json; charset=utf-7"
         ),
         # A header line folded right after the prefix.
-        "/folded-after-prefix": answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
+        "/folded-after-prefix": http_answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
     }
-    box = Scripted(answers, tokens["org"])
+    box = ScriptedUnit(answers, tokens["org"])
     yield box
     box.close()
 
@@ -389,12 +346,15 @@ HOLDING = [
 
 
 @pytest.fixture
-def scripted_gateway(gateway_factory: GatewayFactory, scripted: Scripted) -> harness.Gateway:
+def scripted_gateway(gateway_factory: GatewayFactory, scripted: ScriptedUnit) -> harness.Gateway:
     return gateway_factory(scripted, overrides={"redaction": {"max_body_bytes": 1 << 20}})
 
 
 def test_answers_the_guard_handles(
-    scripted_gateway: harness.Gateway, scripted: Scripted, tokens: dict[str, str], planted: Planted
+    scripted_gateway: harness.Gateway,
+    scripted: ScriptedUnit,
+    tokens: dict[str, str],
+    planted: Planted,
 ) -> None:
     outcomes = {}
     for path in HOLDING:
@@ -423,7 +383,7 @@ def test_answers_the_guard_handles(
 )
 def test_a_token_the_guard_does_not_see_is_not_passed_on(
     scripted_gateway: harness.Gateway,
-    scripted: Scripted,
+    scripted: ScriptedUnit,
     tokens: dict[str, str],
     planted: Planted,
     path: str,
@@ -642,7 +602,7 @@ def test_where_a_placeholder_request_goes_in_regular_mode(
 
 def test_reverse_mode_sends_every_request_to_unit_and_checks_its_answers(
     gateway_factory: GatewayFactory,
-    scripted: Scripted,
+    scripted: ScriptedUnit,
     tokens: dict[str, str],
     recorder: Recorder,
     planted: Planted,
@@ -731,15 +691,15 @@ def test_the_retry_after_a_401_follows_no_redirect_elsewhere(
     def accounts(head: bytes) -> bytes:
         calls.append(1)
         if len(calls) == 1:
-            return answer(status="401 Unauthorized")
-        return answer(
+            return http_answer(status="401 Unauthorized")
+        return http_answer(
             status="307 Temporary Redirect",
             headers=(f"Location: {recorder.url}/stolen",),
         )
 
-    box = Scripted(
+    box = ScriptedUnit(
         {
-            f"/customers/{CUSTOMER}/token": answer(minted, status="201 Created"),
+            f"/customers/{CUSTOMER}/token": http_answer(minted, status="201 Created"),
             "/accounts": accounts,
         },
         tokens["org"],
@@ -761,7 +721,6 @@ def test_the_retry_after_a_401_follows_no_redirect_elsewhere(
         box.close()
     got = bytes(recorder.received)
     print("caller got:", raw[:300])
-    print("Unit saw:", [h.split(b"\r\n", 1)[0] for h in box.seen])
     print("other host received:", got)
     assert MARK not in raw
     assert MARK not in got and tokens["org"].encode() not in got
@@ -790,26 +749,26 @@ def test_the_answer_to_the_resend_after_a_401_is_checked(
     ).encode()
     body = _body(customer)
     answers = {
-        "te-gzip": answer(
+        "te-gzip": http_answer(
             chunked(gzip.compress(body)),
             headers=("Transfer-Encoding: gzip, chunked",),
             length=False,
         ),
-        "gzip-then-plain": answer(
+        "gzip-then-plain": http_answer(
             gzip.compress(b"{}") + customer.encode(), headers=("Content-Encoding: gzip",)
         ),
-        "folded": answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
-        "header": answer(headers=(f"X-Token: {customer}",)),
+        "folded": http_answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
+        "header": http_answer(headers=(f"X-Token: {customer}",)),
     }
     calls: list[int] = []
 
     def accounts(head: bytes) -> bytes:
         calls.append(1)
-        return answer(status="401 Unauthorized") if len(calls) == 1 else answers[second]
+        return http_answer(status="401 Unauthorized") if len(calls) == 1 else answers[second]
 
-    box = Scripted(
+    box = ScriptedUnit(
         {
-            f"/customers/{CUSTOMER}/token": answer(minted, status="201 Created"),
+            f"/customers/{CUSTOMER}/token": http_answer(minted, status="201 Created"),
             "/accounts": accounts,
         },
         tokens["org"],
@@ -854,7 +813,7 @@ def _unreadable_answers(
 ) -> tuple[dict[str, tuple[bytes, list[str]]], str]:
     c = tokens["customer"]
     payload = c.split(".", 2)[2]
-    box = Scripted(
+    box = ScriptedUnit(
         {
             "/partial-head": f"HTTP/1.1 200 OK\r\nX-Token: {c}\r\n".encode(),
             "/bad-header-line": f"HTTP/1.1 200 OK\r\n{c}\r\n\r\n".encode(),

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import secrets
 import socket
-import socketserver
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import GatewayFactory, Planted, address_of, planted_sandbox
+from scripted_unit import ScriptedUnit, http_answer
 from unit_gateway.testing import harness
 from unit_gateway.unit_api import paseto
 
@@ -287,58 +285,6 @@ def unit_token(key: bytes, **claims: Any) -> str:
     return paseto.encode({"exp": "2099-01-01T00:00:00.000Z", "scope": "cards", **claims}, key)
 
 
-class FakeUnit:
-    """A Unit upstream of the test's own, answering each path with scripted bytes: a Unit
-    that hands tokens out where no route table expects them (the sandbox never does)."""
-
-    def __init__(self, answers: dict[str, bytes], org_token: str) -> None:
-        self.answers = answers
-        self.org_token = org_token
-        self.cert_path: Path | None = None
-        self.seen: list[str] = []
-        fake = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                head = b""
-                while b"\r\n\r\n" not in head and (chunk := self.request.recv(65536)):
-                    head += chunk
-                request_line = head.split(b"\r\n", 1)[0].decode()
-                found = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
-                missing = (int(found.group(1)) if found else 0) - len(
-                    head.partition(b"\r\n\r\n")[2]
-                )
-                while missing > 0 and (chunk := self.request.recv(65536)):
-                    missing -= len(chunk)
-                path = request_line.split(" ")[1]
-                fake.seen.append(path)
-                self.request.sendall(
-                    fake.answers.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                )
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def http_answer(
-    body: bytes = b"{}",
-    *,
-    status: str = "200 OK",
-    headers: tuple[str, ...] = (),
-    content_type: str = "application/vnd.api+json",
-) -> bytes:
-    lines = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}", *headers]
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 @pytest.fixture
 def tokens(planted: Planted) -> dict[str, str]:
     """Unit tokens of each identity kind (and one whose claims name none), planted."""
@@ -355,7 +301,7 @@ def tokens(planted: Planted) -> dict[str, str]:
 
 
 @pytest.fixture
-def fake_unit(tokens: dict[str, str]) -> Iterator[FakeUnit]:
+def fake_unit(tokens: dict[str, str]) -> Iterator[ScriptedUnit]:
     customer, cardholder, org = tokens["customer"], tokens["cardholder"], tokens["org"]
     big = b'{"data":"' + b"x" * (2 << 20) + b'","t":"' + customer.encode() + b'"}'
     note = json.dumps({"data": {"attributes": {"note": customer, "other": tokens["nobody"]}}})
@@ -387,7 +333,7 @@ def fake_unit(tokens: dict[str, str]) -> Iterator[FakeUnit]:
             + customer.encode()
         ),
     }
-    fake = FakeUnit(answers, org)
+    fake = ScriptedUnit(answers, org)
     yield fake
     fake.close()
 
@@ -403,7 +349,7 @@ def get(
 
 
 def test_a_unit_token_anywhere_in_an_answer_becomes_a_placeholder(
-    gateway_factory: GatewayFactory, fake_unit: FakeUnit, run_dir: Path, planted: Planted
+    gateway_factory: GatewayFactory, fake_unit: ScriptedUnit, run_dir: Path, planted: Planted
 ) -> None:
     gateway = gateway_factory(
         fake_unit,
@@ -441,7 +387,7 @@ def test_a_unit_token_anywhere_in_an_answer_becomes_a_placeholder(
 
 
 def test_an_answer_that_cannot_be_checked_or_rewritten_is_withheld(
-    gateway_factory: GatewayFactory, fake_unit: FakeUnit, run_dir: Path, planted: Planted
+    gateway_factory: GatewayFactory, fake_unit: ScriptedUnit, run_dir: Path, planted: Planted
 ) -> None:
     gateway = gateway_factory(
         fake_unit,
@@ -466,7 +412,7 @@ def test_an_answer_that_cannot_be_checked_or_rewritten_is_withheld(
         gateway, request_bytes(fake_unit.url, "/switch", method="GET"), planted, "GET /switch"
     )
     assert switched == b"", "the connection is closed without an answer"
-    assert fake_unit.seen == [*reasons, "/switch"], "each was Unit's answer, not a refusal"
+    assert fake_unit.paths == [*reasons, "/switch"], "each was Unit's answer, not a refusal"
 
 
 # --- (c) placeholders in any spelling -------------------------------------------------------
