@@ -174,7 +174,7 @@ def test_every_field_is_in_the_reference_with_its_description(rendered: str) -> 
         ("routes.extra[].template", "string", "**required**", ""),
         ("routes.two_factor_scopes", "list of strings or null", "`null`", ""),
         ("redaction.detectors.ssn_bare_digits", "boolean", "`false`", ""),
-        ("redaction.max_body_bytes", "integer", "`67108864`", ">= 1024"),
+        ("redaction.max_body_bytes", "integer", "`8388608`", ">= 1024"),
         ("access_log.path", "string or null", "`null`", "non-empty"),
     ],
 )
