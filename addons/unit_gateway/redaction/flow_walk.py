@@ -75,8 +75,9 @@ class _FlowRecord:
 
 @dataclass(slots=True)
 class _ShownConnection:
-    """A connection whose attributes were ``values`` when last read; ``shown`` is its
-    redacted copy, or the connection itself when it holds nothing to redact."""
+    """A connection whose attributes (and their lists' items) were ``values`` when last read;
+    ``shown`` is its redacted copy, or None when it holds nothing to redact (never the
+    connection itself: the vault would keep it alive, and its finalizer would never run)."""
 
     values: tuple[Any, ...]
     shown: Any
@@ -114,6 +115,29 @@ def _is_stream(messages: list[Any]) -> bool:
 
 #: type -> its dataclass fields' names, for objects without a __dict__
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+#: Ends a list's items in a connection's snapshot.
+_END = object()
+
+
+def _snapshot(connection: Any) -> tuple[Any, ...]:
+    """What a connection holds, compared by identity: its attributes, and the items of those
+    that change in place (a list an addon appends to: ``alpn_offers.append(...)``)."""
+    values: list[Any] = []
+    for value in vars(connection).values():
+        values.append(value)
+        kind = type(value)
+        if kind is list or kind is set:
+            values.extend(value)
+            values.append(_END)
+        elif kind is dict:
+            values.extend(value.values())
+            values.extend(value)
+            values.append(_END)
+        elif kind is bytearray:
+            values.append(object())  # never the same: read again
+    return tuple(values)
 
 
 def _attributes(value: Any) -> list[tuple[str, Any]]:
@@ -179,14 +203,14 @@ class FlowVault:
             return connection  # the copy shown since the last reveal
         known = self._connections
         entry = known.get(id(connection))
-        values = tuple(vars(connection).values())
+        values = _snapshot(connection)
         if entry is None:
             weakref.finalize(connection, self._forget_connection, id(connection))
         elif len(entry.values) == len(values) and all(map(operator.is_, entry.values, values)):
-            return entry.shown
-        else:
+            return connection if entry.shown is None else entry.shown
+        elif entry.shown is not None:
             self._copies.discard(id(entry.shown))
-        entry = known[id(connection)] = _ShownConnection(values, connection)
+        entry = known[id(connection)] = _ShownConnection(values, None)
         found = _FlowRecord(clean=clean)
         _Walk(self, found, False).visit_object(connection)
         if found.edits:
@@ -200,11 +224,12 @@ class FlowVault:
             _Walk(self, _FlowRecord(clean=clean), False).visit_object(copy)
             entry.shown = copy
             self._copies.add(id(copy))
-        return entry.shown
+            return copy
+        return connection
 
     def _forget_connection(self, key: int) -> None:
         entry = self._connections.pop(key, None)
-        if entry is not None:
+        if entry is not None and entry.shown is not None:
             self._copies.discard(id(entry.shown))
 
 
