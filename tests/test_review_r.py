@@ -60,16 +60,29 @@ def test_a_list_mutated_in_place_is_read_again() -> None:
 # --- base64 ---------------------------------------------------------------------------------
 
 
-def test_mime_base64_with_line_breaks(redactor: Redactor) -> None:
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_mime_base64_with_line_breaks(redactor: Redactor, newline: str) -> None:
+    """MIME (76 a line) and PEM (64) base64: a card number across two lines was in neither
+    line's reading."""
     secret = b"x" * 50 + b"card " + CARD.encode() + b" on file, and more text after it"
-    text = base64.encodebytes(secret).decode()  # 76 characters a line
+    text = base64.encodebytes(secret).decode().replace("\n", newline)  # 76 characters a line
     assert "\n" in text.strip()
-    shown = redactor.redact_text(text)
-    assert shown != text, shown
+    shown = redactor.redact_text(f"attachment:\n{text}end")
+    assert shown == f"attachment:\n[redacted:base64]{newline}end", shown
+
+
+def test_lines_that_are_not_one_base64_text_are_read_each(redactor: Redactor) -> None:
+    encoded = base64.b64encode(b"ssn=123-45-6789").decode()  # 20 characters
+    text = f"internationalizations\n{encoded}\nthe end of it all, in words"
+    assert redactor.redact_text(text) == (
+        "internationalizations\n[redacted:base64]\nthe end of it all, in words"
+    )
 
 
 @pytest.mark.parametrize("prefix", ["/v1/files/", "id_", "ref-", "x", "ab"])
 def test_base64_after_a_word(redactor: Redactor, prefix: str) -> None:
+    """A run that starts before the base64 (a path, a word joined by _ or -) was decoded off
+    its groups of four; one with both alphabets (a path's / and url-safe's -) was skipped."""
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         encoded = encode(b"svc:" + TOKEN.encode() + b"?").decode()
         text = f"see {prefix}{encoded} now"
@@ -96,7 +109,9 @@ MB = 1 << 20
         pytest.param("A" * MB, id="one base64 run"),
         pytest.param(("A" * 20 + " ") * (MB // 21), id="many base64 runs"),
         pytest.param(base64.b64encode(base64.b64encode(b"A" * (MB // 2))).decode(), id="nested"),
-        pytest.param(base64.b64encode(b"1234 " * (MB // 7)).decode(), id="b64 digits"),
+        pytest.param(("A" * 76 + "\n") * (MB // 77), id="base64 lines"),
+        pytest.param(("A" * 75 + "\n") * (MB // 76), id="uneven base64 lines"),
+        pytest.param("/a-" * (MB // 3), id="mixed alphabets"),
         pytest.param("eyJ" + "a" * MB, id="jwt head"),
         pytest.param("eyJa." * (MB // 5), id="jwt dots"),
     ],
