@@ -8,6 +8,7 @@ import gc
 import json
 import time
 import weakref
+from typing import Any
 
 import pytest
 from mitmproxy.test import tflow
@@ -179,3 +180,124 @@ def test_a_json_string_of_digit_groups_is_read_in_reasonable_time(redactor: Reda
     redactor.redact_body(body, "application/json", None)
     took = time.perf_counter() - started
     assert took < 2.0, took
+
+
+# --- body_size_limit --------------------------------------------------------------------------
+
+
+def test_body_size_limit_defaults_and_an_explicit_value_is_kept() -> None:
+    from mitmproxy.test import taddons
+
+    redaction = FlowRedaction(GatewayCore())
+    with taddons.context() as tctx:
+        tctx.options.add_option("body_size_limit", str | None, None, "as proxyserver has it")
+        tctx.master.addons.add(redaction)
+        redaction.configure(set(tctx.options.keys()))  # as at start-up
+        assert tctx.options.body_size_limit == "32m"
+        tctx.configure(redaction, body_size_limit="100m")
+        assert tctx.options.body_size_limit == "100m"
+        tctx.configure(redaction, body_size_limit=None)  # "none" at runtime: back to 32m
+        assert tctx.options.body_size_limit == "32m"
+
+
+# --- the answer check -----------------------------------------------------------------------
+
+
+def _guard_response(body: bytes, headers: dict[str, str]) -> Any:
+    from mitmproxy import http
+
+    made = http.Response.make(200, b"", {"Content-Type": "application/vnd.api+json"})
+    for name, value in headers.items():
+        made.headers[name] = value
+    made.raw_content = body
+    made.headers["Content-Length"] = str(len(body))
+    return made
+
+
+def _unit_document(token: str | None = None) -> bytes:
+    attributes: dict[str, Any] = {
+        "createdAt": "2024-03-01T12:30:00.000Z",
+        "name": "Peter Parker",
+        "balance": 1234567,
+        "tags": {"ref": "a" * 40, "note": "café \u00e9 50% off, 100%25"},
+        "description": "Rent\\u0020March \u2013 see https://example.com/a%20b?x=1",
+    }
+    if token is not None:
+        attributes["token"] = token
+        attributes["expiresIn"] = 86400
+    return json.dumps(
+        {"data": {"type": "customerBearerToken", "id": "1", "attributes": attributes}}, indent=2
+    ).encode()
+
+
+def _paseto(**claims: object) -> str:
+    from unit_gateway.unit_api import paseto
+
+    return paseto.encode({"exp": "2099-01-01T00:00:00.000Z", **claims}, b"k" * 32)
+
+
+@pytest.mark.parametrize("with_token", [False, True])
+@pytest.mark.parametrize(
+    "encoding",
+    ["identity", "gzip", "gzip two members", "deflate", "br", "chunked header"],
+)
+def test_ordinary_unit_answers_are_not_withheld(encoding: str, with_token: bool) -> None:
+    import gzip
+    import zlib
+
+    import brotli
+
+    from unit_gateway.tokens.guard import check_response
+
+    token = _paseto(role="customer", customerId="10001") if with_token else None
+    body = _unit_document(token)
+    headers: dict[str, str] = {}
+    if encoding == "gzip":
+        body, headers = gzip.compress(body), {"Content-Encoding": "gzip"}
+    elif encoding == "gzip two members":
+        half = len(body) // 2
+        body = gzip.compress(body[:half]) + gzip.compress(body[half:])
+        headers = {"Content-Encoding": "gzip"}
+    elif encoding == "deflate":
+        body, headers = zlib.compress(body), {"Content-Encoding": "deflate"}
+    elif encoding == "br":
+        body, headers = brotli.compress(body), {"Content-Encoding": "br"}
+    elif encoding == "chunked header":
+        headers = {"Transfer-Encoding": "chunked"}
+    verdict = check_response(_guard_response(body, headers), 1 << 20)
+    assert verdict.withheld is None, verdict.withheld
+    assert bool(verdict.placeholders) == with_token
+
+
+def test_gzip_followed_by_a_line_break_is_withheld() -> None:
+    """Noted, not a failure: gzip followed by a stray byte (a proxy's \\n) is withheld (502)
+    where curl, browsers and urllib3 read the member and drop the rest."""
+    import gzip
+
+    from unit_gateway.tokens.guard import check_response
+
+    body = gzip.compress(_unit_document()) + b"\n"
+    verdict = check_response(_guard_response(body, {"Content-Encoding": "gzip"}), 1 << 20)
+    # (the reason given reads "cannot undo its Content-Encoding within N bytes": not why)
+    assert verdict.withheld is not None
+
+
+# --- a token that goes on past an unseen character ----------------------------------------
+
+
+@pytest.mark.parametrize("unseen", ["\u200b", "\u00ad", "\u2060", "\ufeff"])
+@pytest.mark.parametrize("where", [12, 30, 60])
+def test_a_token_with_an_unseen_character_in_its_payload(
+    redactor: Redactor, unseen: str, where: int
+) -> None:
+    """The plain scan cut the token at the unseen character, and the visible reading was of
+    the text *after* the plain scan, where the rest of the token has no prefix: the rest
+    showed (``[token …]\\u200boiY3VzdG9t…``), though a person reads one token."""
+    spelled = TOKEN[:where] + unseen + TOKEN[where:]
+    shown = redactor.redact_text(f"x {spelled} y")
+    assert TOKEN[where : where + 20] not in shown, shown
+    assert shown.startswith("x [token") and shown.endswith("] y"), shown
+    # in a body too (the text reading of a JSON string)
+    body = json.dumps({"memo": spelled}, ensure_ascii=False).encode()
+    result = redactor.redact_body(body, "application/vnd.api+json", None)
+    assert TOKEN[where : where + 20].encode() not in result.content, result.content

@@ -293,14 +293,23 @@ class Detectors:
         detector it does not know of cannot be added here alone."""
         if len(text) < 9 or self.finds_nothing_in(text):
             return text
-        text = self._plain_scan(text, counts)
-        if not text.isascii():
-            seen = visible(text)
-            if seen != text and not self._plain_finds_nothing_in(seen):
-                redacted = self._plain_scan(seen, counts)
-                if redacted != seen:  # the visible form only where it shows a secret
-                    text = redacted
-        return text
+        if text.isascii():
+            return self._plain_scan(text, counts)
+        found: Counter[str] = Counter()
+        plain = self._plain_scan(text, found)
+        # The visible form of the text as written, not of the plain scan's result: a secret
+        # the plain scan cut short at an unseen character (a token's payload with a zero-width
+        # space in it) has no prefix left in the result, and its rest would show.
+        seen = visible(text)
+        if seen != text and not self._plain_finds_nothing_in(seen):
+            seen_found: Counter[str] = Counter()
+            redacted = self._plain_scan(seen, seen_found)
+            # the visible form only where it hides more than the plain scan did
+            if redacted != seen and redacted != visible(plain):
+                counts.update(seen_found)
+                return redacted
+        counts.update(found)
+        return plain
 
     def _plain_scan(self, text: str, counts: Counter[str], depth: int = 0) -> str:
         settings = self._settings
