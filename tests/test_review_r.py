@@ -301,3 +301,19 @@ def test_a_token_with_an_unseen_character_in_its_payload(
     body = json.dumps({"memo": spelled}, ensure_ascii=False).encode()
     result = redactor.redact_body(body, "application/vnd.api+json", None)
     assert TOKEN[where : where + 20].encode() not in result.content, result.content
+
+
+def test_a_token_in_a_header_before_a_long_header_name_is_not_withheld() -> None:
+    """_SPLIT was searched in the head blob, where a header's value and the next header's
+    name are joined by a line break: a token as a value, followed by
+    Access-Control-Allow-Credentials (32 characters), read as a token split by white space,
+    and the answer was withheld (502) instead of the token being replaced."""
+    from unit_gateway.tokens.guard import check_response
+
+    token = _paseto(role="customer", customerId="10001")
+    response = _guard_response(b"{}", {})
+    response.headers["X-Customer-Token"] = token
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    verdict = check_response(response, 1 << 20)
+    assert verdict.withheld is None, verdict.withheld
+    assert verdict.placeholders == ["unitgw:customer:10001"]
