@@ -317,3 +317,22 @@ def test_a_token_in_a_header_before_a_long_header_name_is_not_withheld() -> None
     verdict = check_response(response, 1 << 20)
     assert verdict.withheld is None, verdict.withheld
     assert verdict.placeholders == ["unitgw:customer:10001"]
+
+
+@pytest.mark.parametrize("where", ["sni", "comment"])
+def test_a_concealed_flow_is_freed(where: str) -> None:
+    """The vault's records are weak by flow, but an edit whose holder is the flow itself (its
+    connection shown as a copy, its comment) made the record hold its key: every such flow
+    stayed alive after mitmproxy (and the view) let it go. FlowVault.forget is never called."""
+    redaction = FlowRedaction(GatewayCore())
+    flow = tflow.tflow(resp=True)
+    if where == "sni":
+        flow.client_conn.sni = f"{CARD}.example"
+    else:
+        flow.comment = f"card {CARD}"
+    redaction.conceal(flow)
+    assert CARD not in repr(flow.get_state())
+    alive = weakref.ref(flow)
+    del flow
+    gc.collect()
+    assert alive() is None, "the vault keeps the concealed flow alive"

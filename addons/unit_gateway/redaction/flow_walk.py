@@ -38,6 +38,12 @@ class Edit:
     shown: Any
 
 
+#: An edit's holder when it is the flow itself: the vault keeps records in a dictionary weak
+#: by flow, and a record that held its flow (a connection or a comment shown redacted) would
+#: keep it, and everything it holds, alive for good.
+_THE_FLOW = object()
+
+
 def _get(holder: Any, key: Any) -> Any:
     return holder[key] if isinstance(holder, list | dict) else getattr(holder, key, None)
 
@@ -178,7 +184,7 @@ class FlowVault:
             record = self._records[flow] = _FlowRecord()
         before = len(record.edits)
         open_end = not ended and getattr(flow, "live", False) is True
-        _Walk(self, record, open_end).visit_object(flow)
+        _Walk(self, record, open_end, flow).visit_object(flow)
         return len(record.edits) - before
 
     def reveal(self, flow: Any) -> None:
@@ -187,8 +193,9 @@ class FlowVault:
         if record is None or not record.edits:
             return
         for edit in record.edits:
-            if _get(edit.holder, edit.key) is edit.shown:
-                _set(edit.holder, edit.key, edit.real)
+            holder = flow if edit.holder is _THE_FLOW else edit.holder
+            if _get(holder, edit.key) is edit.shown:
+                _set(holder, edit.key, edit.real)
         record.edits.clear()
 
     def forget(self, flow: Any) -> None:
@@ -234,15 +241,19 @@ class FlowVault:
 
 
 class _Walk:
-    def __init__(self, vault: FlowVault, record: _FlowRecord, open_end: bool) -> None:
+    def __init__(
+        self, vault: FlowVault, record: _FlowRecord, open_end: bool, flow: Any = None
+    ) -> None:
         self.vault = vault
         self.record = record
         self.open_end = open_end
+        self.flow = flow
         self.seen: set[int] = set()
 
     def _changed(self, holder: Any, key: Any, real: Any, shown: Any) -> None:
         _set(holder, key, shown)
-        self.record.edits.append(Edit(holder, key, real, shown))
+        kept = _THE_FLOW if holder is self.flow and holder is not None else holder
+        self.record.edits.append(Edit(kept, key, real, shown))
         self.record.clean[id(shown)] = shown
 
     def visit_object(self, value: Any, skipped: str | None = None) -> None:
