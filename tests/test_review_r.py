@@ -73,6 +73,22 @@ def test_mime_base64_with_line_breaks(redactor: Redactor, newline: str) -> None:
     assert shown == f"attachment:\n[redacted:base64]{newline}end", shown
 
 
+@pytest.mark.parametrize(
+    "join",
+    [
+        pytest.param("\\n", id="escaped line breaks (a JSON string quoted in a log)"),
+        pytest.param("\\r\\n", id="escaped CRLF"),
+        pytest.param("\n\t", id="indented lines (a folded header)"),
+        pytest.param("\r\n ", id="CRLF and a space"),
+    ],
+)
+def test_base64_lines_joined_otherwise(redactor: Redactor, join: str) -> None:
+    secret = b"x" * 50 + b"card " + CARD.encode() + b" on file, and more text after it"
+    encoded = base64.b64encode(secret).decode()
+    text = join.join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    assert redactor.redact_text(f'body="{text}"') == 'body="[redacted:base64]"'
+
+
 def test_lines_that_are_not_one_base64_text_are_read_each(redactor: Redactor) -> None:
     encoded = base64.b64encode(b"ssn=123-45-6789").decode()  # 20 characters
     text = f"internationalizations\n{encoded}\nthe end of it all, in words"

@@ -109,10 +109,13 @@ _GROUPED_CARD = (
 _B64 = r"[A-Za-z0-9_-]"
 #: A run of base64 (either alphabet) long enough to spell a secret (13 digits take 20).
 _BASE64_MIN = 20
-#: MIME and PEM write base64 in lines (76 or 64 characters): the lines of a run are read
-#: as one when every line but the last has whole groups of four.
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{20,}(?:\r?\n[A-Za-z0-9+/_-]+)*={0,2}")
-_LINE_BREAK = re.compile(r"\r?\n")
+#: MIME and PEM write base64 in lines (76 or 64 characters), maybe indented (a folded
+#: header), maybe escaped (``\\n`` in a JSON string or a repr a log quotes): the lines of a
+#: run are read as one when every line but the last has whole groups of four.
+_LINE_BREAK = re.compile(r"(?:\r?\n|\\r\\n|\\n)[ \t]*")
+_BASE64_RUN = re.compile(
+    rf"[A-Za-z0-9+/_-]{{20,}}(?:{_LINE_BREAK.pattern}[A-Za-z0-9+/_-]+)*={{0,2}}"
+)
 #: The url-safe alphabet's two characters as the standard one's (the same six bits).
 _URL_SAFE_AS_STANDARD = bytes.maketrans(b"-_", b"+/")
 _PADDING = (b"", b"", b"==", b"=")
@@ -417,12 +420,12 @@ def _base64_runs(text: str) -> Iterable[tuple[int, int, list[str]]]:
         return
     for run in _BASE64_RUN.finditer(text):
         written = run.group().rstrip("=")
-        if "\n" in written:
+        if "\n" in written or "\\" in written:
             lines = _LINE_BREAK.split(written)
             if all(len(line) % 4 == 0 for line in lines[:-1]):
                 written = "".join(lines)
             else:  # not one text written in lines: each line on its own
-                lone = run.group().replace("\r", " ").replace("\n", " ")
+                lone = _LINE_BREAK.sub(lambda m: " " * len(m.group()), run.group())
                 for start, end, readings in _base64_runs(lone):
                     yield run.start() + start, run.start() + end, readings
                 continue
