@@ -65,6 +65,12 @@ _MAX_MULTIPART_DEPTH = 4
 #: Text that is not JSON is read every way a viewer may read it, on the event loop: past this
 #: size (about a quarter of a second of reading) it is shown as its summary.
 MAX_TEXT_READ_BYTES = 512 * 1024
+
+
+class _TooMuchText(Exception):
+    """A multipart body's parts read as text outgrew MAX_TEXT_READ_BYTES."""
+
+
 _DISPOSITION_PARAM = re.compile(
     r""";\s*(?P<name>[A-Za-z*-]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)""", re.DOTALL
 )
@@ -193,7 +199,10 @@ class BodyRedactor:
             declared = declared_codecs(data, media_type, params)
             return self._settled(data, declared, self._urls.redact_pairs, "form", counts, summary)
         if media_type.startswith("multipart/") and depth < _MAX_MULTIPART_DEPTH:
-            multipart = self._redact_multipart(data, params, counts, depth)
+            try:
+                multipart = self._redact_multipart(data, params, counts, depth)
+            except _TooMuchText:
+                return summary(f"over {MAX_TEXT_READ_BYTES} bytes of text")
             if multipart is not None:
                 # Delimiter lines, and bytes outside the parts that are not UTF-8, are kept as
                 # sent; the rest was read as UTF-8: read the whole in every way.
@@ -258,6 +267,8 @@ class BodyRedactor:
         def outside_parts(raw: bytes) -> bytes:
             # Not UTF-8: kept as sent, for the reading of the whole body (settle) to read
             # in its own encoding; re-encoding a replacement-decoded copy would garble it.
+            if len(raw) > MAX_TEXT_READ_BYTES:
+                raise _TooMuchText
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -265,7 +276,10 @@ class BodyRedactor:
             return self._text_rules(text, found).encode()
 
         out = [outside_parts(data[:position])]
+        shown = len(out[0])
         while True:
+            if shown > MAX_TEXT_READ_BYTES:  # the whole would be a summary: read no more
+                raise _TooMuchText
             after = position + len(delimiter)
             if data.startswith(b"--", after):  # the close delimiter; the epilogue follows
                 out.append(delimiter + b"--" + outside_parts(data[after + 2 :]))
@@ -283,6 +297,7 @@ class BodyRedactor:
             out.append(data[position : line_end + 1])
             out.append(self._redact_part(data[line_end + 1 : part_end], found, depth))
             out.append(data[part_end : next_delimiter + 1])
+            shown += len(out[-3]) + len(out[-2]) + len(out[-1])
             position = next_delimiter + 1
         counts.update(found)
         return b"".join(out)
@@ -295,6 +310,8 @@ class BodyRedactor:
             head, separator, body = part[:lf], b"\n\n", part[lf + 2 :]
         else:  # no header block ends here: a part with headers only, or garbage
             head, separator, body = part, b"", b""
+        if len(head) > MAX_TEXT_READ_BYTES:  # every line is read with the text rules
+            raise _TooMuchText
         name = filename = None
         content_type = "text/plain"
         transfer_encoding = ""

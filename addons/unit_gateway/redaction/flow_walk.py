@@ -38,6 +38,12 @@ class Edit:
     shown: Any
 
 
+#: An edit's holder when it is the flow itself: the vault keeps records in a dictionary weak
+#: by flow, and a record that held its flow (a connection or a comment shown redacted) would
+#: keep it, and everything it holds, alive for good.
+_THE_FLOW = object()
+
+
 def _get(holder: Any, key: Any) -> Any:
     return holder[key] if isinstance(holder, list | dict) else getattr(holder, key, None)
 
@@ -75,8 +81,9 @@ class _FlowRecord:
 
 @dataclass(slots=True)
 class _ShownConnection:
-    """A connection whose attributes were ``values`` when last read; ``shown`` is its
-    redacted copy, or the connection itself when it holds nothing to redact."""
+    """A connection whose attributes (and their lists' items) were ``values`` when last read;
+    ``shown`` is its redacted copy, or None when it holds nothing to redact (never the
+    connection itself: the vault would keep it alive, and its finalizer would never run)."""
 
     values: tuple[Any, ...]
     shown: Any
@@ -114,6 +121,29 @@ def _is_stream(messages: list[Any]) -> bool:
 
 #: type -> its dataclass fields' names, for objects without a __dict__
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+#: Ends a list's items in a connection's snapshot.
+_END = object()
+
+
+def _snapshot(connection: Any) -> tuple[Any, ...]:
+    """What a connection holds, compared by identity: its attributes, and the items of those
+    that change in place (a list an addon appends to: ``alpn_offers.append(...)``)."""
+    values: list[Any] = []
+    for value in vars(connection).values():
+        values.append(value)
+        kind = type(value)
+        if kind is list or kind is set:
+            values.extend(value)
+            values.append(_END)
+        elif kind is dict:
+            values.extend(value.values())
+            values.extend(value)
+            values.append(_END)
+        elif kind is bytearray:
+            values.append(object())  # never the same: read again
+    return tuple(values)
 
 
 def _attributes(value: Any) -> list[tuple[str, Any]]:
@@ -154,7 +184,7 @@ class FlowVault:
             record = self._records[flow] = _FlowRecord()
         before = len(record.edits)
         open_end = not ended and getattr(flow, "live", False) is True
-        _Walk(self, record, open_end).visit_object(flow)
+        _Walk(self, record, open_end, flow).visit_object(flow)
         return len(record.edits) - before
 
     def reveal(self, flow: Any) -> None:
@@ -163,8 +193,9 @@ class FlowVault:
         if record is None or not record.edits:
             return
         for edit in record.edits:
-            if _get(edit.holder, edit.key) is edit.shown:
-                _set(edit.holder, edit.key, edit.real)
+            holder = flow if edit.holder is _THE_FLOW else edit.holder
+            if _get(holder, edit.key) is edit.shown:
+                _set(holder, edit.key, edit.real)
         record.edits.clear()
 
     def forget(self, flow: Any) -> None:
@@ -179,14 +210,14 @@ class FlowVault:
             return connection  # the copy shown since the last reveal
         known = self._connections
         entry = known.get(id(connection))
-        values = tuple(vars(connection).values())
+        values = _snapshot(connection)
         if entry is None:
             weakref.finalize(connection, self._forget_connection, id(connection))
         elif len(entry.values) == len(values) and all(map(operator.is_, entry.values, values)):
-            return entry.shown
-        else:
+            return connection if entry.shown is None else entry.shown
+        elif entry.shown is not None:
             self._copies.discard(id(entry.shown))
-        entry = known[id(connection)] = _ShownConnection(values, connection)
+        entry = known[id(connection)] = _ShownConnection(values, None)
         found = _FlowRecord(clean=clean)
         _Walk(self, found, False).visit_object(connection)
         if found.edits:
@@ -200,24 +231,29 @@ class FlowVault:
             _Walk(self, _FlowRecord(clean=clean), False).visit_object(copy)
             entry.shown = copy
             self._copies.add(id(copy))
-        return entry.shown
+            return copy
+        return connection
 
     def _forget_connection(self, key: int) -> None:
         entry = self._connections.pop(key, None)
-        if entry is not None:
+        if entry is not None and entry.shown is not None:
             self._copies.discard(id(entry.shown))
 
 
 class _Walk:
-    def __init__(self, vault: FlowVault, record: _FlowRecord, open_end: bool) -> None:
+    def __init__(
+        self, vault: FlowVault, record: _FlowRecord, open_end: bool, flow: Any = None
+    ) -> None:
         self.vault = vault
         self.record = record
         self.open_end = open_end
+        self.flow = flow
         self.seen: set[int] = set()
 
     def _changed(self, holder: Any, key: Any, real: Any, shown: Any) -> None:
         _set(holder, key, shown)
-        self.record.edits.append(Edit(holder, key, real, shown))
+        kept = _THE_FLOW if holder is self.flow and holder is not None else holder
+        self.record.edits.append(Edit(kept, key, real, shown))
         self.record.clean[id(shown)] = shown
 
     def visit_object(self, value: Any, skipped: str | None = None) -> None:

@@ -10,7 +10,6 @@ numbers, SSNs, Unit tokens, JWTs) that are secret whatever their name.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import unicodedata
@@ -110,7 +109,16 @@ _GROUPED_CARD = (
 _B64 = r"[A-Za-z0-9_-]"
 #: A run of base64 (either alphabet) long enough to spell a secret (13 digits take 20).
 _BASE64_MIN = 20
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+#: MIME and PEM write base64 in lines (76 or 64 characters), maybe indented (a folded
+#: header), maybe escaped (``\\n`` in a JSON string or a repr a log quotes): the lines of a
+#: run are read as one when every line but the last has whole groups of four.
+_LINE_BREAK = re.compile(r"(?:\r?\n|\\r\\n|\\n)[ \t]*")
+_BASE64_RUN = re.compile(
+    rf"[A-Za-z0-9+/_-]{{20,}}(?:{_LINE_BREAK.pattern}[A-Za-z0-9+/_-]+)*={{0,2}}"
+)
+#: The url-safe alphabet's two characters as the standard one's (the same six bits).
+_URL_SAFE_AS_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"", b"==", b"=")
 #: Bytes -> "a" for a base64 character, "." for any other: a run is then found by a substring
 #: search, many times faster than the pattern above on text that has none.
 _BASE64_MAP = bytes(
@@ -272,8 +280,12 @@ class Detectors:
         candidates = self._digit_candidates
         if candidates is not None and candidates.search(text) is not None:
             return False
-        return depth >= _BASE64_DEPTH or all(
-            self._plain_finds_nothing_in(decoded, depth + 1) for _, decoded in _base64_runs(text)
+        if depth >= _BASE64_DEPTH or not _may_hold_base64(text):
+            return True
+        return all(
+            self._plain_finds_nothing_in(decoded, depth + 1)
+            for _, _, readings in _base64_runs(text)
+            for decoded in readings
         )
 
     def scan(self, text: str, counts: Counter[str]) -> str:
@@ -284,14 +296,23 @@ class Detectors:
         detector it does not know of cannot be added here alone."""
         if len(text) < 9 or self.finds_nothing_in(text):
             return text
-        text = self._plain_scan(text, counts)
-        if not text.isascii():
-            seen = visible(text)
-            if seen != text and not self._plain_finds_nothing_in(seen):
-                redacted = self._plain_scan(seen, counts)
-                if redacted != seen:  # the visible form only where it shows a secret
-                    text = redacted
-        return text
+        if text.isascii():
+            return self._plain_scan(text, counts)
+        found: Counter[str] = Counter()
+        plain = self._plain_scan(text, found)
+        # The visible form of the text as written, not of the plain scan's result: a secret
+        # the plain scan cut short at an unseen character (a token's payload with a zero-width
+        # space in it) has no prefix left in the result, and its rest would show.
+        seen = visible(text)
+        if seen != text and not self._plain_finds_nothing_in(seen):
+            seen_found: Counter[str] = Counter()
+            redacted = self._plain_scan(seen, seen_found)
+            # the visible form only where it hides more than the plain scan did
+            if redacted != seen and redacted != visible(plain):
+                counts.update(seen_found)
+                return redacted
+        counts.update(found)
+        return plain
 
     def _plain_scan(self, text: str, counts: Counter[str], depth: int = 0) -> str:
         settings = self._settings
@@ -313,13 +334,15 @@ class Detectors:
             return text
         pieces: list[str] = []
         done = 0
-        for run, decoded in _base64_runs(text):
-            if not self._plain_finds_nothing_in(decoded, depth + 1) and (
-                self._plain_scan(decoded, Counter(), depth + 1) != decoded
+        for start, end, readings in _base64_runs(text):
+            if any(
+                not self._plain_finds_nothing_in(decoded, depth + 1)
+                and self._plain_scan(decoded, Counter(), depth + 1) != decoded
+                for decoded in readings
             ):
-                pieces += [text[done : run.start()], "[redacted:base64]"]
+                pieces += [text[done:start], "[redacted:base64]"]
                 counts["detector:base64"] += 1
-                done = run.end()
+                done = end
         if not pieces:
             return text
         pieces.append(text[done:])
@@ -379,27 +402,47 @@ class Detectors:
         return found
 
 
-def _base64_runs(text: str) -> Iterable[tuple[re.Match[str], str]]:
-    """Each base64 run in ``text`` that decodes, with its bytes read as Latin-1 (every byte a
-    character, so an ASCII secret inside binary data reads as itself)."""
-    if len(text) < _BASE64_MIN:
-        return
-    if _BASE64_NEEDLE not in text.encode("utf-8", "surrogatepass").translate(_BASE64_MAP):
+def _may_hold_base64(text: str) -> bool:
+    """Whether ``text`` has a run of base64 long enough to be read (a translate and a
+    substring search: no generator for the text that has none)."""
+    return len(text) >= _BASE64_MIN and (
+        _BASE64_NEEDLE in text.encode("utf-8", "surrogatepass").translate(_BASE64_MAP)
+    )
+
+
+def _base64_runs(text: str) -> Iterable[tuple[int, int, list[str]]]:
+    """Each base64 run in ``text`` (start, end) with its readings, the bytes as Latin-1 (every
+    byte a character, so an ASCII secret inside binary data reads as itself). A run is read
+    from each of its first four characters: it may start mid-word (``id_``, ``/v1/files/``,
+    a letter before it), and only one start is on the encoding's groups of four. Either
+    alphabet, or both (a path before url-safe base64), reads the same six bits."""
+    if not _may_hold_base64(text):
         return
     for run in _BASE64_RUN.finditer(text):
         written = run.group().rstrip("=")
-        url_safe = "-" in written or "_" in written
-        if url_safe and ("+" in written or "/" in written):
-            continue  # two alphabets: not base64
-        if len(written) % 4 == 1:  # a lone last character decodes to no byte
-            written = written[:-1]
-        try:
-            data = base64.b64decode(
-                written + "=" * (-len(written) % 4), altchars=b"-_" if url_safe else None
-            )
-        except (binascii.Error, ValueError):
-            continue
-        yield run, data.decode("latin-1")
+        if "\n" in written or "\\" in written:
+            lines = _LINE_BREAK.split(written)
+            if all(len(line) % 4 == 0 for line in lines[:-1]):
+                written = "".join(lines)
+            else:  # not one text written in lines: each line on its own
+                lone = _LINE_BREAK.sub(lambda m: " " * len(m.group()), run.group())
+                for start, end, readings in _base64_runs(lone):
+                    yield run.start() + start, run.start() + end, readings
+                continue
+        data = written.encode("ascii").translate(_URL_SAFE_AS_STANDARD)
+        readings = []
+        for offset in range(min(4, len(data) - _BASE64_MIN + 1)):
+            part = data[offset:]
+            if len(part) % 4 == 1:  # a lone last character decodes to no byte
+                part = part[:-1]
+            try:
+                readings.append(
+                    binascii.a2b_base64(part + _PADDING[len(part) % 4]).decode("latin-1")
+                )
+            except binascii.Error:
+                continue
+        if readings:
+            yield run.start(), run.end(), readings
 
 
 def _gaps(spans: list[tuple[int, int, str]], length: int) -> list[tuple[int, int]]:
