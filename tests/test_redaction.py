@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from unit_gateway.config.redaction import (
     DEFAULT_FIELDS,
+    DEFAULT_MAX_BODY_BYTES,
     FINGERPRINTED_FIELDS,
     DetectorSettings,
     RedactionSettings,
@@ -935,11 +936,11 @@ def large_document(target_bytes: int) -> dict[str, Any]:
     return {"data": [resource(i) for i in range(target_bytes // per_item + 1)]}
 
 
-def test_ten_megabyte_json_body(redactor: Redactor) -> None:
-    document = large_document(10 * 1024 * 1024)
+def test_a_json_body_near_the_limit(redactor: Redactor) -> None:
+    document = large_document(DEFAULT_MAX_BODY_BYTES - 512 * 1024)
     document["data"][-1]["attributes"]["description"] = "last one 4012888888881881"
     body = json.dumps(document).encode()
-    assert len(body) >= 10 * 1024 * 1024
+    assert DEFAULT_MAX_BODY_BYTES - 1024 * 1024 < len(body) <= DEFAULT_MAX_BODY_BYTES
     started = time.perf_counter()
     result = redactor.redact_body(gzip.compress(body, compresslevel=1), JSONAPI, "gzip")
     elapsed = time.perf_counter() - started
