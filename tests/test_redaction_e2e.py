@@ -46,6 +46,7 @@ from conftest import (
     sdk,
 )
 from mitmweb_client import updates_of
+from unit_gateway.config.redaction import DEFAULT_MAX_BODY_BYTES
 from unit_gateway.testing import harness
 
 CUSTOMER = "10001"  # jwtSubject user|10001 in the sandbox's seed data
@@ -436,7 +437,7 @@ def test_bodies_the_gateway_cannot_parse(
     run_dir: Path,
     planted: Planted,
 ) -> None:
-    """Malformed JSON, invalid UTF-8, a duplicate key and a ~10 MB JSON body with secrets in
+    """Malformed JSON, invalid UTF-8, a duplicate key and a ~7 MB JSON body with secrets in
     them: the caller gets what Unit answers, the gateway stays up, and no output shows a
     planted value."""
     flows, har = run_dir / "flows.out", run_dir / "flows.har"
@@ -451,15 +452,15 @@ def test_bodies_the_gateway_cannot_parse(
         planted.add("SSN (end)", random_ssn()),
     )
     duplicate_pan = planted.add("PAN under a duplicate key", luhn_pan())
-    filler = [{"i": i, "memo": "lorem ipsum dolor sit amet " * 3} for i in range(100_000)]
+    filler = [{"i": i, "memo": "lorem ipsum dolor sit amet " * 3} for i in range(70_000)]
     filler[len(filler) // 2]["memo"] = f"card {middle_pan} on file"
     large = application(ssn, None, "1990-01-15")
     large["data"]["attributes"]["tags"] = {"memo": f"ssn {end_ssn}"}
     large["data"]["attributes"]["filler"] = filler
     large_body = json.dumps(large).encode()
-    # the planted values at the start, the middle and the end of ~10 MB
+    # the planted values at the start, the middle and the end of ~7 MB, under the 8 MiB limit
     large_body = large_body[:-3] + f', "last": "{end_ssn}"'.encode() + large_body[-3:]
-    assert len(large_body) > 9_000_000
+    assert 6_500_000 < len(large_body) < DEFAULT_MAX_BODY_BYTES
     # bytes UTF-8 never has, a broken two-byte sequence, a stray continuation, a surrogate
     invalid_utf8 = b'{"data": "\xff\xfe%s\xc3\x28", "x": "\x80%s\xed\xa0\x80"}' % (
         pan.encode(),
@@ -471,7 +472,7 @@ def test_bodies_the_gateway_cannot_parse(
             f'"note": "ssn {ssn} on file", "dateOfBirth": '
         ).encode(),
         "invalid UTF-8": invalid_utf8,
-        "10 MB JSON": large_body,
+        "7 MB JSON": large_body,
         # The parser keeps the last of two equal keys; the first one's value was never seen.
         "duplicate key": (
             b'{"data": {"type": "individualApplication", "attributes": '
@@ -498,7 +499,7 @@ def test_bodies_the_gateway_cannot_parse(
     shown = gateway.process.output()
     assert "[redacted:ssn]" in shown and "[redacted:card_number]" in shown
     # the large body was kept (redacted), not dropped
-    assert flows.stat().st_size > 9_000_000
+    assert flows.stat().st_size > 6_000_000
     assert len(json.loads(har.read_text())["log"]["entries"]) == 5
 
 
