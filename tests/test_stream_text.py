@@ -245,7 +245,9 @@ def test_stream_data_is_read_every_way_a_viewer_reads_it() -> None:
     shown = [m.content for m in flow.messages]
     for text in shown[:2]:
         assert token[10:].encode() not in text
-        assert b"[token" in text
+    assert b"[token" in shown[0]
+    # the unreadable message after it begins with a printable "t": the token may go on there
+    assert b"[token" in shown[1] or b"split across messages" in shown[1]
     assert shown[2] == stream_text.unreadable(len(utf16))
     redaction.reveal(flow)
     assert [m.content for m in flow.messages] == [escaped, latin, utf16]

@@ -191,8 +191,11 @@ class _Stream:
         before = self.before(start) if start else b""
         parts, owners, bounds = [before], [-1], [len(before)]
         for index in range(start, len(self.contents)):
+            content = self.contents[index]
             readable = self.alone(index) is not None
-            parts.append(self.contents[index] if readable else b"\n")
+            # An unreadable message is shown as its summary, but a secret may begin or end in
+            # the text at its edges: those stand for it, kept apart.
+            parts.append(content if readable else _head(content) + b"\n" + _tail(content))
             owners.append(index)
             bounds.append(bounds[-1] + len(parts[-1]))
         joined = b"".join(parts)
@@ -228,6 +231,7 @@ class _Stream:
         for other in range(index - 1, -1, -1):
             content = self.contents[other]
             if self.alone(other) is None:
+                parts.append(_tail(content))
                 break
             cut = content.rfind(b"\n")
             parts.append(content[cut + 1 :])
@@ -242,6 +246,7 @@ class _Stream:
         for other in range(index + 1, len(self.contents)):
             content = self.contents[other]
             if self.alone(other) is None:
+                parts.append(_head(content))
                 break
             cut = content.find(b"\n")
             parts.append(content if cut == -1 else content[:cut])
@@ -249,6 +254,22 @@ class _Stream:
             if cut != -1 or size >= CONTEXT:
                 break
         return b"".join(parts)[:CONTEXT]
+
+
+#: Bytes -> "." where not printable ASCII: what a detector can read on at an unreadable
+#: message's start or end (tokens, JWTs, card numbers and SSNs are printable ASCII).
+_UNPRINTABLE = bytes(0x61 if 0x20 <= i <= 0x7E else 0x2E for i in range(256))
+
+
+def _head(content: bytes) -> bytes:
+    edge = content[:CONTEXT]
+    end = edge.translate(_UNPRINTABLE).find(b".")
+    return edge if end == -1 else edge[:end]
+
+
+def _tail(content: bytes) -> bytes:
+    edge = content[-CONTEXT:]
+    return edge[edge.translate(_UNPRINTABLE).rfind(b".") + 1 :]
 
 
 def unsettled_from(contents: Sequence[bytes]) -> int:
