@@ -15,6 +15,7 @@ token only on requests really sent to it.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -118,6 +119,12 @@ def readings(raw: bytes) -> list[bytes]:
         found.append(
             re.sub(rb"\\u([0-9A-Fa-f]{4})", lambda m: chr(int(m.group(1), 16)).encode(), item)
         )
+        for run in re.findall(rb"[A-Za-z0-9+/_-]{20,}", item):  # base64, either alphabet
+            for altchars in (None, b"-_"):
+                try:
+                    found.append(base64.b64decode(run + b"==", altchars=altchars))
+                except ValueError:
+                    pass
     return found
 
 
@@ -311,6 +318,8 @@ def scripted(tokens: dict[str, str]) -> Iterator[ScriptedUnit]:
         ),
         # A header line folded right after the prefix.
         "/folded-after-prefix": http_answer(headers=(f"X-Token: v2.public.\r\n {payload}",)),
+        # The token base64-encoded: a caller decodes it in a line.
+        "/base64": http_answer(b'{"blob": "%s"}' % base64.b64encode(c.encode())),
     }
     box = ScriptedUnit(answers, tokens["org"])
     yield box
@@ -379,6 +388,7 @@ def test_answers_the_guard_handles(
         "/percent-after-prefix",
         "/folded-after-prefix",
         "/utf-7",
+        "/base64",
     ],
 )
 def test_a_token_the_guard_does_not_see_is_not_passed_on(

@@ -4,6 +4,7 @@ token in a form the check does not rewrite, is withheld."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 
@@ -104,6 +105,8 @@ def test_every_token_is_replaced() -> None:
             "application/json; charset=utf-7",
             "in the charset its Content-Type declares",
         ),
+        (b'{"t": "%s"}' % base64.b64encode(b"v2.public.abcdefgh"), None, "base64-encoded"),
+        (b"id_%s" % base64.urlsafe_b64encode(b"x v2.public.abcdefgh"), None, "base64-encoded"),
     ],
 )
 def test_tokens_spelled_otherwise_are_found(
@@ -121,6 +124,7 @@ def test_tokens_spelled_otherwise_are_found(
         ("plain utf-16 text".encode("utf-16"), None),
         (b'{"t": "1"}', "application/json; charset=utf-8"),
         (b'{"t": "1"}', 'application/json; charset="ISO-8859-1"'),
+        (b'{"digest": "%s"}' % base64.b64encode(b"an ordinary long value here"), None),
     ],
 )
 def test_ordinary_data_holds_no_hidden_token(data: bytes, content_type: str | None) -> None:

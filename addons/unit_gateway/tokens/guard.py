@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes
 
 from mitmproxy import http
 
+from unit_gateway.net.base64_runs import base64_runs, may_hold_base64
 from unit_gateway.net.bodies import UndecodableBody, decode_content
 from unit_gateway.net.headers import has_header_field
 from unit_gateway.unit_api import paseto
@@ -96,7 +97,7 @@ def hidden_token(data: bytes, content_type: str | None = None) -> str | None:
     is what Unit sent, plain tokens and all: a reading must hold no token but those, each
     exactly as long (an escape just after a plain prefix makes the token a reader gets
     longer than the one replaced). Each reading costs only when its escape byte is there
-    (one memchr each, otherwise)."""
+    (one memchr each, otherwise), base64 only where a run of it is (one translate)."""
     plain = frozenset(_TOKEN.findall(data)) if MARK in data else frozenset()
     if b"\\" in data and _new_token(_JSON_ESCAPE.sub(_unescape, data), plain):
         return "in JSON \\u escapes"
@@ -104,6 +105,11 @@ def hidden_token(data: bytes, content_type: str | None = None) -> str | None:
         return "percent-encoded"
     if b"\x00" in data and any(wide in data for wide in _WIDE):
         return "in UTF-16 or UTF-32"
+    text = data.decode("latin-1")
+    if may_hold_base64(text) and any(
+        _TEXT_MARK in reading for _, _, readings in base64_runs(text) for reading in readings
+    ):
+        return "base64-encoded"
     if content_type and "charset" in content_type.lower():
         found = _CHARSET.search(content_type)
         charset = found.group(1) if found else ""
