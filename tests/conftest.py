@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -217,6 +218,48 @@ def config_reloads(gateway: harness.Gateway, outcome: str) -> float:
         re.MULTILINE,
     )
     return float(match.group(1)) if match else 0.0
+
+
+@dataclass
+class EmbeddedGateway:
+    """A gateway process whose sandbox starts inside its running hook, after mitmproxy has
+    begun listening: the widest start-up window there is."""
+
+    process: harness.ManagedProcess
+    proxy_port: int
+    upstream: str
+    confdir: Path
+
+    def connect_when_open(self, timeout: float = 30) -> None:
+        """Returns the moment the proxy port accepts a connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.proxy_port), timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, self.process.output()
+                time.sleep(0.001)
+
+
+def start_embedded_gateway(run_dir: Path, planted: Planted) -> EmbeddedGateway:
+    sandbox_port, proxy_port = harness.free_port(), harness.free_port()
+    upstream = f"http://127.0.0.1:{sandbox_port}"
+    config = harness.write_gateway_config(
+        run_dir / "gateway.yaml",
+        upstream_url=upstream,
+        overrides={"sandbox": {"embedded": True, "port": sandbox_port}},
+    )
+    org_token = planted.add("org token of the embedded sandbox", harness.make_org_token())
+    planted.add_seed_pans()
+    confdir = run_dir / "confdir"
+    argv = harness.python_command(
+        "run", "--config", str(config), "--listen-host", "127.0.0.1",
+        "--listen-port", str(proxy_port), "--", "--set", f"confdir={confdir}",
+    )  # fmt: skip
+    process = harness.ManagedProcess("gateway", argv, run_dir, env={"UNIT_ORG_TOKEN": org_token})
+    process.start()
+    return EmbeddedGateway(process, proxy_port, upstream, confdir)
 
 
 def wait_until_unit_answered_all(sandbox: harness.Sandbox, timeout: float = 10.0) -> None:

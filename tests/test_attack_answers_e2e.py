@@ -9,6 +9,7 @@ import gzip
 import json
 import socket
 import ssl
+import tempfile
 import threading
 import time
 import urllib.error
@@ -24,7 +25,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from conftest import GatewayFactory, Planted, address_of
+from conftest import GatewayFactory, Planted, address_of, start_embedded_gateway
 from unit_gateway.testing import harness
 
 pytestmark = pytest.mark.timeout(300)
@@ -134,7 +135,9 @@ class Outcome:
         )
 
 
-RESULTS = Path(__file__).parent.parent / "attack_results.md"
+#: The survey's table of what each case got, for a person reading a run (outside the
+#: checkout: a test writes nothing into the repository).
+RESULTS = Path(tempfile.gettempdir()) / "unit-gateway-attack-results.md"
 
 
 def record(outcomes: list[Outcome], title: str) -> None:
@@ -1163,23 +1166,9 @@ def test_malformed_requests_sent_as_the_port_opens_get_answers_and_the_gateway_s
     """The embedded sandbox starts inside the gateway's running hook, after mitmproxy has
     begun listening; mitmproxy's ErrorCheck ends the process on any ERROR record until
     running returns."""
-    sandbox_port, proxy_port = harness.free_port(), harness.free_port()
-    upstream = f"http://127.0.0.1:{sandbox_port}"
-    host = f"127.0.0.1:{sandbox_port}"
-    config = harness.write_gateway_config(
-        run_dir / "gateway.yaml",
-        upstream_url=upstream,
-        overrides={"sandbox": {"embedded": True, "port": sandbox_port}},
-    )
-    org_token = planted.add("org token of the embedded sandbox", harness.make_org_token())
-    planted.add_seed_pans()
-    confdir = run_dir / "confdir"
-    argv = harness.python_command(
-        "run", "--config", str(config), "--listen-host", "127.0.0.1",
-        "--listen-port", str(proxy_port), "--", "--set", f"confdir={confdir}",
-    )  # fmt: skip
-    process = harness.ManagedProcess("gateway", argv, run_dir, env={"UNIT_ORG_TOKEN": org_token})
-    process.start()
+    embedded = start_embedded_gateway(run_dir, planted)
+    process, proxy_port, upstream = embedded.process, embedded.proxy_port, embedded.upstream
+    host, confdir = urlsplit(upstream).netloc, embedded.confdir
     sends = {
         "trailers": (
             f"POST {upstream}/applications HTTP/1.1\r\nHost: {host}\r\n{ORG}"
@@ -1206,14 +1195,7 @@ def test_malformed_requests_sent_as_the_port_opens_get_answers_and_the_gateway_s
     }
     gateway = harness.Gateway(process, f"http://127.0.0.1:{proxy_port}", confdir, confdir, None)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", proxy_port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, process.output()
-                time.sleep(0.001)
+        embedded.connect_when_open()
         outcomes: dict[str, Answer] = {}
 
         def one(name: str) -> None:

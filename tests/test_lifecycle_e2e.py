@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import GatewayFactory, Planted, proxied_session
+from conftest import GatewayFactory, Planted, proxied_session, start_embedded_gateway
 from unit_gateway.testing import harness
 
 _AS_ORG = {"Authorization": "Bearer unitgw:org"}
@@ -48,31 +48,10 @@ def _probe(metrics_url: str, path: str) -> tuple[int, dict]:
 def test_requests_sent_as_the_port_opens_are_served(run_dir: Path, planted: Planted) -> None:
     """The embedded sandbox starts inside the gateway's running hook, after mitmproxy has
     begun listening: the widest start-up window there is."""
-    sandbox_port, proxy_port = harness.free_port(), harness.free_port()
-    upstream = f"http://127.0.0.1:{sandbox_port}"
-    config = harness.write_gateway_config(
-        run_dir / "gateway.yaml",
-        upstream_url=upstream,
-        overrides={"sandbox": {"embedded": True, "port": sandbox_port}},
-    )
-    org_token = planted.add("org token of the embedded sandbox", harness.make_org_token())
-    planted.add_seed_pans()
-    confdir = run_dir / "confdir"
-    argv = harness.python_command(
-        "run", "--config", str(config), "--listen-host", "127.0.0.1",
-        "--listen-port", str(proxy_port), "--", "--set", f"confdir={confdir}",
-    )  # fmt: skip
-    env = {"UNIT_ORG_TOKEN": org_token}
-    process = harness.ManagedProcess("gateway", argv, run_dir, env=env).start()
+    embedded = start_embedded_gateway(run_dir, planted)
+    process, proxy_port, upstream = embedded.process, embedded.proxy_port, embedded.upstream
     try:
-        deadline = time.monotonic() + 30
-        while True:  # connect the moment the port accepts
-            try:
-                socket.create_connection(("127.0.0.1", proxy_port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, process.output()
-                time.sleep(0.001)
+        embedded.connect_when_open()
         target = f"{upstream}/customers?page[limit]=1"
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda _: _raw_get(proxy_port, target, upstream), range(8)))
