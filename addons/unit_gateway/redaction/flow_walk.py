@@ -9,7 +9,6 @@ secret may be split across them.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,27 +122,15 @@ def _is_stream(messages: list[Any]) -> bool:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-#: Ends a list's items in a connection's snapshot.
-_END = object()
+#: Attribute values an addon could change in place (``alpn_offers.append(...)``).
+_CONTAINERS = frozenset({list, dict, set, bytearray})
 
 
 def _snapshot(connection: Any) -> tuple[Any, ...]:
-    """What a connection holds, compared by identity: its attributes, and the items of those
-    that change in place (a list an addon appends to: ``alpn_offers.append(...)``)."""
-    values: list[Any] = []
-    for value in vars(connection).values():
-        values.append(value)
-        kind = type(value)
-        if kind is list or kind is set:
-            values.extend(value)
-            values.append(_END)
-        elif kind is dict:
-            values.extend(value.values())
-            values.extend(value)
-            values.append(_END)
-        elif kind is bytearray:
-            values.append(object())  # never the same: read again
-    return tuple(values)
+    """What a connection holds, with a copy of each container: equal to a later
+    ``tuple(vars(connection).values())`` (compared in C, identical items at once) until an
+    attribute is set or a container changed in place."""
+    return tuple(v.copy() if type(v) in _CONTAINERS else v for v in vars(connection).values())
 
 
 def _attributes(value: Any) -> list[tuple[str, Any]]:
@@ -210,14 +197,13 @@ class FlowVault:
             return connection  # the copy shown since the last reveal
         known = self._connections
         entry = known.get(id(connection))
-        values = _snapshot(connection)
         if entry is None:
             weakref.finalize(connection, self._forget_connection, id(connection))
-        elif len(entry.values) == len(values) and all(map(operator.is_, entry.values, values)):
+        elif tuple(vars(connection).values()) == entry.values:
             return connection if entry.shown is None else entry.shown
         elif entry.shown is not None:
             self._copies.discard(id(entry.shown))
-        entry = known[id(connection)] = _ShownConnection(values, None)
+        entry = known[id(connection)] = _ShownConnection(_snapshot(connection), None)
         found = _FlowRecord(clean=clean)
         _Walk(self, found, False).visit_object(connection)
         if found.edits:
